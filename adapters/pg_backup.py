@@ -1,0 +1,214 @@
+"""Scoped PostgreSQL backup and restore: COPY streams plus each table's own DDL.
+
+Backup runs in one REPEATABLE READ snapshot that it exports to ``pg_dump --snapshot``, so
+the DDL, the rows, the sequences and the fingerprints all describe the same instant.
+Restore runs in one transaction: it either puts back every table of the scope or nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+import pglast
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from adapters import pg_catalog as cat
+from framework.errors import BackupCorruptError, BackupError, StoreError
+from framework.protocol import RestoreReport
+from framework.sandbox import pg_tool
+from framework.secrets import redact
+
+if TYPE_CHECKING:
+    from framework.artifacts import ArtifactStore, ArtifactWriter, Manifest
+    from framework.progress import Progress
+
+_SAFE = re.compile(r"[^A-Za-z0-9_.-]")
+
+
+def _file_stem(index: int, table: cat.Table) -> str:
+    return f"{index:03d}.{_SAFE.sub('_', table.qualified)[:80]}"
+
+
+def _pg_dump_ddl(url: str, table: cat.Table, section: str, snapshot: str) -> str:
+    params = conninfo_to_dict(url)
+    password = params.pop("password", None)
+    env = dict(os.environ)
+    if password:
+        env["PGPASSWORD"] = str(password)  # never on the command line, where ps would show it
+    pattern = f'"{table.schema.replace(chr(34), chr(34) * 2)}"."{table.name.replace(chr(34), chr(34) * 2)}"'
+    cmd = [pg_tool("pg_dump"), "--schema-only", f"--section={section}", "--no-owner", f"--snapshot={snapshot}",
+           "--table", pattern, "--dbname", make_conninfo(**params)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        raise BackupError(f"pg_dump could not capture the DDL of {table.qualified}: {redact(proc.stderr.strip())}")
+    return proc.stdout
+
+
+def _ddl_statements(ddl: str) -> list[str]:
+    """pg_dump output minus psql meta-commands and session SETs that would outlive our transaction."""
+    body = "\n".join(line for line in ddl.splitlines() if not line.startswith("\\"))
+    out = []
+    for stmt in pglast.split(body):
+        head = stmt.lstrip().upper()
+        if head.startswith("SET ") or head.startswith("SELECT PG_CATALOG.SET_CONFIG"):
+            continue
+        out.append(stmt)
+    return out
+
+
+class _RowCounter:
+    rows = 0
+
+
+def _copy_out(conn: psycopg.Connection, table: cat.Table, columns: list[str], counter: _RowCounter,
+              progress: Progress) -> Iterator[bytes]:
+    query = sql.SQL("COPY {} ({}) TO STDOUT").format(table.ident, sql.SQL(", ").join(map(sql.Identifier, columns)))
+    with conn.cursor().copy(query) as copy:
+        for block in copy:
+            data = bytes(block)
+            # Text COPY escapes newlines inside values, so each raw newline ends exactly one row.
+            counter.rows += data.count(b"\n")
+            progress.advance(len(data))
+            yield data
+
+
+def backup(conn: psycopg.Connection, url: str, tables: list[cat.Table], writer: ArtifactWriter,
+           progress: Progress) -> dict[str, Any]:
+    """Stream every table of the scope into the artifact; returns the manifest metadata."""
+    meta: dict[str, Any] = {"tables": []}
+    with conn.transaction():
+        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        snapshot = conn.execute("SELECT pg_export_snapshot()").fetchone()[0]  # type: ignore[index]
+        sizes = [int(conn.execute("SELECT pg_table_size(to_regclass(%s))", (t.ident.as_string(conn),)).fetchone()[0] or 0)  # type: ignore[index]
+                 for t in tables]
+        progress.start(f"backup {', '.join(t.qualified for t in tables)[:60]}", total=sum(sizes) or None)
+        for index, table in enumerate(tables):
+            stem = _file_stem(index, table)
+            pre = _pg_dump_ddl(url, table, "pre-data", snapshot)
+            post = _pg_dump_ddl(url, table, "post-data", snapshot)
+            writer.write_bytes(f"{stem}.pre.sql.zst", pre.encode())
+            writer.write_bytes(f"{stem}.post.sql.zst", post.encode())
+            columns = cat.copy_columns(conn, table)
+            counter = _RowCounter()
+            writer.write_stream(f"{stem}.copy.zst", _copy_out(conn, table, columns, counter, progress))
+            rows = counter.rows
+            count, data_hash = cat.table_data_hash(conn, table)
+            if count != rows:
+                raise BackupError(f"backup of {table.qualified}: COPY produced {rows} rows but the table has {count}")
+            meta["tables"].append({
+                "schema": table.schema, "name": table.name, "stem": stem, "columns": columns, "rows": rows,
+                "data_hash": data_hash, "schema_hash": cat.table_schema_hash(conn, table),
+                "sequences": cat.owned_sequences(conn, table), "inbound_fks": cat.inbound_foreign_keys(conn, table),
+            })
+    progress.finish()
+    return meta
+
+
+def _execute_all(conn: psycopg.Connection, statements: list[str], what: str) -> None:
+    for stmt in statements:
+        try:
+            conn.execute(stmt)
+        except psycopg.Error as exc:
+            raise StoreError(f"restore: {what} failed on `{stmt.strip()[:120]}`: {redact(str(exc).strip())}") from exc
+
+
+def _drop_fk(conn: psycopg.Connection, fk: dict[str, str]) -> None:
+    conn.execute(sql.SQL("ALTER TABLE {} DROP CONSTRAINT IF EXISTS {}").format(
+        sql.Identifier(fk["schema"], fk["table"]), sql.Identifier(fk["name"])))
+
+
+def _add_fk(conn: psycopg.Connection, fk: dict[str, str]) -> None:
+    exists = conn.execute(
+        "SELECT 1 FROM pg_constraint WHERE conname = %s AND conrelid = to_regclass(%s)",
+        (fk["name"], sql.Identifier(fk["schema"], fk["table"]).as_string(conn)),
+    ).fetchone()
+    referencing = conn.execute("SELECT to_regclass(%s)", (sql.Identifier(fk["schema"], fk["table"]).as_string(conn),)).fetchone()
+    if exists or referencing is None or referencing[0] is None:
+        return
+    conn.execute(sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} " + fk["definition"].replace("%", "%%")).format(
+        sql.Identifier(fk["schema"], fk["table"]), sql.Identifier(fk["name"])))
+
+
+def restore(conn: psycopg.Connection, manifest: Manifest, artifacts: ArtifactStore, progress: Progress,
+            *, lock_timeout: float) -> RestoreReport:
+    """Put every table of the backup back, in one transaction, then verify it against the manifest."""
+    tables_meta = manifest.meta.get("tables")
+    if not isinstance(tables_meta, list):
+        raise BackupCorruptError(f"backup {manifest.id}: manifest has no table list")
+    total = sum(manifest.file(f"{t['stem']}.copy.zst").bytes for t in tables_meta)
+    progress.start(f"restore {manifest.id}", total=total or None)
+    with conn.transaction():
+        conn.execute("SELECT set_config('lock_timeout', %s, true)", (f"{int(lock_timeout * 1000)}ms",))
+        recreate: list[dict[str, Any]] = []
+        truncate: list[cat.Table] = []
+        removed_fks: list[dict[str, str]] = []
+        for t in tables_meta:
+            table = cat.Table(t["schema"], t["name"])
+            current = cat.table_schema_hash(conn, table)
+            if current is None:
+                recreate.append(t)
+            elif current == t["schema_hash"]:
+                truncate.append(table)
+            else:
+                # Shape changed (e.g. a column dropped and a failed rollback): rebuild from our DDL.
+                fks = cat.inbound_foreign_keys(conn, table)
+                for fk in fks:
+                    _drop_fk(conn, fk)
+                removed_fks.extend(fks)
+                drop = sql.SQL("DROP TABLE {}").format(table.ident).as_string(conn)
+                _execute_all(conn, [drop], f"dropping changed {table.qualified}")
+                recreate.append(t)
+        for t in recreate:
+            pre = artifacts.iter_chunks(manifest, f"{t['stem']}.pre.sql.zst")
+            _execute_all(conn, _ddl_statements(b"".join(pre).decode()), f"recreating {t['schema']}.{t['name']}")
+        if truncate:
+            try:
+                conn.execute(sql.SQL("TRUNCATE {}").format(sql.SQL(", ").join(t.ident for t in truncate)))
+            except psycopg.errors.FeatureNotSupported as exc:
+                raise StoreError(
+                    f"restore: {redact(str(exc).strip())}",
+                    hint="another table references this one by foreign key: include it in the backup scope",
+                ) from exc
+        for t in tables_meta:
+            table = cat.Table(t["schema"], t["name"])
+            columns = sql.SQL(", ").join(map(sql.Identifier, t["columns"]))
+            with conn.cursor().copy(sql.SQL("COPY {} ({}) FROM STDIN").format(table.ident, columns)) as copy:
+                for block in artifacts.iter_chunks(manifest, f"{t['stem']}.copy.zst"):
+                    copy.write(block)
+                    progress.advance(len(block))
+        for t in recreate:
+            post = artifacts.iter_chunks(manifest, f"{t['stem']}.post.sql.zst")
+            what = f"re-creating indexes and constraints of {t['schema']}.{t['name']}"
+            _execute_all(conn, _ddl_statements(b"".join(post).decode()), what)
+        for t in tables_meta:
+            for fk in t.get("inbound_fks", []):
+                _add_fk(conn, fk)
+            for seq in t.get("sequences", []):
+                conn.execute("SELECT setval(to_regclass(%s), %s, %s)",
+                             (sql.Identifier(seq["schema"], seq["name"]).as_string(conn), seq["last_value"], seq["is_called"]))
+        for fk in removed_fks:
+            _add_fk(conn, fk)
+    progress.finish()
+    return verify_restored(conn, manifest)
+
+
+def verify_restored(conn: psycopg.Connection, manifest: Manifest) -> RestoreReport:
+    mismatches: list[str] = []
+    items: dict[str, int] = {}
+    for t in manifest.meta["tables"]:
+        table = cat.Table(t["schema"], t["name"])
+        shape = cat.table_schema_hash(conn, table)
+        if shape != t["schema_hash"]:
+            mismatches.append(f"{table.qualified}: schema differs from the backup")
+            continue
+        count, data_hash = cat.table_data_hash(conn, table)
+        items[table.qualified] = count
+        if (count, data_hash) != (t["rows"], t["data_hash"]):
+            mismatches.append(f"{table.qualified}: {count} rows / data hash differ from backup ({t['rows']} rows)")
+    return RestoreReport(manifest.id, items, verified=not mismatches, mismatches=tuple(mismatches))

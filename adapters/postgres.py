@@ -1,0 +1,390 @@
+"""PostgreSQL adapter (psycopg 3): advisory lock, ledger table, transactional steps, COPY backups."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import zlib
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+from psycopg import sql
+from tenacity import (
+    Retrying,
+    retry_if_exception,
+    stop_after_delay,
+    wait_exponential_jitter,
+)
+
+from adapters import pg_backup
+from adapters import pg_catalog as cat
+from adapters.sql_analysis import Statement, analyze_sql, inferred_scope
+from framework.errors import BackupError, LockHeldError, StepFailed, StoreError
+from framework.migration import Migration, MigrationContext, Risk, Step
+from framework.protocol import (
+    Analysis,
+    Direction,
+    Fingerprint,
+    LedgerEntry,
+    RestoreReport,
+    StepResult,
+)
+from framework.secrets import redact
+
+if TYPE_CHECKING:
+    from framework.artifacts import ArtifactStore, ArtifactWriter, Manifest
+    from framework.config import StoreConfig
+    from framework.progress import Progress
+
+log = logging.getLogger("polyshift.postgres")
+
+_LOCK_CLASS = 0x706F6C79  # "poly": first half of the two-int advisory lock key
+_RETRYABLE = (psycopg.errors.LockNotAvailable, psycopg.errors.SerializationFailure, psycopg.errors.DeadlockDetected)
+
+_LEDGER_DDL = f"""
+CREATE SCHEMA IF NOT EXISTS {cat.LEDGER_SCHEMA};
+CREATE TABLE IF NOT EXISTS {cat.LEDGER_SCHEMA}.schema_history (
+    installed_rank bigserial PRIMARY KEY,
+    store text NOT NULL,
+    version text NOT NULL,
+    slug text NOT NULL,
+    checksum text NOT NULL,
+    direction text NOT NULL CHECK (direction IN ('up', 'down')),
+    applied_by text NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now(),
+    duration_ms integer NOT NULL,
+    success boolean NOT NULL,
+    non_transactional boolean NOT NULL DEFAULT false,
+    run_id text
+)"""
+
+
+def _describe(exc: psycopg.Error) -> str:
+    diag = getattr(exc, "diag", None)
+    primary = (diag.message_primary if diag is not None else None) or str(exc).strip().splitlines()[0]
+    code = f"SQLSTATE {exc.sqlstate}: " if getattr(exc, "sqlstate", None) else ""
+    return redact(f"{code}{primary}")
+
+
+class PostgresAdapter:
+    kind = "postgres"
+
+    def __init__(self, config: StoreConfig) -> None:
+        self.config = config
+        self.name = config.name
+        self._conn: psycopg.Connection | None = None
+        self._lock_conn: psycopg.Connection | None = None
+        self._lock_key = (_LOCK_CLASS, zlib.crc32(config.name.encode()) & 0x7FFFFFFF)
+
+    # -- connection -------------------------------------------------------------------
+    def _open(self, purpose: str) -> psycopg.Connection:
+        try:
+            return psycopg.connect(self.config.url, autocommit=True, connect_timeout=10,
+                                   application_name=f"polyshift {purpose}"[:63])
+        except psycopg.Error as exc:
+            raise StoreError(f"store {self.name}: cannot connect to {self.config.display_url}: {_describe(exc)}") from None
+
+    def connect(self) -> None:
+        if self._conn is None or self._conn.closed:
+            self._conn = self._open(f"{self.name} pid={os.getpid()}")
+
+    @property
+    def conn(self) -> psycopg.Connection:
+        self.connect()
+        assert self._conn is not None
+        return self._conn
+
+    def close(self) -> None:
+        for c in (self._lock_conn, self._conn):
+            try:
+                if c is not None:
+                    c.close()
+            except Exception:  # closing must never mask the error that got us here
+                pass
+        self._conn = self._lock_conn = None
+
+    # -- lock -------------------------------------------------------------------------
+    def acquire_lock(self, holder: str, wait: float) -> None:
+        """Session advisory lock on its own connection: released by the server if we die."""
+        if self._lock_conn is not None:
+            return
+        conn = self._open(f"lock {holder}")
+        deadline = time.monotonic() + wait
+        while True:
+            got = conn.execute("SELECT pg_try_advisory_lock(%s, %s)", self._lock_key).fetchone()[0]  # type: ignore[index]
+            if got:
+                self._lock_conn = conn
+                return
+            if time.monotonic() >= deadline:
+                who = self.lock_holder(conn)
+                conn.close()
+                raise LockHeldError(f"store {self.name} is locked by another polyshift run ({who})",
+                                    hint="wait for it to finish, or raise lock_wait in the store's config")
+            time.sleep(0.2)
+
+    def lock_holder(self, conn: psycopg.Connection | None = None) -> str:
+        row = (conn or self.conn).execute(
+            "SELECT a.application_name, a.pid, coalesce(a.client_addr::text, 'local'), a.backend_start "
+            "FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid WHERE l.locktype = 'advisory' "
+            "AND l.classid::bigint = %s AND l.objid::bigint = %s AND l.granted", self._lock_key,
+        ).fetchone()
+        if row is None:
+            return "holder unknown"
+        app, pid, addr, since = row
+        return f"{app.removeprefix('polyshift lock ')}, backend pid {pid} from {addr} since {since:%Y-%m-%d %H:%M:%S %Z}"
+
+    def release_lock(self) -> None:
+        if self._lock_conn is not None:
+            try:
+                self._lock_conn.execute("SELECT pg_advisory_unlock(%s, %s)", self._lock_key)
+            finally:
+                self._lock_conn.close()
+                self._lock_conn = None
+
+    # -- ledger -----------------------------------------------------------------------
+    def ensure_ledger(self) -> None:
+        try:
+            with self.conn.transaction():
+                self.conn.execute(_LEDGER_DDL)
+        except psycopg.Error as exc:
+            raise StoreError(f"store {self.name}: cannot create the ledger {cat.LEDGER_SCHEMA}.schema_history: {_describe(exc)}") from None
+
+    def ledger(self) -> list[LedgerEntry]:
+        exists = self.conn.execute("SELECT to_regclass(%s)", (f"{cat.LEDGER_SCHEMA}.schema_history",)).fetchone()
+        if exists is None or exists[0] is None:
+            return []
+        rows = self.conn.execute(
+            f"SELECT installed_rank, version, slug, checksum, direction, applied_by, applied_at, duration_ms, success, "
+            f"non_transactional, run_id FROM {cat.LEDGER_SCHEMA}.schema_history WHERE store = %s ORDER BY installed_rank",
+            (self.name,),
+        ).fetchall()
+        return [LedgerEntry(*row) for row in rows]
+
+    def _record(self, migration: Migration, direction: Direction, *, run_id: str, actor: str, duration_ms: int,
+                non_transactional: bool) -> None:
+        self.conn.execute(
+            f"INSERT INTO {cat.LEDGER_SCHEMA}.schema_history (store, version, slug, checksum, direction, applied_by, "
+            "duration_ms, success, non_transactional, run_id) VALUES (%s, %s, %s, %s, %s, %s, %s, true, %s, %s)",
+            (self.name, migration.version, migration.slug, migration.checksum, direction, actor, duration_ms,
+             non_transactional, run_id),
+        )
+
+    def record_reverted(self, migration: Migration, *, run_id: str, actor: str) -> None:
+        try:
+            with self.conn.transaction():
+                self._record(migration, "down", run_id=run_id, actor=actor, duration_ms=0, non_transactional=False)
+        except psycopg.Error as exc:
+            raise StoreError(f"store {self.name}: cannot write the ledger: {_describe(exc)}") from None
+
+    # -- analysis ---------------------------------------------------------------------
+    def _statements(self, step: Step) -> list[Statement]:
+        assert step.script is not None
+        return analyze_sql(step.script, origin=f"{self.name}/{step.path.name}")
+
+    def analyze(self, migration: Migration, direction: Direction = "up") -> Analysis:
+        step = migration.forward if direction == "up" else migration.rollback
+        if step is None:
+            return Analysis(Risk.C, (), "none", notes=("no rollback step: irreversible",))
+        if step.is_python:
+            scope = migration.declared_scope or ()
+            return Analysis(migration.declared_risk or Risk.C, scope, "declared" if scope else "none")
+        statements = self._statements(step)
+        risk = Risk.highest([s.risk for s in statements] + ([migration.declared_risk] if migration.declared_risk else []))
+        inferred = tuple(inferred_scope(statements))
+        declared = migration.declared_scope if direction == "up" else None
+        if declared is not None:
+            extra = tuple(t for t in inferred if t not in declared)
+            scope, source = declared + extra, ("declared+inferred" if extra else "declared")
+        else:
+            scope, source = inferred, ("inferred" if inferred else "none")
+        notes = tuple(n for s in statements for n in s.notes)
+        non_tx = tuple(f"{s.non_transactional}: {s.sql[:80]}" for s in statements if s.non_transactional)
+        return Analysis(risk, scope, source, non_tx, len(statements), notes)
+
+    def resolve_scope(self, scope: tuple[str, ...], *, missing_ok: bool) -> tuple[str, ...]:
+        tables, missing = cat.resolve(self.conn, list(scope), missing_ok=missing_ok)
+        if missing and not missing_ok:
+            raise BackupError(f"store {self.name}: backup scope names tables that do not exist: {', '.join(missing)}")
+        return tuple(t.qualified for t in tables)
+
+    # -- steps ------------------------------------------------------------------------
+    def _retrying(self) -> Retrying:
+        return Retrying(
+            retry=retry_if_exception(lambda e: isinstance(e, _RETRYABLE)),
+            stop=stop_after_delay(self.config.retry_deadline),
+            wait=wait_exponential_jitter(initial=0.05, max=2.0),
+            reraise=True,
+        )
+
+    def _set_timeouts(self, *, local: bool) -> None:
+        for name, seconds in (("lock_timeout", self.config.lock_timeout), ("statement_timeout", self.config.statement_timeout)):
+            self.conn.execute("SELECT set_config(%s, %s, %s)", (name, f"{int(seconds * 1000)}ms", local))
+
+    def _run_python(self, migration: Migration, step: Step) -> None:
+        assert step.function is not None
+        ctx = MigrationContext(client=self.conn, store=self.name, log=logging.getLogger(f"polyshift.migration.{migration.id}"),
+                               migration=migration)
+        step.function(ctx)
+
+    def apply(self, migration: Migration, direction: Direction, *, run_id: str, actor: str) -> StepResult:
+        """Run forward or rollback; the ledger row commits in the same transaction as the step.
+
+        Transactional work is retried on lock timeouts, serialization failures and deadlocks
+        until ``retry_deadline``: a Python step may therefore run more than once.
+        Statements that PostgreSQL refuses inside a transaction run on their own, in order.
+        """
+        step = migration.forward if direction == "up" else migration.rollback
+        if step is None:
+            raise StepFailed(f"{migration.id} has no rollback step (irreversible)", step="rollback")
+        started = time.monotonic()
+        if step.is_python:
+            segments: list[tuple[bool, list[Statement]]] = [(True, [])]
+        else:
+            segments = []
+            for st in self._statements(step):
+                transactional = st.non_transactional is None
+                if segments and segments[-1][0] and transactional:
+                    segments[-1][1].append(st)
+                else:
+                    segments.append((transactional, [st]))
+        non_tx = any(not tx for tx, _ in segments)
+        attempts = 0
+        for index, (transactional, statements) in enumerate(segments):
+            last = index == len(segments) - 1
+            if transactional:
+                for attempt in self._retrying():
+                    with attempt:
+                        attempts += 1
+                        self._run_transaction(migration, step, statements, direction, run_id, actor, started,
+                                              record=last, non_tx=non_tx)
+            else:
+                self._run_outside_transaction(migration, step, statements[0])
+        if not segments or not segments[-1][0]:
+            with self.conn.transaction():
+                self._record(migration, direction, run_id=run_id, actor=actor,
+                             duration_ms=int((time.monotonic() - started) * 1000), non_transactional=non_tx)
+        return StepResult(int((time.monotonic() - started) * 1000), sum(len(s) for _, s in segments), non_tx, attempts)
+
+    def _run_transaction(self, migration: Migration, step: Step, statements: list[Statement], direction: Direction,
+                         run_id: str, actor: str, started: float, *, record: bool, non_tx: bool) -> None:
+        current = None
+        try:
+            with self.conn.transaction():
+                self._set_timeouts(local=True)
+                if step.is_python:
+                    self._run_python(migration, step)
+                for current in statements:
+                    self.conn.execute(current.sql)  # type: ignore[arg-type]
+                if record:
+                    self._record(migration, direction, run_id=run_id, actor=actor,
+                                 duration_ms=int((time.monotonic() - started) * 1000), non_transactional=non_tx)
+        except _RETRYABLE:
+            raise
+        except psycopg.Error as exc:
+            where = f" at `{current.sql[:120]}`" if current is not None else ""
+            raise StepFailed(f"{self.name} {migration.id} {step.name} failed{where}: {_describe(exc)}", step=step.name) from None
+        except Exception as exc:  # a Python step's own bug is a failed step, not a crash
+            raise StepFailed(f"{self.name} {migration.id} {step.name} raised {type(exc).__name__}: {redact(str(exc))}",
+                             step=step.name) from exc
+
+    def _run_outside_transaction(self, migration: Migration, step: Step, statement: Statement) -> None:
+        try:
+            self._set_timeouts(local=False)
+            self.conn.execute(statement.sql)  # type: ignore[arg-type]
+        except psycopg.Error as exc:
+            raise StepFailed(f"{self.name} {migration.id} {step.name} failed outside a transaction at "
+                             f"`{statement.sql[:120]}`: {_describe(exc)}", step=step.name) from None
+        finally:
+            self.conn.execute("RESET lock_timeout; RESET statement_timeout")
+
+    def validate(self, migration: Migration) -> list[str]:
+        """Checks run in a transaction that is always rolled back: validation never changes the store."""
+        step = migration.validate
+        if step is None:
+            return []
+        failures: list[str] = []
+        tx = self.conn.transaction(force_rollback=True)
+        try:
+            with tx:
+                self._set_timeouts(local=True)
+                if step.is_python:
+                    failures.extend(self._validate_python(migration, step))
+                else:
+                    for number, st in enumerate(self._statements(step), 1):
+                        failures.extend(self._validate_statement(number, st))
+        except psycopg.Error as exc:
+            failures.append(f"validation could not run: {_describe(exc)}")
+        return failures
+
+    def _validate_statement(self, number: int, st: Statement) -> list[str]:
+        label = f"check {number} `{' '.join(st.sql.split())[:100]}`"
+        try:
+            with self.conn.transaction():  # savepoint: one failing check does not hide the others
+                cur = self.conn.execute(st.sql)  # type: ignore[arg-type]
+                if cur.description is None:
+                    return []
+                for row_number, row in enumerate(cur, 1):
+                    if row[0] is None or row[0] is False:
+                        return [f"{label}: row {row_number} returned {row[0]!r}"]
+        except psycopg.Error as exc:
+            return [f"{label}: {_describe(exc)}"]
+        return []
+
+    def _validate_python(self, migration: Migration, step: Step) -> list[str]:
+        assert step.function is not None
+        ctx = MigrationContext(client=self.conn, store=self.name, log=logging.getLogger(f"polyshift.migration.{migration.id}"),
+                               migration=migration)
+        try:
+            with self.conn.transaction():
+                result = step.function(ctx)
+        except Exception as exc:
+            return [f"validate raised {type(exc).__name__}: {redact(str(exc))}"]
+        if result is False:
+            return ["validate returned False"]
+        if isinstance(result, (list, tuple)):
+            return [str(r) for r in result]
+        return []
+
+    # -- backup, restore, fingerprint ---------------------------------------------------
+    def _tables(self, scope: tuple[str, ...]) -> list[cat.Table]:
+        tables, missing = cat.resolve(self.conn, list(scope), missing_ok=True)
+        if missing:
+            raise BackupError(f"store {self.name}: tables not found: {', '.join(missing)}")
+        return tables
+
+    def backup(self, scope: tuple[str, ...], writer: ArtifactWriter, progress: Progress) -> dict[str, Any]:
+        try:
+            return pg_backup.backup(self.conn, self.config.url, self._tables(scope), writer, progress)
+        except psycopg.Error as exc:
+            raise BackupError(f"store {self.name}: backup failed: {_describe(exc)}") from None
+
+    def restore(self, manifest: Manifest, artifacts: ArtifactStore, progress: Progress) -> RestoreReport:
+        try:
+            return pg_backup.restore(self.conn, manifest, artifacts, progress, lock_timeout=self.config.lock_timeout)
+        except psycopg.Error as exc:
+            raise StoreError(f"store {self.name}: restore of {manifest.id} failed, nothing was changed: {_describe(exc)}") from None
+
+    def fingerprint(self, scope: tuple[str, ...]) -> Fingerprint:
+        try:
+            with self.conn.transaction():
+                self.conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                items: dict[str, dict[str, Any]] = {}
+                tables, missing = cat.resolve(self.conn, list(scope), missing_ok=True)
+                for table in tables:
+                    rows, data = cat.table_data_hash(self.conn, table)
+                    items[table.qualified] = {"schema": cat.table_schema_hash(self.conn, table), "data": data, "rows": rows}
+                for name in missing:
+                    items[name] = {"missing": True}
+                schema = cat.schema_hash(self.conn)
+        except psycopg.Error as exc:
+            raise StoreError(f"store {self.name}: fingerprint failed: {_describe(exc)}") from None
+        import hashlib
+        import json
+
+        data_hash = hashlib.sha256(json.dumps(items, sort_keys=True).encode()).hexdigest()
+        return Fingerprint(schema, data_hash, {k: int(v.get("rows", 0)) for k, v in items.items()}, items)
+
+    def query_value(self, query: str, params: Any = None) -> Any:
+        row = self.conn.execute(sql.SQL(query), params).fetchone()  # type: ignore[arg-type]
+        return None if row is None else row[0]

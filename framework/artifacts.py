@@ -1,0 +1,229 @@
+"""Local artifact store: one directory per backup (0700), files 0600, a JSON manifest with sha256.
+
+Files are zstd-compressed as they are streamed, so nothing is held in memory, and the
+sha256 is computed over the bytes on disk. ``verify`` reads every file back from disk,
+recomputes the digest and decompresses it (zstd frame checksums) before anything may
+rely on the backup.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import secrets as pysecrets
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any
+
+import zstandard
+
+from framework import __version__
+from framework.errors import BackupCorruptError, BackupError, UsageError
+
+_CHUNK = 1 << 20
+_ID = re.compile(r"^[0-9]{8}T[0-9]{6}Z-[a-z0-9_-]+-[0-9a-f]{6}$")
+
+
+@dataclass(frozen=True)
+class ArtifactFile:
+    name: str
+    bytes: int
+    sha256: str
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Manifest:
+    id: str
+    store: str
+    kind: str
+    version: str | None
+    scope: tuple[str, ...]
+    created_at: str
+    files: tuple[ArtifactFile, ...]
+    meta: dict[str, Any]
+    reason: str = ""
+
+    @property
+    def size(self) -> int:
+        return sum(f.bytes for f in self.files)
+
+    def file(self, name: str) -> ArtifactFile:
+        for f in self.files:
+            if f.name == name:
+                return f
+        raise BackupCorruptError(f"backup {self.id}: manifest lists no file {name!r}")
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id, "store": self.store, "kind": self.kind, "version": self.version,
+            "scope": list(self.scope), "created_at": self.created_at, "reason": self.reason,
+            "files": [{"name": f.name, "bytes": f.bytes, "sha256": f.sha256, "meta": f.meta} for f in self.files],
+            "meta": self.meta, "polyshift": __version__,
+        }
+
+    @staticmethod
+    def from_json(data: dict[str, Any]) -> Manifest:
+        return Manifest(
+            id=data["id"], store=data["store"], kind=data["kind"], version=data.get("version"),
+            scope=tuple(data["scope"]), created_at=data["created_at"], reason=data.get("reason", ""),
+            files=tuple(ArtifactFile(f["name"], int(f["bytes"]), f["sha256"], f.get("meta", {})) for f in data["files"]),
+            meta=data.get("meta", {}),
+        )
+
+
+class _HashingWriter:
+    """File object the zstd stream writes into: counts and hashes what reaches the disk."""
+
+    def __init__(self, raw: IO[bytes]) -> None:
+        self.raw = raw
+        self.digest = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: bytes) -> int:
+        self.digest.update(data)
+        self.size += len(data)
+        return self.raw.write(data)
+
+    def flush(self) -> None:
+        self.raw.flush()
+
+
+class ArtifactWriter:
+    """Collects the files of one backup while an adapter streams them."""
+
+    def __init__(self, directory: Path, manifest_base: dict[str, Any]) -> None:
+        self.directory = directory
+        self.base = manifest_base
+        self.files: list[ArtifactFile] = []
+
+    def _open(self, name: str) -> IO[bytes]:
+        if "/" in name or name.startswith("."):
+            raise BackupError(f"invalid artifact file name {name!r}")
+        fd = os.open(self.directory / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        return os.fdopen(fd, "wb")
+
+    def write_stream(self, name: str, chunks: Iterator[bytes], meta: dict[str, Any] | None = None) -> ArtifactFile:
+        """Compress ``chunks`` into ``name``; memory stays at one chunk whatever the size."""
+        with self._open(name) as raw:
+            sink = _HashingWriter(raw)
+            compressor = zstandard.ZstdCompressor(level=3, write_checksum=True, threads=-1)
+            with compressor.stream_writer(sink, closefd=False) as zw:
+                for chunk in chunks:
+                    zw.write(chunk)
+            raw.flush()
+            os.fsync(raw.fileno())
+        entry = ArtifactFile(name, sink.size, sink.digest.hexdigest(), dict(meta or {}))
+        self.files.append(entry)
+        return entry
+
+    def write_bytes(self, name: str, data: bytes, meta: dict[str, Any] | None = None) -> ArtifactFile:
+        return self.write_stream(name, iter([data]), meta)
+
+
+class ArtifactStore:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def _ensure_root(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(self.root, 0o700)
+
+    def new_writer(self, *, store: str, kind: str, version: str | None, scope: tuple[str, ...], reason: str) -> ArtifactWriter:
+        self._ensure_root()
+        now = datetime.now(UTC)
+        artifact_id = f"{now:%Y%m%dT%H%M%SZ}-{store}-{pysecrets.token_hex(3)}"
+        directory = self.root / artifact_id
+        directory.mkdir(mode=0o700)
+        return ArtifactWriter(directory, {
+            "id": artifact_id, "store": store, "kind": kind, "version": version, "scope": scope,
+            "created_at": now.isoformat(timespec="microseconds"), "reason": reason,
+        })
+
+    def seal(self, writer: ArtifactWriter, meta: dict[str, Any]) -> Manifest:
+        """Write the manifest, then read every file back and verify it."""
+        b = writer.base
+        manifest = Manifest(b["id"], b["store"], b["kind"], b["version"], tuple(b["scope"]), b["created_at"],
+                            tuple(writer.files), meta, b["reason"])
+        body = json.dumps(manifest.to_json(), indent=2, sort_keys=True).encode()
+        fd = os.open(writer.directory / "manifest.json", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(body)
+            fh.flush()
+            os.fsync(fh.fileno())
+        self.verify(manifest.id)
+        return manifest
+
+    def discard(self, writer: ArtifactWriter) -> None:
+        for path in writer.directory.glob("*"):
+            path.unlink()
+        writer.directory.rmdir()
+
+    def path(self, artifact_id: str) -> Path:
+        if not _ID.match(artifact_id):
+            raise UsageError(f"{artifact_id!r} is not a backup id (see 'polyshift backup list')")
+        directory = self.root / artifact_id
+        if not directory.is_dir():
+            raise UsageError(f"no backup {artifact_id} in {self.root}")
+        return directory
+
+    def manifest(self, artifact_id: str) -> Manifest:
+        path = self.path(artifact_id) / "manifest.json"
+        try:
+            return Manifest.from_json(json.loads(path.read_bytes()))
+        except FileNotFoundError:
+            raise BackupCorruptError(f"backup {artifact_id}: manifest.json is missing") from None
+        except (ValueError, KeyError, TypeError) as exc:
+            raise BackupCorruptError(f"backup {artifact_id}: manifest.json is unreadable ({exc})") from None
+
+    def list(self) -> list[Manifest]:
+        if not self.root.is_dir():
+            return []
+        found = []
+        for child in sorted(self.root.iterdir()):
+            if child.is_dir() and _ID.match(child.name):
+                try:
+                    found.append(self.manifest(child.name))
+                except BackupCorruptError:
+                    continue  # listed by 'backup verify', not by list
+        return found
+
+    def verify(self, artifact_id: str) -> Manifest:
+        """Every file's sha256 and zstd frame checked from disk. Raises BackupCorruptError naming the file."""
+        manifest = self.manifest(artifact_id)
+        directory = self.path(artifact_id)
+        for entry in manifest.files:
+            path = directory / entry.name
+            if not path.is_file():
+                raise BackupCorruptError(f"backup {artifact_id}: file {entry.name} is missing")
+            digest = hashlib.sha256()
+            with open(path, "rb") as fh:
+                while block := fh.read(_CHUNK):
+                    digest.update(block)
+            if digest.hexdigest() != entry.sha256:
+                raise BackupCorruptError(
+                    f"backup {artifact_id}: {entry.name} is corrupted (sha256 {digest.hexdigest()[:12]}… "
+                    f"!= manifest {entry.sha256[:12]}…); it will not be restored",
+                )
+            try:
+                with open(path, "rb") as fh, zstandard.ZstdDecompressor().stream_reader(fh) as reader:
+                    while reader.read(_CHUNK):
+                        pass
+            except zstandard.ZstdError as exc:
+                raise BackupCorruptError(f"backup {artifact_id}: {entry.name} does not decompress ({exc})") from None
+        return manifest
+
+    def open(self, manifest: Manifest, name: str) -> IO[bytes]:
+        """A decompressing reader over one file of a verified backup."""
+        manifest.file(name)
+        raw = open(self.path(manifest.id) / name, "rb")  # noqa: SIM115 - closed by the reader (closefd)
+        return zstandard.ZstdDecompressor().stream_reader(raw, closefd=True)  # type: ignore[return-value]
+
+    def iter_chunks(self, manifest: Manifest, name: str, size: int = _CHUNK) -> Iterator[bytes]:
+        with self.open(manifest, name) as reader:
+            while block := reader.read(size):
+                yield block

@@ -1,0 +1,376 @@
+"""The ``polyshift`` command. Each command builds one object and calls one method; errors become
+exit codes in ``main`` and nowhere else. Every line printed passes through redaction."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+from pathlib import Path
+from typing import Any, NoReturn
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from framework import errors, progress, secrets, templates
+from framework.loader import SCRIPT_LANG, next_version
+from framework.project import Project, open_project
+from framework.runner import Runner
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Safe, reversible migrations across PostgreSQL, pgvector, Neo4j and Redis.")
+backup_app = typer.Typer(no_args_is_help=True, help="Verified backups (rollback points): list, show, verify, restore, create.")
+app.add_typer(backup_app, name="backup")
+
+# Without a terminal rich assumes 80 columns and truncates tables; pipelines read full values.
+_out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 160)
+_err = Console(stderr=True, highlight=False, soft_wrap=True)
+_opts: dict[str, Any] = {"config": Path("polyshift.toml"), "json": False}
+
+
+def say(text: str = "") -> None:
+    if not _opts["json"]:
+        _out.print(secrets.redact(text))
+
+
+def emit_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(secrets.redact_obj(data), indent=2, default=str) + "\n")
+
+
+def table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
+    t = Table(title=title, title_justify="left")
+    for c in columns:
+        t.add_column(c)
+    for r in rows:
+        t.add_row(*[secrets.redact("" if v is None else str(v)) for v in r])
+    _out.print(t)
+
+
+def project() -> Project:
+    return open_project(_opts["config"], progress.for_output(_opts["json"]))
+
+
+def _event(kind: str, data: dict[str, Any]) -> None:
+    if _opts["json"]:
+        return
+    if kind == "migration":
+        scope = ", ".join(data["scope"]) or "nothing to back up"
+        say(f"[bold]{data['store']}[/] {data['version']}_{data['slug']}  risk {data['risk']}  backup: {scope}")
+    elif kind == "backup":
+        say(f"  backup {data['backup']} verified ({data['bytes']:,} bytes)")
+    elif kind == "applied":
+        say(f"  [green]applied[/] in {data['duration_ms']} ms")
+    elif kind == "restore":
+        say(f"  [yellow]restoring[/] {data['backup']}: {data['why']}")
+    elif kind == "rolled-back":
+        say(f"[bold]{data['store']}[/] {data['version']} [green]rolled back[/]")
+        if data.get("hint"):
+            say(f"  {data['hint']}")
+
+
+@app.callback()
+def _global(
+    config: Path = typer.Option(Path("polyshift.toml"), "--config", "-c", help="Path of polyshift.toml."),
+    json_output: bool = typer.Option(False, "--json", help="Machine-readable output on stdout."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log what each step does (stderr)."),
+) -> None:
+    _opts["config"], _opts["json"] = config, json_output
+    if verbose:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.addFilter(secrets.RedactingFilter())
+        logging.basicConfig(level=logging.INFO, handlers=[handler])
+
+
+# -- scaffolding ---------------------------------------------------------------------------
+@app.command()
+def init() -> None:
+    """Create polyshift.toml and migrations/main/ here.  Example: polyshift init"""
+    path: Path = _opts["config"]
+    if path.exists():
+        raise errors.UsageError(f"{path} already exists; not overwriting it")
+    path.write_text(templates.CONFIG)
+    (path.parent / "migrations" / "main").mkdir(parents=True, exist_ok=True)
+    say(f"created {path} and migrations/main/; set DATABASE_URL or edit [stores.main]")
+    if _opts["json"]:
+        emit_json({"config": str(path), "migrations": str(path.parent / "migrations")})
+
+
+@app.command()
+def new(store: str, slug: str, python: bool = typer.Option(False, "--python", help="A Python migration module.")) -> None:
+    """Create the next migration's files.  Example: polyshift new main add_users_email"""
+    if not re.fullmatch(r"[a-z0-9][a-z0-9_]*", slug):
+        raise errors.UsageError(f"slug {slug!r}: use lowercase letters, digits and '_'")
+    proj = project()
+    cfg = proj.config.store(store)
+    version = next_version(proj.migrations[store])
+    directory = proj.config.migrations_dir / store
+    directory.mkdir(parents=True, exist_ok=True)
+    ident = f"{version}_{slug}"
+    lang = SCRIPT_LANG.get(cfg.kind)
+    if python or lang is None:
+        files = {directory / f"{ident}.py": templates.PYTHON}
+    else:
+        ext = lang[0]
+        files = {directory / f"{ident}.forward.{ext}": templates.SQL_FORWARD, directory / f"{ident}.rollback.{ext}": templates.SQL_ROLLBACK,
+                 directory / f"{ident}.validate.{ext}": templates.SQL_VALIDATE}
+    for path, body in files.items():
+        path.write_text(body.format(id=ident).replace("-- ", f"{lang[1]} ") if lang and lang[1] != "--" and not python
+                        else body.format(id=ident))
+    if _opts["json"]:
+        emit_json({"version": version, "files": [str(p) for p in files]})
+    for path in files:
+        say(f"created {path}")
+
+
+# -- inspection ----------------------------------------------------------------------------
+@app.command()
+def status(store: str | None = typer.Option(None, "--store", "-s")) -> None:
+    """Current version, pending and drifted migrations per store.  Example: polyshift status --json"""
+    proj = project()
+    runner = Runner(proj)
+    result = []
+    for name in runner.stores(store):
+        with runner.adapter(name) as adapter:
+            result.append(runner.status(adapter).to_json())
+    if _opts["json"]:
+        emit_json(result)
+        return
+    table("status", ["store", "kind", "current", "pending", "drift", "missing"],
+          [[r["store"], r["kind"], r["current"] or "-", " ".join(r["pending"]) or "-", " ".join(r["drift"]) or "-",
+            " ".join(r["missing"]) or "-"] for r in result])
+
+
+@app.command()
+def plan(store: str | None = typer.Option(None, "--store", "-s"), to: str | None = typer.Option(None, "--to")) -> None:
+    """What 'up' would do: risk, backup scope, non-transactional statements.  Example: polyshift plan"""
+    proj = project()
+    runner = Runner(proj)
+    rows = []
+    for name in runner.stores(store):
+        with runner.adapter(name) as adapter:
+            st = runner.status(adapter)
+            runner._check_status(st)
+            for m in runner._targets(st, to):
+                a = adapter.analyze(m, "up")
+                rows.append({"store": name, "version": m.version, "slug": m.slug, "risk": a.risk.value,
+                             "scope": list(a.scope), "scope_source": a.scope_source, "statements": a.statements,
+                             "non_transactional": list(a.non_transactional), "irreversible": m.irreversible,
+                             "flag": m.flag, "notes": list(a.notes)})
+    if _opts["json"]:
+        emit_json(rows)
+        return
+    if not rows:
+        say("nothing pending")
+        return
+    table("plan", ["store", "migration", "risk", "backup scope", "outside tx", "notes"],
+          [[r["store"], f"{r['version']}_{r['slug']}" + (" (irreversible)" if r["irreversible"] else ""), r["risk"],
+            f"{', '.join(r['scope']) or '-'} ({r['scope_source']})", "\n".join(r["non_transactional"]) or "-",
+            "\n".join(r["notes"]) or ""] for r in rows])
+
+
+@app.command()
+def history(store: str | None = typer.Option(None, "--store", "-s")) -> None:
+    """The stores' own ledgers, newest last.  Example: polyshift history --store main"""
+    proj = project()
+    runner = Runner(proj)
+    rows = []
+    for name in runner.stores(store):
+        with runner.adapter(name) as adapter:
+            for e in adapter.ledger():
+                rows.append({"store": name, "rank": e.rank, "version": e.version, "slug": e.slug, "direction": e.direction,
+                             "applied_by": e.applied_by, "applied_at": e.applied_at.isoformat(), "duration_ms": e.duration_ms,
+                             "checksum": e.checksum, "non_transactional": e.non_transactional, "run_id": e.run_id})
+    if _opts["json"]:
+        emit_json(rows)
+        return
+    table("history", ["store", "#", "version", "direction", "applied_by", "applied_at", "ms", "outside tx"],
+          [[r["store"], r["rank"], f"{r['version']}_{r['slug']}", r["direction"], r["applied_by"], r["applied_at"][:19],
+            r["duration_ms"], "yes" if r["non_transactional"] else ""] for r in rows])
+
+
+# -- changing stores -----------------------------------------------------------------------
+@app.command()
+def up(
+    to: str | None = typer.Option(None, "--to", help="Apply pending migrations up to and including this version."),
+    store: str | None = typer.Option(None, "--store", "-s"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Check and show what would run; change nothing."),
+    allow_irreversible: bool = typer.Option(False, "--allow-irreversible", help="Also run migrations without a rollback."),
+) -> None:
+    """Apply pending migrations: lock, verified backup, forward, validate, record.  Example: polyshift up --to 0003"""
+    outcomes = Runner(project(), _event).up(store=store, to=to, dry_run=dry_run, allow_irreversible=allow_irreversible)
+    if _opts["json"]:
+        emit_json([o.to_json() for o in outcomes])
+    elif not outcomes:
+        say("nothing to apply")
+    elif dry_run:
+        for o in outcomes:
+            say(f"would apply {o.store} {o.version}_{o.slug} (risk {o.risk}, backup: {', '.join(o.scope) or 'none'})")
+
+
+@app.command()
+def rollback(
+    to: str | None = typer.Option(None, "--to", help="Roll back every migration above this version."),
+    steps: int | None = typer.Option(None, "--steps", help="Roll back the last N migrations (default 1)."),
+    store: str | None = typer.Option(None, "--store", "-s"),
+    dry_run: bool = typer.Option(False, "--dry-run"),
+) -> None:
+    """Run rollback steps, newest first, each after a verified backup.  Example: polyshift rollback --steps 1 --store main"""
+    outcomes = Runner(project(), _event).rollback(store=store, to=to, steps=steps, dry_run=dry_run)
+    if _opts["json"]:
+        emit_json([o.to_json() for o in outcomes])
+    elif not outcomes:
+        say("nothing to roll back")
+
+
+@app.command()
+def validate(store: str | None = typer.Option(None, "--store", "-s")) -> None:
+    """Re-run the checks of every applied migration and report drift.  Example: polyshift validate"""
+    proj = project()
+    runner = Runner(proj)
+    report: list[dict[str, Any]] = []
+    for name in runner.stores(store):
+        with runner.adapter(name) as adapter:
+            st = runner.status(adapter)
+            for v in st.drift:
+                report.append({"store": name, "version": v, "failures": ["file changed after it was applied (drift)"]})
+            for m in proj.migrations[name]:
+                if m.version in st.applied:
+                    report.append({"store": name, "version": m.version, "failures": adapter.validate(m)})
+    failed = [r for r in report if r["failures"]]
+    if _opts["json"]:
+        emit_json(report)
+    else:
+        for r in report:
+            mark = "[red]FAIL[/]" if r["failures"] else "[green]ok[/]"
+            say(f"{mark} {r['store']} {r['version']}" + "".join(f"\n     {f}" for f in r["failures"]))
+    if failed:
+        raise errors.ChecksFailed(f"{len(failed)} migration(s) failed validation")
+
+
+@app.command()
+def audit(verify: bool = typer.Option(False, "--verify", help="Check the hash chain; names the first broken entry."),
+          subject: str | None = typer.Option(None, "--subject")) -> None:
+    """Show the audit log, or verify its hash chain.  Example: polyshift audit --verify"""
+    proj = project()
+    if verify:
+        count = proj.state.verify_audit()
+        if _opts["json"]:
+            emit_json({"verified": True, "entries": count})
+        say(f"audit chain verified: {count} entries")
+        return
+    entries = list(proj.state.audit_entries(subject=subject))
+    if _opts["json"]:
+        emit_json([e.__dict__ for e in entries])
+        return
+    table("audit", ["#", "at", "actor", "action", "subject", "detail"],
+          [[e.seq, e.at[:19], e.actor, e.action, e.subject, json.dumps(e.detail, default=str)[:100]] for e in entries])
+
+
+# -- backups -------------------------------------------------------------------------------
+def _manifest_row(m: Any) -> dict[str, Any]:
+    return {"id": m.id, "store": m.store, "kind": m.kind, "version": m.version, "scope": list(m.scope),
+            "created_at": m.created_at, "bytes": m.size, "reason": m.reason}
+
+
+@backup_app.command("list")
+def backup_list(store: str | None = typer.Option(None, "--store", "-s")) -> None:
+    """Every backup on disk, oldest first.  Example: polyshift backup list --json"""
+    rows = [_manifest_row(m) for m in project().artifacts.list() if store is None or m.store == store]
+    if _opts["json"]:
+        emit_json(rows)
+        return
+    table("backups", ["id", "store", "version", "scope", "bytes", "reason"],
+          [[r["id"], r["store"], r["version"] or "-", ", ".join(r["scope"]), f"{r['bytes']:,}", r["reason"]] for r in rows])
+
+
+@backup_app.command("show")
+def backup_show(backup_id: str) -> None:
+    """Manifest of one backup.  Example: polyshift backup show 20261123T060102Z-main-1a2b3c"""
+    manifest = project().artifacts.manifest(backup_id)
+    if _opts["json"]:
+        emit_json(manifest.to_json())
+        return
+    for key, value in _manifest_row(manifest).items():
+        say(f"{key:>10}: {value}")
+    for f in manifest.files:
+        say(f"      file: {f.name}  {f.bytes:,} bytes  sha256 {f.sha256}")
+
+
+@backup_app.command("verify")
+def backup_verify(backup_id: str) -> None:
+    """Re-read every file and check its sha256.  Example: polyshift backup verify ID"""
+    proj = project()
+    try:
+        manifest = proj.artifacts.verify(backup_id)
+    except errors.BackupCorruptError as exc:
+        proj.state.audit("backup.corrupt", backup_id, {"error": str(exc)})
+        raise
+    if _opts["json"]:
+        emit_json({"id": manifest.id, "verified": True, "files": len(manifest.files)})
+    say(f"backup {manifest.id}: {len(manifest.files)} files verified")
+
+
+@backup_app.command("restore")
+def backup_restore(backup_id: str, yes: bool = typer.Option(False, "--yes", help="Confirm overwriting the scope.")) -> None:
+    """Put a backup's scope back (after a safety backup of what is there now).  Example: polyshift backup restore ID --yes"""
+    proj = project()
+    manifest = proj.artifacts.verify(backup_id)
+    warning = (f"restoring {manifest.id} replaces {', '.join(manifest.scope)} in store {manifest.store}: writes made "
+               f"between {manifest.created_at} (when the backup was taken) and now will be discarded")
+    if not yes:
+        if not sys.stdin.isatty():
+            raise errors.RefusedError(warning + "; pass --yes to proceed")
+        if not typer.confirm(warning + ". Continue?"):
+            raise errors.RefusedError("restore cancelled")
+    else:
+        _err.print(secrets.redact("warning: " + warning))
+    report = Runner(proj, _event).restore(backup_id)
+    if _opts["json"]:
+        emit_json({"id": report.artifact_id, "verified": report.verified, "rows": report.items,
+                   "discarded_writes_since": manifest.created_at})
+        return
+    say(f"restored {report.artifact_id}: " + ", ".join(f"{k} ({v:,} rows)" for k, v in report.items.items()) + " — verified")
+
+
+@backup_app.command("create")
+def backup_create(store: str, scope: str = typer.Option(..., "--scope", help="Comma-separated tables (or keys/labels).")) -> None:
+    """Take a verified backup by hand.  Example: polyshift backup create main --scope users,orders"""
+    names = tuple(s.strip() for s in scope.split(",") if s.strip())
+    manifest = Runner(project(), _event).backup(store, names)
+    if _opts["json"]:
+        emit_json(_manifest_row(manifest))
+        return
+    say(f"backup {manifest.id} of {', '.join(manifest.scope)}: {manifest.size:,} bytes, verified")
+
+
+# -- the one error boundary ----------------------------------------------------------------
+def _fail(exc: errors.PolyshiftError) -> NoReturn:
+    message = secrets.redact(str(exc))
+    hint = secrets.redact(exc.hint) if exc.hint else None
+    if _opts["json"]:
+        emit_json({"error": message, "hint": hint, "exit_code": exc.exit_code, "type": type(exc).__name__})
+    else:
+        _err.print(f"[red]error:[/] {message}", markup=True, highlight=False)
+        if hint:
+            _err.print(f"hint: {hint}")
+    raise SystemExit(exc.exit_code)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point. Typer reports usage errors itself (exit 2); polyshift's own errors are mapped here."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    # --json is global but users write it after the command too ("polyshift status --json").
+    if "--json" in args:
+        args = ["--json"] + [a for a in args if a != "--json"]
+    try:
+        app(args=args, prog_name="polyshift")
+    except errors.PolyshiftError as exc:
+        _fail(exc)
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,227 @@
+"""Finds and parses migrations under ``migrations/<store>/`` (ordering, checksums, directives).
+
+Layout per store directory:
+  <version>_<slug>.forward.<ext>   required for script migrations
+  <version>_<slug>.rollback.<ext>  required unless the forward is marked irreversible
+  <version>_<slug>.validate.<ext>  optional
+  <version>_<slug>.py              Python migration: forward(ctx), rollback(ctx), validate(ctx)
+where <ext> is the store's script language (sql, cypher). Header comment lines of the
+forward script carry directives: ``-- polyshift: backup=users,orders``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import re
+import sys
+from pathlib import Path
+
+from framework.errors import MigrationLoadError
+from framework.migration import Migration, Risk, Step, version_key
+
+# Script language per store kind: (file extension, line-comment prefix). Redis has none:
+# its migrations are Python modules only.
+SCRIPT_LANG: dict[str, tuple[str, str] | None] = {
+    "postgres": ("sql", "--"),
+    "pgvector": ("sql", "--"),
+    "neo4j": ("cypher", "//"),
+    "falkordb": ("cypher", "//"),
+    "redis": None,
+}
+_NAME = re.compile(r"^(?P<version>\d+(?:\.\d+)*)_(?P<slug>[a-z0-9][a-z0-9_]*)(?:\.(?P<step>forward|rollback|validate))?\.(?P<ext>[a-z]+)$")
+_DIRECTIVE_KEYS = {"backup", "irreversible", "flag", "risk"}
+_FLAG_NAME = re.compile(r"^[a-z0-9_.-]+$")
+_IGNORED = {"README.md", ".gitkeep", "__pycache__", "__init__.py"}
+
+
+def checksum(parts: list[tuple[str, bytes]]) -> str:
+    digest = hashlib.sha256()
+    for label, data in parts:
+        # Line endings are normalised so a checkout on another OS is not reported as drift.
+        digest.update(label.encode() + b"\0" + data.replace(b"\r\n", b"\n") + b"\0")
+    return digest.hexdigest()
+
+
+def parse_directives(script: str, comment: str, path: Path) -> dict[str, str]:
+    directives: dict[str, str] = {}
+    for line in script.splitlines():
+        stripped = line.strip()
+        if not stripped:
+            continue
+        if not stripped.startswith(comment):
+            break  # directives live only in the header comment block
+        body = stripped[len(comment):].strip()
+        if not body.lower().startswith("polyshift:"):
+            continue
+        for token in body.split(":", 1)[1].split():
+            key, _, value = token.partition("=")
+            key = key.strip().lower()
+            if key not in _DIRECTIVE_KEYS:
+                raise MigrationLoadError(f"{path.name}: unknown directive {key!r} (known: {', '.join(sorted(_DIRECTIVE_KEYS))})")
+            directives[key] = value.strip()
+    return directives
+
+
+def _scope(value: object, path: Path) -> tuple[str, ...]:
+    if isinstance(value, str):
+        items = [v.strip() for v in value.split(",")]
+    elif isinstance(value, (list, tuple)):
+        items = [str(v).strip() for v in value]
+    else:
+        raise MigrationLoadError(f"{path.name}: backup scope must be a list of names, got {type(value).__name__}")
+    if any(not item for item in items):
+        raise MigrationLoadError(f"{path.name}: backup scope has an empty entry")
+    return tuple(items)
+
+
+def _risk(value: object, path: Path) -> Risk | None:
+    if value in (None, ""):
+        return None
+    try:
+        return Risk(str(value).upper())
+    except ValueError:
+        raise MigrationLoadError(f"{path.name}: risk must be A, B or C, got {value!r}") from None
+
+
+def _flag(value: object, path: Path) -> str | None:
+    if value in (None, ""):
+        return None
+    if not isinstance(value, str) or not _FLAG_NAME.match(value):
+        raise MigrationLoadError(f"{path.name}: flag name {value!r} must match [a-z0-9_.-]+")
+    return value
+
+
+def _load_script_migration(store: str, version: str, slug: str, files: dict[str, Path], comment: str) -> Migration:
+    forward_path = files.get("forward")
+    if forward_path is None:
+        present = ", ".join(p.name for p in files.values())
+        raise MigrationLoadError(f"{store}/{version}_{slug}: no forward script (found only {present})")
+    texts = {step: path.read_text(encoding="utf-8") for step, path in files.items()}
+    directives = parse_directives(texts["forward"], comment, forward_path)
+    irreversible = "irreversible" in directives
+    if "rollback" not in files and not irreversible:
+        raise MigrationLoadError(
+            f"{store}/{forward_path.name}: no rollback script; add {version}_{slug}.rollback.{forward_path.suffix[1:]} "
+            "or mark the forward with '-- polyshift: irreversible'",
+        )
+    steps = {step: Step(name=step, path=path, script=texts[step]) for step, path in files.items()}
+    return Migration(
+        version=version,
+        slug=slug,
+        store=store,
+        forward=steps["forward"],
+        rollback=steps.get("rollback"),
+        validate=steps.get("validate"),
+        checksum=checksum([(s, files[s].read_bytes()) for s in ("forward", "rollback", "validate") if s in files]),
+        declared_scope=_scope(directives["backup"], forward_path) if "backup" in directives else None,
+        flag=_flag(directives.get("flag"), forward_path),
+        declared_risk=_risk(directives.get("risk"), forward_path),
+        irreversible=irreversible,
+        directives=directives,
+    )
+
+
+def _load_python_migration(store: str, version: str, slug: str, path: Path) -> Migration:
+    module_name = f"polyshift_migrations.{store}.m{version.replace('.', '_')}_{slug}"
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    if spec is None or spec.loader is None:
+        raise MigrationLoadError(f"{path}: cannot be imported")
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:  # a migration module that does not import is bad input, not a crash
+        raise MigrationLoadError(f"{store}/{path.name}: import failed: {type(exc).__name__}: {exc}") from None
+    sys.modules[module_name] = module
+    forward = getattr(module, "forward", None)
+    if not callable(forward):
+        raise MigrationLoadError(f"{store}/{path.name}: defines no forward(ctx) function")
+    irreversible = bool(getattr(module, "IRREVERSIBLE", False))
+    rollback = getattr(module, "rollback", None)
+    if not callable(rollback) and not irreversible:
+        raise MigrationLoadError(f"{store}/{path.name}: defines no rollback(ctx); add one or set IRREVERSIBLE = True")
+    if not hasattr(module, "BACKUP"):
+        raise MigrationLoadError(
+            f"{store}/{path.name}: Python migrations must declare BACKUP (the scope to back up; BACKUP = [] for none), "
+            "since their effect cannot be inferred",
+        )
+    validate = getattr(module, "validate", None)
+    return Migration(
+        version=version,
+        slug=slug,
+        store=store,
+        forward=Step("forward", path, function=forward),
+        rollback=Step("rollback", path, function=rollback) if callable(rollback) else None,
+        validate=Step("validate", path, function=validate) if callable(validate) else None,
+        checksum=checksum([("python", path.read_bytes())]),
+        declared_scope=_scope(module.BACKUP, path),
+        flag=_flag(getattr(module, "FLAG", None), path),
+        declared_risk=_risk(getattr(module, "RISK", None), path) or Risk.C,
+        irreversible=irreversible,
+        module=module,
+    )
+
+
+def load_store_migrations(directory: Path, store: str, kind: str) -> list[Migration]:
+    """Every migration for one store, ordered by version. Raises MigrationLoadError on bad files."""
+    if not directory.is_dir():
+        return []
+    lang = SCRIPT_LANG.get(kind)
+    groups: dict[tuple[str, str], dict[str, Path]] = {}
+    python: dict[tuple[str, str], Path] = {}
+    for path in sorted(directory.iterdir()):
+        if path.name in _IGNORED or path.name.startswith("."):
+            continue
+        m = _NAME.match(path.name)
+        if m is None:
+            raise MigrationLoadError(
+                f"{store}/{path.name}: not a migration file name; expected <version>_<slug>.forward.<ext>, "
+                "<version>_<slug>.rollback.<ext>, <version>_<slug>.validate.<ext> or <version>_<slug>.py "
+                "(slug: lowercase letters, digits, '_')",
+            )
+        key = (m["version"], m["slug"])
+        if m["ext"] == "py" and m["step"] is None:
+            python[key] = path
+        elif lang is not None and m["ext"] == lang[0] and m["step"] is not None:
+            groups.setdefault(key, {})[m["step"]] = path
+        else:
+            expected = f".{lang[0]} scripts or .py modules" if lang else ".py modules"
+            raise MigrationLoadError(f"{store}/{path.name}: a {kind} store takes {expected}")
+    migrations: list[Migration] = []
+    for key in python.keys() & groups.keys():
+        raise MigrationLoadError(f"{store}/{key[0]}_{key[1]}: both a Python module and scripts; keep one")
+    for (version, slug), files in groups.items():
+        assert lang is not None
+        migrations.append(_load_script_migration(store, version, slug, files, lang[1]))
+    for (version, slug), path in python.items():
+        migrations.append(_load_python_migration(store, version, slug, path))
+    seen: dict[tuple[int, ...], Migration] = {}
+    for mig in migrations:
+        other = seen.get(mig.version_key)
+        if other is not None:
+            raise MigrationLoadError(f"{store}: version {mig.version} is used twice ({other.id} and {mig.id})")
+        seen[mig.version_key] = mig
+    return sorted(migrations, key=lambda mg: mg.version_key)
+
+
+def load_all(migrations_dir: Path, stores: dict[str, str]) -> dict[str, list[Migration]]:
+    """Migrations for every configured store (store name → kind), in config order."""
+    if migrations_dir.is_dir():
+        for child in migrations_dir.iterdir():
+            if child.is_dir() and not child.name.startswith((".", "_")) and child.name not in stores:
+                raise MigrationLoadError(
+                    f"migrations/{child.name}/ has no matching [stores.{child.name}] in the config "
+                    f"(configured: {', '.join(stores)})",
+                )
+    return {name: load_store_migrations(migrations_dir / name, name, kind) for name, kind in stores.items()}
+
+
+def next_version(existing: list[Migration]) -> str:
+    if not existing:
+        return "0001"
+    last = max(existing, key=lambda m: m.version_key)
+    head = last.version.split(".")[0]
+    return str(int(head) + 1).zfill(max(4, len(head)))
+
+
+__all__ = ["checksum", "load_all", "load_store_migrations", "next_version", "parse_directives", "version_key"]

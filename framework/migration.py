@@ -1,0 +1,101 @@
+"""The store-neutral migration record and the Migration protocol that steps follow."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Protocol
+
+
+class Risk(StrEnum):
+    """Rollback risk, in the A/B/C vocabulary of the usual rollback-strategy documents.
+
+    A: additive and safe (new table, nullable column, index).
+    B: moderate (type change, NOT NULL with default, index rebuild, constraint validation).
+    C: high (drop column/table, truncate, bulk update/delete): always backed up.
+    """
+
+    A = "A"
+    B = "B"
+    C = "C"
+
+    @staticmethod
+    def highest(risks: list[Risk]) -> Risk:
+        return max(risks, key=lambda r: r.value) if risks else Risk.A
+
+
+@dataclass
+class MigrationContext:
+    """What a Python step receives: the store's native client inside the step's transaction."""
+
+    client: Any
+    store: str
+    log: logging.Logger
+    migration: Migration
+    helpers: Any = None
+
+
+StepFn = Callable[[MigrationContext], Any]
+
+
+@dataclass(frozen=True)
+class Step:
+    """One of forward / rollback / validate: a script in the store's language or a Python function."""
+
+    name: str
+    path: Path
+    script: str | None = None
+    function: StepFn | None = None
+
+    @property
+    def is_python(self) -> bool:
+        return self.function is not None
+
+
+@dataclass
+class Migration:
+    version: str
+    slug: str
+    store: str
+    forward: Step
+    rollback: Step | None
+    validate: Step | None
+    checksum: str
+    declared_scope: tuple[str, ...] | None = None
+    flag: str | None = None
+    declared_risk: Risk | None = None
+    irreversible: bool = False
+    module: ModuleType | None = field(default=None, repr=False)
+    directives: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def id(self) -> str:
+        return f"{self.version}_{self.slug}"
+
+    @property
+    def version_key(self) -> tuple[int, ...]:
+        return version_key(self.version)
+
+    @property
+    def is_python(self) -> bool:
+        return self.forward.is_python
+
+    def extra(self, name: str, default: Any = None) -> Any:
+        """A module-level setting of a Python migration, or a header directive of a script."""
+        if self.module is not None and hasattr(self.module, name):
+            return getattr(self.module, name)
+        return self.directives.get(name.lower(), default)
+
+
+def version_key(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in version.split("."))
+
+
+class MigrationSource(Protocol):
+    """What any on-disk migration format provides once loaded."""
+
+    def load(self, directory: Path, store: str) -> list[Migration]: ...

@@ -1,0 +1,43 @@
+"""Everything a command needs, opened once: config, control plane, artifact store, migrations."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from framework.artifacts import ArtifactStore
+from framework.config import Config, load_config
+from framework.loader import load_all
+from framework.migration import Migration
+from framework.progress import NullProgress, Progress
+from framework.state import ControlPlane
+
+
+@dataclass
+class Project:
+    config: Config
+    state: ControlPlane
+    artifacts: ArtifactStore
+    progress: Progress = field(default_factory=NullProgress)
+    _migrations: dict[str, list[Migration]] | None = None
+
+    @property
+    def migrations(self) -> dict[str, list[Migration]]:
+        if self._migrations is None:
+            self._migrations = load_all(self.config.migrations_dir, {n: s.kind for n, s in self.config.stores.items()})
+        return self._migrations
+
+    def migration(self, store: str, version: str) -> Migration:
+        for m in self.migrations[store]:
+            if m.version == version:
+                return m
+        raise KeyError(version)
+
+    def close(self) -> None:
+        self.state.close()
+
+
+def open_project(config_path: str | Path, progress: Progress | None = None) -> Project:
+    config = load_config(config_path)
+    return Project(config=config, state=ControlPlane(config.state_url), artifacts=ArtifactStore(config.backups_dir),
+                   progress=progress or NullProgress())

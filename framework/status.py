@@ -1,0 +1,59 @@
+"""What a store's ledger says against the migrations on disk: current, pending, drift, missing."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from framework.migration import Migration, version_key
+from framework.protocol import LedgerEntry
+
+
+@dataclass
+class StoreStatus:
+    store: str
+    kind: str
+    current: str | None
+    applied: list[str] = field(default_factory=list)
+    pending: list[str] = field(default_factory=list)
+    drift: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    out_of_order: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, object]:
+        return {"store": self.store, "kind": self.kind, "current": self.current, "applied": self.applied,
+                "pending": self.pending, "drift": self.drift, "missing": self.missing, "out_of_order": self.out_of_order}
+
+
+def applied_entries(ledger: list[LedgerEntry]) -> dict[str, LedgerEntry]:
+    """Net effect of the ledger: each version whose latest successful row is 'up'."""
+    applied: dict[str, LedgerEntry] = {}
+    for entry in ledger:
+        if not entry.success:
+            continue
+        if entry.direction == "up":
+            applied[entry.version] = entry
+        else:
+            applied.pop(entry.version, None)
+    return applied
+
+
+def store_status(store: str, kind: str, migrations: list[Migration], ledger: list[LedgerEntry]) -> StoreStatus:
+    applied = applied_entries(ledger)
+    by_version = {m.version: m for m in migrations}
+    ordered = sorted(applied, key=version_key)
+    current = ordered[-1] if ordered else None
+    status = StoreStatus(store, kind, current, applied=ordered)
+    for version, entry in applied.items():
+        mig = by_version.get(version)
+        if mig is None:
+            status.missing.append(version)
+        elif mig.checksum != entry.checksum:
+            status.drift.append(version)
+    for mig in migrations:
+        if mig.version not in applied:
+            status.pending.append(mig.version)
+            if current is not None and mig.version_key < version_key(current):
+                status.out_of_order.append(mig.version)
+    status.drift.sort(key=version_key)
+    status.missing.sort(key=version_key)
+    return status

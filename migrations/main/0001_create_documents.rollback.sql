@@ -1,0 +1,3 @@
+DROP TABLE IF EXISTS legacy_notes;
+DROP TABLE IF EXISTS documents;
+DROP TABLE IF EXISTS authors;

@@ -1,0 +1,2 @@
+DROP INDEX CONCURRENTLY IF EXISTS documents_status_idx;
+ALTER TABLE documents DROP COLUMN IF EXISTS status;

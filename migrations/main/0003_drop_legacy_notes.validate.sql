@@ -1,0 +1,1 @@
+SELECT to_regclass('legacy_notes') IS NULL;
