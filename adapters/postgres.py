@@ -213,7 +213,7 @@ class PostgresAdapter:
         return Retrying(
             retry=retry_if_exception(lambda e: isinstance(e, _RETRYABLE)),
             stop=stop_after_delay(self.config.retry_deadline),
-            wait=wait_exponential_jitter(initial=0.05, max=2.0),
+            wait=wait_exponential_jitter(multiplier=0.05, max=2.0, jitter=0.05),
             reraise=True,
         )
 
@@ -253,11 +253,17 @@ class PostgresAdapter:
         for index, (transactional, statements) in enumerate(segments):
             last = index == len(segments) - 1
             if transactional:
-                for attempt in self._retrying():
-                    with attempt:
-                        attempts += 1
-                        self._run_transaction(migration, step, statements, direction, run_id, actor, started,
-                                              record=last, non_tx=non_tx)
+                try:
+                    for attempt in self._retrying():
+                        with attempt:
+                            attempts += 1
+                            self._run_transaction(migration, step, statements, direction, run_id, actor, started,
+                                                  record=last, non_tx=non_tx)
+                except _RETRYABLE as exc:
+                    raise StepFailed(
+                        f"{self.name} {migration.id} {step.name} gave up after {attempts} attempts within "
+                        f"retry_deadline {self.config.retry_deadline:g}s: {_describe(exc)}", step=step.name,
+                    ) from None
             else:
                 self._run_outside_transaction(migration, step, statements[0])
         if not segments or not segments[-1][0]:

@@ -141,10 +141,9 @@ def analyze_sql(script: str, *, origin: str = "") -> list[Statement]:
         where = f"{origin}: " if origin else ""
         raise MigrationLoadError(f"{where}SQL syntax error: {exc}") from None
     statements = []
-    for raw in parsed:
-        start = raw.stmt_location or 0
-        length = raw.stmt_len or (len(script.encode()) - start)
-        sql = script.encode()[start:start + length].decode().strip()
+    # pglast.split gives each statement's exact text (its offsets are character-correct for
+    # non-ASCII scripts); parse_sql gives the nodes, in the same order.
+    for raw, sql in zip(parsed, pglast.split(script), strict=True):
         out = Statement(sql=sql, node=type(raw.stmt).__name__, risk=_B)
         try:
             _classify(raw.stmt, out)

