@@ -12,7 +12,9 @@ from typing import Any, NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from framework import errors, progress, secrets, templates
 from framework.loader import SCRIPT_LANG, next_version
@@ -44,7 +46,7 @@ def table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
     for c in columns:
         t.add_column(c)
     for r in rows:
-        t.add_row(*[secrets.redact("" if v is None else str(v)) for v in r])
+        t.add_row(*[Text(secrets.redact("" if v is None else str(v))) for v in r])
     _out.print(t)
 
 
@@ -55,19 +57,20 @@ def project() -> Project:
 def _event(kind: str, data: dict[str, Any]) -> None:
     if _opts["json"]:
         return
+    d = {k: escape(str(v)) if isinstance(v, str) else v for k, v in data.items()}
     if kind == "migration":
-        scope = ", ".join(data["scope"]) or "nothing to back up"
-        say(f"[bold]{data['store']}[/] {data['version']}_{data['slug']}  risk {data['risk']}  backup: {scope}")
+        scope = escape(", ".join(data["scope"])) or "nothing to back up"
+        say(f"[bold]{d['store']}[/] {d['version']}_{d['slug']}  risk {d['risk']}  backup: {scope}")
     elif kind == "backup":
-        say(f"  backup {data['backup']} verified ({data['bytes']:,} bytes)")
+        say(f"  backup {d['backup']} verified ({d['bytes']:,} bytes)")
     elif kind == "applied":
-        say(f"  [green]applied[/] in {data['duration_ms']} ms")
+        say(f"  [green]applied[/] in {d['duration_ms']} ms")
     elif kind == "restore":
-        say(f"  [yellow]restoring[/] {data['backup']}: {data['why']}")
+        say(f"  [yellow]restoring[/] {d['backup']}: {d['why']}")
     elif kind == "rolled-back":
-        say(f"[bold]{data['store']}[/] {data['version']} [green]rolled back[/]")
-        if data.get("hint"):
-            say(f"  {data['hint']}")
+        say(f"[bold]{d['store']}[/] {d['version']} [green]rolled back[/]")
+        if d.get("hint"):
+            say(f"  {d['hint']}")
 
 
 @app.callback()
@@ -325,7 +328,7 @@ def backup_restore(backup_id: str, yes: bool = typer.Option(False, "--yes", help
         if not typer.confirm(warning + ". Continue?"):
             raise errors.RefusedError("restore cancelled")
     else:
-        _err.print(secrets.redact("warning: " + warning))
+        _err.print(escape(secrets.redact("warning: " + warning)))
     report = Runner(proj, _event).restore(backup_id)
     if _opts["json"]:
         emit_json({"id": report.artifact_id, "verified": report.verified, "rows": report.items,
@@ -352,9 +355,9 @@ def _fail(exc: errors.PolyshiftError) -> NoReturn:
     if _opts["json"]:
         emit_json({"error": message, "hint": hint, "exit_code": exc.exit_code, "type": type(exc).__name__})
     else:
-        _err.print(f"[red]error:[/] {message}", markup=True, highlight=False)
+        _err.print(f"[red]error:[/] {escape(message)}")
         if hint:
-            _err.print(f"hint: {hint}")
+            _err.print(f"hint: {escape(hint)}")
     raise SystemExit(exc.exit_code)
 
 

@@ -15,7 +15,7 @@ def test_two_concurrent_up_processes_never_both_apply(ws: Workspace) -> None:
     # A slow migration keeps the first runner inside its lock while the second arrives.
     ws.migration("0002_slow", "SELECT pg_sleep(1.5); INSERT INTO t VALUES (2);", "DELETE FROM t WHERE id = 2;")
     procs = [ws.spawn("up") for _ in range(2)]
-    results = [p.communicate(timeout=120) + (p.returncode,) for p in procs]
+    results = [(*p.communicate(timeout=120), p.returncode) for p in procs]
     codes = sorted(r[2] for r in results)
     assert codes in ([0, 0], [0, 2]), results
     if codes == [0, 2]:
