@@ -65,5 +65,5 @@ def test_statement_text_survives_non_ascii() -> None:
 
 
 def test_syntax_error_names_the_file() -> None:
-    with pytest.raises(MigrationLoadError, match="0001_x.forward.sql: SQL syntax error"):
+    with pytest.raises(MigrationLoadError, match=r"0001_x\.forward\.sql: SQL syntax error"):
         analyze_sql("SELEC 1", origin="main/0001_x.forward.sql")
