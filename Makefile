@@ -1,0 +1,31 @@
+# Everything installs into .venv from the package registries; nothing is assumed on the machine
+# beyond python3 (>= 3.11) with venv.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: install test demo bench lint clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+lint: install
+	$(BIN)/ruff check .
+
+test: install lint
+	$(BIN)/python -m pytest
+
+demo: install
+	$(BIN)/polyshift demo
+
+bench: install
+	$(BIN)/python bench/pg_backup_restore.py
+
+clean:
+	rm -rf $(VENV) .polyshift .pytest_cache .ruff_cache *.egg-info
