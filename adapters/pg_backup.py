@@ -11,11 +11,12 @@ import os
 import re
 import subprocess
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 import pglast
 import psycopg
-from psycopg import sql
+from psycopg import pq, sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from adapters import pg_catalog as cat
@@ -66,16 +67,77 @@ class _RowCounter:
     rows = 0
 
 
+_BLOCK = 1 << 20
+
+
 def _copy_out(conn: psycopg.Connection, table: cat.Table, columns: list[str], counter: _RowCounter,
               progress: Progress) -> Iterator[bytes]:
+    """COPY TO STDOUT in ~1 MiB blocks, read straight from libpq.
+
+    The server sends one message per row. Handing each row to the compressor cost more than
+    the COPY itself, and psycopg's per-row generator another 25% (measured on 1M rows), so
+    rows are read with PQgetCopyData and batched before compression.
+    """
     query = sql.SQL("COPY {} ({}) TO STDOUT").format(table.ident, sql.SQL(", ").join(map(sql.Identifier, columns)))
-    with conn.cursor().copy(query) as copy:
-        for block in copy:
-            data = bytes(block)
-            # Text COPY escapes newlines inside values, so each raw newline ends exactly one row.
-            counter.rows += data.count(b"\n")
-            progress.advance(len(data))
-            yield data
+    pgconn = conn.pgconn
+    pgconn.send_query(query.as_bytes(conn))
+    while pgconn.flush():
+        pass
+    started = pgconn.get_result()
+    if started is None or started.status != pq.ExecStatus.COPY_OUT:
+        _drain(pgconn)
+        raise _result_error(started, pgconn, table)
+    buffer = bytearray()
+    while True:
+        nbytes, data = pgconn.get_copy_data(0)
+        if nbytes < 0:
+            break
+        buffer += data
+        if len(buffer) >= _BLOCK:
+            yield _flush(buffer, counter, progress)
+    if buffer:
+        yield _flush(buffer, counter, progress)
+    finished = pgconn.get_result()
+    _drain(pgconn)
+    if finished is None or finished.status != pq.ExecStatus.COMMAND_OK:
+        raise _result_error(finished, pgconn, table)
+
+
+def _drain(pgconn: pq.abc.PGconn) -> None:
+    while pgconn.get_result() is not None:
+        pass
+
+
+def _result_error(result: pq.abc.PGresult | None, pgconn: pq.abc.PGconn, table: cat.Table) -> BackupError:
+    message = (result.error_message if result is not None else pgconn.error_message).decode(errors="replace").strip()
+    return BackupError(f"COPY of {table.qualified} failed: {redact(message)}")
+
+
+def _flush(buffer: bytearray, counter: _RowCounter, progress: Progress) -> bytes:
+    data = bytes(buffer)
+    buffer.clear()
+    # Text COPY escapes newlines inside values, so each raw newline ends exactly one row.
+    counter.rows += data.count(b"\n")
+    progress.advance(len(data))
+    return data
+
+
+class _SnapshotHasher:
+    """Fingerprints tables on a second connection that shares the backup's exported snapshot,
+    so hashing runs in the server while the first connection streams COPY."""
+
+    def __init__(self, url: str, snapshot: str) -> None:
+        self.conn = psycopg.connect(url, autocommit=True, application_name="polyshift backup fingerprint")
+        self.conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        self.conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)))
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="polyshift-hash")
+
+    def submit(self, table: cat.Table) -> Future[tuple[int, str]]:
+        return self.pool.submit(cat.table_data_hash, self.conn, table)
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True)
+        self.conn.close()
 
 
 def backup(conn: psycopg.Connection, url: str, tables: list[cat.Table], writer: ArtifactWriter,
@@ -88,26 +150,35 @@ def backup(conn: psycopg.Connection, url: str, tables: list[cat.Table], writer: 
         sizes = [int(conn.execute("SELECT pg_table_size(to_regclass(%s))", (t.ident.as_string(conn),)).fetchone()[0] or 0)  # type: ignore[index]
                  for t in tables]
         progress.start(f"backup {', '.join(t.qualified for t in tables)[:60]}", total=sum(sizes) or None)
-        for index, table in enumerate(tables):
-            stem = _file_stem(index, table)
-            pre = _pg_dump_ddl(url, table, "pre-data", snapshot)
-            post = _pg_dump_ddl(url, table, "post-data", snapshot)
-            writer.write_bytes(f"{stem}.pre.sql.zst", pre.encode())
-            writer.write_bytes(f"{stem}.post.sql.zst", post.encode())
-            columns = cat.copy_columns(conn, table)
-            counter = _RowCounter()
-            writer.write_stream(f"{stem}.copy.zst", _copy_out(conn, table, columns, counter, progress))
-            rows = counter.rows
-            count, data_hash = cat.table_data_hash(conn, table)
-            if count != rows:
-                raise BackupError(f"backup of {table.qualified}: COPY produced {rows} rows but the table has {count}")
-            meta["tables"].append({
-                "schema": table.schema, "name": table.name, "stem": stem, "columns": columns, "rows": rows,
-                "data_hash": data_hash, "schema_hash": cat.table_schema_hash(conn, table),
-                "sequences": cat.owned_sequences(conn, table), "inbound_fks": cat.inbound_foreign_keys(conn, table),
-            })
+        hasher = _SnapshotHasher(url, snapshot)
+        try:
+            _backup_tables(conn, url, tables, snapshot, hasher, writer, progress, meta)
+        finally:
+            hasher.close()
     progress.finish()
     return meta
+
+
+def _backup_tables(conn: psycopg.Connection, url: str, tables: list[cat.Table], snapshot: str, hasher: _SnapshotHasher,
+                   writer: ArtifactWriter, progress: Progress, meta: dict[str, Any]) -> None:
+    for index, table in enumerate(tables):
+        fingerprint = hasher.submit(table)  # hashed in the server while COPY streams
+        stem = _file_stem(index, table)
+        # pg_dump runs before the COPY, not beside it: on two cores running both was measured slower.
+        writer.write_bytes(f"{stem}.pre.sql.zst", _pg_dump_ddl(url, table, "pre-data", snapshot).encode())
+        writer.write_bytes(f"{stem}.post.sql.zst", _pg_dump_ddl(url, table, "post-data", snapshot).encode())
+        columns = cat.copy_columns(conn, table)
+        counter = _RowCounter()
+        writer.write_stream(f"{stem}.copy.zst", _copy_out(conn, table, columns, counter, progress))
+        rows = counter.rows
+        count, data_hash = fingerprint.result()
+        if count != rows:
+            raise BackupError(f"backup of {table.qualified}: COPY produced {rows} rows but the table has {count}")
+        meta["tables"].append({
+            "schema": table.schema, "name": table.name, "stem": stem, "columns": columns, "rows": rows,
+            "data_hash": data_hash, "schema_hash": cat.table_schema_hash(conn, table),
+            "sequences": cat.owned_sequences(conn, table), "inbound_fks": cat.inbound_foreign_keys(conn, table),
+        })
 
 
 def _execute_all(conn: psycopg.Connection, statements: list[str], what: str) -> None:

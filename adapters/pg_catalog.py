@@ -92,13 +92,18 @@ def table_schema_hash(conn: psycopg.Connection, table: Table) -> str | None:
 def table_data_hash(conn: psycopg.Connection, table: Table) -> tuple[int, str]:
     """Row count and an order-independent hash of a table's rows, computed in the server.
 
-    Each row is hashed as jsonb (keys sorted, so column order does not matter) and the
-    64-bit prefixes are summed as numeric: a multiset hash that ignores row order.
+    Each row is hashed as a ROW of its columns in name order (so a column re-added at the end
+    by a rollback hashes the same) and the 64-bit md5 prefixes are summed as numeric: a
+    multiset hash that ignores row order and never leaves the server.
     """
+    columns = [r[0] for r in conn.execute(
+        "SELECT attname FROM pg_attribute WHERE attrelid = to_regclass(%s) AND attnum > 0 AND NOT attisdropped ORDER BY attname",
+        (table.ident.as_string(conn),),
+    )]
+    row = sql.SQL("ROW({})").format(sql.SQL(", ").join(sql.Identifier("t", c) for c in columns))
     query = sql.SQL(
-        "SELECT count(*), coalesce(sum(('x' || left(md5(to_jsonb(t)::text), 16))::bit(64)::bigint::numeric), 0)::text "
-        "FROM {} AS t",
-    ).format(table.ident)
+        "SELECT count(*), coalesce(sum(('x' || left(md5({}::text), 16))::bit(64)::bigint::numeric), 0)::text FROM {} AS t",
+    ).format(row, table.ident)
     count, total = conn.execute(query).fetchone()  # type: ignore[misc]
     return int(count), str(total)
 

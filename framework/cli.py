@@ -329,7 +329,7 @@ def backup_restore(backup_id: str, yes: bool = typer.Option(False, "--yes", help
             raise errors.RefusedError("restore cancelled")
     else:
         _err.print(escape(secrets.redact("warning: " + warning)))
-    report = Runner(proj, _event).restore(backup_id)
+    report = Runner(proj, _event).restore_verified(manifest)
     if _opts["json"]:
         emit_json({"id": report.artifact_id, "verified": report.verified, "rows": report.items,
                    "discarded_writes_since": manifest.created_at})

@@ -299,9 +299,11 @@ class Runner:
                                         hint=f"inspect {m.store}, then run: polyshift backup restore {manifest.id} --yes")
 
     # -- restore ----------------------------------------------------------------------
-    def restore_into(self, adapter: Adapter, manifest: Manifest, run_id: str | None) -> RestoreReport:
-        """Verify every sha256, take a safety backup of what is there now, restore, verify, audit."""
-        self.project.artifacts.verify(manifest.id)
+    def restore_into(self, adapter: Adapter, manifest: Manifest, run_id: str | None, *, verified: bool = False) -> RestoreReport:
+        """Verify every sha256 (unless the caller just did), take a safety backup of what is there now,
+        restore, verify the result against the backup's fingerprints, audit the overwritten window."""
+        if not verified:
+            self.project.artifacts.verify(manifest.id)
         present = adapter.resolve_scope(manifest.scope, missing_ok=True)
         safety = None
         if present:
@@ -399,11 +401,16 @@ class Runner:
 
     def restore(self, artifact_id: str) -> RestoreReport:
         manifest = self.project.artifacts.verify(artifact_id)
+        return self.restore_verified(manifest)
+
+    def restore_verified(self, manifest: Manifest) -> RestoreReport:
+        """Restore a backup whose files were verified by the caller just now."""
+        artifact_id = manifest.id
         run_id = self.state.start_run("restore", {"backup": artifact_id})
         status = "failed"
         try:
             with self._locked([manifest.store], run_id, lock=True) as (adapter,):
-                report = self.restore_into(adapter, manifest, run_id)
+                report = self.restore_into(adapter, manifest, run_id, verified=True)
             status = "succeeded" if report.verified else "unverified"
         except BackupError:
             raise

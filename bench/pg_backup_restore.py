@@ -1,0 +1,126 @@
+"""Scoped backup and restore of a 1M-row table: polyshift against pg_dump -Fc -t / pg_restore.
+
+Both run against the same embedded PostgreSQL 18 in the same run. Each tool runs as its own
+process; wall time is measured around it and peak RSS comes from wait4() for that process.
+polyshift's figures include what pg_dump's do not: reading the artifact back to verify every
+sha256 and zstd frame (backup), and a server-side fingerprint of the restored rows (restore).
+
+    python bench/pg_backup_restore.py [--rows 1000000] [--write bench/RESULTS.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+import psycopg
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from framework.sandbox import EmbeddedPostgres, pg_tool  # noqa: E402
+
+
+def measure(cmd: list[str], env: dict[str, str]) -> tuple[float, float, str]:
+    """Wall seconds, peak RSS in MiB (wait4 of that process), stdout of one process."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        started = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=env)
+        _, status, usage = os.wait4(proc.pid, 0)
+        elapsed = time.perf_counter() - started
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        if proc.returncode != 0:
+            raise SystemExit(f"{cmd[0]} failed ({proc.returncode}): {err.read().decode()[-2000:]}")
+        return elapsed, usage.ru_maxrss / 1024, out.read().decode()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--write", type=Path, help="also write the markdown table to this file")
+    args = parser.parse_args()
+
+    pg = EmbeddedPostgres(password="bench-secret").start()
+    work = Path(tempfile.mkdtemp(prefix="polyshift-bench-"))
+    try:
+        url = pg.url()
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("""
+                CREATE TABLE big (
+                    id bigserial PRIMARY KEY, uid uuid NOT NULL, name text NOT NULL, amount numeric(12,2),
+                    created_at timestamptz NOT NULL, payload jsonb)""")
+            t0 = time.perf_counter()
+            conn.execute(f"""
+                INSERT INTO big (uid, name, amount, created_at, payload)
+                SELECT md5(i::text)::uuid, 'customer ' || i, (i % 100000) / 7.0, now() - i * interval '1 minute',
+                       jsonb_build_object('n', i, 'tags', jsonb_build_array('a', 'b'), 'note', repeat('x', i % 40))
+                FROM generate_series(1, {args.rows}) i""")
+            conn.execute("CREATE INDEX big_created_idx ON big (created_at)")
+            conn.execute("VACUUM ANALYZE big")
+            size = conn.execute("SELECT pg_size_pretty(pg_total_relation_size('big'))").fetchone()[0]  # type: ignore[index]
+            print(f"loaded {args.rows:,} rows ({size}) in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
+
+        (work / "polyshift.toml").write_text(textwrap.dedent(f"""\
+            [project]
+            state_url = "sqlite:///{work}/state.db"
+            backups = "{work}/backups"
+            [stores.main]
+            kind = "postgres"
+            url = "postgresql://{pg.user}:${{BENCH_PW}}@127.0.0.1:{pg.port}/{pg.database}"
+            statement_timeout = "30min"
+            """))
+        env = {**os.environ, "BENCH_PW": pg.password, "PGPASSWORD": pg.password, "PYTHONPATH": str(REPO)}
+        polyshift = [sys.executable, "-m", "framework.cli", "--config", str(work / "polyshift.toml"), "--json"]
+        conninfo = f"host=127.0.0.1 port={pg.port} user={pg.user} dbname={pg.database}"
+
+        results = []
+        t, rss, out = measure([*polyshift, "backup", "create", "main", "--scope", "big"], env)
+        backup = json.loads(out)
+        results.append(("polyshift backup (COPY → zstd, sha256, read-back verify)", t, rss, backup["bytes"]))
+        dump = work / "big.dump"
+        t, rss, _ = measure([pg_tool("pg_dump"), "-Fc", "-t", "big", "-f", str(dump), "-d", conninfo], env)
+        results.append(("pg_dump -Fc -t big", t, rss, dump.stat().st_size))
+
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("DROP TABLE big")
+        t, rss, _ = measure([*polyshift, "backup", "restore", backup["id"], "--yes"], env)
+        results.append(("polyshift restore (recreate, COPY, indexes, verify fingerprint)", t, rss, None))
+        with psycopg.connect(url, autocommit=True) as conn:
+            restored = conn.execute("SELECT count(*) FROM big").fetchone()[0]  # type: ignore[index]
+            assert restored == args.rows, restored
+            conn.execute("DROP TABLE big")
+        t, rss, _ = measure([pg_tool("pg_restore"), "-d", conninfo, str(dump)], env)
+        results.append(("pg_restore (same table)", t, rss, None))
+    finally:
+        pg.stop()
+
+    base_backup, base_restore = results[1][1], results[3][1]
+    lines = [
+        f"Scoped backup/restore of one table, {args.rows:,} rows, PostgreSQL 18 (embedded), same run. "
+        "Baseline: pg_dump -Fc -t / pg_restore.",
+        "",
+        "| operation | wall s | ratio to baseline | peak RSS MiB | artifact MiB |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for i, (name, seconds, rss, size) in enumerate(results):
+        base = base_backup if i < 2 else base_restore
+        mib = f"{size / 2**20:.1f}" if size else ""
+        lines.append(f"| {name} | {seconds:.2f} | {seconds / base:.2f} | {rss:.0f} | {mib} |")
+    table = "\n".join(lines)
+    print(table)
+    if args.write:
+        args.write.write_text(f"# PostgreSQL backup/restore benchmark\n\n`python bench/pg_backup_restore.py --rows {args.rows}` "
+                              f"on {os.cpu_count()} cores.\n\n{table}\n")
+
+
+if __name__ == "__main__":
+    main()
