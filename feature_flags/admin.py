@@ -1,0 +1,107 @@
+"""The write side: product teams (CLI) and the blue-green runner change flags here.
+
+Every change is a compare-and-set on the flag's version, carries a reason, and is appended to
+the control plane's hash-chained audit log with the actor, the before/after values and, for
+runner changes, the owning release. ``stage`` and ``kill`` are the runner's hooks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from feature_flags.model import Flag, validate_name, validate_percent
+from feature_flags.stores import ConflictError, FlagStore
+from framework.errors import StoreError, UsageError
+from framework.state import ControlPlane, actor
+
+_EDITABLE = {"description", "owner", "enabled", "percent", "allow", "deny", "killed", "release"}
+
+
+@dataclass
+class Change:
+    enabled: bool | None = None
+    percent: float | None = None
+    allow_add: tuple[str, ...] = ()
+    allow_remove: tuple[str, ...] = ()
+    deny_add: tuple[str, ...] = ()
+    deny_remove: tuple[str, ...] = ()
+    killed: bool | None = None
+    description: str | None = None
+    owner: str | None = None
+    release: str | None = None
+
+    def apply(self, flag: Flag) -> dict[str, Any]:
+        fields: dict[str, Any] = {}
+        for name in ("enabled", "killed", "description", "owner", "release"):
+            value = getattr(self, name)
+            if value is not None:
+                fields[name] = value
+        if self.percent is not None:
+            fields["percent"] = validate_percent(self.percent)
+        if self.allow_add or self.allow_remove:
+            fields["allow"] = (flag.allow | frozenset(self.allow_add)) - frozenset(self.allow_remove)
+        if self.deny_add or self.deny_remove:
+            fields["deny"] = (flag.deny | frozenset(self.deny_add)) - frozenset(self.deny_remove)
+        return fields
+
+
+def _diff(before: Flag | None, after: Flag) -> dict[str, Any]:
+    old = before.to_json() if before else {}
+    new = after.to_json()
+    return {k: {"from": old.get(k), "to": new[k]} for k in sorted(_EDITABLE) if old.get(k) != new[k]}
+
+
+class FlagAdmin:
+    def __init__(self, store: FlagStore, state: ControlPlane) -> None:
+        self.store = store
+        self.state = state
+
+    def get(self, name: str) -> Flag:
+        flag = self.store.get(validate_name(name))
+        if flag is None:
+            raise UsageError(f"flag {name!r} does not exist (create it with 'polyshift flags set {name} --create ...')")
+        return flag
+
+    def change(self, name: str, change: Change, *, reason: str, create: bool = False, who: str | None = None) -> Flag:
+        """Apply ``change`` atomically; raises UsageError for bad input before anything is written."""
+        validate_name(name)
+        if not reason or not reason.strip():
+            raise UsageError("every flag change needs --reason")
+        if change.percent is not None:
+            validate_percent(change.percent)
+        who = who or actor()
+        for _attempt in range(20):
+            before = self.store.get(name)
+            if before is None and not create:
+                raise UsageError(f"flag {name!r} does not exist; pass --create to create it")
+            base = before or Flag(name=name)
+            fields = change.apply(base)
+            after = base.changed(actor=who, **fields)
+            try:
+                self.store.save(after, expected_version=before.version if before else None)
+            except ConflictError:
+                continue  # someone else changed it between our read and write: re-apply on theirs
+            diff = _diff(before, after)
+            try:
+                self.state.audit("flag.created" if before is None else "flag.changed", f"flag:{name}",
+                                 {"reason": reason, "changes": diff, "version": after.version, "release": after.release}, who=who)
+            except StoreError as exc:
+                raise StoreError(f"flag {name} was changed to version {after.version}, but the audit entry failed: {exc}") from None
+            return after
+        raise StoreError(f"flag {name!r} is being changed concurrently; gave up after 20 attempts")
+
+    # -- runner hooks -----------------------------------------------------------------
+    def stage(self, name: str, percent: float, *, release: str, reason: str | None = None) -> Flag:
+        """Move a release's flag to ``percent`` (enabling it and clearing any kill switch)."""
+        return self.change(name, Change(enabled=True, percent=percent, killed=False, release=release),
+                           reason=reason or f"release {release}: stage {percent:g}%", create=True)
+
+    def kill(self, name: str, *, release: str | None = None, reason: str | None = None) -> Flag:
+        """Off for everyone, now: the first thing an undo does."""
+        change = Change(killed=True, release=release)
+        return self.change(name, change, reason=reason or (f"release {release}: kill" if release else "kill"))
+
+    def history(self, name: str) -> list[dict[str, Any]]:
+        validate_name(name)
+        return [e.__dict__ for e in self.state.audit_entries(subject=f"flag:{name}")]

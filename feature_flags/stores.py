@@ -1,0 +1,177 @@
+"""Where flags live: the control-plane database (default) or Redis for shared low-latency reads.
+
+Both keep a global version number that every change increments in the same transaction, so a
+client learns that anything changed with one cheap read, and reloads only then. Writes are
+compare-and-set on the flag's own version: two operators changing one flag never lose an edit.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Protocol
+
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+
+from feature_flags.model import Flag
+from framework.errors import StoreError
+from framework.secrets import redact, url_without_password
+from framework.state import make_engine
+
+_meta = sa.MetaData()
+flags_table = sa.Table(
+    "polyshift_flags", _meta,
+    sa.Column("name", sa.String(100), primary_key=True),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("data", sa.Text, nullable=False),
+)
+flags_version = sa.Table(
+    "polyshift_flags_version", _meta,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("version", sa.BigInteger, nullable=False),
+)
+
+
+class ConflictError(Exception):
+    """The flag changed (or appeared) since it was read: re-read and try again."""
+
+
+class FlagStore(Protocol):
+    description: str
+
+    def version(self) -> int:
+        """Global change counter; raises StoreError when the store is unreachable."""
+
+    def load(self) -> tuple[int, dict[str, Flag]]:
+        """Every flag and the version they are consistent with."""
+
+    def get(self, name: str) -> Flag | None: ...
+
+    def save(self, flag: Flag, *, expected_version: int | None) -> None:
+        """Write ``flag`` if the stored one still has ``expected_version`` (None: must not exist yet)."""
+
+    def close(self) -> None: ...
+
+
+class SqlFlagStore:
+    def __init__(self, url: str, engine: sa.Engine | None = None) -> None:
+        self.description = f"state database {url_without_password(url)}"
+        self.engine = engine or make_engine(url)
+        _meta.create_all(self.engine)
+
+    def _fail(self, exc: Exception) -> StoreError:
+        return StoreError(f"flags: {self.description} is unreachable: {redact(str(exc).splitlines()[0])}")
+
+    def version(self) -> int:
+        try:
+            with self.engine.connect() as conn:
+                return int(conn.execute(sa.select(flags_version.c.version).where(flags_version.c.id == 1)).scalar() or 0)
+        except SQLAlchemyError as exc:
+            raise self._fail(exc) from None
+
+    def load(self) -> tuple[int, dict[str, Flag]]:
+        try:
+            with self.engine.connect() as conn:
+                version = int(conn.execute(sa.select(flags_version.c.version).where(flags_version.c.id == 1)).scalar() or 0)
+                rows = conn.execute(sa.select(flags_table.c.data)).scalars().all()
+        except SQLAlchemyError as exc:
+            raise self._fail(exc) from None
+        flags = [Flag.from_json(json.loads(r)) for r in rows]
+        return version, {f.name: f for f in flags}
+
+    def get(self, name: str) -> Flag | None:
+        try:
+            with self.engine.connect() as conn:
+                row = conn.execute(sa.select(flags_table.c.data).where(flags_table.c.name == name)).scalar()
+        except SQLAlchemyError as exc:
+            raise self._fail(exc) from None
+        return Flag.from_json(json.loads(row)) if row else None
+
+    def save(self, flag: Flag, *, expected_version: int | None) -> None:
+        data = json.dumps(flag.to_json(), sort_keys=True)
+        try:
+            with self.engine.begin() as conn:
+                if expected_version is None:
+                    conn.execute(flags_table.insert().values(name=flag.name, version=flag.version, data=data))
+                else:
+                    done = conn.execute(flags_table.update().where(
+                        flags_table.c.name == flag.name, flags_table.c.version == expected_version,
+                    ).values(version=flag.version, data=data))
+                    if done.rowcount != 1:
+                        raise ConflictError(flag.name)
+                bumped = conn.execute(flags_version.update().where(flags_version.c.id == 1)
+                                      .values(version=flags_version.c.version + 1))
+                if bumped.rowcount == 0:
+                    conn.execute(flags_version.insert().values(id=1, version=1))
+        except IntegrityError:
+            raise ConflictError(flag.name) from None
+        except SQLAlchemyError as exc:
+            raise self._fail(exc) from None
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+class RedisFlagStore:
+    """One hash ``<prefix>flags`` (name → JSON) and a counter ``<prefix>flags:version``."""
+
+    def __init__(self, url: str, prefix: str = "polyshift:", *, timeout: float = 2.0) -> None:
+        import redis
+
+        self.description = f"redis {url_without_password(url)}"
+        self.redis = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
+        self.key = f"{prefix}flags"
+        self.version_key = f"{prefix}flags:version"
+
+    def _fail(self, exc: Exception) -> StoreError:
+        return StoreError(f"flags: {self.description} is unreachable: {redact(str(exc))}")
+
+    def version(self) -> int:
+        import redis
+
+        try:
+            return int(self.redis.get(self.version_key) or 0)
+        except redis.RedisError as exc:
+            raise self._fail(exc) from None
+
+    def load(self) -> tuple[int, dict[str, Flag]]:
+        import redis
+
+        try:
+            with self.redis.pipeline(transaction=True) as pipe:
+                version, raw = pipe.get(self.version_key).hgetall(self.key).execute()
+        except redis.RedisError as exc:
+            raise self._fail(exc) from None
+        flags = [Flag.from_json(json.loads(v)) for v in raw.values()]
+        return int(version or 0), {f.name: f for f in flags}
+
+    def get(self, name: str) -> Flag | None:
+        import redis
+
+        try:
+            raw = self.redis.hget(self.key, name)
+        except redis.RedisError as exc:
+            raise self._fail(exc) from None
+        return Flag.from_json(json.loads(raw)) if raw else None
+
+    def save(self, flag: Flag, *, expected_version: int | None) -> None:
+        import redis
+
+        try:
+            with self.redis.pipeline(transaction=True) as pipe:
+                pipe.watch(self.key)  # EXEC fails if anyone wrote a flag since we read it
+                raw = pipe.hget(self.key, flag.name)
+                current = Flag.from_json(json.loads(raw)).version if raw else None
+                if current != expected_version:
+                    raise ConflictError(flag.name)
+                pipe.multi()
+                pipe.hset(self.key, flag.name, json.dumps(flag.to_json(), sort_keys=True))
+                pipe.incr(self.version_key)
+                pipe.execute()
+        except redis.WatchError:
+            raise ConflictError(flag.name) from None
+        except redis.RedisError as exc:
+            raise self._fail(exc) from None
+
+    def close(self) -> None:
+        self.redis.close()
