@@ -25,7 +25,8 @@ demo: install
 	$(BIN)/polyshift demo
 
 bench: install
-	$(BIN)/python bench/pg_backup_restore.py
+	$(BIN)/python bench/pg_backup_restore.py --write bench/RESULTS.md
+	$(BIN)/python bench/flags_eval.py --write bench/FLAGS_RESULTS.md
 
 clean:
 	rm -rf $(VENV) .polyshift .pytest_cache .ruff_cache *.egg-info

@@ -97,6 +97,10 @@ class FlagClient:
         while not self._stop.wait(self.refresh_interval):
             self.refresh()
 
+    def flag(self, name: str) -> Flag | None:
+        compiled = self._flags.get(name)
+        return compiled.flag if compiled is not None else None
+
     def flags(self) -> dict[str, Flag]:
         return {name: c.flag for name, c in self._flags.items()}
 

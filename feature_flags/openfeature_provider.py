@@ -44,7 +44,7 @@ class PolyshiftProvider(AbstractProvider):
         if evaluation is None:
             raise FlagNotFoundError(f"flag {flag_key!r} is not defined")
         reason: str = Reason.STALE if self.client.stale else evaluation.reason.value
-        flag = self.client.flags().get(flag_key)
+        flag = self.client.flag(flag_key)
         metadata: dict[str, bool | int | float | str] = {"detail": evaluation.detail}
         if flag is not None:
             metadata |= {"version": flag.version, "percent": flag.percent}
