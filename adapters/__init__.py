@@ -16,4 +16,8 @@ def adapter_for(store: StoreConfig) -> Adapter:
         from adapters.postgres import PostgresAdapter
 
         return PostgresAdapter(store)
+    if store.kind == "redis":
+        from adapters.redis import RedisAdapter
+
+        return RedisAdapter(store)
     raise ConfigError(f"[stores.{store.name}]: kind {store.kind!r} has no adapter in this version of polyshift")

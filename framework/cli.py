@@ -307,10 +307,12 @@ def backup_restore(backup_id: str, yes: bool = typer.Option(False, "--yes", help
         output.warn(warning)
     report = Runner(proj, _event).restore_verified(manifest)
     if output.opts["json"]:
-        emit_json({"id": report.artifact_id, "verified": report.verified, "rows": report.items,
+        emit_json({"id": report.artifact_id, "verified": report.verified, "rows": report.items, "notes": list(report.notes),
                    "discarded_writes_since": manifest.created_at})
         return
-    say(f"restored {report.artifact_id}: " + ", ".join(f"{k} ({v:,} rows)" for k, v in report.items.items()) + " — verified")
+    say(f"restored {report.artifact_id}: " + ", ".join(f"{k} ({v:,})" for k, v in report.items.items()) + " — verified")
+    for note in report.notes:
+        say(f"  note: {note}")
 
 
 @backup_app.command("create")

@@ -90,6 +90,14 @@ class Config:
 
 
 _STORE_KEYS = {"kind", "url", "password", "lock_timeout", "statement_timeout", "retry_deadline", "lock_wait"}
+# Settings only some kinds understand; anything else in a store table is a typo worth stopping for.
+KIND_OPTIONS: dict[str, set[str]] = {
+    "postgres": set(),
+    "pgvector": {"maintenance_work_mem", "ef_search"},
+    "redis": {"prefix", "cluster", "lock_ttl"},
+    "neo4j": {"user", "database", "lock_ttl"},
+    "falkordb": {"graph", "lock_ttl"},
+}
 
 
 def _store(name: str, table: Any) -> StoreConfig:
@@ -121,6 +129,10 @@ def _store(name: str, table: Any) -> StoreConfig:
         secrets.register(m.group(1))
         secrets.register(unquote(m.group(1)))
     options = {k: v for k, v in table.items() if k not in _STORE_KEYS}
+    unknown = set(options) - KIND_OPTIONS[kind]
+    if unknown:
+        allowed = sorted(_STORE_KEYS | KIND_OPTIONS[kind])
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(sorted(unknown))} for kind {kind!r} (known: {', '.join(allowed)})")
     return StoreConfig(
         name=name,
         kind=kind,

@@ -83,6 +83,7 @@ class RestoreReport:
     items: dict[str, int]
     verified: bool
     mismatches: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
 
 
 @runtime_checkable

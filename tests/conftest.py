@@ -260,3 +260,68 @@ class FlagProject:
 def flags(request: pytest.FixtureRequest, tmp_path: Path) -> FlagProject:
     redis = request.getfixturevalue("redis_url") if request.param == "redis" else None
     return FlagProject(tmp_path, request.param, redis)
+
+
+class RedisWorkspace:
+    """A project whose 'cache' store is its own throwaway redis-server."""
+
+    def __init__(self, root: Path, server: Any, extra: str = "") -> None:
+        import redis
+
+        self.root = root
+        self.server = server
+        self.migrations = root / "migrations"
+        (self.migrations / "cache").mkdir(parents=True)
+        self.config = root / "polyshift.toml"
+        self.config.write_text(textwrap.dedent(f"""\
+            [project]
+            state_url = "sqlite:///.polyshift/state.db"
+            [stores.cache]
+            kind = "redis"
+            url = "{server.url}"
+            """) + extra)
+        self.r = redis.Redis.from_url(server.url)
+        self.env: dict[str, str] = {}
+
+    def run(self, *args: str) -> CliResult:
+        return Workspace.run(self, *args)  # type: ignore[arg-type]
+
+    def spawn(self, *args: str) -> subprocess.Popen[str]:
+        return Workspace.spawn(self, *args)  # type: ignore[arg-type]
+
+    def python_migration(self, name: str, body: str) -> None:
+        (self.migrations / "cache" / f"{name}.py").write_text(textwrap.dedent(body))
+
+    def adapter(self) -> Any:
+        from adapters.redis import RedisAdapter
+        from framework.config import load_config
+
+        adapter = RedisAdapter(load_config(self.config).store("cache"))
+        adapter.connect()
+        return adapter
+
+    def fingerprint(self, *patterns: str) -> Any:
+        adapter = self.adapter()
+        try:
+            return adapter.fingerprint(patterns)
+        finally:
+            adapter.close()
+
+    def backups(self) -> list[dict[str, Any]]:
+        import json
+
+        return json.loads(self.run("backup", "list", "--json").stdout)
+
+
+@pytest.fixture
+def redis_server() -> Iterator[Any]:
+    from framework.sandbox import EmbeddedRedis
+
+    server = EmbeddedRedis().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def rws(tmp_path: Path, redis_server: Any) -> RedisWorkspace:
+    return RedisWorkspace(tmp_path, redis_server)

@@ -1,0 +1,388 @@
+"""Redis adapter (redis-py): SET-NX lock with renewal, ledger in Redis, DUMP/RESTORE backups, content fingerprints.
+
+Redis has no transaction that spans a migration, so every forward counts as non-transactional:
+a failure is undone by the rollback step and, where that does not verify, by restoring the
+backup. Redis has no schema either: the schema part of a fingerprint is the scope's content.
+Cluster URLs (``redis+cluster://`` or ``cluster = true``) scan and back up every primary.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+import uuid
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import redis
+from redis.cluster import RedisCluster
+
+from adapters import redis_keys as rk
+from adapters.redis_helpers import RedisHelpers
+from framework.config import parse_duration
+from framework.errors import BackupCorruptError, BackupError, LockHeldError, StepFailed, StoreError
+from framework.migration import Migration, MigrationContext, Risk
+from framework.protocol import Analysis, Direction, Fingerprint, LedgerEntry, RestoreReport, StepResult
+from framework.secrets import redact
+
+if TYPE_CHECKING:
+    from framework.artifacts import ArtifactStore, ArtifactWriter, Manifest
+    from framework.config import StoreConfig
+    from framework.progress import Progress
+
+log = logging.getLogger("polyshift.redis")
+_BATCH = 1000
+_LOCK_TTL_MS = 30_000  # default; a store's lock_ttl option overrides it
+# Compare-and-delete / compare-and-extend: only the token's owner may release or renew the lock.
+_RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end"
+_RENEW = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) else return 0 end"
+
+
+class RedisAdapter:
+    kind = "redis"
+
+    def __init__(self, config: StoreConfig) -> None:
+        self.config = config
+        self.name = config.name
+        self.prefix = str(config.options.get("prefix", "polyshift:"))
+        self.cluster = bool(config.options.get("cluster", False)) or config.url.startswith("redis+cluster://")
+        self._client: Any = None
+        self._lock_token: bytes | None = None
+        self._renewer: threading.Thread | None = None
+        self._renew_stop = threading.Event()
+        self.lock_ttl_ms = int(parse_duration(config.options.get("lock_ttl", _LOCK_TTL_MS / 1000),
+                                              what=f"[stores.{config.name}] lock_ttl") * 1000)
+
+    # -- connection -------------------------------------------------------------------
+    def _fail(self, what: str, exc: Exception) -> StoreError:
+        return StoreError(f"store {self.name}: {what}: {redact(str(exc))}")
+
+    def connect(self) -> None:
+        if self._client is not None:
+            return
+        try:
+            if self.cluster:
+                url = self.config.url.replace("redis+cluster://", "redis://", 1)
+                self._client = RedisCluster.from_url(url, socket_timeout=self.config.statement_timeout, socket_connect_timeout=10)
+            else:
+                self._client = redis.Redis.from_url(self.config.url, socket_timeout=self.config.statement_timeout,
+                                                    socket_connect_timeout=10)
+            self._client.ping()
+        except (redis.RedisError, OSError) as exc:
+            self._client = None
+            raise self._fail(f"cannot connect to {self.config.display_url}", exc) from None
+
+    @property
+    def client(self) -> Any:
+        self.connect()
+        return self._client
+
+    def nodes(self) -> list[Any]:
+        """One client per primary: SCAN is per node, so a cluster is scanned node by node."""
+        if self.cluster:
+            return [self.client.get_redis_connection(node) for node in self.client.get_primaries()]
+        return [self.client]
+
+    def close(self) -> None:
+        try:
+            self.release_lock()
+        except StoreError:
+            pass
+        if self._client is not None:
+            try:
+                self._client.close()
+            except Exception:  # closing must never mask the error that got us here
+                pass
+        self._client = None
+
+    # -- lock -------------------------------------------------------------------------
+    @property
+    def _lock_key(self) -> str:
+        return f"{self.prefix}lock"
+
+    def acquire_lock(self, holder: str, wait: float) -> None:
+        """SET NX PX with a random token; a thread renews it while we run, so a dead runner's lock expires."""
+        if self._lock_token is not None:
+            return
+        token = json.dumps({"holder": holder, "token": uuid.uuid4().hex,
+                            "since": datetime.now(UTC).isoformat(timespec="seconds")}).encode()
+        deadline = time.monotonic() + wait
+        try:
+            while not self.client.set(self._lock_key, token, nx=True, px=self.lock_ttl_ms):
+                if time.monotonic() >= deadline:
+                    raise LockHeldError(f"store {self.name} is locked by another polyshift run ({self.lock_holder()})",
+                                        hint=f"wait for it to finish; a crashed runner's lock expires within {self.lock_ttl_ms / 1000:g} s")
+                time.sleep(0.2)
+        except redis.RedisError as exc:
+            raise self._fail("cannot take the lock", exc) from None
+        self._lock_token = token
+        self._renew_stop.clear()
+        self._renewer = threading.Thread(target=self._renew, name="polyshift-redis-lock", daemon=True)
+        self._renewer.start()
+
+    def _renew(self) -> None:
+        while not self._renew_stop.wait(self.lock_ttl_ms / 3000):
+            try:
+                if not self.client.eval(_RENEW, 1, self._lock_key, self._lock_token, self.lock_ttl_ms):
+                    log.error("store %s: lost the lock (expired or taken over); stopping renewal", self.name)
+                    return
+            except redis.RedisError as exc:
+                log.warning("store %s: lock renewal failed: %s", self.name, redact(str(exc)))
+
+    def lock_holder(self) -> str:
+        raw = self.client.get(self._lock_key)
+        if raw is None:
+            return "holder unknown"
+        try:
+            info = json.loads(raw)
+        except ValueError:
+            return "holder unknown"
+        ttl = self.client.pttl(self._lock_key)
+        return f"{info.get('holder')}, since {info.get('since')}, expires in {max(ttl, 0) / 1000:.0f} s unless renewed"
+
+    def release_lock(self) -> None:
+        if self._lock_token is None:
+            return
+        self._renew_stop.set()
+        if self._renewer is not None:
+            self._renewer.join(timeout=5)
+        try:
+            self.client.eval(_RELEASE, 1, self._lock_key, self._lock_token)
+        except redis.RedisError as exc:
+            raise self._fail("cannot release the lock", exc) from None
+        finally:
+            self._lock_token = None
+
+    # -- ledger -----------------------------------------------------------------------
+    @property
+    def _ledger_key(self) -> str:
+        return f"{self.prefix}ledger"
+
+    def ensure_ledger(self) -> None:
+        """The ledger is a list created by its first push: nothing to prepare."""
+
+    def ledger(self) -> list[LedgerEntry]:
+        try:
+            rows = self.client.lrange(self._ledger_key, 0, -1)
+        except redis.RedisError as exc:
+            raise self._fail("cannot read the ledger", exc) from None
+        entries = []
+        for rank, raw in enumerate(rows, 1):
+            e = json.loads(raw)
+            entries.append(LedgerEntry(rank, e["version"], e["slug"], e["checksum"], e["direction"], e["applied_by"],
+                                       datetime.fromisoformat(e["applied_at"]), e["duration_ms"], True, True, e.get("run_id")))
+        return entries
+
+    def _record(self, migration: Migration, direction: Direction, *, run_id: str, actor: str, duration_ms: int) -> None:
+        entry = {"version": migration.version, "slug": migration.slug, "checksum": migration.checksum, "direction": direction,
+                 "applied_by": actor, "applied_at": datetime.now(UTC).isoformat(), "duration_ms": duration_ms,
+                 "run_id": run_id}
+        try:
+            self.client.rpush(self._ledger_key, json.dumps(entry))
+        except redis.RedisError as exc:
+            raise self._fail("cannot write the ledger", exc) from None
+
+    def record_reverted(self, migration: Migration, *, run_id: str, actor: str) -> None:
+        self._record(migration, "down", run_id=run_id, actor=actor, duration_ms=0)
+
+    # -- migrations -------------------------------------------------------------------
+    def analyze(self, migration: Migration, direction: Direction = "up") -> Analysis:
+        scope = rk.validate_patterns(migration.declared_scope or ())
+        return Analysis(migration.declared_risk or Risk.C, scope, "declared" if scope else "none",
+                        non_transactional=("Redis has no transaction spanning a migration",))
+
+    def resolve_scope(self, scope: tuple[str, ...], *, missing_ok: bool) -> tuple[str, ...]:
+        patterns = rk.validate_patterns(scope)
+        skip = self.prefix.encode()
+        for pattern in patterns:
+            if next(rk.scan_nodes(self.nodes(), pattern, skip), None) is None:
+                log.warning("store %s: backup pattern %r matches no key", self.name, pattern)
+        return patterns
+
+    def _context(self, migration: Migration, run_id: str) -> MigrationContext:
+        helpers = RedisHelpers(self.client, self.nodes(), progress_prefix=f"{self.prefix}progress:{migration.id}:",
+                               skip_prefix=self.prefix.encode())
+        return MigrationContext(client=self.client, store=self.name, migration=migration, helpers=helpers,
+                                log=logging.getLogger(f"polyshift.migration.{migration.id}"))
+
+    def apply(self, migration: Migration, direction: Direction, *, run_id: str, actor: str) -> StepResult:
+        step = migration.forward if direction == "up" else migration.rollback
+        if step is None or step.function is None:
+            raise StepFailed(f"{self.name} {migration.id} has no {'forward' if direction == 'up' else 'rollback'} function",
+                             step="rollback")
+        started = time.monotonic()
+        try:
+            step.function(self._context(migration, run_id))
+        except redis.RedisError as exc:
+            raise StepFailed(f"{self.name} {migration.id} {step.name} failed: {redact(str(exc))}", step=step.name) from None
+        except StepFailed:
+            raise
+        except Exception as exc:  # a Python step's own bug is a failed step, not a crash
+            raise StepFailed(f"{self.name} {migration.id} {step.name} raised {type(exc).__name__}: {redact(str(exc))}",
+                             step=step.name) from exc
+        duration = int((time.monotonic() - started) * 1000)
+        self._record(migration, direction, run_id=run_id, actor=actor, duration_ms=duration)
+        return StepResult(duration, 1, True)
+
+    def validate(self, migration: Migration) -> list[str]:
+        step = migration.validate
+        if step is None or step.function is None:
+            return []
+        try:
+            result = step.function(self._context(migration, "validate"))
+        except Exception as exc:
+            return [f"validate raised {type(exc).__name__}: {redact(str(exc))}"]
+        if result is False:
+            return ["validate returned False"]
+        return [str(r) for r in result] if isinstance(result, (list, tuple)) else []
+
+    # -- backup -----------------------------------------------------------------------
+    def _server_ms(self, node: Any) -> int:
+        seconds, micros = node.time()
+        return int(seconds) * 1000 + int(micros) // 1000
+
+    def _records(self, patterns: tuple[str, ...], counts: dict[str, int], progress: Progress) -> Any:
+        """DUMP + PTTL in pipelined batches; expiry stored as an absolute server time (RESTORE ABSTTL)."""
+        client = self.client
+        for batch in rk.batched(rk.scope_keys(self.nodes(), patterns, self.prefix.encode()), _BATCH):
+            now = self._server_ms(self.nodes()[0])
+            pipe = client.pipeline(transaction=False)
+            for _, key in batch:
+                pipe.dump(key)
+                pipe.pttl(key)
+            replies = pipe.execute()
+            chunk = bytearray()
+            for (pattern, key), payload, pttl in zip(batch, replies[0::2], replies[1::2], strict=True):
+                if payload is None:
+                    continue  # deleted between SCAN and DUMP
+                chunk += rk.encode_record(key, now + pttl if pttl > 0 else -1, payload)
+                counts[pattern] += 1
+            progress.advance(len(batch))
+            yield bytes(chunk)
+
+    def backup(self, scope: tuple[str, ...], writer: ArtifactWriter, progress: Progress) -> dict[str, Any]:
+        patterns = rk.validate_patterns(scope)
+        before = self.fingerprint(patterns)
+        counts = dict.fromkeys(patterns, 0)
+        progress.start(f"backup {', '.join(patterns)[:60]}", total=sum(before.counts.values()) or None)
+        try:
+            writer.write_stream("keys.bin.zst", self._records(patterns, counts, progress))
+        except redis.RedisError as exc:
+            raise BackupError(f"store {self.name}: backup failed: {redact(str(exc))}") from None
+        finally:
+            progress.finish()
+        after = self.fingerprint(patterns)
+        # Redis has no snapshot to read from: a scope written to during the backup is reported.
+        return {"patterns": list(patterns), "counts": counts, "fingerprint": after.to_json(),
+                "changed_during_backup": after.data_hash != before.data_hash, "server_ms": self._server_ms(self.nodes()[0])}
+
+    def restore(self, manifest: Manifest, artifacts: ArtifactStore, progress: Progress) -> RestoreReport:
+        """RESTORE … REPLACE ABSTTL in pipelined batches, then remove scope keys the backup did not have.
+
+        Restored names are collected in a temporary Redis set rather than in memory, so the
+        restore stays bounded whatever the number of keys and never leaves a gap with keys missing.
+        """
+        patterns = tuple(manifest.meta.get("patterns", ()))
+        if not patterns:
+            raise BackupCorruptError(f"backup {manifest.id}: manifest lists no key patterns")
+        marker = f"{self.prefix}restore:{manifest.id}:{os.getpid()}"
+        restored = expired = 0
+        progress.start(f"restore {manifest.id}", total=sum(manifest.meta.get("counts", {}).values()) or None)
+        try:
+            with artifacts.open(manifest, "keys.bin.zst") as stream:
+                for batch in rk.batched(rk.decode_records(stream), _BATCH):
+                    now = self._server_ms(self.nodes()[0])
+                    pipe = self.client.pipeline(transaction=False)
+                    names = []
+                    for key, expire_at, payload in batch:
+                        if 0 < expire_at <= now:
+                            expired += 1  # would already have expired: restoring it would resurrect it
+                            continue
+                        pipe.restore(key, expire_at if expire_at > 0 else 0, payload, replace=True, absttl=expire_at > 0)
+                        names.append(key)
+                    if names:
+                        pipe.execute()
+                        self.client.sadd(marker, *names)
+                    restored += len(names)
+                    progress.advance(len(batch))
+            removed = self._remove_extras(patterns, marker)
+        except redis.RedisError as exc:
+            raise StoreError(f"store {self.name}: restore of {manifest.id} failed part-way: {redact(str(exc))}",
+                             hint="the safety backup taken before this restore holds what was there") from None
+        finally:
+            try:
+                self.client.unlink(marker)
+            except redis.RedisError:
+                pass
+            progress.finish()
+        log.info("store %s: restored %d keys, skipped %d already expired, removed %d not in the backup",
+                 self.name, restored, expired, removed)
+        return self._verify(manifest, expired)
+
+    def _remove_extras(self, patterns: tuple[str, ...], marker: str) -> int:
+        removed = 0
+        for batch in rk.batched((key for _, key in rk.scope_keys(self.nodes(), patterns, self.prefix.encode())), _BATCH):
+            present = self.client.smismember(marker, batch)
+            extras = [k for k, p in zip(batch, present, strict=True) if not p]
+            if extras:
+                pipe = self.client.pipeline(transaction=False)
+                for key in extras:
+                    pipe.unlink(key)
+                pipe.execute()
+                removed += len(extras)
+        return removed
+
+    def _verify(self, manifest: Manifest, expired: int) -> RestoreReport:
+        """Content equal to the backup's fingerprint; with keys that expired meanwhile, counts must add up."""
+        patterns = tuple(manifest.meta["patterns"])
+        now = self.fingerprint(patterns)
+        expected = Fingerprint.from_json(manifest.meta["fingerprint"])
+        mismatches: list[str] = []
+        notes: list[str] = []
+        if expired:
+            notes.append(f"{expired} keys expired since the backup and were not brought back")
+            if sum(now.counts.values()) != sum(expected.counts.values()) - expired:
+                mismatches.append(f"{sum(now.counts.values())} keys restored, expected {sum(expected.counts.values()) - expired}")
+        elif now.data_hash != expected.data_hash:
+            differing = [p for p in patterns if now.items.get(p) != expected.items.get(p)]
+            mismatches.append(f"content differs from the backup for {', '.join(differing)}")
+        return RestoreReport(manifest.id, {p: now.counts.get(p, 0) for p in patterns}, verified=not mismatches,
+                             mismatches=tuple(mismatches), notes=tuple(notes))
+
+    # -- fingerprint ------------------------------------------------------------------
+    def fingerprint(self, scope: tuple[str, ...]) -> Fingerprint:
+        """Order-independent sum of sha256(key, type, has-TTL, canonical value) per pattern."""
+        patterns = rk.validate_patterns(scope)
+        sums = dict.fromkeys(patterns, 0)
+        counts = dict.fromkeys(patterns, 0)
+        types: dict[str, dict[str, int]] = {p: {} for p in patterns}
+        try:
+            for batch in rk.batched(rk.scope_keys(self.nodes(), patterns, self.prefix.encode()), _BATCH):
+                pipe = self.client.pipeline(transaction=False)
+                for _, key in batch:
+                    pipe.type(key)
+                    pipe.pttl(key)
+                meta = pipe.execute()
+                pipe = self.client.pipeline(transaction=False)
+                live = []
+                for (pattern, key), kind, pttl in zip(batch, meta[0::2], meta[1::2], strict=True):
+                    kind = kind.decode() if isinstance(kind, bytes) else kind
+                    if kind == "none":
+                        continue
+                    rk.value_commands(pipe, key, kind)
+                    live.append((pattern, key, kind, pttl > 0))
+                for (pattern, key, kind, has_ttl), value in zip(live, pipe.execute(), strict=True):
+                    sums[pattern] = (sums[pattern] + rk.key_digest(key, kind, value, has_ttl)) % (1 << 128)
+                    counts[pattern] += 1
+                    types[pattern][kind] = types[pattern].get(kind, 0) + 1
+        except redis.RedisError as exc:
+            raise self._fail("fingerprint failed", exc) from None
+        items = {p: {"data": f"{sums[p]:032x}", "rows": counts[p], "types": types[p]} for p in patterns}
+        import hashlib
+
+        data_hash = hashlib.sha256(json.dumps(items, sort_keys=True).encode()).hexdigest()
+        # No schema in Redis: the scope's content stands in for it, so a rollback is verified by content.
+        return Fingerprint(data_hash, data_hash, counts, items)

