@@ -208,3 +208,60 @@ class EmbeddedRedis:
         self.process = None
         if remove:
             shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _cluster_port() -> int:
+    """A free port whose cluster-bus port (port + 10000) is free too."""
+    for _ in range(200):
+        port = free_port()
+        if port > 55000:
+            continue
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                s.bind(("127.0.0.1", port + 10000))
+            return port
+        except OSError:
+            continue
+    raise RuntimeError("no free port pair for a Redis cluster node")
+
+
+@dataclass
+class EmbeddedRedisCluster:
+    """Three primaries joined with CLUSTER MEET, slots split evenly with ADDSLOTSRANGE."""
+
+    size: int = 3
+    nodes: list[EmbeddedRedis] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"redis+cluster://127.0.0.1:{self.nodes[0].port}/0"
+
+    def start(self) -> EmbeddedRedisCluster:
+        import redis
+
+        for _ in range(self.size):
+            port = _cluster_port()
+            node = EmbeddedRedis(port=port, extra_args=("--cluster-enabled", "yes", "--cluster-config-file", f"nodes-{port}.conf",
+                                                        "--cluster-node-timeout", "2000"))
+            self.nodes.append(node.start())
+        clients = [redis.Redis(host="127.0.0.1", port=n.port) for n in self.nodes]
+        step = 16384 // self.size
+        for i, client in enumerate(clients):
+            last = 16383 if i == self.size - 1 else (i + 1) * step - 1
+            client.execute_command("CLUSTER", "ADDSLOTSRANGE", i * step, last)
+        for client in clients[1:]:
+            client.execute_command("CLUSTER", "MEET", "127.0.0.1", self.nodes[0].port)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            infos = [c.execute_command("CLUSTER", "INFO") for c in clients]
+            text = [i.decode() if isinstance(i, bytes) else str(i) for i in infos]
+            if all("cluster_state:ok" in t and f"cluster_known_nodes:{self.size}" in t for t in text):
+                for c in clients:
+                    c.close()
+                return self
+            time.sleep(0.1)
+        raise TimeoutError("Redis cluster did not reach cluster_state:ok")
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()

@@ -280,7 +280,10 @@ class RedisWorkspace:
             kind = "redis"
             url = "{server.url}"
             """) + extra)
-        self.r = redis.Redis.from_url(server.url)
+        if server.url.startswith("redis+cluster://"):
+            self.r = redis.RedisCluster.from_url(server.url.replace("redis+cluster://", "redis://", 1))
+        else:
+            self.r = redis.Redis.from_url(server.url)
         self.env: dict[str, str] = {}
 
     def run(self, *args: str) -> CliResult:
