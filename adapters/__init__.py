@@ -16,6 +16,10 @@ def adapter_for(store: StoreConfig) -> Adapter:
         from adapters.postgres import PostgresAdapter
 
         return PostgresAdapter(store)
+    if store.kind == "pgvector":
+        from adapters.pgvector import PgvectorAdapter
+
+        return PgvectorAdapter(store)
     if store.kind == "redis":
         from adapters.redis import RedisAdapter
 

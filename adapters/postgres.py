@@ -188,7 +188,8 @@ class PostgresAdapter:
             return Analysis(Risk.C, (), "none", notes=("no rollback step: irreversible",))
         if step.is_python:
             scope = migration.declared_scope or ()
-            return Analysis(migration.declared_risk or Risk.C, scope, "declared" if scope else "none")
+            outside = ("Python step with TRANSACTION = False",) if self._python_outside_tx(migration) else ()
+            return Analysis(migration.declared_risk or Risk.C, scope, "declared" if scope else "none", non_transactional=outside)
         statements = self._statements(step)
         risk = Risk.highest([s.risk for s in statements] + ([migration.declared_risk] if migration.declared_risk else []))
         inferred = tuple(inferred_scope(statements))
@@ -221,11 +222,22 @@ class PostgresAdapter:
         for name, seconds in (("lock_timeout", self.config.lock_timeout), ("statement_timeout", self.config.statement_timeout)):
             self.conn.execute("SELECT set_config(%s, %s, %s)", (name, f"{int(seconds * 1000)}ms", local))
 
+    @staticmethod
+    def _python_outside_tx(migration: Migration) -> bool:
+        """``TRANSACTION = False`` in a Python migration: batches that commit as they go, CONCURRENTLY."""
+        return migration.is_python and migration.extra("TRANSACTION", True) is False
+
+    def helpers(self, migration: Migration) -> object:
+        """What ``ctx.helpers`` holds for this store's Python migrations (subclasses add their own)."""
+        return None
+
+    def _context(self, migration: Migration) -> MigrationContext:
+        return MigrationContext(client=self.conn, store=self.name, log=logging.getLogger(f"polyshift.migration.{migration.id}"),
+                                migration=migration, helpers=self.helpers(migration))
+
     def _run_python(self, migration: Migration, step: Step) -> None:
         assert step.function is not None
-        ctx = MigrationContext(client=self.conn, store=self.name, log=logging.getLogger(f"polyshift.migration.{migration.id}"),
-                               migration=migration)
-        step.function(ctx)
+        step.function(self._context(migration))
 
     def apply(self, migration: Migration, direction: Direction, *, run_id: str, actor: str) -> StepResult:
         """Run forward or rollback; the ledger row commits in the same transaction as the step.
@@ -239,7 +251,7 @@ class PostgresAdapter:
             raise StepFailed(f"{migration.id} has no rollback step (irreversible)", step="rollback")
         started = time.monotonic()
         if step.is_python:
-            segments: list[tuple[bool, list[Statement]]] = [(True, [])]
+            segments: list[tuple[bool, list[Statement]]] = [(not self._python_outside_tx(migration), [])]
         else:
             segments = []
             for st in self._statements(step):
@@ -264,6 +276,8 @@ class PostgresAdapter:
                         f"{self.name} {migration.id} {step.name} gave up after {attempts} attempts within "
                         f"retry_deadline {self.config.retry_deadline:g}s: {_describe(exc)}", step=step.name,
                     ) from None
+            elif step.is_python:
+                self._run_python_outside_transaction(migration, step)
             else:
                 self._run_outside_transaction(migration, step, statements[0])
         if not segments or not segments[-1][0]:
@@ -293,6 +307,20 @@ class PostgresAdapter:
         except Exception as exc:  # a Python step's own bug is a failed step, not a crash
             raise StepFailed(f"{self.name} {migration.id} {step.name} raised {type(exc).__name__}: {redact(str(exc))}",
                              step=step.name) from exc
+
+    def _run_python_outside_transaction(self, migration: Migration, step: Step) -> None:
+        try:
+            self._set_timeouts(local=False)
+            self._run_python(migration, step)
+        except psycopg.Error as exc:
+            raise StepFailed(f"{self.name} {migration.id} {step.name} failed: {_describe(exc)}", step=step.name) from None
+        except Exception as exc:  # a Python step's own bug is a failed step, not a crash
+            raise StepFailed(f"{self.name} {migration.id} {step.name} raised {type(exc).__name__}: {redact(str(exc))}",
+                             step=step.name) from exc
+        finally:
+            if self.conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+                self.conn.rollback()  # a step that left a transaction open must not leak it into the ledger write
+            self.conn.execute("RESET lock_timeout; RESET statement_timeout")
 
     def _run_outside_transaction(self, migration: Migration, step: Step, statement: Statement) -> None:
         try:
@@ -339,8 +367,7 @@ class PostgresAdapter:
 
     def _validate_python(self, migration: Migration, step: Step) -> list[str]:
         assert step.function is not None
-        ctx = MigrationContext(client=self.conn, store=self.name, log=logging.getLogger(f"polyshift.migration.{migration.id}"),
-                               migration=migration)
+        ctx = self._context(migration)
         try:
             with self.conn.transaction():
                 result = step.function(ctx)

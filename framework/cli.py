@@ -41,6 +41,8 @@ def _event(kind: str, data: dict[str, Any]) -> None:
         say(f"  backup {d['backup']} verified ({d['bytes']:,} bytes)")
     elif kind == "applied":
         say(f"  [green]applied[/] in {d['duration_ms']} ms")
+    elif kind == "figures":
+        say("  " + ", ".join(f"{escape(k)} = {v:g}" for k, v in data["figures"].items()))
     elif kind == "restore":
         say(f"  [yellow]restoring[/] {d['backup']}: {d['why']}")
     elif kind == "rolled-back":

@@ -30,7 +30,7 @@ SCRIPT_LANG: dict[str, tuple[str, str] | None] = {
     "redis": None,
 }
 _NAME = re.compile(r"^(?P<version>\d+(?:\.\d+)*)_(?P<slug>[a-z0-9][a-z0-9_]*)(?:\.(?P<step>forward|rollback|validate))?\.(?P<ext>[a-z]+)$")
-_DIRECTIVE_KEYS = {"backup", "irreversible", "flag", "risk"}
+_DIRECTIVE_KEYS = {"backup", "irreversible", "flag", "risk", "vector"}
 _FLAG_NAME = re.compile(r"^[a-z0-9_.-]+$")
 _IGNORED = {"README.md", ".gitkeep", "__pycache__", "__init__.py"}
 

@@ -134,3 +134,11 @@ class Adapter(Protocol):
 
     def validate(self, migration: Migration) -> list[str]:
         """Run the migration's checks; returns a description of each failure (empty when valid)."""
+
+
+@runtime_checkable
+class ReportsFigures(Protocol):
+    """Optional: an adapter whose validation measures something (recall@k) worth reporting."""
+
+    def figures(self) -> dict[str, float]:
+        """Measurements of the last validate() call."""

@@ -32,7 +32,7 @@ from framework.errors import (
 )
 from framework.migration import Migration, Risk, version_key
 from framework.project import Project
-from framework.protocol import Adapter, Analysis, Fingerprint, RestoreReport
+from framework.protocol import Adapter, Analysis, Fingerprint, ReportsFigures, RestoreReport
 from framework.state import actor
 from framework.status import StoreStatus, applied_entries, store_status
 
@@ -232,15 +232,18 @@ class Runner:
         self._journal(run_id, "forward", "done", m, duration_ms=result.duration_ms, non_transactional=result.non_transactional)
         self._journal(run_id, "validate", "intent", m)
         failures = adapter.validate(m)
+        figures = adapter.figures() if isinstance(adapter, ReportsFigures) else {}
+        if figures:
+            self.emit("figures", {"store": m.store, "version": m.version, "figures": figures})
         if failures:
-            self._journal(run_id, "validate", "failed", m, failures=failures)
+            self._journal(run_id, "validate", "failed", m, failures=failures, figures=figures)
             self.state.audit("migration.failed", m.store, {"version": m.version, "step": "validate", "failures": failures})
             self._undo(adapter, m, pre, manifest, scope, run_id, cause=f"{m.store}/{m.id} validation failed: " + "; ".join(failures))
         self._journal(run_id, "validate", "done", m)
         self.state.audit("migration.applied", m.store, {
             "version": m.version, "slug": m.slug, "checksum": m.checksum, "risk": analysis.risk.value,
             "backup": manifest.id if manifest else None, "duration_ms": result.duration_ms,
-            "non_transactional": result.non_transactional, "run": run_id,
+            "non_transactional": result.non_transactional, "run": run_id, "figures": figures,
         })
         self.emit("applied", {"store": m.store, "version": m.version, "duration_ms": result.duration_ms})
         return Outcome(m.store, m.version, m.slug, "applied", analysis.risk.value, list(scope),

@@ -328,3 +328,11 @@ def redis_server() -> Iterator[Any]:
 @pytest.fixture
 def rws(tmp_path: Path, redis_server: Any) -> RedisWorkspace:
     return RedisWorkspace(tmp_path, redis_server)
+
+
+@pytest.fixture
+def vws(tmp_path: Path, database: str) -> Workspace:
+    """Like ``ws``, with the 'main' store declared as kind = "pgvector"."""
+    workspace = Workspace(tmp_path, database)
+    workspace.config.write_text(workspace.config.read_text().replace('kind = "postgres"', 'kind = "pgvector"'))
+    return workspace
