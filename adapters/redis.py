@@ -8,6 +8,7 @@ Cluster URLs (``redis+cluster://`` or ``cluster = true``) scan and back up every
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -53,6 +54,8 @@ class RedisAdapter:
         self._lock_token: bytes | None = None
         self._renewer: threading.Thread | None = None
         self._renew_stop = threading.Event()
+        self._digest_script: Any = None
+        self._restore_script: Any = None
         self.lock_ttl_ms = int(parse_duration(config.options.get("lock_ttl", _LOCK_TTL_MS / 1000),
                                               what=f"[stores.{config.name}] lock_ttl") * 1000)
 
@@ -244,40 +247,67 @@ class RedisAdapter:
         seconds, micros = node.time()
         return int(seconds) * 1000 + int(micros) // 1000
 
-    def _records(self, patterns: tuple[str, ...], counts: dict[str, int], progress: Progress) -> Any:
-        """DUMP + PTTL in pipelined batches; expiry stored as an absolute server time (RESTORE ABSTTL)."""
-        client = self.client
+    def _digests(self, keys: list[bytes], *, dump: bool) -> list[tuple[str, int, bytes | None, str]]:
+        """(digest, pttl, DUMP payload or None, type) per key, computed in Redis by one script call per batch.
+
+        In a cluster a script's keys must share a hash slot, so the batch is split by slot there.
+        """
+        if self._digest_script is None:
+            self._digest_script = self.client.register_script(rk.DIGEST_LUA)
+        groups: dict[int, list[int]] = {}
+        if self.cluster:
+            for index, key in enumerate(keys):
+                groups.setdefault(self.client.keyslot(key), []).append(index)
+        else:
+            groups[0] = list(range(len(keys)))
+        out: list[Any] = [None] * len(keys)
+        for indexes in groups.values():
+            try:
+                replies = self._digest_script(keys=[keys[i] for i in indexes], args=["1" if dump else "0"])
+            except redis.ResponseError as exc:
+                if "POLYSHIFT unsupported type" in str(exc):
+                    kind, _, key = str(exc).split("unsupported type ", 1)[1].partition(" for key ")
+                    raise rk.unsupported(kind, key.encode()) from None
+                raise
+            for i, (digest, pttl, payload, kind) in zip(indexes, replies, strict=True):
+                out[i] = (digest.decode() if isinstance(digest, bytes) else digest, int(pttl), payload or None,
+                          kind.decode() if isinstance(kind, bytes) else kind)
+        return out
+
+    def _walk(self, patterns: tuple[str, ...], *, dump: bool, progress: Progress | None = None) -> Any:
+        """Batches of (pattern, key, digest, pttl, payload, type) over the scope; vanished keys skipped."""
         for batch in rk.batched(rk.scope_keys(self.nodes(), patterns, self.prefix.encode()), _BATCH):
-            now = self._server_ms(self.nodes()[0])
-            pipe = client.pipeline(transaction=False)
-            for _, key in batch:
-                pipe.dump(key)
-                pipe.pttl(key)
-            replies = pipe.execute()
-            chunk = bytearray()
-            for (pattern, key), payload, pttl in zip(batch, replies[0::2], replies[1::2], strict=True):
-                if payload is None:
-                    continue  # deleted between SCAN and DUMP
-                chunk += rk.encode_record(key, now + pttl if pttl > 0 else -1, payload)
-                counts[pattern] += 1
-            progress.advance(len(batch))
-            yield bytes(chunk)
+            rows = self._digests([key for _, key in batch], dump=dump)
+            if progress is not None:
+                progress.advance(len(batch))
+            yield [(pattern, key, *row) for (pattern, key), row in zip(batch, rows, strict=True) if row[3] != "none"]
 
     def backup(self, scope: tuple[str, ...], writer: ArtifactWriter, progress: Progress) -> dict[str, Any]:
+        """DUMP + PTTL + content digest per key in one pass; expiry stored as absolute server time (RESTORE ABSTTL).
+
+        Redis has no snapshot to read from: each key is captured as it was when its batch was read,
+        and the manifest's fingerprint is computed from exactly those values.
+        """
         patterns = rk.validate_patterns(scope)
-        before = self.fingerprint(patterns)
-        counts = dict.fromkeys(patterns, 0)
-        progress.start(f"backup {', '.join(patterns)[:60]}", total=sum(before.counts.values()) or None)
+        tally = _Tally(patterns)
+        progress.start(f"backup {', '.join(patterns)[:60]}")
+
+        def records() -> Any:
+            for rows in self._walk(patterns, dump=True, progress=progress):
+                now = self._server_ms(self.nodes()[0])
+                chunk = bytearray()
+                for pattern, key, digest, pttl, payload, kind in rows:
+                    chunk += rk.encode_record(key, now + pttl if pttl > 0 else -1, payload)
+                    tally.add(pattern, digest, kind)
+                yield bytes(chunk)
+
         try:
-            writer.write_stream("keys.bin.zst", self._records(patterns, counts, progress))
+            writer.write_stream("keys.bin.zst", records())
         except redis.RedisError as exc:
             raise BackupError(f"store {self.name}: backup failed: {redact(str(exc))}") from None
         finally:
             progress.finish()
-        after = self.fingerprint(patterns)
-        # Redis has no snapshot to read from: a scope written to during the backup is reported.
-        return {"patterns": list(patterns), "counts": counts, "fingerprint": after.to_json(),
-                "changed_during_backup": after.data_hash != before.data_hash, "server_ms": self._server_ms(self.nodes()[0])}
+        return {"patterns": list(patterns), "counts": dict(tally.counts), "fingerprint": tally.fingerprint().to_json()}
 
     def restore(self, manifest: Manifest, artifacts: ArtifactStore, progress: Progress) -> RestoreReport:
         """RESTORE … REPLACE ABSTTL in pipelined batches, then remove scope keys the backup did not have.
@@ -295,18 +325,11 @@ class RedisAdapter:
             with artifacts.open(manifest, "keys.bin.zst") as stream:
                 for batch in rk.batched(rk.decode_records(stream), _BATCH):
                     now = self._server_ms(self.nodes()[0])
-                    pipe = self.client.pipeline(transaction=False)
-                    names = []
-                    for key, expire_at, payload in batch:
-                        if 0 < expire_at <= now:
-                            expired += 1  # would already have expired: restoring it would resurrect it
-                            continue
-                        pipe.restore(key, expire_at if expire_at > 0 else 0, payload, replace=True, absttl=expire_at > 0)
-                        names.append(key)
-                    if names:
-                        pipe.execute()
-                        self.client.sadd(marker, *names)
-                    restored += len(names)
+                    live = [(k, e, p) for k, e, p in batch if not 0 < e <= now]
+                    expired += len(batch) - len(live)  # already past their expiry: restoring would resurrect them
+                    if live:
+                        self._restore_batch(live, marker)
+                    restored += len(live)
                     progress.advance(len(batch))
             removed = self._remove_extras(patterns, marker)
         except redis.RedisError as exc:
@@ -321,6 +344,22 @@ class RedisAdapter:
         log.info("store %s: restored %d keys, skipped %d already expired, removed %d not in the backup",
                  self.name, restored, expired, removed)
         return self._verify(manifest, expired)
+
+    def _restore_batch(self, records: list[tuple[bytes, int, bytes]], marker: str) -> None:
+        if self.cluster:
+            pipe = self.client.pipeline(transaction=False)
+            for key, expire_at, payload in records:
+                pipe.restore(key, max(expire_at, 0), payload, replace=True, absttl=expire_at > 0)
+            pipe.execute()
+        else:
+            if self._restore_script is None:
+                self._restore_script = self.client.register_script(rk.RESTORE_LUA)
+            args: list[Any] = []
+            for _, expire_at, payload in records:
+                args += [expire_at, payload]
+            self._restore_script(keys=[k for k, _, _ in records] + [marker], args=args)
+            return
+        self.client.sadd(marker, *[k for k, _, _ in records])
 
     def _remove_extras(self, patterns: tuple[str, ...], marker: str) -> int:
         removed = 0
@@ -354,35 +393,34 @@ class RedisAdapter:
 
     # -- fingerprint ------------------------------------------------------------------
     def fingerprint(self, scope: tuple[str, ...]) -> Fingerprint:
-        """Order-independent sum of sha256(key, type, has-TTL, canonical value) per pattern."""
+        """Order-independent sum of per-key content digests (key, type, has-TTL, value), per pattern."""
         patterns = rk.validate_patterns(scope)
-        sums = dict.fromkeys(patterns, 0)
-        counts = dict.fromkeys(patterns, 0)
-        types: dict[str, dict[str, int]] = {p: {} for p in patterns}
+        tally = _Tally(patterns)
         try:
-            for batch in rk.batched(rk.scope_keys(self.nodes(), patterns, self.prefix.encode()), _BATCH):
-                pipe = self.client.pipeline(transaction=False)
-                for _, key in batch:
-                    pipe.type(key)
-                    pipe.pttl(key)
-                meta = pipe.execute()
-                pipe = self.client.pipeline(transaction=False)
-                live = []
-                for (pattern, key), kind, pttl in zip(batch, meta[0::2], meta[1::2], strict=True):
-                    kind = kind.decode() if isinstance(kind, bytes) else kind
-                    if kind == "none":
-                        continue
-                    rk.value_commands(pipe, key, kind)
-                    live.append((pattern, key, kind, pttl > 0))
-                for (pattern, key, kind, has_ttl), value in zip(live, pipe.execute(), strict=True):
-                    sums[pattern] = (sums[pattern] + rk.key_digest(key, kind, value, has_ttl)) % (1 << 128)
-                    counts[pattern] += 1
-                    types[pattern][kind] = types[pattern].get(kind, 0) + 1
+            for rows in self._walk(patterns, dump=False):
+                for pattern, _key, digest, _pttl, _payload, kind in rows:
+                    tally.add(pattern, digest, kind)
         except redis.RedisError as exc:
             raise self._fail("fingerprint failed", exc) from None
-        items = {p: {"data": f"{sums[p]:032x}", "rows": counts[p], "types": types[p]} for p in patterns}
-        import hashlib
+        return tally.fingerprint()
 
+
+class _Tally:
+    """Running fingerprint of a scope: digest sums, counts and type counts per pattern."""
+
+    def __init__(self, patterns: tuple[str, ...]) -> None:
+        self.patterns = patterns
+        self.sums = dict.fromkeys(patterns, 0)
+        self.counts = dict.fromkeys(patterns, 0)
+        self.types: dict[str, dict[str, int]] = {p: {} for p in patterns}
+
+    def add(self, pattern: str, digest: str, kind: str) -> None:
+        self.sums[pattern] = (self.sums[pattern] + rk.digest_int(digest)) % (1 << 128)
+        self.counts[pattern] += 1
+        self.types[pattern][kind] = self.types[pattern].get(kind, 0) + 1
+
+    def fingerprint(self) -> Fingerprint:
+        items = {p: {"data": f"{self.sums[p]:032x}", "rows": self.counts[p], "types": self.types[p]} for p in self.patterns}
         data_hash = hashlib.sha256(json.dumps(items, sort_keys=True).encode()).hexdigest()
         # No schema in Redis: the scope's content stands in for it, so a rollback is verified by content.
-        return Fingerprint(data_hash, data_hash, counts, items)
+        return Fingerprint(data_hash, data_hash, dict(self.counts), items)

@@ -137,3 +137,23 @@ def test_memory_stays_bounded_while_backing_up_many_keys(rws: RedisWorkspace) ->
     peak_mib = usage.ru_maxrss / 1024
     assert peak_mib < 150, peak_mib  # 200k keys of ~100 bytes (40 MB with overhead) are never held at once
     assert json.loads(rws.run("backup", "list", "--json").stdout)[0]["scope"] == ["bulk:*"]
+
+
+def test_cluster_and_single_node_fingerprints_agree_for_every_type(rws: RedisWorkspace) -> None:
+    from framework.sandbox import EmbeddedRedisCluster
+
+    _every_type(rws)
+    rws.r.expire("session:h", 100)
+    single = rws.fingerprint("session:*")
+    cluster = EmbeddedRedisCluster().start()
+    try:
+        import redis
+
+        client = redis.RedisCluster(host="127.0.0.1", port=cluster.nodes[0].port)
+        for key in rws.r.scan_iter(match="session:*"):
+            client.restore(key, max(rws.r.pttl(key), 0), rws.r.dump(key), replace=True)
+        client.close()
+        other = RedisWorkspace(rws.root / "cluster", cluster)
+        assert other.fingerprint("session:*").items == single.items
+    finally:
+        cluster.stop()
