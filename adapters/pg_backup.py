@@ -36,18 +36,19 @@ def _file_stem(index: int, table: cat.Table) -> str:
     return f"{index:03d}.{_SAFE.sub('_', table.qualified)[:80]}"
 
 
-def _pg_dump_ddl(url: str, table: cat.Table, section: str, snapshot: str) -> str:
+def _pg_dump_ddl(url: str, tables: list[cat.Table], section: str, snapshot: str) -> str:
+    """DDL of the tables in one pg_dump call, so a partition tree comes out in dependency order."""
     params = conninfo_to_dict(url)
     password = params.pop("password", None)
     env = dict(os.environ)
     if password:
         env["PGPASSWORD"] = str(password)  # never on the command line, where ps would show it
-    pattern = f'"{table.schema.replace(chr(34), chr(34) * 2)}"."{table.name.replace(chr(34), chr(34) * 2)}"'
-    cmd = [pg_tool("pg_dump"), "--schema-only", f"--section={section}", "--no-owner", f"--snapshot={snapshot}",
-           "--table", pattern, "--dbname", make_conninfo(**params)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    cmd = [pg_tool("pg_dump"), "--schema-only", f"--section={section}", "--no-owner", f"--snapshot={snapshot}"]
+    for table in tables:
+        cmd += ["--table", f'"{table.schema.replace(chr(34), chr(34) * 2)}"."{table.name.replace(chr(34), chr(34) * 2)}"']
+    proc = subprocess.run([*cmd, "--dbname", make_conninfo(**params)], capture_output=True, text=True, env=env)
     if proc.returncode != 0:
-        raise BackupError(f"pg_dump could not capture the DDL of {table.qualified}: {redact(proc.stderr.strip())}")
+        raise BackupError(f"pg_dump could not capture the DDL of {tables[0].qualified}: {redact(proc.stderr.strip())}")
     return proc.stdout
 
 
@@ -71,14 +72,18 @@ _BLOCK = 1 << 20
 
 
 def _copy_out(conn: psycopg.Connection, table: cat.Table, columns: list[str], counter: _RowCounter,
-              progress: Progress) -> Iterator[bytes]:
+              progress: Progress, *, partitioned: bool = False) -> Iterator[bytes]:
     """COPY TO STDOUT in ~1 MiB blocks, read straight from libpq.
 
     The server sends one message per row. Handing each row to the compressor cost more than
     the COPY itself, and psycopg's per-row generator another 25% (measured on 1M rows), so
     rows are read with PQgetCopyData and batched before compression.
     """
-    query = sql.SQL("COPY {} ({}) TO STDOUT").format(table.ident, sql.SQL(", ").join(map(sql.Identifier, columns)))
+    cols = sql.SQL(", ").join(map(sql.Identifier, columns))
+    if partitioned:  # COPY reads a partitioned parent only through a query over it
+        query = sql.SQL("COPY (SELECT {} FROM {}) TO STDOUT").format(cols, table.ident)
+    else:
+        query = sql.SQL("COPY {} ({}) TO STDOUT").format(table.ident, cols)
     pgconn = conn.pgconn
     pgconn.send_query(query.as_bytes(conn))
     while pgconn.flush():
@@ -165,11 +170,13 @@ def _backup_tables(conn: psycopg.Connection, url: str, tables: list[cat.Table], 
         fingerprint = hasher.submit(table)  # hashed in the server while COPY streams
         stem = _file_stem(index, table)
         # pg_dump runs before the COPY, not beside it: on two cores running both was measured slower.
-        writer.write_bytes(f"{stem}.pre.sql.zst", _pg_dump_ddl(url, table, "pre-data", snapshot).encode())
-        writer.write_bytes(f"{stem}.post.sql.zst", _pg_dump_ddl(url, table, "post-data", snapshot).encode())
+        family = [table, *cat.partitions(conn, table)]
+        partitioned = cat.is_partitioned(conn, table)
+        writer.write_bytes(f"{stem}.pre.sql.zst", _pg_dump_ddl(url, family, "pre-data", snapshot).encode())
+        writer.write_bytes(f"{stem}.post.sql.zst", _pg_dump_ddl(url, family, "post-data", snapshot).encode())
         columns = cat.copy_columns(conn, table)
         counter = _RowCounter()
-        writer.write_stream(f"{stem}.copy.zst", _copy_out(conn, table, columns, counter, progress))
+        writer.write_stream(f"{stem}.copy.zst", _copy_out(conn, table, columns, counter, progress, partitioned=partitioned))
         rows = counter.rows
         count, data_hash = fingerprint.result()
         if count != rows:
@@ -177,6 +184,7 @@ def _backup_tables(conn: psycopg.Connection, url: str, tables: list[cat.Table], 
         meta["tables"].append({
             "schema": table.schema, "name": table.name, "stem": stem, "columns": columns, "rows": rows,
             "data_hash": data_hash, "schema_hash": cat.table_schema_hash(conn, table),
+            "partitions": [t.qualified for t in family[1:]], "partitioned": partitioned,
             "sequences": cat.owned_sequences(conn, table), "inbound_fks": cat.inbound_foreign_keys(conn, table),
         })
 
@@ -249,7 +257,11 @@ def restore(conn: psycopg.Connection, manifest: Manifest, artifacts: ArtifactSto
         for t in tables_meta:
             table = cat.Table(t["schema"], t["name"])
             columns = sql.SQL(", ").join(map(sql.Identifier, t["columns"]))
-            with conn.cursor().copy(sql.SQL("COPY {} ({}) FROM STDIN").format(table.ident, columns)) as copy:
+            # Every table here was created or truncated in this transaction, which is when FREEZE is
+            # allowed: rows land frozen, sparing the table a later rewrite of hint bits by vacuum.
+            # PostgreSQL refuses FREEZE on a partitioned parent, whose rows go to its partitions.
+            options = sql.SQL("") if t.get("partitioned") else sql.SQL(" (FREEZE)")
+            with conn.cursor().copy(sql.SQL("COPY {} ({}) FROM STDIN{}").format(table.ident, columns, options)) as copy:
                 for block in artifacts.iter_chunks(manifest, f"{t['stem']}.copy.zst"):
                     copy.write(block)
                     progress.advance(len(block))

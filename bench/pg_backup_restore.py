@@ -45,26 +45,34 @@ def measure(cmd: list[str], env: dict[str, str]) -> tuple[float, float, str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--rows", type=int, default=None, help="default 1,000,000 (250,000 with --vectors)")
+    parser.add_argument("--vectors", action="store_true", help="a pgvector table: id + vector(384), as issue 3 asks")
     parser.add_argument("--write", type=Path, help="also write the markdown table to this file")
     args = parser.parse_args()
+    args.rows = args.rows or (250_000 if args.vectors else 1_000_000)
 
     pg = EmbeddedPostgres(password="bench-secret").start()
     work = Path(tempfile.mkdtemp(prefix="polyshift-bench-"))
     try:
         url = pg.url()
         with psycopg.connect(url, autocommit=True) as conn:
-            conn.execute("""
-                CREATE TABLE big (
-                    id bigserial PRIMARY KEY, uid uuid NOT NULL, name text NOT NULL, amount numeric(12,2),
-                    created_at timestamptz NOT NULL, payload jsonb)""")
             t0 = time.perf_counter()
-            conn.execute(f"""
-                INSERT INTO big (uid, name, amount, created_at, payload)
-                SELECT md5(i::text)::uuid, 'customer ' || i, (i % 100000) / 7.0, now() - i * interval '1 minute',
-                       jsonb_build_object('n', i, 'tags', jsonb_build_array('a', 'b'), 'note', repeat('x', i % 40))
-                FROM generate_series(1, {args.rows}) i""")
-            conn.execute("CREATE INDEX big_created_idx ON big (created_at)")
+            if args.vectors:
+                conn.execute("CREATE TABLE big (id bigint PRIMARY KEY, embedding vector(384) NOT NULL)")
+                conn.execute(f"""
+                    INSERT INTO big SELECT i, (SELECT array_agg(random()::real) FROM generate_series(1, 384) j WHERE i > 0)::vector
+                    FROM generate_series(1, {args.rows}) i""")
+            else:
+                conn.execute("""
+                    CREATE TABLE big (
+                        id bigserial PRIMARY KEY, uid uuid NOT NULL, name text NOT NULL, amount numeric(12,2),
+                        created_at timestamptz NOT NULL, payload jsonb)""")
+                conn.execute(f"""
+                    INSERT INTO big (uid, name, amount, created_at, payload)
+                    SELECT md5(i::text)::uuid, 'customer ' || i, (i % 100000) / 7.0, now() - i * interval '1 minute',
+                           jsonb_build_object('n', i, 'tags', jsonb_build_array('a', 'b'), 'note', repeat('x', i % 40))
+                    FROM generate_series(1, {args.rows}) i""")
+                conn.execute("CREATE INDEX big_created_idx ON big (created_at)")
             conn.execute("VACUUM ANALYZE big")
             size = conn.execute("SELECT pg_size_pretty(pg_total_relation_size('big'))").fetchone()[0]  # type: ignore[index]
             print(f"loaded {args.rows:,} rows ({size}) in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
@@ -74,7 +82,7 @@ def main() -> None:
             state_url = "sqlite:///{work}/state.db"
             backups = "{work}/backups"
             [stores.main]
-            kind = "postgres"
+            kind = "{'pgvector' if args.vectors else 'postgres'}"
             url = "postgresql://{pg.user}:${{BENCH_PW}}@127.0.0.1:{pg.port}/{pg.database}"
             statement_timeout = "30min"
             """))
@@ -104,8 +112,9 @@ def main() -> None:
         pg.stop()
 
     base_backup, base_restore = results[1][1], results[3][1]
+    shape = "id + vector(384)" if args.vectors else "6 columns incl. jsonb, 2 indexes"
     lines = [
-        f"Scoped backup/restore of one table, {args.rows:,} rows, PostgreSQL 18 (embedded), same run. "
+        f"Scoped backup/restore of one table ({shape}), {args.rows:,} rows, PostgreSQL 18 + pgvector (embedded), same run. "
         "Baseline: pg_dump -Fc -t / pg_restore.",
         "",
         "| operation | wall s | ratio to baseline | peak RSS MiB | artifact MiB |",
@@ -118,8 +127,9 @@ def main() -> None:
     table = "\n".join(lines)
     print(table)
     if args.write:
-        args.write.write_text(f"# PostgreSQL backup/restore benchmark\n\n`python bench/pg_backup_restore.py --rows {args.rows}` "
-                              f"on {os.cpu_count()} cores.\n\n{table}\n")
+        command = f"python bench/pg_backup_restore.py --rows {args.rows}" + (" --vectors" if args.vectors else "")
+        title = "pgvector" if args.vectors else "PostgreSQL"
+        args.write.write_text(f"# {title} backup/restore benchmark\n\n`{command}` on {os.cpu_count()} cores.\n\n{table}\n")
 
 
 if __name__ == "__main__":

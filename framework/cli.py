@@ -297,7 +297,7 @@ def backup_verify(backup_id: str) -> None:
 def backup_restore(backup_id: str, yes: bool = typer.Option(False, "--yes", help="Confirm overwriting the scope.")) -> None:
     """Put a backup's scope back (after a safety backup of what is there now).  Example: polyshift backup restore ID --yes"""
     proj = project()
-    manifest = proj.artifacts.verify(backup_id)
+    manifest = proj.artifacts.verify(backup_id, decompress=False)
     warning = (f"restoring {manifest.id} replaces {', '.join(manifest.scope)} in store {manifest.store}: writes made "
                f"between {manifest.created_at} (when the backup was taken) and now will be discarded")
     if not yes:

@@ -306,7 +306,7 @@ class Runner:
         """Verify every sha256 (unless the caller just did), take a safety backup of what is there now,
         restore, verify the result against the backup's fingerprints, audit the overwritten window."""
         if not verified:
-            self.project.artifacts.verify(manifest.id)
+            self.project.artifacts.verify(manifest.id, decompress=False)
         present = adapter.resolve_scope(manifest.scope, missing_ok=True)
         safety = None
         if present:
@@ -403,7 +403,7 @@ class Runner:
             return self.take_backup(adapter, resolved, version=None, reason="manual", run_id=None)
 
     def restore(self, artifact_id: str) -> RestoreReport:
-        manifest = self.project.artifacts.verify(artifact_id)
+        manifest = self.project.artifacts.verify(artifact_id, decompress=False)
         return self.restore_verified(manifest)
 
     def restore_verified(self, manifest: Manifest) -> RestoreReport:

@@ -1,0 +1,44 @@
+"""PostgreSQL fingerprints: content-exact, blind to row order and column order."""
+
+from __future__ import annotations
+
+from tests.conftest import Workspace
+
+
+def _table(ws: Workspace) -> None:
+    ws.migration("0001_t", """
+        CREATE TABLE t (id int PRIMARY KEY, a text, b numeric, v vector(3), j jsonb);
+        INSERT INTO t SELECT i, 'x' || i, i / 7.0, ARRAY[i, 0.5, -1]::vector, jsonb_build_object('i', i) FROM generate_series(1, 200) i;
+    """, "DROP TABLE t;")
+    assert ws.run("up").exit_code == 0
+
+
+def test_data_hash_sees_a_single_changed_value(ws: Workspace) -> None:
+    _table(ws)
+    base = ws.fingerprint("t")
+    for change, undo in [("UPDATE t SET b = b + 0.0000001 WHERE id = 5", "UPDATE t SET b = 5 / 7.0 WHERE id = 5"),
+                         ("UPDATE t SET v = '[5,0.5,-1.0000001]' WHERE id = 5", "UPDATE t SET v = '[5,0.5,-1]' WHERE id = 5"),
+                         ("UPDATE t SET a = '' WHERE id = 5", "UPDATE t SET a = 'x5' WHERE id = 5")]:
+        ws.sql(change)
+        assert ws.fingerprint("t").data_hash != base.data_hash, change
+        ws.sql(undo)
+        assert ws.fingerprint("t").data_hash == base.data_hash, undo
+
+
+def test_null_and_empty_string_hash_differently(ws: Workspace) -> None:
+    _table(ws)
+    ws.sql("UPDATE t SET a = NULL WHERE id = 1")
+    with_null = ws.fingerprint("t").data_hash
+    ws.sql("UPDATE t SET a = '' WHERE id = 1")
+    assert ws.fingerprint("t").data_hash != with_null
+
+
+def test_row_order_and_column_order_do_not_matter(ws: Workspace) -> None:
+    _table(ws)
+    base = ws.fingerprint("t")
+    ws.sql("CREATE INDEX t_a ON t (a); CLUSTER t USING t_a; DROP INDEX t_a")  # physically reorders the rows
+    assert ws.fingerprint("t").data_hash == base.data_hash
+    ws.sql("ALTER TABLE t ADD COLUMN a2 text; UPDATE t SET a2 = a; ALTER TABLE t DROP COLUMN a; ALTER TABLE t RENAME a2 TO a")
+    after = ws.fingerprint("t")
+    assert after.items["public.t"]["data"] == base.items["public.t"]["data"]  # column a is now last
+    assert after.schema_hash == base.schema_hash
