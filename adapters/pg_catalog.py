@@ -112,24 +112,19 @@ def table_schema_hash(conn: psycopg.Connection, table: Table) -> str | None:
 def table_data_hash(conn: psycopg.Connection, table: Table) -> tuple[int, str]:
     """Row count and an order-independent hash of a table's rows, computed in the server.
 
-    Each row is hashed over its columns in name order (so a column re-added at the end by a
-    rollback hashes the same), each column in its binary send form (``int8send``, ``vector_send``,
-    …), length-prefixed, with NULL marked apart. Binary forms skip float/number formatting:
-    measured 3.6x faster than hashing the row's text on vector(384) rows. The 64-bit md5 prefixes
-    are summed as numeric: a multiset hash that ignores row order and never leaves the server.
+    Each row is hashed as ``record_send(ROW(columns in name order))``: one binary encoding per
+    row that carries every column's length and marks NULL apart, with no float or number
+    formatting (measured against the row's text form: 4.7x faster on vector(384) rows, 1.1x on
+    mixed columns). Name order means a column re-added at the end by a rollback hashes the same.
+    The encoding names each column's type OID, so hashes compare within one database, which is
+    where restores land. The 64-bit md5 prefixes are summed as numeric: a multiset hash that
+    ignores row order and never leaves the server.
     """
-    columns = conn.execute(
-        "SELECT a.attname, t.typsend::regproc::text FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid "
-        "WHERE a.attrelid = to_regclass(%s) AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attname",
+    columns = [r[0] for r in conn.execute(
+        "SELECT attname FROM pg_attribute WHERE attrelid = to_regclass(%s) AND attnum > 0 AND NOT attisdropped ORDER BY attname",
         (table.ident.as_string(conn),),
-    ).fetchall()
-    parts = []
-    for name, send in columns:
-        col = sql.Identifier("t", name)
-        binary = (sql.SQL("textsend({}::text)").format(col) if send in ("-", "0", None)
-                  else sql.SQL("{}({})").format(sql.SQL(send), col))
-        parts.append(sql.SQL("coalesce(int4send(octet_length({b})) || {b}, int4send(-1))").format(b=binary))
-    row = sql.SQL(" || ").join(parts) if parts else sql.SQL("''::bytea")
+    )]
+    row = sql.SQL("record_send(ROW({}))").format(sql.SQL(", ").join(sql.Identifier("t", c) for c in columns))
     query = sql.SQL(
         "SELECT count(*), coalesce(sum(('x' || left(md5({}), 16))::bit(64)::bigint::numeric), 0)::text FROM {} AS t",
     ).format(row, table.ident)
