@@ -71,16 +71,20 @@ class RedisHelpers:
 
         return self._each(f"rename:{old}", _glob_prefix(old), move)
 
-    def _move_across_slots(self, keys: list[bytes], targets: list[bytes]) -> int:
-        """In a cluster RENAME cannot cross hash slots: DUMP, RESTORE under the new name with the TTL, UNLINK."""
+    def _dumps(self, keys: list[bytes]) -> list[tuple[bytes | None, int]]:
+        """(DUMP payload, PTTL) per key, one round trip."""
         pipe = self.client.pipeline(transaction=False)
         for key in keys:
             pipe.dump(key)
             pipe.pttl(key)
         replies = pipe.execute()
+        return list(zip(replies[0::2], replies[1::2], strict=True))
+
+    def _move_across_slots(self, keys: list[bytes], targets: list[bytes]) -> int:
+        """In a cluster RENAME cannot cross hash slots: DUMP, RESTORE under the new name with the TTL, UNLINK."""
         pipe = self.client.pipeline(transaction=False)
         moved = 0
-        for key, dst, payload, pttl in zip(keys, targets, replies[0::2], replies[1::2], strict=True):
+        for key, dst, (payload, pttl) in zip(keys, targets, self._dumps(keys), strict=True):
             if payload is None:
                 continue
             pipe.restore(dst, max(pttl, 0), payload, replace=True)
@@ -95,12 +99,7 @@ class RedisHelpers:
 
         def copy(keys: list[bytes]) -> int:
             pipe = self.client.pipeline(transaction=False)
-            for key in keys:
-                pipe.dump(key)
-                pipe.pttl(key)
-            replies = pipe.execute()
-            pipe = self.client.pipeline(transaction=False)
-            for key, payload, pttl in zip(keys, replies[0::2], replies[1::2], strict=True):
+            for key, (payload, pttl) in zip(keys, self._dumps(keys), strict=True):
                 if payload is not None:
                     pipe.restore(dst_b + key[len(src_b):], max(pttl, 0), payload, replace=True)
             pipe.execute()

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import textwrap
@@ -27,6 +26,7 @@ import redis
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.common import measure  # noqa: E402
 from framework.sandbox import EmbeddedRedis  # noqa: E402
 
 NAIVE_SLICE = 50_000
@@ -52,19 +52,6 @@ def load(r: redis.Redis, keys: int) -> None:
         if i % 20_000 == 0:
             pipe.execute()
     pipe.execute()
-
-
-def measure(cmd: list[str], env: dict[str, str]) -> tuple[float, float, str]:
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        started = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=env)
-        _, status, usage = os.wait4(proc.pid, 0)
-        elapsed = time.perf_counter() - started
-        out.seek(0)
-        err.seek(0)
-        if os.waitstatus_to_exitcode(status) != 0:
-            raise SystemExit(f"{cmd} failed: {err.read().decode()[-2000:]}")
-        return elapsed, usage.ru_maxrss / 1024, out.read().decode()
 
 
 def naive_backup(r: redis.Redis, n: int) -> tuple[float, list[tuple[bytes, int, bytes]]]:
@@ -132,12 +119,12 @@ def main() -> None:
     rows = [
         ("polyshift backup (SCAN, Lua DUMP+PTTL+digest per batch, zstd, verify)", backup_s, n / backup_s, backup_rss,
          f"{n / backup_s / naive_backup_rate:.1f}x naive, {backup_s / bgsave_s:.1f}x BGSAVE time"),
-        (f"naive backup loop (DUMP, PTTL per key; {NAIVE_SLICE:,}-key slice)", n / naive_backup_rate, naive_backup_rate, None,
+        (f"naive backup loop (DUMP, PTTL per key; {min(NAIVE_SLICE, n):,}-key slice)", n / naive_backup_rate, naive_backup_rate, None,
          "extrapolated to all keys"),
         ("BGSAVE (whole dataset, RDB)", bgsave_s, n / bgsave_s, None, "server-side, unverified"),
         ("polyshift restore (Lua RESTORE ABSTTL per batch, extras removed, verified)", restore_s, n / restore_s, restore_rss,
          f"{n / restore_s / naive_restore_rate:.1f}x naive"),
-        (f"naive restore loop (RESTORE per key; {NAIVE_SLICE:,}-key slice)", n / naive_restore_rate, naive_restore_rate, None,
+        (f"naive restore loop (RESTORE per key; {min(NAIVE_SLICE, n):,}-key slice)", n / naive_restore_rate, naive_restore_rate, None,
          "extrapolated to all keys"),
     ]
     lines = [f"Scoped backup/restore of {n:,} Redis keys (strings, hashes, lists, sets, sorted sets; half with a TTL), "
