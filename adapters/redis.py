@@ -310,7 +310,7 @@ class RedisAdapter:
         return {"patterns": list(patterns), "counts": dict(tally.counts), "fingerprint": tally.fingerprint().to_json()}
 
     def restore(self, manifest: Manifest, artifacts: ArtifactStore, progress: Progress) -> RestoreReport:
-        """RESTORE … REPLACE ABSTTL in pipelined batches, then remove scope keys the backup did not have.
+        """RESTORE … REPLACE ABSTTL in batches (one script call each), then remove scope keys the backup did not have.
 
         Restored names are collected in a temporary Redis set rather than in memory, so the
         restore stays bounded whatever the number of keys and never leaves a gap with keys missing.
@@ -320,6 +320,14 @@ class RedisAdapter:
             raise BackupCorruptError(f"backup {manifest.id}: manifest lists no key patterns")
         marker = f"{self.prefix}restore:{manifest.id}:{os.getpid()}"
         restored = expired = 0
+        # On one node the restore script describes each key right after writing it, so the
+        # verification needs no second pass; a cluster restores by pipeline and re-reads instead.
+        tally = None if self.cluster else _Tally(patterns)
+        regexes = [(p, rk.glob_regex(p)) for p in patterns]
+
+        def attribute(key: bytes) -> str:
+            return next((p for p, r in regexes if r.match(key)), patterns[0])
+
         progress.start(f"restore {manifest.id}", total=sum(manifest.meta.get("counts", {}).values()) or None)
         try:
             with artifacts.open(manifest, "keys.bin.zst") as stream:
@@ -328,7 +336,11 @@ class RedisAdapter:
                     live = [(k, e, p) for k, e, p in batch if not 0 < e <= now]
                     expired += len(batch) - len(live)  # already past their expiry: restoring would resurrect them
                     if live:
-                        self._restore_batch(live, marker)
+                        described = self._restore_batch(live, marker)
+                        if tally is not None and described is not None:
+                            for (key, _, _), (digest, _pttl, _payload, kind) in zip(live, described, strict=True):
+                                tally.add(attribute(key), digest.decode() if isinstance(digest, bytes) else digest,
+                                          kind.decode() if isinstance(kind, bytes) else kind)
                     restored += len(live)
                     progress.advance(len(batch))
             removed = self._remove_extras(patterns, marker)
@@ -343,23 +355,23 @@ class RedisAdapter:
             progress.finish()
         log.info("store %s: restored %d keys, skipped %d already expired, removed %d not in the backup",
                  self.name, restored, expired, removed)
-        return self._verify(manifest, expired)
+        return self._verify(manifest, expired, tally.fingerprint() if tally is not None else None, removed)
 
-    def _restore_batch(self, records: list[tuple[bytes, int, bytes]], marker: str) -> None:
+    def _restore_batch(self, records: list[tuple[bytes, int, bytes]], marker: str) -> list[Any] | None:
+        """RESTORE a batch; on a single node also returns each key's description as written."""
         if self.cluster:
             pipe = self.client.pipeline(transaction=False)
             for key, expire_at, payload in records:
                 pipe.restore(key, max(expire_at, 0), payload, replace=True, absttl=expire_at > 0)
             pipe.execute()
-        else:
-            if self._restore_script is None:
-                self._restore_script = self.client.register_script(rk.RESTORE_LUA)
-            args: list[Any] = []
-            for _, expire_at, payload in records:
-                args += [expire_at, payload]
-            self._restore_script(keys=[k for k, _, _ in records] + [marker], args=args)
-            return
-        self.client.sadd(marker, *[k for k, _, _ in records])
+            self.client.sadd(marker, *[k for k, _, _ in records])
+            return None
+        if self._restore_script is None:
+            self._restore_script = self.client.register_script(rk.RESTORE_LUA)
+        args: list[Any] = []
+        for _, expire_at, payload in records:
+            args += [expire_at, payload]
+        return list(self._restore_script(keys=[k for k, _, _ in records] + [marker], args=args))
 
     def _remove_extras(self, patterns: tuple[str, ...], marker: str) -> int:
         removed = 0
@@ -374,13 +386,13 @@ class RedisAdapter:
                 removed += len(extras)
         return removed
 
-    def _verify(self, manifest: Manifest, expired: int) -> RestoreReport:
+    def _verify(self, manifest: Manifest, expired: int, written: Fingerprint | None, removed: int) -> RestoreReport:
         """Content equal to the backup's fingerprint; with keys that expired meanwhile, counts must add up."""
         patterns = tuple(manifest.meta["patterns"])
-        now = self.fingerprint(patterns)
+        now = written if written is not None else self.fingerprint(patterns)
         expected = Fingerprint.from_json(manifest.meta["fingerprint"])
         mismatches: list[str] = []
-        notes: list[str] = []
+        notes: list[str] = [f"{removed} keys written since the backup were removed"] if removed else []
         if expired:
             notes.append(f"{expired} keys expired since the backup and were not brought back")
             if sum(now.counts.values()) != sum(expected.counts.values()) - expired:

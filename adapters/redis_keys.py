@@ -89,64 +89,72 @@ def batched(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
 # batch in one call: per-command client overhead (10-25 µs) dominated when values travelled to the
 # client. It is the only definition: a cluster runs it once per hash-slot group of a batch, since a
 # script's keys must share a slot, so single-node and cluster fingerprints are the same bytes.
-DIGEST_LUA = """
-local want_dump = ARGV[1] == '1'
+_DESCRIBE_LUA = """
+local function describe(key, want_dump)
+  local kind = redis.call('TYPE', key)['ok']
+  if kind == 'none' then return {'', -2, false, kind} end
+  local pttl = redis.call('PTTL', key)
+  local parts = {}
+  if kind == 'string' then
+    parts = {redis.call('GET', key)}
+  elseif kind == 'hash' then
+    local flat = redis.call('HGETALL', key)
+    local fields = {}
+    for j = 1, #flat, 2 do fields[#fields + 1] = {flat[j], flat[j + 1]} end
+    table.sort(fields, function(a, b) return a[1] < b[1] end)
+    for j, f in ipairs(fields) do parts[j] = f[1] .. '\\1' .. f[2] end
+  elseif kind == 'list' then
+    parts = redis.call('LRANGE', key, 0, -1)
+  elseif kind == 'set' then
+    parts = redis.call('SMEMBERS', key)
+    table.sort(parts)
+  elseif kind == 'zset' then
+    local flat = redis.call('ZRANGE', key, 0, -1, 'WITHSCORES')
+    for j = 1, #flat, 2 do parts[#parts + 1] = flat[j] .. '\\1' .. flat[j + 1] end
+  elseif kind == 'stream' then
+    for j, entry in ipairs(redis.call('XRANGE', key, '-', '+')) do
+      parts[j] = entry[1] .. '\\1' .. table.concat(entry[2], '\\2')
+    end
+  else
+    return redis.error_reply('POLYSHIFT unsupported type ' .. kind .. ' for key ' .. key)
+  end
+  local ttl_flag = '0'
+  if pttl > 0 then ttl_flag = '1' end
+  local digest = redis.sha1hex(key .. '\\0' .. kind .. '\\0' .. ttl_flag .. '\\0' .. table.concat(parts, '\\0'))
+  local payload = false
+  if want_dump then payload = redis.call('DUMP', key) end
+  return {digest, pttl, payload, kind}
+end
+"""
+
+DIGEST_LUA = _DESCRIBE_LUA + """
 local out = {}
 for i, key in ipairs(KEYS) do
-  local kind = redis.call('TYPE', key)['ok']
-  if kind == 'none' then
-    out[i] = {'', -2, false, kind}
-  else
-    local pttl = redis.call('PTTL', key)
-    local parts = {}
-    if kind == 'string' then
-      parts = {redis.call('GET', key)}
-    elseif kind == 'hash' then
-      local flat = redis.call('HGETALL', key)
-      local fields = {}
-      for j = 1, #flat, 2 do fields[#fields + 1] = {flat[j], flat[j + 1]} end
-      table.sort(fields, function(a, b) return a[1] < b[1] end)
-      for j, f in ipairs(fields) do parts[j] = f[1] .. '\1' .. f[2] end
-    elseif kind == 'list' then
-      parts = redis.call('LRANGE', key, 0, -1)
-    elseif kind == 'set' then
-      parts = redis.call('SMEMBERS', key)
-      table.sort(parts)
-    elseif kind == 'zset' then
-      local flat = redis.call('ZRANGE', key, 0, -1, 'WITHSCORES')
-      for j = 1, #flat, 2 do parts[#parts + 1] = flat[j] .. '\1' .. flat[j + 1] end
-    elseif kind == 'stream' then
-      for j, entry in ipairs(redis.call('XRANGE', key, '-', '+')) do
-        parts[j] = entry[1] .. '\1' .. table.concat(entry[2], '\2')
-      end
-    else
-      return redis.error_reply('POLYSHIFT unsupported type ' .. kind .. ' for key ' .. key)
-    end
-    local ttl_flag = '0'
-    if pttl > 0 then ttl_flag = '1' end
-    local digest = redis.sha1hex(key .. '\0' .. kind .. '\0' .. ttl_flag .. '\0' .. table.concat(parts, '\0'))
-    local payload = false
-    if want_dump then payload = redis.call('DUMP', key) end
-    out[i] = {digest, pttl, payload, kind}
-  end
+  local row = describe(key, ARGV[1] == '1')
+  if row['err'] then return row end
+  out[i] = row
 end
 return out
 """
 
-
-# RESTORE a batch (ARGV: expire-at-ms or -1, payload, …) and record each name in the marker set (last key).
-RESTORE_LUA = """
-local marker = KEYS[#KEYS]
-for i = 1, #KEYS - 1 do
+# RESTORE a batch (ARGV: expire-at-ms or -1, payload, ...), record each name in the marker set (the
+# last key), and describe each restored key: the restore computes its own verification as it writes.
+RESTORE_LUA = _DESCRIBE_LUA + """
+local marker = table.remove(KEYS)
+local out = {}
+for i, key in ipairs(KEYS) do
   local expire_at = tonumber(ARGV[2 * i - 1])
   if expire_at > 0 then
-    redis.call('RESTORE', KEYS[i], expire_at, ARGV[2 * i], 'REPLACE', 'ABSTTL')
+    redis.call('RESTORE', key, expire_at, ARGV[2 * i], 'REPLACE', 'ABSTTL')
   else
-    redis.call('RESTORE', KEYS[i], 0, ARGV[2 * i], 'REPLACE')
+    redis.call('RESTORE', key, 0, ARGV[2 * i], 'REPLACE')
   end
-  redis.call('SADD', marker, KEYS[i])
+  redis.call('SADD', marker, key)
+  local row = describe(key, false)
+  if row['err'] then return row end
+  out[i] = row
 end
-return #KEYS - 1
+return out
 """
 
 
