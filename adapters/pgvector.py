@@ -189,7 +189,7 @@ class PgvectorAdapter(PostgresAdapter):
                 ann = {r[0] for r in self.conn.execute(nearest, (q, check.k))}
                 hits += len(exact & ann)
         recall = hits / (len(queries) * check.k)
-        self._figures[f"recall seconds {index}"] = round(time.monotonic() - started, 3)
+        self._figures[f"seconds measuring recall of {index}"] = round(time.monotonic() - started, 3)
         return recall
 
     def _plan(self, *, approximate: bool, method: str, check: VectorCheck) -> None:
