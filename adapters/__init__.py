@@ -20,6 +20,10 @@ def adapter_for(store: StoreConfig) -> Adapter:
         from adapters.pgvector import PgvectorAdapter
 
         return PgvectorAdapter(store)
+    if store.kind == "falkordb":
+        from adapters.falkordb import FalkorAdapter
+
+        return FalkorAdapter(store)
     if store.kind == "redis":
         from adapters.redis import RedisAdapter
 

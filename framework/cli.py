@@ -61,7 +61,7 @@ def _global(
     if verbose:
         handler = logging.StreamHandler(sys.stderr)
         handler.addFilter(secrets.RedactingFilter())
-        logging.basicConfig(level=logging.INFO, handlers=[handler])
+        logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
 
 
 # -- scaffolding ---------------------------------------------------------------------------

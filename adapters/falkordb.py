@@ -1,0 +1,149 @@
+"""FalkorDB over its native protocol (the ``falkordb`` client): the transport and the schema dialect.
+
+The native protocol handles quotes, backslashes, unicode and map parameters correctly; every
+query is atomic on its own (FalkorDB serialises writes per graph), and there are no
+multi-statement transactions, which the graph adapter never relies on anyway.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlparse
+
+from adapters.graph import GraphAdapter, GraphQueryError
+from framework.config import parse_duration
+from framework.errors import BackupError, StoreError
+from framework.secrets import redact, url_without_password
+
+
+class FalkorTransport:
+    def __init__(self, url: str, graph: str, *, timeout: float) -> None:
+        import redis
+        from falkordb import FalkorDB
+
+        parsed = urlparse(url)
+        self.description = f"falkordb {url_without_password(url)} graph {graph!r}"
+        self.graph_name = graph
+        try:
+            self.db = FalkorDB(host=parsed.hostname or "127.0.0.1", port=parsed.port or 6379,
+                               password=parsed.password, username=parsed.username or None, socket_timeout=timeout)
+            self.graph = self.db.select_graph(graph)
+            self.db.connection.ping()
+        except (redis.RedisError, OSError) as exc:
+            raise StoreError(f"cannot connect to {self.description}: {redact(str(exc))}") from None
+        self._errors: tuple[type[Exception], ...] = (redis.RedisError,)
+
+    def run(self, statement: str, params: dict[str, Any] | None = None) -> list[list[Any]]:
+        try:
+            result = self.graph.query(statement, params or None)
+        except self._errors as exc:
+            if "empty key" in str(exc).lower() or "invalid graph operation on empty key" in str(exc).lower():
+                return []  # a read on a graph that does not exist yet: nothing there
+            raise GraphQueryError(str(exc)) from None
+        return [list(row) for row in result.result_set]
+
+    def run_schema(self, statement: str) -> None:
+        self.run(statement)
+
+    def command(self, *args: Any) -> Any:
+        try:
+            return self.db.connection.execute_command(*args)
+        except self._errors as exc:
+            raise GraphQueryError(str(exc)) from None
+
+    def close(self) -> None:
+        try:
+            self.db.connection.close()
+        except Exception:  # closing must never mask the error that got us here
+            pass
+
+
+class FalkorDialect:
+    """Indexes and constraints through ``CALL db.indexes()`` / ``db.constraints()`` and ``GRAPH.CONSTRAINT``."""
+
+    name = "falkordb"
+
+    def __init__(self, transport: FalkorTransport) -> None:
+        self.t = transport
+
+    def capture(self, labels: set[str], types: set[str]) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = []
+        for row in self.t.run("CALL db.indexes()"):
+            label, properties, kinds, entity = row[0], row[1], row[2], row[6]
+            if label not in (labels if entity == "NODE" else types):
+                continue
+            for prop in properties:
+                for kind in kinds.get(prop, []):
+                    if kind not in ("RANGE", "FULLTEXT"):
+                        raise BackupError(f"{self.t.description}: {kind} index on {label}.{prop} cannot be captured yet")
+                    items.append({"what": "index", "kind": kind, "entity": entity, "label": label, "property": prop})
+        for row in self.t.run("CALL db.constraints()"):
+            kind, label, properties, entity = row[0], row[1], list(row[2]), row[3]
+            if label in (labels if entity == "NODE" else types):
+                items.append({"what": "constraint", "kind": kind, "entity": entity, "label": label, "properties": properties})
+        return sorted(items, key=lambda i: (i["what"] != "index", str(sorted(i.items()))))
+
+    def signature(self) -> list[Any]:
+        """Every index and constraint of the graph, for the schema part of a fingerprint."""
+        # polyshift's own lock/ledger labels are left out: taking the lock must not change the schema.
+        indexes = sorted([r[0], sorted(r[1]), sorted((k, sorted(v)) for k, v in r[2].items()), r[6]]
+                         for r in self.t.run("CALL db.indexes()") if not str(r[0]).startswith("__Polyshift"))
+        constraints = sorted([r[0], r[1], sorted(r[2]), r[3]] for r in self.t.run("CALL db.constraints()")
+                             if not str(r[1]).startswith("__Polyshift"))
+        return [indexes, constraints]
+
+    def restore(self, items: list[dict[str, Any]]) -> None:
+        from adapters.cypher import name
+
+        for item in items:
+            label = name(item["label"])
+            if item["what"] == "index":
+                if item["kind"] == "FULLTEXT":
+                    self.t.run("CALL db.idx.fulltext.createNodeIndex($l, $p)", {"l": item["label"], "p": item["property"]})
+                elif item["entity"] == "NODE":
+                    self._ignore_exists(f"CREATE INDEX FOR (n:{label}) ON (n.{name(item['property'])})")
+                else:
+                    self._ignore_exists(f"CREATE INDEX FOR ()-[r:{label}]-() ON (r.{name(item['property'])})")
+            else:
+                try:
+                    self.t.command("GRAPH.CONSTRAINT", "CREATE", self.t.graph_name, item["kind"], item["entity"], item["label"],
+                                   "PROPERTIES", len(item["properties"]), *item["properties"])
+                except GraphQueryError as exc:
+                    if "already exists" not in str(exc).lower():
+                        raise
+
+    def ensure_lock_constraint(self, label: str) -> bool:
+        """A uniqueness constraint on the lock node's name, so two lock nodes can never coexist."""
+        from adapters.cypher import name
+
+        try:
+            self._ignore_exists(f"CREATE INDEX FOR (n:{name(label)}) ON (n.name)")
+            self.t.command("GRAPH.CONSTRAINT", "CREATE", self.t.graph_name, "UNIQUE", "NODE", label, "PROPERTIES", 1, "name")
+        except GraphQueryError as exc:
+            if "already exists" not in str(exc).lower():
+                return False
+        return True
+
+    def _ignore_exists(self, statement: str) -> None:
+        try:
+            self.t.run(statement)
+        except GraphQueryError as exc:
+            if "already indexed" not in str(exc).lower() and "already exists" not in str(exc).lower():
+                raise
+
+
+
+class FalkorAdapter(GraphAdapter):
+    """The graph adapter over FalkorDB's native protocol (``kind = "falkordb"``, ``graph = "name"``)."""
+
+    kind = "falkordb"
+
+    def __init__(self, config: Any) -> None:
+        super().__init__(config)
+        if "lock_ttl" in config.options:
+            self.lock_ttl_ms = int(parse_duration(config.options["lock_ttl"], what=f"[stores.{config.name}] lock_ttl") * 1000)
+
+    def open_transport(self) -> tuple[FalkorTransport, FalkorDialect]:
+        transport = FalkorTransport(self.config.url, str(self.config.options.get("graph", "polyshift")),
+                                    timeout=self.config.statement_timeout)
+        return transport, FalkorDialect(transport)
