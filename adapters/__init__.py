@@ -20,6 +20,10 @@ def adapter_for(store: StoreConfig) -> Adapter:
         from adapters.pgvector import PgvectorAdapter
 
         return PgvectorAdapter(store)
+    if store.kind == "neo4j":
+        from adapters.neo4j import Neo4jAdapter
+
+        return Neo4jAdapter(store)
     if store.kind == "falkordb":
         from adapters.falkordb import FalkorAdapter
 

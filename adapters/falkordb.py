@@ -105,6 +105,9 @@ class FalkorDialect:
                 else:
                     self._ignore_exists(f"CREATE INDEX FOR ()-[r:{label}]-() ON (r.{name(item['property'])})")
             else:
+                if not hasattr(self.t, "command"):
+                    raise BackupError(f"{self.t.description}: FalkorDB constraints can only be created over its native "
+                                      f"protocol; restore {item['kind']} on {item['label']} with kind = \"falkordb\"")
                 try:
                     self.t.command("GRAPH.CONSTRAINT", "CREATE", self.t.graph_name, item["kind"], item["entity"], item["label"],
                                    "PROPERTIES", len(item["properties"]), *item["properties"])
@@ -116,6 +119,8 @@ class FalkorDialect:
         """A uniqueness constraint on the lock node's name, so two lock nodes can never coexist."""
         from adapters.cypher import name
 
+        if not hasattr(self.t, "command"):
+            return False  # over Bolt there is no GRAPH.CONSTRAINT; FalkorDB serialises writes, so MERGE still decides
         try:
             self._ignore_exists(f"CREATE INDEX FOR (n:{name(label)}) ON (n.name)")
             self.t.command("GRAPH.CONSTRAINT", "CREATE", self.t.graph_name, "UNIQUE", "NODE", label, "PROPERTIES", 1, "name")

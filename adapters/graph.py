@@ -85,6 +85,9 @@ class GraphAdapter:
         self.config = config
         self.name = config.name
         self.lock_ttl_ms = 30_000
+        # Upper bound on one statement's parameters, in JSON bytes (None: no bound). Set where a
+        # server cannot take large parameters (FalkorDB's Bolt endpoint crashes past about 4 KB).
+        self.max_param_bytes: int | None = None
         self._t: Transport | None = None
         self._dialect: Dialect | None = None
         self._token: str | None = None

