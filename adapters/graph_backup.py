@@ -1,5 +1,5 @@
 """Scoped graph backups: nodes carrying the scope's labels, and relationships of the scope's types
-or touching those nodes, streamed as JSONL (paged by id, never SKIP) with the indexes and
+or touching those nodes, streamed as JSONL (paged by node id, never SKIP) with the indexes and
 constraints on those labels. Internal ids change on restore, so fingerprints are by content:
 a node is its labels and properties, a relationship its type, properties and both endpoints'
 content.
@@ -65,17 +65,24 @@ def scope_nodes(g: GraphAdapter, labels: list[str]) -> Iterator[tuple[str, int, 
 
 
 def scope_relationships(g: GraphAdapter, labels: list[str], types: list[str]) -> Iterator[list[Any]]:
-    """Relationships of the scope's types or touching a scope node, with both endpoints, paged by id."""
+    """Relationships of the scope's types or touching a scope node, with both endpoints.
+
+    Paged by source node id, then expanded: paging on id(r) itself made FalkorDB traverse every
+    relationship for every page (quadratic), whereas node id ranges and id seeks are direct.
+    """
     last = -1
-    query = ("MATCH (a)-[r]->(b) WHERE id(r) > $last AND (type(r) IN $types OR any(x IN labels(a) WHERE x IN $labels) "
-             "OR any(x IN labels(b) WHERE x IN $labels)) RETURN id(r), type(r), properties(r), id(a), labels(a), properties(a), "
-             "id(b), labels(b), properties(b) ORDER BY id(r) LIMIT $batch")
+    page = ("MATCH (a) WHERE id(a) > $last RETURN id(a) ORDER BY id(a) LIMIT $batch")
+    expand = ("UNWIND $ids AS x MATCH (a) WHERE id(a) = x MATCH (a)-[r]->(b) WHERE type(r) IN $types "
+              "OR any(l IN labels(a) WHERE l IN $labels) OR any(l IN labels(b) WHERE l IN $labels) "
+              "RETURN id(r), type(r), properties(r), id(a), labels(a), properties(a), id(b), labels(b), properties(b)")
     while True:
-        rows = g.run(query, {"last": last, "types": types, "labels": labels, "batch": BATCH})
-        yield from rows
-        if len(rows) < BATCH:
-            break
-        last = rows[-1][0]
+        ids = [row[0] for row in g.run(page, {"last": last, "batch": BATCH})]
+        if not ids:
+            return
+        yield from g.run(expand, {"ids": ids, "types": types, "labels": labels})
+        if len(ids) < BATCH:
+            return
+        last = ids[-1]
 
 
 class _Tally:
@@ -224,8 +231,11 @@ def restore(g: GraphAdapter, manifest: Manifest, artifacts: ArtifactStore, progr
             groups_r.setdefault(rel["type"], []).append({"s": start, "e": end, "p": rel["props"]})
         for kind, rows in groups_r.items():
             for part in _bounded(rows, g.max_param_bytes):
-                created = g.run(f"UNWIND $rows AS row MATCH (a) WHERE id(a) = row.s MATCH (b) WHERE id(b) = row.e "
-                                f"CREATE (a)-[r:{cypher.name(kind)}]->(b) SET r = row.p RETURN count(r)", {"rows": part})
+                # Endpoints are projected to plain variables first: FalkorDB turns `id(a) = s` into an id
+                # seek, but `id(a) = row.s` into a scan of every node per row (quadratic restores).
+                created = g.run(f"UNWIND $rows AS row WITH row.s AS s, row.e AS e, row.p AS p "
+                                f"MATCH (a) WHERE id(a) = s MATCH (b) WHERE id(b) = e "
+                                f"CREATE (a)-[r:{cypher.name(kind)}]->(b) SET r = p RETURN count(r)", {"rows": part})
                 missing += len(part) - int(created[0][0] if created else 0)
         progress.advance(len(batch))
     g.dialect.restore(json.loads(b"".join(artifacts.iter_chunks(manifest, "schema.json.zst"))))
