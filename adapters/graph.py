@@ -14,13 +14,13 @@
 from __future__ import annotations
 
 import logging
-import threading
 import time
 import uuid
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
 from adapters import cypher, graph_backup
+from framework.concurrency import Renewer
 from framework.errors import LockHeldError, MigrationLoadError, StepFailed, StoreError
 from framework.migration import Migration, MigrationContext, Risk
 from framework.protocol import Analysis, Direction, Fingerprint, LedgerEntry, RestoreReport, StepResult
@@ -91,8 +91,7 @@ class GraphAdapter:
         self._t: Transport | None = None
         self._dialect: Dialect | None = None
         self._token: str | None = None
-        self._renew_stop = threading.Event()
-        self._renewer: threading.Thread | None = None
+        self._renewer: Renewer | None = None
 
     # -- subclasses provide the transport and dialect --------------------------------------
     def open_transport(self) -> tuple[Transport, Dialect]:
@@ -142,18 +141,16 @@ class GraphAdapter:
                                     hint=f"wait for it; a crashed runner's lock expires within {self.lock_ttl_ms / 1000:g} s")
             time.sleep(0.2)
         self._token = token
-        self._renew_stop.clear()
-        self._renewer = threading.Thread(target=self._renew, name="polyshift-graph-lock", daemon=True)
-        self._renewer.start()
+        self._renewer = Renewer(self._renew, self.lock_ttl_ms / 3000, "polyshift-graph-lock")
 
-    def _renew(self) -> None:
-        while not self._renew_stop.wait(self.lock_ttl_ms / 3000):
-            try:
-                if not self.run(_RENEW, {"token": self._token, "ttl": self.lock_ttl_ms})[0][0]:
-                    log.error("store %s: lost the lock (expired and taken over); stopping renewal", self.name)
-                    return
-            except StoreError as exc:
-                log.warning("store %s: lock renewal failed: %s", self.name, exc)
+    def _renew(self) -> bool:
+        try:
+            if not self.run(_RENEW, {"token": self._token, "ttl": self.lock_ttl_ms})[0][0]:
+                log.error("store %s: lost the lock (expired and taken over); stopping renewal", self.name)
+                return False
+        except StoreError as exc:
+            log.warning("store %s: lock renewal failed: %s", self.name, exc)
+        return True
 
     def lock_holder(self) -> str:
         rows = self.run(_HOLDER)
@@ -165,9 +162,8 @@ class GraphAdapter:
     def release_lock(self) -> None:
         if self._token is None:
             return
-        self._renew_stop.set()
         if self._renewer is not None:
-            self._renewer.join(timeout=5)
+            self._renewer.stop()
         try:
             self.run(_RELEASE, {"token": self._token})
         finally:

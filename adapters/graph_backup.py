@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from adapters import cypher
+from framework.concurrency import batched
 from framework.errors import BackupCorruptError, BackupError
 from framework.protocol import Fingerprint, RestoreReport
 
@@ -166,17 +167,6 @@ def _lines(artifacts: ArtifactStore, manifest: Manifest, name: str) -> Iterator[
                 yield json.loads(line)
 
 
-def _batches(items: Iterator[dict[str, Any]], size: int = BATCH) -> Iterator[list[dict[str, Any]]]:
-    batch: list[dict[str, Any]] = []
-    for item in items:
-        batch.append(item)
-        if len(batch) >= size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
-
-
 def _bounded(rows: list[dict[str, Any]], max_bytes: int | None) -> Iterator[list[dict[str, Any]]]:
     """Rows split so each statement's parameters stay under ``max_bytes`` of JSON."""
     if max_bytes is None:
@@ -209,7 +199,7 @@ def restore(g: GraphAdapter, manifest: Manifest, artifacts: ArtifactStore, progr
                           {"types": types, "batch": BATCH})[0][0]:
         pass
     new_ids: dict[int, int] = {}
-    for batch in _batches(_lines(artifacts, manifest, "nodes.jsonl.zst")):
+    for batch in batched(_lines(artifacts, manifest, "nodes.jsonl.zst"), BATCH):
         groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
         for node in batch:
             groups.setdefault(tuple(sorted(node["labels"])), []).append({"id": node["id"], "p": node["props"]})
@@ -220,7 +210,7 @@ def restore(g: GraphAdapter, manifest: Manifest, artifacts: ArtifactStore, progr
                 new_ids.update({old: new for old, new in created})
         progress.advance(len(batch))
     missing = 0
-    for batch in _batches(_lines(artifacts, manifest, "relationships.jsonl.zst")):
+    for batch in batched(_lines(artifacts, manifest, "relationships.jsonl.zst"), BATCH):
         groups_r: dict[str, list[dict[str, Any]]] = {}
         for rel in batch:
             start = new_ids.get(rel["start"]) if rel["start_in_scope"] else rel["start"]

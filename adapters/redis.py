@@ -12,7 +12,6 @@ import hashlib
 import json
 import logging
 import os
-import threading
 import time
 import uuid
 from datetime import UTC, datetime
@@ -23,6 +22,7 @@ from redis.cluster import RedisCluster
 
 from adapters import redis_keys as rk
 from adapters.redis_helpers import RedisHelpers
+from framework.concurrency import Renewer
 from framework.config import parse_duration
 from framework.errors import BackupCorruptError, BackupError, LockHeldError, StepFailed, StoreError
 from framework.migration import Migration, MigrationContext, Risk
@@ -52,8 +52,7 @@ class RedisAdapter:
         self.cluster = bool(config.options.get("cluster", False)) or config.url.startswith("redis+cluster://")
         self._client: Any = None
         self._lock_token: bytes | None = None
-        self._renewer: threading.Thread | None = None
-        self._renew_stop = threading.Event()
+        self._renewer: Renewer | None = None
         self._digest_script: Any = None
         self._restore_script: Any = None
         self.lock_ttl_ms = int(parse_duration(config.options.get("lock_ttl", _LOCK_TTL_MS / 1000),
@@ -122,18 +121,16 @@ class RedisAdapter:
         except redis.RedisError as exc:
             raise self._fail("cannot take the lock", exc) from None
         self._lock_token = token
-        self._renew_stop.clear()
-        self._renewer = threading.Thread(target=self._renew, name="polyshift-redis-lock", daemon=True)
-        self._renewer.start()
+        self._renewer = Renewer(self._renew, self.lock_ttl_ms / 3000, "polyshift-redis-lock")
 
-    def _renew(self) -> None:
-        while not self._renew_stop.wait(self.lock_ttl_ms / 3000):
-            try:
-                if not self.client.eval(_RENEW, 1, self._lock_key, self._lock_token, self.lock_ttl_ms):
-                    log.error("store %s: lost the lock (expired or taken over); stopping renewal", self.name)
-                    return
-            except redis.RedisError as exc:
-                log.warning("store %s: lock renewal failed: %s", self.name, redact(str(exc)))
+    def _renew(self) -> bool:
+        try:
+            if not self.client.eval(_RENEW, 1, self._lock_key, self._lock_token, self.lock_ttl_ms):
+                log.error("store %s: lost the lock (expired or taken over); stopping renewal", self.name)
+                return False
+        except redis.RedisError as exc:
+            log.warning("store %s: lock renewal failed: %s", self.name, redact(str(exc)))
+        return True
 
     def lock_holder(self) -> str:
         raw = self.client.get(self._lock_key)
@@ -149,9 +146,8 @@ class RedisAdapter:
     def release_lock(self) -> None:
         if self._lock_token is None:
             return
-        self._renew_stop.set()
         if self._renewer is not None:
-            self._renewer.join(timeout=5)
+            self._renewer.stop()
         try:
             self.client.eval(_RELEASE, 1, self._lock_key, self._lock_token)
         except redis.RedisError as exc:

@@ -8,6 +8,7 @@ import struct
 from collections.abc import Iterable, Iterator
 from typing import IO, Any
 
+from framework.concurrency import batched  # noqa: F401 - re-exported for the Redis adapter
 from framework.errors import BackupError, UsageError
 
 SCAN_COUNT = 1000
@@ -68,17 +69,6 @@ def scope_keys(nodes: list[Any], patterns: tuple[str, ...], skip_prefix: bytes) 
             if not any(r.match(key) for r in earlier):
                 yield pattern, key
         earlier.append(glob_regex(pattern))
-
-
-def batched(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
-    batch: list[Any] = []
-    for item in items:
-        batch.append(item)
-        if len(batch) >= size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
 
 
 # -- content hashing ---------------------------------------------------------------------------

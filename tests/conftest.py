@@ -407,11 +407,24 @@ def falkordb_server() -> Iterator[Any]:
     server.stop()
 
 
+@pytest.fixture(scope="session")
+def neo4j_url() -> Iterator[str | None]:
+    """A real Neo4j 5: POLYSHIFT_TEST_NEO4J_URL, or testcontainers' Neo4j with POLYSHIFT_TEST_DOCKER=1, else None."""
+    explicit = os.environ.get("POLYSHIFT_TEST_NEO4J_URL")
+    if explicit or os.environ.get("POLYSHIFT_TEST_DOCKER") != "1":
+        yield explicit
+        return
+    from testcontainers.community.neo4j import Neo4jContainer
+
+    with Neo4jContainer("neo4j:5-community", password=SENTINEL_PASSWORD) as container:
+        url = container.get_connection_url().replace("bolt://", f"bolt://neo4j:{SENTINEL_PASSWORD}@", 1)
+        yield url
+
+
 @pytest.fixture(params=["native", "bolt"])
-def gws(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[GraphWorkspace]:
+def gws(request: pytest.FixtureRequest, tmp_path: Path, neo4j_url: str | None) -> Iterator[GraphWorkspace]:
     """Every graph test runs on FalkorDB's native protocol and over Bolt (real Neo4j when
-    POLYSHIFT_TEST_NEO4J_URL is set, otherwise FalkorDB's own Bolt endpoint)."""
-    neo4j_url = os.environ.get("POLYSHIFT_TEST_NEO4J_URL")
+    POLYSHIFT_TEST_NEO4J_URL or POLYSHIFT_TEST_DOCKER=1 is set, otherwise FalkorDB's own Bolt endpoint)."""
     if request.param == "bolt" and neo4j_url:
         ws = GraphWorkspace(tmp_path, "neo4j", neo4j_url, server="neo4j")
         ws.q("MATCH (n) DETACH DELETE n")
