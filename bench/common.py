@@ -6,6 +6,7 @@ import os
 import subprocess
 import tempfile
 import time
+from pathlib import Path
 
 
 def measure(cmd: list[str], env: dict[str, str]) -> tuple[float, float, str]:
@@ -20,3 +21,13 @@ def measure(cmd: list[str], env: dict[str, str]) -> tuple[float, float, str]:
         if os.waitstatus_to_exitcode(status) != 0:
             raise SystemExit(f"{cmd[0]} failed ({os.waitstatus_to_exitcode(status)}): {err.read().decode()[-2000:]}")
         return elapsed, usage.ru_maxrss / 1024, out.read().decode()
+
+
+def write_results(path: Path, title: str, command: str, table: str, *, suffix: str = "") -> None:
+    """Write a results file, keeping its hand-written ``## Notes`` section when it is regenerated."""
+    notes = ""
+    if path.exists():
+        text = path.read_text()
+        if "\n## Notes" in text:
+            notes = text[text.index("\n## Notes"):]
+    path.write_text(f"# {title}\n\n`{command}`{suffix}\n\n{table}\n{notes}")

@@ -26,6 +26,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.common import write_results  # noqa: E402
 from feature_flags import FlagClient  # noqa: E402
 from feature_flags.admin import Change, FlagAdmin  # noqa: E402
 from feature_flags.openfeature_provider import PolyshiftProvider  # noqa: E402
@@ -149,8 +150,8 @@ def main() -> None:
     table = "\n".join(lines)
     print(table)
     if args.write:
-        args.write.write_text(f"# Feature flag evaluation benchmark\n\n`python bench/flags_eval.py --evaluations {args.evaluations}`\n\n"
-                              f"{table}\n")
+        write_results(args.write, "Feature flag evaluation benchmark", f"python bench/flags_eval.py --evaluations {args.evaluations}",
+                      table)
 
 
 if __name__ == "__main__":

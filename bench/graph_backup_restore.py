@@ -21,7 +21,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.common import measure  # noqa: E402
+from bench.common import measure, write_results  # noqa: E402
 from framework.sandbox import EmbeddedRedis, falkordb_args  # noqa: E402
 
 PAGE = 2000
@@ -116,8 +116,8 @@ def main() -> None:
     table = "\n".join(lines)
     print(table)
     if args.write:
-        args.write.write_text(f"# Graph backup/restore benchmark\n\n`python bench/graph_backup_restore.py --nodes {args.nodes} "
-                              f"--rels {args.rels}`\n\n{table}\n")
+        write_results(args.write, "Graph backup/restore benchmark",
+                      f"python bench/graph_backup_restore.py --nodes {args.nodes} --rels {args.rels}", table)
 
 
 if __name__ == "__main__":

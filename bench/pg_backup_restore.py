@@ -25,7 +25,7 @@ import psycopg
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.common import measure  # noqa: E402
+from bench.common import measure, write_results  # noqa: E402
 from framework.sandbox import EmbeddedPostgres, pg_tool  # noqa: E402
 
 
@@ -128,7 +128,7 @@ def main() -> None:
     if args.write:
         command = f"python bench/pg_backup_restore.py --rows {args.rows}" + (" --vectors" if args.vectors else "")
         title = "pgvector" if args.vectors else "PostgreSQL"
-        args.write.write_text(f"# {title} backup/restore benchmark\n\n`{command}` on {os.cpu_count()} cores.\n\n{table}\n")
+        write_results(args.write, f"{title} backup/restore benchmark", command, table, suffix=f" on {os.cpu_count()} cores.")
 
 
 if __name__ == "__main__":

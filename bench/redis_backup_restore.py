@@ -26,7 +26,7 @@ import redis
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.common import measure  # noqa: E402
+from bench.common import measure, write_results  # noqa: E402
 from framework.sandbox import EmbeddedRedis  # noqa: E402
 
 NAIVE_SLICE = 50_000
@@ -135,7 +135,7 @@ def main() -> None:
     table = "\n".join(lines)
     print(table)
     if args.write:
-        args.write.write_text(f"# Redis backup/restore benchmark\n\n`python bench/redis_backup_restore.py --keys {n}`\n\n{table}\n")
+        write_results(args.write, "Redis backup/restore benchmark", f"python bench/redis_backup_restore.py --keys {n}", table)
 
 
 if __name__ == "__main__":
