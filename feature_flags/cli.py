@@ -12,7 +12,7 @@ from feature_flags.model import validate_name
 from feature_flags.settings import flag_settings, open_store
 from framework import output
 from framework.config import load_config
-from framework.errors import UsageError
+from framework.errors import StoreError, UsageError
 from framework.output import emit_json, say, table
 from framework.state import ControlPlane
 
@@ -116,6 +116,8 @@ def flags_check(name: str, subject: str | None = typer.Option(None, "--subject",
     validate_name(name)
     client = FlagClient.from_config(output.opts["config"], background=False)
     try:
+        if client.stale and not client.flags():
+            raise StoreError(client.last_error or "the flag store is unreachable")
         evaluation = client.evaluate(name, subject)
     finally:
         client.close()

@@ -63,3 +63,35 @@ def test_password_key_in_store_table_is_redacted_too(ws: Workspace) -> None:
     result = ws.run_process("--json", "up")
     assert result.exit_code == 0, result.output
     assert ws.password not in result.output
+
+
+def test_passwords_in_redis_and_graph_urls_are_never_printed(tmp_path: Path) -> None:
+    from tests.conftest import Workspace
+
+    sentinel = "Sentinel-pw-graph-77c1"
+    config = tmp_path / "polyshift.toml"
+    # Nothing listens on port 1: every command fails to connect, which is the path that prints URLs.
+    config.write_text(f"""
+[project]
+state_url = "sqlite:///.polyshift/state.db"
+[stores.cache]
+kind = "redis"
+url = "redis://:{sentinel}@127.0.0.1:1/0"
+[stores.graph]
+kind = "neo4j"
+url = "bolt://neo4j:{sentinel}@127.0.0.1:1"
+[stores.fgraph]
+kind = "falkordb"
+url = "redis://default:{sentinel}@127.0.0.1:1"
+[flags]
+store = "redis"
+url = "redis://:{sentinel}@127.0.0.1:1/0"
+""")
+    ws = Workspace.__new__(Workspace)
+    ws.root, ws.config = tmp_path, config
+    for args in (["status", "--store", "cache"], ["status", "--store", "graph"], ["--json", "status", "--store", "fgraph"],
+                 ["-v", "backup", "create", "graph", "--scope", "Doc"], ["flags", "list"], ["--json", "flags", "check", "x"]):
+        result = ws.run(*args)
+        assert result.exit_code == 2, (args, result.output)
+        assert sentinel not in result.output, args
+    assert "unreachable" in ws.run("flags", "check", "x").stderr
