@@ -6,6 +6,8 @@ import logging
 import os
 import time
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import psycopg
@@ -67,6 +69,15 @@ def _describe(exc: psycopg.Error) -> str:
     return redact(f"{code}{primary}")
 
 
+@contextmanager
+def _translated(store: str, what: str) -> Iterator[None]:
+    """Driver errors become StoreError at the adapter boundary, naming the store and the action."""
+    try:
+        yield
+    except psycopg.Error as exc:
+        raise StoreError(f"store {store}: {what} failed: {_describe(exc)}") from None
+
+
 class PostgresAdapter:
     kind = "postgres"
 
@@ -112,7 +123,8 @@ class PostgresAdapter:
         conn = self._open(f"lock {holder}")
         deadline = time.monotonic() + wait
         while True:
-            got = conn.execute("SELECT pg_try_advisory_lock(%s, %s)", self._lock_key).fetchone()[0]  # type: ignore[index]
+            with _translated(self.name, "taking the lock"):
+                got = conn.execute("SELECT pg_try_advisory_lock(%s, %s)", self._lock_key).fetchone()[0]  # type: ignore[index]
             if got:
                 self._lock_conn = conn
                 return
@@ -124,6 +136,10 @@ class PostgresAdapter:
             time.sleep(0.2)
 
     def lock_holder(self, conn: psycopg.Connection | None = None) -> str:
+        with _translated(self.name, "reading the lock holder"):
+            return self._lock_holder(conn)
+
+    def _lock_holder(self, conn: psycopg.Connection | None) -> str:
         row = (conn or self.conn).execute(
             "SELECT a.application_name, a.pid, coalesce(a.client_addr::text, 'local'), a.backend_start "
             "FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid WHERE l.locktype = 'advisory' "
@@ -151,6 +167,10 @@ class PostgresAdapter:
             raise StoreError(f"store {self.name}: cannot create the ledger {cat.LEDGER_SCHEMA}.schema_history: {_describe(exc)}") from None
 
     def ledger(self) -> list[LedgerEntry]:
+        with _translated(self.name, "reading the ledger"):
+            return self._ledger()
+
+    def _ledger(self) -> list[LedgerEntry]:
         exists = self.conn.execute("SELECT to_regclass(%s)", (f"{cat.LEDGER_SCHEMA}.schema_history",)).fetchone()
         if exists is None or exists[0] is None:
             return []
@@ -204,7 +224,8 @@ class PostgresAdapter:
         return Analysis(risk, scope, source, non_tx, len(statements), notes)
 
     def resolve_scope(self, scope: tuple[str, ...], *, missing_ok: bool) -> tuple[str, ...]:
-        tables, missing = cat.resolve(self.conn, list(scope), missing_ok=missing_ok)
+        with _translated(self.name, "resolving the backup scope"):
+            tables, missing = cat.resolve(self.conn, list(scope), missing_ok=missing_ok)
         if missing and not missing_ok:
             raise BackupError(f"store {self.name}: backup scope names tables that do not exist: {', '.join(missing)}")
         return tuple(t.qualified for t in tables)

@@ -133,6 +133,12 @@ class RedisAdapter:
         return True
 
     def lock_holder(self) -> str:
+        try:
+            return self._lock_holder()
+        except redis.RedisError as exc:
+            raise self._fail("reading the lock holder", exc) from None
+
+    def _lock_holder(self) -> str:
         raw = self.client.get(self._lock_key)
         if raw is None:
             return "holder unknown"
@@ -196,9 +202,12 @@ class RedisAdapter:
     def resolve_scope(self, scope: tuple[str, ...], *, missing_ok: bool) -> tuple[str, ...]:
         patterns = rk.validate_patterns(scope)
         skip = self.prefix.encode()
-        for pattern in patterns:
-            if next(rk.scan_nodes(self.nodes(), pattern, skip), None) is None:
-                log.warning("store %s: backup pattern %r matches no key", self.name, pattern)
+        try:
+            for pattern in patterns:
+                if next(rk.scan_nodes(self.nodes(), pattern, skip), None) is None:
+                    log.warning("store %s: backup pattern %r matches no key", self.name, pattern)
+        except redis.RedisError as exc:
+            raise self._fail("resolving the backup scope", exc) from None
         return patterns
 
     def _context(self, migration: Migration, run_id: str) -> MigrationContext:

@@ -12,6 +12,7 @@ from typing import Any, NoReturn
 
 import typer
 from rich.markup import escape
+from rich.text import Text
 
 from feature_flags.cli import flags_app
 from framework import errors, output, progress, secrets, templates
@@ -361,6 +362,16 @@ def main(argv: list[str] | None = None) -> None:
         _fail(exc)
     except KeyboardInterrupt:
         raise SystemExit(130) from None
+    except Exception as exc:
+        # A bug, or an error no adapter translated: the state of the stores is not known to be
+        # unchanged, so this is the "operator action needed" exit. -v shows the traceback.
+        if logging.getLogger().isEnabledFor(logging.INFO):
+            import traceback
+
+            output.err.print(Text(secrets.redact(traceback.format_exc())))
+        _fail(errors.MigrationFailedUnverified(
+            f"unexpected {type(exc).__name__}: {exc}",
+            hint="check 'polyshift status' and 'polyshift backup list'; run again with -v for the traceback"))
 
 
 if __name__ == "__main__":
