@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import time
@@ -433,9 +435,6 @@ class PostgresAdapter:
                 schema = cat.schema_hash(self.conn)
         except psycopg.Error as exc:
             raise StoreError(f"store {self.name}: fingerprint failed: {_describe(exc)}") from None
-        import hashlib
-        import json
-
         data_hash = hashlib.sha256(json.dumps(items, sort_keys=True).encode()).hexdigest()
         return Fingerprint(schema, data_hash, {k: int(v.get("rows", 0)) for k, v in items.items()}, items)
 
