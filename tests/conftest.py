@@ -88,7 +88,51 @@ class CliResult:
         return self.stdout + self.stderr
 
 
-class Workspace:
+class CliProject:
+    """A polyshift project on disk, driven through its CLI: ``root``, ``config`` and ``env`` set by subclasses."""
+
+    root: Path
+    config: Path
+    env: dict[str, str]
+
+    def run(self, *args: str) -> CliResult:
+        """polyshift in this process (fast); output captured."""
+        from framework import cli
+
+        out, err = io.StringIO(), io.StringIO()
+        code = 0
+        cwd = os.getcwd()
+        os.chdir(self.root)
+        try:
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                try:
+                    cli.main(["--config", str(self.config), *args])
+                except SystemExit as exc:
+                    code = int(exc.code or 0)
+        finally:
+            os.chdir(cwd)
+        return CliResult(code, out.getvalue(), err.getvalue())
+
+    def spawn(self, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+        """polyshift as its own process, as a pipeline runs it."""
+        return subprocess.Popen(
+            [sys.executable, "-m", "framework.cli", "--config", str(self.config), *args],
+            cwd=self.root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, **getattr(self, "env", {}), **(env or {}), "PYTHONPATH": str(REPO)},
+        )
+
+    def run_process(self, *args: str, timeout: float = 120) -> CliResult:
+        proc = self.spawn(*args)
+        out, err = proc.communicate(timeout=timeout)
+        return CliResult(proc.returncode, out, err)
+
+    def backups(self) -> list[dict[str, Any]]:
+        import json
+
+        return json.loads(self.run("backup", "list", "--json").stdout)
+
+
+class Workspace(CliProject):
     """A polyshift project in a temp dir whose 'main' store is the test's database."""
 
     def __init__(self, root: Path, url: str) -> None:
@@ -152,46 +196,8 @@ class Workspace:
         finally:
             adapter.close()
 
-    # -- the CLI --
-    def run(self, *args: str) -> CliResult:
-        """polyshift in this process (fast); output captured."""
-        from framework import cli
-
-        out, err = io.StringIO(), io.StringIO()
-        code = 0
-        cwd = os.getcwd()
-        os.chdir(self.root)
-        try:
-            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-                try:
-                    cli.main(["--config", str(self.config), *args])
-                except SystemExit as exc:
-                    code = int(exc.code or 0)
-        finally:
-            os.chdir(cwd)
-        return CliResult(code, out.getvalue(), err.getvalue())
-
-    def spawn(self, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
-        """polyshift as its own process, as a pipeline runs it."""
-        return subprocess.Popen(
-            [sys.executable, "-m", "framework.cli", "--config", str(self.config), *args],
-            cwd=self.root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            env={**os.environ, **self.env, **(env or {}), "PYTHONPATH": str(REPO)},
-        )
-
-    def run_process(self, *args: str, timeout: float = 120) -> CliResult:
-        proc = self.spawn(*args)
-        out, err = proc.communicate(timeout=timeout)
-        return CliResult(proc.returncode, out, err)
-
     def ledger(self) -> list[tuple[str, str]]:
         return [(r[0], r[1]) for r in self.sql("SELECT version, direction FROM _polyshift.schema_history ORDER BY installed_rank")]
-
-    def backups(self) -> list[dict[str, Any]]:
-        import json
-
-        return json.loads(self.run("backup", "list", "--json").stdout)
-
 
 @pytest.fixture
 def ws(tmp_path: Path, database: str) -> Workspace:
@@ -220,7 +226,7 @@ def redis_url() -> Iterator[str]:
         server.stop()
 
 
-class FlagProject:
+class FlagProject(CliProject):
     """A polyshift project whose [flags] live in the state database or in Redis."""
 
     def __init__(self, root: Path, store: str, redis_url: str | None, refresh: float = 0.2) -> None:
@@ -237,9 +243,6 @@ class FlagProject:
             [flags]
             refresh_interval = "{refresh}s"
             """) + flags + "\n")
-
-    def run(self, *args: str) -> CliResult:
-        return Workspace.run(self, *args)  # type: ignore[arg-type]
 
     def client(self, **kwargs: Any) -> Any:
         from feature_flags import FlagClient
@@ -262,7 +265,7 @@ def flags(request: pytest.FixtureRequest, tmp_path: Path) -> FlagProject:
     return FlagProject(tmp_path, request.param, redis)
 
 
-class RedisWorkspace:
+class RedisWorkspace(CliProject):
     """A project whose 'cache' store is its own throwaway redis-server."""
 
     def __init__(self, root: Path, server: Any, extra: str = "") -> None:
@@ -286,12 +289,6 @@ class RedisWorkspace:
             self.r = redis.Redis.from_url(server.url)
         self.env: dict[str, str] = {}
 
-    def run(self, *args: str) -> CliResult:
-        return Workspace.run(self, *args)  # type: ignore[arg-type]
-
-    def spawn(self, *args: str) -> subprocess.Popen[str]:
-        return Workspace.spawn(self, *args)  # type: ignore[arg-type]
-
     def python_migration(self, name: str, body: str) -> None:
         (self.migrations / "cache" / f"{name}.py").write_text(textwrap.dedent(body))
 
@@ -309,11 +306,6 @@ class RedisWorkspace:
             return adapter.fingerprint(patterns)
         finally:
             adapter.close()
-
-    def backups(self) -> list[dict[str, Any]]:
-        import json
-
-        return json.loads(self.run("backup", "list", "--json").stdout)
 
 
 @pytest.fixture
@@ -338,7 +330,7 @@ def vws(tmp_path: Path, database: str) -> Workspace:
     return workspace
 
 
-class GraphWorkspace:
+class GraphWorkspace(CliProject):
     """A project whose 'graph' store is a real graph server, over FalkorDB's native protocol or Bolt."""
 
     def __init__(self, root: Path, kind: str, url: str, *, graph: str = "app", server: str = "falkordb") -> None:
@@ -365,12 +357,6 @@ class GraphWorkspace:
 
     def q(self, statement: str, params: dict[str, Any] | None = None) -> list[list[Any]]:
         return self._client.t.run(statement, params)
-
-    def run(self, *args: str) -> CliResult:
-        return Workspace.run(self, *args)  # type: ignore[arg-type]
-
-    def spawn(self, *args: str) -> subprocess.Popen[str]:
-        return Workspace.spawn(self, *args)  # type: ignore[arg-type]
 
     def migration(self, name: str, forward: str, rollback: str | None = None, validate: str | None = None) -> None:
         directory = self.migrations / "graph"
