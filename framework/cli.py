@@ -20,12 +20,14 @@ from framework.loader import SCRIPT_LANG, next_version
 from framework.output import emit_json, say, table
 from framework.project import Project, open_project
 from framework.runner import Runner
+from framework.sandbox_cli import sandbox_app
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Safe, reversible migrations across PostgreSQL, pgvector, Neo4j and Redis.")
 backup_app = typer.Typer(no_args_is_help=True, help="Verified backups (rollback points): list, show, verify, restore, create.")
 app.add_typer(backup_app, name="backup")
 app.add_typer(flags_app, name="flags")
+app.add_typer(sandbox_app, name="sandbox")
 
 def project() -> Project:
     return open_project(output.opts["config"], progress.for_output(output.opts["json"]))

