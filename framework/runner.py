@@ -21,7 +21,6 @@ from typing import Any
 from adapters import adapter_for
 from framework.artifacts import Manifest
 from framework.errors import (
-    BackupError,
     DriftError,
     MigrationFailedRestored,
     MigrationFailedUnverified,
@@ -415,8 +414,6 @@ class Runner:
             with self._locked([manifest.store], run_id, lock=True) as (adapter,):
                 report = self.restore_into(adapter, manifest, run_id, verified=True)
             status = "succeeded" if report.verified else "unverified"
-        except BackupError:
-            raise
         finally:
             self.state.finish_run(run_id, status)
         if not report.verified:
