@@ -18,7 +18,9 @@ from feature_flags.cli import flags_app
 from framework import errors, output, progress, secrets, templates
 from framework.loader import SCRIPT_LANG, next_version
 from framework.output import emit_json, say, table
+from framework.pipeline import Pipeline
 from framework.project import Project, open_project
+from framework.recovery import Recovery
 from framework.runner import Runner
 from framework.sandbox_cli import sandbox_app
 
@@ -52,6 +54,36 @@ def _event(kind: str, data: dict[str, Any]) -> None:
         say(f"[bold]{d['store']}[/] {d['version']} [green]rolled back[/]")
         if d.get("hint"):
             say(f"  {d['hint']}")
+    elif kind.startswith("release.") or kind == "hook-failed":
+        _release_event(kind, data)
+
+
+def _release_event(kind: str, data: dict[str, Any]) -> None:
+    v = escape(str(data.get("release", "")))
+    if kind == "release.started":
+        flag = f", flag {escape(str(data['flag']))} through {' → '.join(f'{p:g}%' for p in data['stages'])}" if data.get("flag") else ""
+        say(f"[bold magenta]release {v}[/]: {escape(', '.join(data['stores']))}{flag}")
+    elif kind == "release.stage_advanced":
+        say(f"  [cyan]cutover[/] flag {escape(data['flag'])} at {data['percent']:g}%")
+    elif kind == "release.gate_failed":
+        for g in data["gates"]:
+            say(f"  [red]gate failed[/] {escape(g['gate'])} at {data['percent']:g}%: {escape(g['detail'])}")
+    elif kind == "release.rollback_initiated":
+        say(f"[bold yellow]release {v}: undoing[/] ({escape(data['cause'])})")
+    elif kind == "release.flag_killed":
+        say(f"  flag {escape(data['flag'])} [yellow]killed[/]: traffic back on blue")
+    elif kind == "release.integrity_warning":
+        output.warn(f"{data['store']}: {data['warning']}")
+    elif kind == "release.completed":
+        say(f"[bold green]release {v} completed[/]")
+    elif kind == "release.rolled_back":
+        say(f"[bold]release {v}[/] rolled back in {escape(', '.join(data['stores']))}: every store verified")
+    elif kind == "release.rollback_failed":
+        say(f"[bold red]release {v}: undo NOT verified[/] in {escape(', '.join(data['stores']))}")
+    elif kind == "release.recovered":
+        say(f"[bold]recovering release {v}[/]: {data['action']} (the runner stopped after '{escape(data['stopped_after'])}')")
+    elif kind == "hook-failed":
+        output.warn(f"on_event command failed for {data['event']}: {data['why']}")
 
 
 @app.callback()
@@ -177,13 +209,15 @@ def history(store: str | None = typer.Option(None, "--store", "-s")) -> None:
 # -- changing stores -----------------------------------------------------------------------
 @app.command()
 def up(
-    to: str | None = typer.Option(None, "--to", help="Apply pending migrations up to and including this version."),
-    store: str | None = typer.Option(None, "--store", "-s"),
+    to: str | None = typer.Option(None, "--to", help="Apply pending releases up to and including this version."),
+    release: str | None = typer.Option(None, "--release", help="Apply this one release (every earlier one must be applied)."),
+    store: str | None = typer.Option(None, "--store", "-s", help="Only this store's migrations."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Check and show what would run; change nothing."),
     allow_irreversible: bool = typer.Option(False, "--allow-irreversible", help="Also run migrations without a rollback."),
 ) -> None:
-    """Apply pending migrations: lock, verified backup, forward, validate, record.  Example: polyshift up --to 0003"""
-    outcomes = Runner(project(), _event).up(store=store, to=to, dry_run=dry_run, allow_irreversible=allow_irreversible)
+    """Apply pending releases: preflight, verified backups, forward, validate, staged flag cutover.  Example: polyshift up --to 0003"""
+    outcomes = Pipeline(project(), _event).up(store=store, to=to, release=release, dry_run=dry_run,
+                                              allow_irreversible=allow_irreversible)
     if output.opts["json"]:
         emit_json([o.to_json() for o in outcomes])
     elif not outcomes:
@@ -191,6 +225,43 @@ def up(
     elif dry_run:
         for o in outcomes:
             say(f"would apply {o.store} {o.version}_{o.slug} (risk {o.risk}, backup: {', '.join(o.scope) or 'none'})")
+
+
+@app.command()
+def recover() -> None:
+    """Finish or undo a release whose runner died (reads the journal).  Example: polyshift recover"""
+    results = Recovery(project(), _event).recover()
+    if output.opts["json"]:
+        emit_json([r.__dict__ for r in results])
+    elif not results:
+        say("nothing to recover: every run finished")
+    for r in results:
+        say(f"run {r.run_id[:8]}: {r.detail}")
+
+
+@app.command("emergency-rollback")
+def emergency_rollback(
+    version: str,
+    wait: float = typer.Option(120.0, "--wait", help="Seconds to wait for a running release to let go of its locks."),
+) -> None:
+    """Kill the release's flag now, then undo the release in every store.  Example: polyshift emergency-rollback 0003"""
+    message = Recovery(project(), _event).emergency_rollback(version, wait=wait)
+    if output.opts["json"]:
+        emit_json({"release": version, "rolled_back": True, "detail": message})
+    say(message)
+
+
+@app.command()
+def releases() -> None:
+    """Every release (version) with its state per store, its flag and its last run.  Example: polyshift releases"""
+    rows = Recovery(project(), _event).listing()
+    if output.opts["json"]:
+        emit_json(rows)
+        return
+    table("releases", ["release", "stores", "flag", "stages", "last run"],
+          [[r["version"], "\n".join(f"{s}: {state}" for s, state in r["stores"].items()),
+            f"{r['flag']} ({r['flag_state']})" if r["flag"] else "-", " → ".join(f"{p:g}%" for p in r["stages"]) or "-",
+            r["last"]] for r in rows])
 
 
 @app.command()

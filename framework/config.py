@@ -80,6 +80,8 @@ class Config:
     backups_dir: Path
     stores: dict[str, StoreConfig]
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
+    on_event: str | None = None
+    events_log: Path | None = None
 
     def store(self, name: str) -> StoreConfig:
         try:
@@ -158,7 +160,7 @@ def load_config(path: str | Path) -> Config:
     project = raw.get("project", {})
     if not isinstance(project, dict):
         raise ConfigError(f"{path}: [project] must be a table")
-    unknown = set(project) - {"migrations", "state_url", "backups", "name"}
+    unknown = set(project) - {"migrations", "state_url", "backups", "name", "on_event", "events_log"}
     if unknown:
         raise ConfigError(f"{path}: unknown key(s) in [project]: {', '.join(sorted(unknown))}")
     stores_raw = raw.get("stores", {})
@@ -179,7 +181,17 @@ def load_config(path: str | Path) -> Config:
         backups_dir=(root / project.get("backups", ".polyshift/backups")).resolve(),
         stores=stores,
         raw=raw,
+        on_event=_on_event(project.get("on_event"), path),
+        events_log=(root / project.get("events_log", ".polyshift/events.jsonl")).resolve(),
     )
+
+
+def _on_event(value: Any, path: Path) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"{path}: [project] on_event must be a shell command (a non-empty string)")
+    return value
 
 
 def _resolve_sqlite(url: str, root: Path) -> str:

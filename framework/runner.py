@@ -1,12 +1,6 @@
-"""Runs migrations store by store: lock → backup → forward → validate → record, and the undo ladder.
-
-Undo ladder when a step fails (each rung only if the one before did not verify):
-  1. a failed transactional forward leaves no trace: verified by schema fingerprint;
-  2. the migration's rollback step, then the schema fingerprint compared with the one taken
-     before forward;
-  3. restore of the verified backup taken before forward (itself preceded by a safety backup
-     of what is there now), verified against the backup's own fingerprints.
-Exit 3 when the store is verified back, 4 when it is not (the message says what to run).
+"""Store-level operations shared by every command: connect and lock, verified backups and
+restores, explicit rollbacks. Releases (``up``) are driven by ``framework.pipeline`` and
+``framework.bluegreen`` on top of these; their undo ladder is ``framework.saga``.
 """
 
 from __future__ import annotations
@@ -31,7 +25,7 @@ from framework.errors import (
 )
 from framework.migration import Migration, Risk, version_key
 from framework.project import Project
-from framework.protocol import Adapter, Analysis, Fingerprint, ReportsFigures, RestoreReport
+from framework.protocol import Adapter, Analysis, Fingerprint, RestoreReport
 from framework.state import actor
 from framework.status import StoreStatus, applied_entries, store_status
 
@@ -150,103 +144,30 @@ class Runner:
             raise RefusedError(f"{m.store}/{m.id} is destructive (risk C) but no backup scope could be inferred; "
                                "declare one with '-- polyshift: backup=table,...'")
 
-    # -- up ---------------------------------------------------------------------------
-    def up(self, *, store: str | None = None, to: str | None = None, dry_run: bool = False,
-           allow_irreversible: bool = False) -> list[Outcome]:
-        names = self.stores(store)
-        if to is not None and not any(m.version == to for s in names for m in self.project.migrations[s]):
-            raise UsageError(f"--to {to}: no migration has that version")
-        run_id = self.state.start_run("up", {"stores": names, "to": to, "dry_run": dry_run})
-        outcomes: list[Outcome] = []
-        status = "failed"
-        try:
-            with self._locked(names, run_id, lock=not dry_run) as adapters:
-                plans = self._preflight(adapters, to, allow_irreversible)
-                for adapter in adapters:
-                    for m, analysis in plans[adapter.name]:
-                        if dry_run:
-                            outcomes.append(Outcome(m.store, m.version, m.slug, "would-apply", analysis.risk.value,
-                                                    list(analysis.scope)))
-                            continue
-                        outcomes.append(self._apply_one(adapter, m, analysis, run_id))
-            status = "succeeded"
-            return outcomes
-        finally:
-            self.state.finish_run(run_id, status, {"outcomes": [o.to_json() for o in outcomes]})
-
     @contextmanager
-    def _locked(self, names: list[str], run_id: str, *, lock: bool) -> Iterator[list[Adapter]]:
-        """Connect to every store and take every lock, all or none, before anything changes."""
+    def _locked(self, names: list[str], run_id: str, *, lock: bool, wait: float | None = None,
+                outlive_dead: bool = False) -> Iterator[list[Adapter]]:
+        """Connect to every store and take every lock, all or none, before anything changes.
+
+        ``outlive_dead``: the previous holder is known dead (recover), so wait out its lock's
+        expiry instead of failing at once; a live holder still keeps it."""
         adapters: list[Adapter] = []
         try:
             for name in names:
-                adapter = adapter_for(self.project.config.store(name))
+                cfg = self.project.config.store(name)
+                adapter = adapter_for(cfg)
                 adapters.append(adapter)
                 adapter.connect()
                 if lock:
-                    adapter.acquire_lock(self.holder(run_id), self.project.config.store(name).lock_wait)
-                    self._journal(run_id, "lock", "done", detail_store=name)
+                    patience = max(cfg.lock_wait, wait or 0.0)
+                    if outlive_dead:
+                        patience = max(patience, getattr(adapter, "lock_ttl_ms", 0) / 1000 + 5)
+                    adapter.acquire_lock(self.holder(run_id), patience)
+                    self.state.journal(run_id, "lock", "done", store=name)
             yield adapters
         finally:
             for adapter in reversed(adapters):
                 adapter.close()
-
-    def _preflight(self, adapters: list[Adapter], to: str | None,
-                   allow_irreversible: bool) -> dict[str, list[tuple[Migration, Analysis]]]:
-        plans: dict[str, list[tuple[Migration, Analysis]]] = {}
-        for adapter in adapters:
-            adapter.ensure_ledger()
-            status = self.status(adapter)
-            self._check_status(status)
-            plan = []
-            for m in self._targets(status, to):
-                analysis = adapter.analyze(m, "up")  # parses every script: a syntax error stops us here
-                self._refuse_irreversible(m, allow_irreversible)
-                plan.append((m, analysis))
-            plans[adapter.name] = plan
-        return plans
-
-    def _apply_one(self, adapter: Adapter, m: Migration, analysis: Analysis, run_id: str) -> Outcome:
-        who = actor()
-        scope = self._resolve_scope(adapter, m, analysis)
-        self._require_backup(m, analysis, scope)
-        self.emit("migration", {"store": m.store, "version": m.version, "slug": m.slug, "risk": analysis.risk.value,
-                                "scope": list(scope)})
-        pre = adapter.fingerprint(scope)
-        manifest = None
-        if scope:
-            self._journal(run_id, "backup", "intent", m, scope=list(scope))
-            manifest = self.take_backup(adapter, scope, version=m.version, reason=f"before {m.id} up", run_id=run_id)
-            self._journal(run_id, "backup", "done", m, backup=manifest.id)
-        self._journal(run_id, "forward", "intent", m)
-        try:
-            result = adapter.apply(m, "up", run_id=run_id, actor=who)
-        except StepFailed as exc:
-            self._journal(run_id, "forward", "failed", m, error=str(exc))
-            self.state.audit("migration.failed", m.store, {"version": m.version, "step": "forward", "error": str(exc)})
-            if analysis.non_transactional:
-                # Statements outside a transaction may have committed: undo as for a failed validation.
-                self._undo(adapter, m, pre, manifest, scope, run_id, cause=str(exc))
-            self._verify_untouched(adapter, m, pre, scope, cause=str(exc))
-        self._journal(run_id, "forward", "done", m, duration_ms=result.duration_ms, non_transactional=result.non_transactional)
-        self._journal(run_id, "validate", "intent", m)
-        failures = adapter.validate(m)
-        figures = adapter.figures() if isinstance(adapter, ReportsFigures) else {}
-        if figures:
-            self.emit("figures", {"store": m.store, "version": m.version, "figures": figures})
-        if failures:
-            self._journal(run_id, "validate", "failed", m, failures=failures, figures=figures)
-            self.state.audit("migration.failed", m.store, {"version": m.version, "step": "validate", "failures": failures})
-            self._undo(adapter, m, pre, manifest, scope, run_id, cause=f"{m.store}/{m.id} validation failed: " + "; ".join(failures))
-        self._journal(run_id, "validate", "done", m)
-        self.state.audit("migration.applied", m.store, {
-            "version": m.version, "slug": m.slug, "checksum": m.checksum, "risk": analysis.risk.value,
-            "backup": manifest.id if manifest else None, "duration_ms": result.duration_ms,
-            "non_transactional": result.non_transactional, "run": run_id, "figures": figures,
-        })
-        self.emit("applied", {"store": m.store, "version": m.version, "duration_ms": result.duration_ms})
-        return Outcome(m.store, m.version, m.slug, "applied", analysis.risk.value, list(scope),
-                       manifest.id if manifest else None, result.duration_ms, result.non_transactional)
 
     def _verify_untouched(self, adapter: Adapter, m: Migration, pre: Fingerprint, scope: tuple[str, ...], *, cause: str) -> None:
         try:
@@ -258,47 +179,6 @@ class Runner:
             raise MigrationFailedRestored(f"{cause}; the transaction was rolled back and {m.store} is verified unchanged")
         raise MigrationFailedUnverified(f"{cause}; the schema of {m.store} differs from before the forward step",
                                         hint=f"inspect {m.store}; 'polyshift backup list' shows the rollback points")
-
-    def _undo(self, adapter: Adapter, m: Migration, pre: Fingerprint, manifest: Manifest | None,
-              scope: tuple[str, ...], run_id: str, *, cause: str) -> None:
-        """Rollback step, fingerprint check, restore as a last resort. Always raises."""
-        who = actor()
-        rollback_error: str | None = None
-        if m.rollback is None:
-            rollback_error = "no rollback step (irreversible)"
-        else:
-            self._journal(run_id, "rollback", "intent", m)
-            try:
-                adapter.apply(m, "down", run_id=run_id, actor=who)
-                self._journal(run_id, "rollback", "done", m)
-            except StepFailed as exc:
-                rollback_error = str(exc)
-                self._journal(run_id, "rollback", "failed", m, error=rollback_error)
-                self.state.audit("rollback.failed", m.store, {"version": m.version, "error": rollback_error})
-        try:
-            post = adapter.fingerprint(scope)
-            if rollback_error is None and post.schema_hash == pre.schema_hash:
-                self.state.audit("migration.rolled_back", m.store, {"version": m.version, "verified": "schema fingerprint"})
-                raise MigrationFailedRestored(f"{cause}; rolled back with its rollback step, {m.store} schema verified as before")
-            why = f"rollback step failed ({rollback_error})" if rollback_error else "schema differs from before forward after rollback"
-            if manifest is None:
-                raise MigrationFailedUnverified(f"{cause}; {why}, and there is no backup to restore",
-                                                hint=f"inspect {m.store} by hand; 'polyshift history --store {m.store}' shows the ledger")
-            self.emit("restore", {"store": m.store, "backup": manifest.id, "why": why})
-            report = self.restore_into(adapter, manifest, run_id)
-            if rollback_error is not None:
-                adapter.record_reverted(m, run_id=run_id, actor=who)
-            post = adapter.fingerprint(scope)
-        except (MigrationFailedRestored, MigrationFailedUnverified):
-            raise
-        except PolyshiftError as exc:
-            raise MigrationFailedUnverified(f"{cause}; undo could not complete: {exc}",
-                                            hint=f"run: polyshift backup restore {manifest.id} --yes" if manifest else None) from None
-        if report.verified and post.schema_hash == pre.schema_hash:
-            raise MigrationFailedRestored(f"{cause}; {why}; restored backup {manifest.id}, data and schema verified")
-        detail = "; ".join(report.mismatches) or "schema differs from before forward"
-        raise MigrationFailedUnverified(f"{cause}; {why}; restored backup {manifest.id} but it does not verify: {detail}",
-                                        hint=f"inspect {m.store}, then run: polyshift backup restore {manifest.id} --yes")
 
     # -- restore ----------------------------------------------------------------------
     def restore_into(self, adapter: Adapter, manifest: Manifest, run_id: str | None, *, verified: bool = False) -> RestoreReport:

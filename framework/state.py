@@ -21,6 +21,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 
+from framework import failpoints
 from framework.errors import AuditChainBroken, ConfigError, StoreError
 from framework.secrets import redact, redact_obj, url_without_password
 
@@ -77,6 +78,8 @@ backups = sa.Table(
 )
 
 GENESIS = "0" * 64
+# A run in one of these states has not reached a consistent end: 'up' refuses until 'recover' ran.
+UNFINISHED = ("running", "needs-recovery")
 
 
 def actor() -> str:
@@ -157,23 +160,41 @@ class ControlPlane:
                 finished_at=_now(), status=status, detail=json.dumps(redact_obj(detail or {})),
             ))
 
-    def unfinished_runs(self) -> list[dict[str, Any]]:
+    def unfinished_runs(self, commands: tuple[str, ...] | None = None) -> list[dict[str, Any]]:
+        """Runs still 'running' (alive, or died without finishing) or left for 'polyshift recover'."""
+        query = sa.select(runs).where(runs.c.status.in_(UNFINISHED)).order_by(runs.c.started_at)
+        if commands is not None:
+            query = query.where(runs.c.command.in_(commands))
         with self.engine.connect() as conn:
-            rows = conn.execute(sa.select(runs).where(runs.c.status == "running").order_by(runs.c.started_at))
-            return [dict(r._mapping) for r in rows]
+            return [dict(r._mapping) | {"detail": json.loads(r.detail)} for r in conn.execute(query)]
+
+    def claim_run(self, run_id: str) -> None:
+        """This process now drives ``run_id`` (recover): a later check sees a live owner, not a dead one."""
+        with self.engine.begin() as conn:
+            conn.execute(runs.update().where(runs.c.id == run_id).values(pid=os.getpid(), host=socket.gethostname(),
+                                                                         status="running"))
+
+    def set_status(self, run_id: str, status: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(runs.update().where(runs.c.id == run_id).values(status=status, finished_at=_now()))
 
     def journal(self, run_id: str, step: str, phase: str, *, store: str | None = None,
                 version: str | None = None, detail: dict[str, Any] | None = None) -> None:
         with self.engine.begin() as conn:
             conn.execute(journal.insert().values(
                 run_id=run_id, at=_now(), store=store, version=version, step=step, phase=phase,
-                detail=json.dumps(redact_obj(detail or {})),
+                detail=json.dumps(redact_obj(detail or {}), default=str),
             ))
+        failpoints.journal_written()
 
-    def journal_entries(self, run_id: str) -> list[dict[str, Any]]:
+    def journal_entries(self, run_id: str | None = None, *, version: str | None = None) -> list[dict[str, Any]]:
+        query = sa.select(journal).order_by(journal.c.id)
+        if run_id is not None:
+            query = query.where(journal.c.run_id == run_id)
+        if version is not None:
+            query = query.where(journal.c.version == version)
         with self.engine.connect() as conn:
-            rows = conn.execute(sa.select(journal).where(journal.c.run_id == run_id).order_by(journal.c.id))
-            return [dict(r._mapping) | {"detail": json.loads(r.detail)} for r in rows]
+            return [dict(r._mapping) | {"detail": json.loads(r.detail)} for r in conn.execute(query)]
 
     def recent_runs(self, limit: int = 50) -> list[dict[str, Any]]:
         with self.engine.connect() as conn:

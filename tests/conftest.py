@@ -66,6 +66,15 @@ def _with_db(url: str, dbname: str) -> str:
 @pytest.fixture
 def database(pg_server: Server) -> Iterator[str]:
     """A fresh database (with pgvector) for one test; dropped afterwards."""
+    yield from _fresh_database(pg_server)
+
+
+@pytest.fixture
+def second_database(pg_server: Server) -> Iterator[str]:
+    yield from _fresh_database(pg_server)
+
+
+def _fresh_database(pg_server: Server) -> Iterator[str]:
     name = f"t_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(pg_server.admin_url, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
@@ -430,3 +439,14 @@ def gws(request: pytest.FixtureRequest, tmp_path: Path, neo4j_url: str | None) -
 def skip_on_falkordb_bolt(ws: GraphWorkspace, why: str) -> None:
     if ws.bolt_on_falkordb:
         pytest.skip(f"FalkorDB's Bolt endpoint: {why}")
+
+
+@pytest.fixture
+def app(tmp_path: Path, database: str, second_database: str, redis_server: Any, falkordb_server: Any) -> Any:
+    """Four real stores and one release that changes them all (see tests/release_app.py)."""
+    from tests.release_app import ReleaseApp
+
+    project = ReleaseApp(tmp_path, database, second_database, redis_server, falkordb_server)
+    os.environ.update(project.env)
+    project.reset()
+    return project

@@ -1,0 +1,283 @@
+"""One release through its phases: preflight → backup → forward → validate → cutover, and the undo.
+
+Each step is journaled as ``intent`` before it happens and ``done``/``failed`` after, in the
+control plane, so a runner that dies at any point leaves enough for ``polyshift recover`` to
+finish the release or undo it (see ``framework.recovery``).
+
+Expand/contract: forward steps only add the green shape while blue keeps serving; traffic moves
+with the release flag, stage by stage, and only after every store validated. Any failure kills
+the flag first (instant switch back to blue), then compensates the stores in reverse order.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any, NoReturn
+
+from feature_flags.admin import FlagAdmin
+from feature_flags.settings import flag_settings, open_store
+from framework.errors import MigrationFailedRestored, MigrationFailedUnverified, PolyshiftError, StepFailed
+from framework.events import Events
+from framework.gates import GateContext, evaluate_all
+from framework.migration import Migration
+from framework.protocol import Adapter, ReportsFigures
+from framework.releases import Release
+from framework.runner import Outcome
+from framework.saga import StoreCompensation, StoreStep, StoreUndo
+from framework.state import actor
+from framework.status import applied_entries
+
+if TYPE_CHECKING:
+    from framework.runner import Runner
+
+FLAG_POLL_SECONDS = 0.25
+
+
+class ReleaseAborted(Exception):
+    """Internal: a phase failed; carries the cause into the undo."""
+
+
+class ReleaseRun:
+    """Drives one release while every store's lock is held. ``steps`` is given when resuming."""
+
+    def __init__(self, runner: Runner, events: Events, flags: FlagAdmin | None, release: Release,
+                 adapters: dict[str, Adapter], run_id: str, steps: list[StoreStep] | None = None) -> None:
+        self.runner = runner
+        self.events = events
+        self.flags = flags
+        self.release = release
+        self.adapters = adapters
+        self.run_id = run_id
+        self.steps = steps or []
+        self.changing = False        # True from the first backup until complete or undone
+        self.outcomes: list[Outcome] = []
+
+    @property
+    def version(self) -> str:
+        return self.release.version
+
+    def journal(self, step: str, phase: str, m: Migration | None = None, **detail: Any) -> None:
+        self.runner.state.journal(self.run_id, step, phase, store=m.store if m else None, version=self.version, detail=detail)
+
+    # -- the whole run ----------------------------------------------------------------
+    def run(self) -> list[Outcome]:
+        s = self.release.settings
+        self.events.release("started", self.version, {"stores": [m.store for m in self.release.ordered()], "flag": s.flag,
+                                                      "stages": list(s.stages) if s.flag else [], "run": self.run_id})
+        self.journal("release", "intent", stores=[m.store for m in self.release.ordered()], flag=s.flag,
+                     stages=list(s.stages) if s.flag else [])
+        self.snapshot()
+        self.changing = True
+        self.backup()
+        try:
+            self.forward()
+            self.validate()
+        except ReleaseAborted as exc:
+            self.undo(str(exc))
+        self.cutover()
+        return self.outcomes
+
+    # -- phase 1b: what each store looks like now (preflight already locked and parsed) --
+    def snapshot(self) -> None:
+        for m in self.release.ordered():
+            adapter = self.adapters[m.store]
+            analysis = adapter.analyze(m, "up")
+            scope = self.runner._resolve_scope(adapter, m, analysis)
+            self.runner._require_backup(m, analysis, scope)
+            step = StoreStep(m, scope, adapter.fingerprint(scope), bool(analysis.non_transactional), analysis.risk.value)
+            self.steps.append(step)
+            self.journal("snapshot", "done", m, **step.snapshot_detail())
+
+    # -- phase 2 ----------------------------------------------------------------------
+    def backup(self) -> None:
+        """Nothing has changed yet: a failure here is a clean refusal (exit 2), not an undo."""
+        for step in self.steps:
+            if not step.scope:
+                continue
+            m = step.migration
+            self.journal("backup", "intent", m, scope=list(step.scope))
+            try:
+                step.manifest = self.runner.take_backup(self.adapters[m.store], step.scope, version=m.version,
+                                                        reason=f"before {m.id} up", run_id=self.run_id)
+            except PolyshiftError as exc:
+                self.journal("backup", "failed", m, error=str(exc))
+                self.journal("release", "abandoned", reason=f"backup of {m.store} failed; nothing was changed")
+                self.changing = False
+                raise
+            self.journal("backup", "done", m, backup=step.manifest.id)
+
+    # -- phase 3 ----------------------------------------------------------------------
+    def forward(self) -> None:
+        for step in self.steps:
+            m = step.migration
+            self.runner.emit("migration", {"store": m.store, "version": m.version, "slug": m.slug, "risk": step.risk,
+                                           "scope": list(step.scope)})
+            self.journal("forward", "intent", m)
+            step.forward_begun = True
+            try:
+                result = self.adapters[m.store].apply(m, "up", run_id=self.run_id, actor=actor())
+            except PolyshiftError as exc:
+                self.journal("forward", "failed", m, error=str(exc))
+                self.runner.state.audit("migration.failed", m.store, {"version": m.version, "step": "forward", "error": str(exc)})
+                raise ReleaseAborted(str(exc) if isinstance(exc, StepFailed) else f"{m.store}/{m.id} forward failed: {exc}") from None
+            step.forwarded = True
+            self.journal("forward", "done", m, duration_ms=result.duration_ms, non_transactional=result.non_transactional)
+            self.runner.emit("applied", {"store": m.store, "version": m.version, "duration_ms": result.duration_ms})
+            self.outcomes.append(Outcome(m.store, m.version, m.slug, "applied", step.risk, list(step.scope),
+                                         step.manifest.id if step.manifest else None, result.duration_ms, result.non_transactional))
+
+    # -- phase 4 ----------------------------------------------------------------------
+    def validate(self) -> None:
+        for step in self.steps:
+            m = step.migration
+            adapter = self.adapters[m.store]
+            self.journal("validate", "intent", m)
+            try:
+                failures = adapter.validate(m)
+            except PolyshiftError as exc:
+                failures = [f"could not run: {exc}"]
+            figures = adapter.figures() if isinstance(adapter, ReportsFigures) else {}
+            if figures:
+                self.runner.emit("figures", {"store": m.store, "version": m.version, "figures": figures})
+            if failures:
+                self.journal("validate", "failed", m, failures=failures, figures=figures)
+                self.runner.state.audit("migration.failed", m.store, {"version": m.version, "step": "validate", "failures": failures})
+                raise ReleaseAborted(f"{m.store}/{m.id} validation failed: " + "; ".join(failures))
+            step.validated, step.figures = True, figures
+            self.journal("validate", "done", m, figures=figures)
+        self.journal("invariants", "intent")
+        problems = self.invariants()
+        if problems:
+            self.journal("invariants", "failed", problems=problems)
+            raise ReleaseAborted(f"release {self.version}: store invariants failed: " + "; ".join(problems))
+        self.journal("invariants", "done")
+        for step in self.steps:
+            m = step.migration
+            self.runner.state.audit("migration.applied", m.store, {
+                "version": m.version, "slug": m.slug, "checksum": m.checksum, "risk": step.risk,
+                "backup": step.manifest.id if step.manifest else None, "run": self.run_id, "release": self.version,
+                "figures": step.figures,
+            })
+
+    def invariants(self) -> list[str]:
+        """What must hold in every store after forward, whatever the migrations' own checks say."""
+        problems = []
+        for step in self.steps:
+            adapter = self.adapters[step.store]
+            try:
+                if step.migration.version not in applied_entries(adapter.ledger()):
+                    problems.append(f"{step.store}: the ledger does not record {step.migration.id} as applied")
+                check = getattr(adapter, "invariants", None)
+                if check is not None:
+                    problems.extend(f"{step.store}: {p}" for p in check())
+            except PolyshiftError as exc:
+                problems.append(f"{step.store}: {exc}")
+        return problems
+
+    # -- phase 5 ----------------------------------------------------------------------
+    def cutover(self, *, after: float | None = None) -> None:
+        s = self.release.settings
+        if after is None:
+            self.journal("cutover", "intent", flag=s.flag, stages=list(s.stages) if s.flag else [])
+        try:
+            if s.flag:
+                for percent in s.stages:
+                    if after is None or percent > after:
+                        self.stage(percent)
+        except ReleaseAborted as exc:
+            self.undo(str(exc))
+        self.journal("complete", "done")
+        self.changing = False
+        self.events.release("completed", self.version, {"flag": s.flag, "run": self.run_id})
+
+    def stage(self, percent: float) -> None:
+        s = self.release.settings
+        assert s.flag is not None and self.flags is not None
+        self.journal("stage", "intent", percent=percent)
+        try:
+            flag = self.flags.stage(s.flag, percent, release=self.version)
+        except PolyshiftError as exc:
+            raise ReleaseAborted(f"release {self.version}: could not move flag {s.flag} to {percent:g}%: {exc}") from None
+        self.events.release("stage_advanced", self.version, {"flag": s.flag, "percent": percent})
+        self.bake(s.flag, flag.version, s.bake_seconds)
+        results = evaluate_all(s.gates, GateContext(self.version, s.flag, percent, self.runner.project.config))
+        failed = [r for r in results if not r.ok]
+        if failed:
+            detail = "; ".join(f"{r.gate}: {r.detail}" for r in failed)
+            self.journal("stage", "failed", percent=percent, gates=[r.to_json() for r in results])
+            self.events.release("gate_failed", self.version, {"flag": s.flag, "percent": percent,
+                                                              "gates": [r.to_json() for r in failed]})
+            raise ReleaseAborted(f"release {self.version}: health gate failed at {percent:g}%: {detail}")
+        self.journal("stage", "done", percent=percent, gates=[r.to_json() for r in results])
+
+    def bake(self, flag: str, version: int, seconds: float) -> None:
+        """Wait at a stage; anyone else changing the flag meanwhile (a kill) aborts the release."""
+        assert self.flags is not None
+        deadline = time.monotonic() + seconds
+        while True:
+            try:
+                current = self.flags.store.get(flag)
+            except PolyshiftError as exc:
+                raise ReleaseAborted(f"release {self.version}: flag store unreachable during the bake: {exc}") from None
+            if current is None or current.version != version:
+                who = current.updated_by if current else "someone"
+                what = "killed" if current and current.killed else "changed"
+                raise ReleaseAborted(f"release {self.version}: flag {flag} was {what} by {who} during the bake")
+            if time.monotonic() >= deadline:
+                return
+            time.sleep(min(FLAG_POLL_SECONDS, max(0.0, deadline - time.monotonic())))
+
+    # -- phase 6 ----------------------------------------------------------------------
+    def kill_flag(self, reason: str) -> str | None:
+        """Returns why the flag could not be killed, or None."""
+        flag = self.release.settings.flag
+        if flag is None or self.flags is None:
+            return None
+        self.journal("kill", "intent", flag=flag)
+        try:
+            current = self.flags.store.get(flag)
+            if current is not None and not current.killed:
+                self.flags.kill(flag, release=self.version, reason=f"release {self.version}: {reason}"[:500])
+                self.events.release("flag_killed", self.version, {"flag": flag})
+        except PolyshiftError as exc:
+            self.journal("kill", "failed", flag=flag, error=str(exc))
+            return f"flag {flag} could not be killed ({exc}); run: polyshift flags kill {flag} --reason undo"
+        self.journal("kill", "done", flag=flag)
+        return None
+
+    def undo(self, cause: str, *, strict_data: bool = True) -> NoReturn:
+        """Flag off, then every forwarded store compensated in reverse order. Always raises."""
+        self.events.release("rollback_initiated", self.version, {"cause": cause, "run": self.run_id})
+        self.journal("undo", "intent", cause=cause)
+        flag_problem = self.kill_flag("undo")
+        results: list[StoreUndo] = []
+        for step in reversed(self.steps):
+            if step.forward_begun:
+                results.append(StoreCompensation(self.runner, self.adapters[step.store], step, self.run_id,
+                                                 strict_data=strict_data).run())
+        for r in results:
+            for warning in r.warnings:
+                self.events.release("integrity_warning", self.version, {"store": r.store, "warning": warning})
+        verified = flag_problem is None and all(r.verified for r in results)
+        self.journal("undo", "done" if verified else "failed", stores=[r.to_json() for r in results], flag=flag_problem)
+        message = self.undo_message(cause, results, flag_problem)
+        if verified:
+            self.changing = False
+            self.events.release("rolled_back", self.version, {"stores": [r.store for r in results], "run": self.run_id})
+            raise MigrationFailedRestored(message)
+        failed = [r for r in results if not r.verified]
+        self.events.release("rollback_failed", self.version, {"stores": [r.store for r in failed], "flag": flag_problem})
+        hints = [f"{r.store}: {r.hint}" for r in failed if r.hint] + ([flag_problem] if flag_problem else [])
+        raise MigrationFailedUnverified(message, hint="; ".join(hints) or "run: polyshift recover")
+
+    def undo_message(self, cause: str, results: list[StoreUndo], flag_problem: str | None) -> str:
+        if len(self.release.migrations) == 1 and len(results) == 1 and not self.release.settings.flag:
+            return f"{cause}; {results[0].how}"
+        flag = self.release.settings.flag
+        parts = [f"flag {flag} killed" if flag and not flag_problem else flag_problem or "no flag"]
+        parts += [f"{r.store}: {r.how}" if r.verified else f"{r.store}: NOT VERIFIED: {r.how}" for r in results]
+        return f"release {self.version}: {cause}; undone in reverse order: " + "; ".join(p for p in parts if p)
+
+
+def open_flags(runner: Runner) -> FlagAdmin:
+    return FlagAdmin(open_store(flag_settings(runner.project.config)), runner.state)

@@ -1,0 +1,85 @@
+"""Release events: each goes to the audit log, to one JSON line in the events log, to the
+optional ``on_event`` command, and to whatever the caller displays.
+
+The on_event command is a notification, not a gate: it runs with a timeout, and its failure
+is a warning that never changes the course of a release.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from framework.config import Config
+from framework.errors import StoreError
+from framework.secrets import redact, redact_obj
+from framework.state import ControlPlane, actor
+
+log = logging.getLogger("polyshift.events")
+
+# Names users see in logs and hooks; each is also the audit action "release.<name>".
+RELEASE_EVENTS = ("started", "stage_advanced", "gate_failed", "rollback_initiated", "rollback_failed",
+                  "integrity_warning", "completed", "rolled_back", "recovered", "flag_killed")
+ON_EVENT_TIMEOUT = 10.0
+
+Display = Callable[[str, dict[str, Any]], None]
+
+
+class Events:
+    def __init__(self, config: Config, state: ControlPlane, display: Display) -> None:
+        self.config = config
+        self.state = state
+        self.display = display
+
+    def release(self, name: str, version: str, data: dict[str, Any]) -> None:
+        if name not in RELEASE_EVENTS:
+            raise ValueError(f"unknown release event {name}")
+        record = {"at": datetime.now(UTC).isoformat(timespec="milliseconds"), "event": f"release.{name}",
+                  "release": version, "actor": actor(), "pid": os.getpid(), **data}
+        record = redact_obj(record)
+        try:
+            self.state.audit(f"release.{name}", f"release:{version}", data)
+        except StoreError as exc:
+            # The journal already holds the step; losing one audit line must not stop an undo.
+            log.error("audit entry for release.%s failed: %s", name, exc)
+        self._log_line(record)
+        self._hook(record)
+        self.display(f"release.{name}", data | {"release": version})
+
+    def progress(self, kind: str, data: dict[str, Any]) -> None:
+        """Per-step display (migration, backup, applied...): not audited here, the runner audits the steps."""
+        self.display(kind, data)
+
+    def _log_line(self, record: dict[str, Any]) -> None:
+        path = self.config.events_log
+        if path is None:
+            return
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with path.open("a", encoding="utf-8") as f:
+                f.write(json.dumps(record, default=str, separators=(",", ":")) + "\n")
+        except OSError as exc:
+            log.error("cannot append to %s: %s", path, exc)
+
+    def _hook(self, record: dict[str, Any]) -> None:
+        command = self.config.on_event
+        if not command:
+            return
+        payload = json.dumps(record, default=str) + "\n"
+        try:
+            done = subprocess.run(command, shell=True, input=payload, text=True, capture_output=True,
+                                  timeout=ON_EVENT_TIMEOUT, cwd=self.config.root,
+                                  env={**os.environ, "POLYSHIFT_EVENT": record["event"], "POLYSHIFT_RELEASE": record["release"]})
+            if done.returncode != 0:
+                self._hook_failed(record["event"], f"exit {done.returncode}: {redact(done.stderr.strip()[:200])}")
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            self._hook_failed(record["event"], str(exc))
+
+    def _hook_failed(self, event: str, why: str) -> None:
+        log.warning("on_event command failed for %s: %s", event, why)
+        self.display("hook-failed", {"event": event, "why": why})

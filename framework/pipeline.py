@@ -1,0 +1,173 @@
+"""`polyshift up`: every pending release in version order, under one set of locks.
+
+Preflight (nothing changes if any of it fails, exit 2): no unfinished run left behind, every
+migration loaded and free of drift, every target store connected and locked (all or none),
+every script parsed, the release flags reachable, and free disk for the backups.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+from typing import Any
+
+from feature_flags.admin import FlagAdmin
+from framework.bluegreen import ReleaseRun, open_flags
+from framework.errors import (
+    BackupError,
+    MigrationFailedRestored,
+    MigrationFailedUnverified,
+    RefusedError,
+    UsageError,
+)
+from framework.events import Display, Events
+from framework.migration import version_key
+from framework.project import Project
+from framework.protocol import Adapter
+from framework.releases import Release, group, load_settings
+from framework.runner import Outcome, Runner
+from framework.sandbox import pid_alive
+
+RELEASE_COMMANDS = ("up", "recover", "emergency-rollback")
+DISK_HEADROOM = 64 * 1024 * 1024
+
+
+def _quiet(_kind: str, _data: dict[str, Any]) -> None:
+    pass
+
+
+def run_is_alive(run: dict[str, Any]) -> bool:
+    return run["host"] == socket.gethostname() and pid_alive(run["pid"])
+
+
+def describe_run(run: dict[str, Any]) -> str:
+    return (f"run {run['id'][:8]} ({run['command']} by {run['actor']}, pid {run['pid']} on {run['host']}, "
+            f"started {run['started_at']:%Y-%m-%d %H:%M:%S})")
+
+
+class Pipeline:
+    def __init__(self, project: Project, display: Display | None = None) -> None:
+        self.project = project
+        self.runner = Runner(project, display)
+        self.events = Events(project.config, project.state, display or _quiet)
+        self._flags: FlagAdmin | None = None
+
+    def flags(self) -> FlagAdmin:
+        if self._flags is None:
+            self._flags = open_flags(self.runner)
+        return self._flags
+
+    def releases(self, names: list[str]) -> list[Release]:
+        migrations = {name: self.project.migrations[name] for name in names}
+        return group(self.project.config, migrations, load_settings(self.project.config))
+
+    def refuse_unfinished(self) -> None:
+        for run in self.project.state.unfinished_runs(RELEASE_COMMANDS):
+            if not run_is_alive(run):
+                raise RefusedError(f"{describe_run(run)} did not finish: its release may be half-applied",
+                                   hint="run 'polyshift recover' to finish or undo it, then 'polyshift up' again")
+
+    # -- up ---------------------------------------------------------------------------
+    def up(self, *, store: str | None = None, to: str | None = None, release: str | None = None,
+           dry_run: bool = False, allow_irreversible: bool = False) -> list[Outcome]:
+        names = self.runner.stores(store)
+        if to is not None and release is not None:
+            raise UsageError("use either --to or --release, not both")
+        every = self.releases(names)
+        for option, value in (("--to", to), ("--release", release)):
+            if value is not None and not any(r.version == value for r in every):
+                raise UsageError(f"{option} {value}: no migration has that version")
+        if not dry_run:
+            self.refuse_unfinished()
+        run_id = self.project.state.start_run("up", {"stores": names, "to": to, "release": release, "dry_run": dry_run})
+        outcomes: list[Outcome] = []
+        current: ReleaseRun | None = None
+        status = "failed"
+        try:
+            with self.runner._locked(names, run_id, lock=not dry_run) as adapters:
+                by_name = {a.name: a for a in adapters}
+                pending = self.pending(every, by_name, to, release)
+                self.preflight(pending, by_name, allow_irreversible, dry_run=dry_run)
+                if dry_run:
+                    return self.would_apply(pending, by_name)
+                self.check_disk(pending, by_name)
+                self.project.state.journal(run_id, "preflight", "done", detail={"releases": [r.version for r in pending]})
+                flags = self.flags() if any(r.settings.flag for r in pending) else None
+                for rel in pending:
+                    current = ReleaseRun(self.runner, self.events, flags, rel, by_name, run_id)
+                    outcomes += current.run()
+            status = "succeeded"
+            return outcomes
+        except MigrationFailedRestored:
+            status = "rolled-back"
+            raise
+        except MigrationFailedUnverified:
+            status = "needs-recovery"
+            raise
+        except BaseException:
+            # Anything unforeseen after a release began changing stores: only recover may continue.
+            status = "needs-recovery" if current is not None and current.changing else "failed"
+            raise
+        finally:
+            self.project.state.finish_run(run_id, status, {"outcomes": [o.to_json() for o in outcomes]})
+
+    def pending(self, every: list[Release], adapters: dict[str, Adapter], to: str | None, only: str | None) -> list[Release]:
+        """Releases with at least one unapplied migration among the locked stores, oldest first."""
+        todo: dict[str, set[str]] = {}
+        for name, adapter in adapters.items():
+            adapter.ensure_ledger()
+            status = self.runner.status(adapter)
+            self.runner._check_status(status)
+            for m in self.runner._targets(status, to):
+                todo.setdefault(m.version, set()).add(name)
+        releases = []
+        for rel in every:
+            stores = todo.get(rel.version)
+            if not stores:
+                continue
+            releases.append(Release(rel.version, rel.settings, {s: m for s, m in rel.migrations.items() if s in stores}, rel.order))
+        if only is not None:
+            earlier = [r.version for r in releases if version_key(r.version) < version_key(only)]
+            if earlier:
+                raise RefusedError(f"--release {only}: release(s) {', '.join(earlier)} are still pending before it",
+                                   hint=f"apply them first, or all at once: polyshift up --to {only}")
+            releases = [r for r in releases if r.version == only]
+        return releases
+
+    def preflight(self, pending: list[Release], adapters: dict[str, Adapter], allow_irreversible: bool, *, dry_run: bool) -> None:
+        for rel in pending:
+            for m in rel.ordered():
+                adapters[m.store].analyze(m, "up")  # parses every script: a syntax error stops us here
+                self.runner._refuse_irreversible(m, allow_irreversible)
+            flag = rel.settings.flag
+            if flag is None or dry_run:
+                continue
+            current = self.flags().store.get(flag)  # unreachable flag store: StoreError, exit 2
+            if current is not None and current.enabled and not current.killed and current.percent > 0 \
+                    and current.release not in (None, rel.version):
+                raise RefusedError(f"release {rel.version}: flag {flag} already serves {current.percent:g}% for release "
+                                   f"{current.release}; each release needs a flag of its own")
+
+    def would_apply(self, pending: list[Release], adapters: dict[str, Adapter]) -> list[Outcome]:
+        outcomes = []
+        for rel in pending:
+            for m in rel.ordered():
+                a = adapters[m.store].analyze(m, "up")
+                outcomes.append(Outcome(m.store, m.version, m.slug, "would-apply", a.risk.value, list(a.scope)))
+        return outcomes
+
+    def check_disk(self, pending: list[Release], adapters: dict[str, Adapter]) -> None:
+        """Refuse before anything changes when the backups could not fit (estimates are the stores' own sizes)."""
+        needed = DISK_HEADROOM
+        for rel in pending:
+            for m in rel.ordered():
+                estimate = getattr(adapters[m.store], "estimate_backup_bytes", None)
+                if estimate is not None:
+                    scope = adapters[m.store].analyze(m, "up").scope
+                    needed += estimate(adapters[m.store].resolve_scope(scope, missing_ok=True))
+        directory = self.project.config.backups_dir
+        directory.mkdir(parents=True, exist_ok=True)
+        free = shutil.disk_usage(directory).free
+        if free < needed:
+            raise BackupError(f"backups need about {needed / 2**20:,.0f} MiB but {directory} has {free / 2**20:,.0f} MiB free",
+                              hint="free space, or point [project] backups at a larger volume")

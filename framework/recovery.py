@@ -1,0 +1,280 @@
+"""`polyshift recover`, `polyshift emergency-rollback` and `polyshift releases`.
+
+Recover reads the journal of a run that did not finish and drives its release to one consistent
+end: *finish* when every store had forwarded and validated and the cutover had begun, *undo*
+otherwise (or when an undo had already begun). Every step it takes is journaled into the same
+run, so a recover that is itself interrupted is resumed by the next one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from framework.bluegreen import ReleaseRun
+from framework.errors import (
+    LockHeldError,
+    MigrationFailedRestored,
+    PolyshiftError,
+    RefusedError,
+    UsageError,
+)
+from framework.migration import Migration
+from framework.pipeline import RELEASE_COMMANDS, Pipeline, describe_run, run_is_alive
+from framework.protocol import Adapter, Fingerprint
+from framework.releases import Release
+from framework.saga import StoreStep
+from framework.state import actor
+from framework.status import applied_entries
+
+_ENDINGS = {("complete", "done"), ("undo", "done"), ("release", "abandoned")}
+
+
+@dataclass
+class Replay:
+    """What a run's journal says about its last release."""
+
+    version: str
+    stores: list[str]
+    flag: str | None
+    stages: list[float]
+    steps: list[StoreStep] = field(default_factory=list)
+    invariants_done: bool = False
+    cutover_begun: bool = False
+    undo_begun: bool = False
+    last_stage_done: float = 0.0
+    last_entry: str = ""
+
+    @property
+    def may_finish(self) -> bool:
+        return (not self.undo_begun and self.cutover_begun and self.invariants_done
+                and bool(self.steps) and all(s.validated for s in self.steps))
+
+
+@dataclass
+class RecoveryResult:
+    run_id: str
+    version: str | None
+    action: str          # finished | undone | nothing
+    detail: str
+
+
+class Recovery(Pipeline):
+    # -- reading the journal ------------------------------------------------------------
+    def replay(self, run_id: str) -> Replay | None:
+        entries = self.project.state.journal_entries(run_id)
+        starts = [e for e in entries if e["step"] == "release" and e["phase"] == "intent"]
+        if not starts:
+            return None
+        version = starts[-1]["version"]
+        mine = [e for e in entries if e["version"] == version and e["id"] >= starts[-1]["id"]]
+        if any((e["step"], e["phase"]) in _ENDINGS for e in mine):
+            return None
+        head = starts[-1]["detail"]
+        replay = Replay(version, list(head["stores"]), head.get("flag"), [float(p) for p in head.get("stages", [])])
+        by_store: dict[str, StoreStep] = {}
+        for e in mine:
+            step, phase, store, detail = e["step"], e["phase"], e["store"], e["detail"]
+            replay.last_entry = f"{step} {phase}" + (f" ({store})" if store else "")
+            if step == "snapshot":
+                by_store[store] = self._step(store, version, detail)
+                replay.steps.append(by_store[store])
+            elif step == "backup" and phase == "done":
+                by_store[store].manifest = self.project.artifacts.manifest(detail["backup"])
+            elif step == "forward" and phase == "intent":
+                by_store[store].forward_begun = True
+            elif step == "forward" and phase == "done":
+                by_store[store].forwarded = True
+            elif step == "validate" and phase == "done":
+                by_store[store].validated = True
+            elif step == "invariants" and phase == "done":
+                replay.invariants_done = True
+            elif step == "cutover":
+                replay.cutover_begun = True
+            elif step == "stage" and phase == "done":
+                replay.last_stage_done = max(replay.last_stage_done, float(detail["percent"]))
+            elif step == "undo" and phase == "intent":
+                replay.undo_begun = True
+        return replay
+
+    def _step(self, store: str, version: str, detail: dict[str, Any]) -> StoreStep:
+        try:
+            m: Migration = self.project.migration(store, version)
+        except KeyError:
+            raise RefusedError(f"cannot recover release {version}: migration {store}/{detail['migration']} is no longer on disk",
+                               hint="restore the file from version control, then run 'polyshift recover' again") from None
+        pre = Fingerprint.from_json(detail["pre"]) if detail.get("pre") else None
+        step = StoreStep(m, tuple(detail["scope"]), pre, bool(detail.get("non_transactional")), detail.get("risk", ""))
+        step.forward_begun = bool(detail.get("applied"))
+        return step
+
+    def _release(self, replay: Replay) -> Release:
+        current = next((r for r in self.releases(list(self.project.config.stores)) if r.version == replay.version), None)
+        if current is None:
+            raise RefusedError(f"cannot recover release {replay.version}: it has no migrations on disk any more")
+        # The flag and stages the run started with; bake time and gates as configured now.
+        settings = current.settings
+        if replay.flag != settings.flag or tuple(replay.stages) != (settings.stages if settings.flag else ()):
+            settings = replace(settings, flag=replay.flag, stages=tuple(replay.stages) or settings.stages)
+        return Release(replay.version, settings, {s.store: s.migration for s in replay.steps}, replay.stores)
+
+    # -- recover ------------------------------------------------------------------------
+    def recover(self) -> list[RecoveryResult]:
+        runs = self.project.state.unfinished_runs(RELEASE_COMMANDS)
+        results = []
+        for run in runs:
+            if run_is_alive(run):
+                raise LockHeldError(f"{describe_run(run)} is still running; it will finish or undo its release itself",
+                                    hint="wait for it; recover only takes over runs whose process is gone")
+            results.append(self._recover_run(run))
+        return results
+
+    def _recover_run(self, run: dict[str, Any]) -> RecoveryResult:
+        state = self.project.state
+        replay = self.replay(run["id"])
+        if replay is None:
+            state.finish_run(run["id"], "recovered", {"note": "no release was in progress"})
+            state.audit("run.recovered", f"run:{run['id']}", {"action": "nothing", "command": run["command"]})
+            return RecoveryResult(run["id"], None, "nothing", "no release was in progress; nothing was changed")
+        state.claim_run(run["id"])
+        flags = self.flags() if replay.flag else None
+        status = "needs-recovery"
+        try:
+            with self.runner._locked(replay.stores, run["id"], lock=True, outlive_dead=True) as adapters:
+                rr = ReleaseRun(self.runner, self.events, flags, self._release(replay), {a.name: a for a in adapters},
+                                run["id"], replay.steps)
+                rr.changing = True
+                died = f"{describe_run(run)} stopped after '{replay.last_entry}'"
+                if replay.may_finish:
+                    self.events.release("recovered", replay.version,
+                                        {"run": run["id"], "action": "finish", "stopped_after": replay.last_entry})
+                    rr.cutover(after=replay.last_stage_done)
+                    status = "succeeded"
+                    return RecoveryResult(run["id"], replay.version, "finished",
+                                          f"{died}; every store had forwarded and validated and the cutover had begun: "
+                                          f"finished the cutover of {replay.version}")
+                self.events.release("recovered", replay.version, {"run": run["id"], "action": "undo", "stopped_after": replay.last_entry})
+                rr.undo(f"{died}; undoing release {replay.version}",
+                        strict_data=run["command"] != "emergency-rollback")
+        except MigrationFailedRestored:
+            status = "rolled-back"
+            raise
+        finally:
+            state.finish_run(run["id"], status, {"recovered_by": actor()})
+
+    # -- emergency rollback ---------------------------------------------------------------
+    def emergency_rollback(self, version: str, *, wait: float) -> str:
+        every = self.releases(list(self.project.config.stores))
+        rel = next((r for r in every if r.version == version), None)
+        if rel is None:
+            raise UsageError(f"emergency-rollback {version}: no migration has that version")
+        killed = self._kill_now(rel)
+        for run in self.project.state.unfinished_runs(RELEASE_COMMANDS):
+            if not run_is_alive(run):
+                try:
+                    self._recover_run(run)
+                except MigrationFailedRestored:
+                    pass  # undone and verified: what we came to do; the ledgers below confirm it
+        run_id = self.project.state.start_run("emergency-rollback", {"release": version})
+        status = "needs-recovery"
+        try:
+            with self.runner._locked(rel.order, run_id, lock=True, wait=wait) as adapters:
+                by_name = {a.name: a for a in adapters}
+                steps = self._applied_steps(rel, by_name)
+                if not steps:
+                    status = "succeeded"
+                    return f"release {version} is not applied in any store" + (f"; flag {rel.settings.flag} killed" if killed else "")
+                rr = ReleaseRun(self.runner, self.events, self.flags() if rel.settings.flag else None,
+                                Release(version, rel.settings, {s.store: s.migration for s in steps}, rel.order), by_name, run_id, steps)
+                rr.journal("release", "intent", stores=[s.store for s in steps], flag=rel.settings.flag,
+                           stages=list(rel.settings.stages) if rel.settings.flag else [])
+                for s in steps:
+                    rr.journal("snapshot", "done", s.migration, **s.snapshot_detail(), applied=True)
+                rr.changing = True
+                try:
+                    rr.undo(f"emergency rollback of release {version} by {actor()}", strict_data=False)
+                except MigrationFailedRestored as done:
+                    status = "succeeded"
+                    return str(done)
+        finally:
+            self.project.state.finish_run(run_id, status)
+        raise AssertionError("undo always raises")
+
+    def _kill_now(self, rel: Release) -> bool:
+        """Traffic back to blue before anything else, without waiting for any lock."""
+        flag = rel.settings.flag
+        if flag is None:
+            return False
+        current = self.flags().store.get(flag)
+        if current is None or current.killed:
+            return False
+        self.flags().kill(flag, release=rel.version, reason=f"emergency rollback of release {rel.version}")
+        self.events.release("flag_killed", rel.version, {"flag": flag, "emergency": True})
+        return True
+
+    def _applied_steps(self, rel: Release, adapters: dict[str, Adapter]) -> list[StoreStep]:
+        """Stores where the release is applied, with the pre-release fingerprints and backups it completed with."""
+        journal = self.project.state.journal_entries(version=rel.version)
+        completed = [e["run_id"] for e in journal if e["step"] == "complete" and e["phase"] == "done"]
+        snapshots = {e["store"]: e for e in journal if e["step"] == "snapshot" and completed and e["run_id"] == completed[-1]}
+        backups = {e["store"]: e["detail"]["backup"] for e in journal
+                   if e["step"] == "backup" and e["phase"] == "done" and completed and e["run_id"] == completed[-1]}
+        steps = []
+        for m in rel.ordered():
+            adapters[m.store].ensure_ledger()
+            if m.version not in applied_entries(adapters[m.store].ledger()):
+                continue
+            snap = snapshots.get(m.store)
+            if snap is not None:
+                step = self._step(m.store, m.version, snap["detail"])
+            else:
+                step = StoreStep(m, (), None)
+            if m.store in backups:
+                step.manifest = self.project.artifacts.manifest(backups[m.store])
+            step.forward_begun = True
+            steps.append(step)
+        return steps
+
+    # -- listing ----------------------------------------------------------------------------
+    def listing(self) -> list[dict[str, Any]]:
+        names = list(self.project.config.stores)
+        applied: dict[str, set[str] | None] = {}
+        for name in names:
+            try:
+                with self.runner.adapter(name) as adapter:
+                    applied[name] = set(applied_entries(adapter.ledger()))
+            except PolyshiftError:
+                applied[name] = None
+        journal = self.project.state.journal_entries()
+        rows = []
+        for rel in self.releases(names):
+            ends = [e for e in journal if e["version"] == rel.version and e["step"] in ("release", "complete", "undo", "stage")]
+            stores = {}
+            for store in rel.order:
+                if store in rel.migrations:
+                    done = applied[store]
+                    stores[store] = "unreachable" if done is None else ("applied" if rel.version in done else "pending")
+            flag = rel.settings.flag
+            flag_state = None
+            if flag:
+                try:
+                    f = self.flags().store.get(flag)
+                    flag_state = "absent" if f is None else ("killed" if f.killed else f"{f.percent:g}%" if f.enabled else "off")
+                except PolyshiftError:
+                    flag_state = "unreachable"
+            rows.append({"version": rel.version, "stores": stores, "flag": flag, "flag_state": flag_state,
+                         "stages": list(rel.settings.stages) if flag else [], "last": _last_state(ends)})
+        return rows
+
+
+def _last_state(entries: list[dict[str, Any]]) -> str:
+    if not entries:
+        return "never run"
+    e = entries[-1]
+    return {
+        ("complete", "done"): "completed",
+        ("undo", "done"): "rolled back",
+        ("undo", "failed"): "undo unverified: run recover",
+        ("release", "abandoned"): "abandoned (nothing changed)",
+        ("undo", "intent"): "undoing",
+    }.get((e["step"], e["phase"]), f"in progress ({e['step']} {e['phase']})")

@@ -1,0 +1,165 @@
+"""Compensation of one store's part of a release: the undo ladder, store by store.
+
+1. The migration's rollback step, when the ledger says it was applied (or its forward ran
+   outside a transaction and may have half-committed).
+2. The scope's fingerprint compared with the one taken before the release.
+3. Only where the rollback step failed or the fingerprint differs: restore of the release's
+   verified backup (preceded by a safety backup of what is there now), verified again.
+
+Every rung is journaled before and after, so ``polyshift recover`` can resume the ladder from
+wherever a crash left it; each rung is safe to run twice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from framework.errors import PolyshiftError, StepFailed
+from framework.migration import Migration
+from framework.protocol import Adapter, Fingerprint
+from framework.state import actor
+from framework.status import applied_entries
+
+if TYPE_CHECKING:
+    from framework.artifacts import Manifest
+    from framework.runner import Runner
+
+
+@dataclass
+class StoreStep:
+    """One store's migration within a release, with what is needed to undo it."""
+
+    migration: Migration
+    scope: tuple[str, ...]
+    pre: Fingerprint | None
+    non_transactional: bool = False
+    risk: str = ""
+    manifest: Manifest | None = None
+    forward_begun: bool = False
+    forwarded: bool = False
+    validated: bool = False
+    figures: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def store(self) -> str:
+        return self.migration.store
+
+    def snapshot_detail(self) -> dict[str, Any]:
+        return {"migration": self.migration.id, "scope": list(self.scope), "risk": self.risk,
+                "non_transactional": self.non_transactional, "pre": self.pre.to_json() if self.pre else None}
+
+
+@dataclass
+class StoreUndo:
+    store: str
+    verified: bool
+    how: str
+    hint: str | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"store": self.store, "verified": self.verified, "how": self.how, "hint": self.hint, "warnings": self.warnings}
+
+
+def _differences(pre: Fingerprint, post: Fingerprint, *, data: bool) -> list[str]:
+    problems = []
+    if post.schema_hash != pre.schema_hash:
+        problems.append("schema differs from before the release")
+    if data:
+        for item, before in pre.items.items():
+            after = post.items.get(item)
+            if after is None:
+                problems.append(f"{item} is gone")
+            elif after.get("data") != before.get("data"):
+                problems.append(f"{item}: content differs ({before.get('rows')} before, {after.get('rows')} now)")
+    return problems
+
+
+class StoreCompensation:
+    """Runs the ladder for one store. ``strict_data``: content differences in the scope trigger a
+    restore (inside a release's own window); otherwise they are reported as integrity warnings
+    (an emergency rollback long after cutover must not overwrite what the application wrote since)."""
+
+    def __init__(self, runner: Runner, adapter: Adapter, step: StoreStep, run_id: str, *, strict_data: bool) -> None:
+        self.runner = runner
+        self.adapter = adapter
+        self.step = step
+        self.run_id = run_id
+        self.strict_data = strict_data
+
+    def _journal(self, name: str, phase: str, **detail: Any) -> None:
+        m = self.step.migration
+        self.runner.state.journal(self.run_id, name, phase, store=m.store, version=m.version, detail=detail)
+
+    def run(self) -> StoreUndo:
+        m = self.step.migration
+        try:
+            outcome = self._ladder()
+            self.runner.state.audit("migration.rolled_back" if outcome.verified else "rollback.unverified", m.store,
+                                    {"version": m.version, "how": outcome.how, "run": self.run_id})
+            return outcome
+        except PolyshiftError as exc:
+            self._journal("undo-store", "failed", error=str(exc))
+            backup = self.step.manifest
+            hint = (f"when {m.store} answers again, run: polyshift recover" +
+                    (f" (backup {backup.id} holds the scope as it was)" if backup else ""))
+            return StoreUndo(m.store, False, f"undo could not complete: {exc}", hint)
+
+    def _rollback_step(self) -> str | None:
+        """Runs the rollback step; returns why it failed, or None."""
+        m = self.step.migration
+        if m.rollback is None:
+            return "no rollback step (irreversible)"
+        self._journal("rollback", "intent")
+        try:
+            self.adapter.apply(m, "down", run_id=self.run_id, actor=actor())
+        except StepFailed as exc:
+            self._journal("rollback", "failed", error=str(exc))
+            self.runner.state.audit("rollback.failed", m.store, {"version": m.version, "error": str(exc), "run": self.run_id})
+            return str(exc)
+        self._journal("rollback", "done")
+        return None
+
+    def _ladder(self) -> StoreUndo:
+        m, step = self.step.migration, self.step
+        applied = m.version in applied_entries(self.adapter.ledger())
+        ran_rollback = applied or (step.forward_begun and step.non_transactional)
+        rollback_error = self._rollback_step() if ran_rollback else None
+        post = self.adapter.fingerprint(step.scope)
+        if step.pre is None:
+            # Applied before polyshift kept release journals: the rollback step is all there is.
+            if rollback_error is None:
+                self._journal("verify", "done", note="no pre-release fingerprint on record")
+                return StoreUndo(m.store, True, "rolled back with its rollback step (no pre-release fingerprint on record)")
+            return StoreUndo(m.store, False, f"rollback step failed ({rollback_error})",
+                             f"inspect {m.store}; 'polyshift backup list --store {m.store}' shows the rollback points")
+        problems = _differences(step.pre, post, data=self.strict_data)
+        warnings = [] if self.strict_data else _differences(step.pre, post, data=True)[len(problems):]
+        if rollback_error is None and not problems:
+            self._journal("verify", "done", schema=post.schema_hash, warnings=warnings)
+            if ran_rollback:
+                return StoreUndo(m.store, True, f"rolled back with its rollback step, {m.store} schema verified as before", None, warnings)
+            return StoreUndo(m.store, True, f"the transaction was rolled back and {m.store} is verified unchanged", None, warnings)
+        why = f"rollback step failed ({rollback_error})" if rollback_error else "; ".join(problems)
+        self._journal("verify", "failed", why=why)
+        if step.manifest is None:
+            return StoreUndo(m.store, False, f"{why}, and there is no backup to restore",
+                             f"inspect {m.store} by hand; 'polyshift history --store {m.store}' shows the ledger")
+        return self._restore(applied and rollback_error is not None, why)
+
+    def _restore(self, record_reverted: bool, why: str) -> StoreUndo:
+        m, manifest = self.step.migration, self.step.manifest
+        assert manifest is not None and self.step.pre is not None
+        self.runner.emit("restore", {"store": m.store, "backup": manifest.id, "why": why})
+        self._journal("restore", "intent", backup=manifest.id)
+        report = self.runner.restore_into(self.adapter, manifest, self.run_id)
+        if record_reverted:
+            self.adapter.record_reverted(m, run_id=self.run_id, actor=actor())
+        post = self.adapter.fingerprint(self.step.scope)
+        self._journal("restore", "done", backup=manifest.id, verified=report.verified)
+        if report.verified and post.schema_hash == self.step.pre.schema_hash:
+            return StoreUndo(m.store, True, f"{why}; restored backup {manifest.id}, data and schema verified")
+        detail = "; ".join(report.mismatches) or "schema differs from before the release"
+        return StoreUndo(m.store, False, f"{why}; restored backup {manifest.id} but it does not verify: {detail}",
+                         f"inspect {m.store}, then run: polyshift backup restore {manifest.id} --yes")

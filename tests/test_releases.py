@@ -1,0 +1,184 @@
+"""Releases across four real stores: staged flag cutover guarded by health gates, and the undo."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from typing import Any
+
+import pytest
+
+FAIL_AT_10 = '{ kind = "shell", name = "error-rate", command = "test $POLYSHIFT_PERCENT -lt 10" }'
+
+
+def _journal(app: Any) -> list[tuple[str, str, str | None]]:
+    with sqlite3.connect(app.root / ".polyshift" / "state.db") as db:
+        return db.execute("SELECT step, phase, store FROM polyshift_journal ORDER BY id").fetchall()
+
+
+def _audit_actions(app: Any) -> list[str]:
+    return [e["action"] for e in json.loads(app.run("audit", "--json").stdout)]
+
+
+def test_release_forwards_every_store_and_moves_the_flag_through_its_stages(app: Any) -> None:
+    blue = app.state()
+    result = app.run("up")
+    assert result.exit_code == 0, result.output
+    green = app.state()
+    assert all(green[s]["applied"] for s in green)
+    assert all(green[s]["schema"] != blue[s]["schema"] or green[s]["data"] != blue[s]["data"] for s in green)
+    flag = app.flag()
+    assert (flag.enabled, flag.percent, flag.killed, flag.release) == (True, 100.0, False, "0001")
+
+
+
+def test_failing_gate_at_10_percent_kills_the_flag_first_then_undoes_every_store(app: Any) -> None:
+    app.write_release(gates=FAIL_AT_10, stages="[1, 10, 50, 100]")
+    blue = app.state()
+    result = app.run("up")
+    assert result.exit_code == 3, result.output
+    assert "health gate failed at 10%" in result.stderr and "error-rate" in result.stderr
+    assert app.state() == blue
+    flag = app.flag()
+    assert flag.killed and flag.percent == 10
+    steps = _journal(app)
+    kill = steps.index(("kill", "done", None))
+    rollbacks = [i for i, s in enumerate(steps) if s[0] == "rollback" and s[1] == "intent"]
+    assert [steps[i][2] for i in rollbacks] == ["cache", "graph", "vectors", "main"]  # reverse store order
+    assert kill < rollbacks[0]
+    actions = _audit_actions(app)
+    assert actions.index("release.gate_failed") < actions.index("release.flag_killed") < actions.index("migration.rolled_back")
+    assert "release.rolled_back" in actions and app.run("audit", "--verify").exit_code == 0
+
+
+def test_gate_that_cannot_be_evaluated_counts_as_failing(app: Any) -> None:
+    app.write_release(gates='{ kind = "http", url = "http://127.0.0.1:9/health", timeout = 1 }')
+    blue = app.state()
+    result = app.run("up")
+    assert result.exit_code == 3, result.output
+    assert "could not be evaluated" in result.stderr
+    assert app.state() == blue
+
+
+def test_sql_shell_and_python_gates_pass_and_the_release_completes(app: Any) -> None:
+    (app.root / "health.py").write_text("def ok(ctx):\n    return ctx.percent <= 100, f'at {ctx.percent}'\n")
+    app.write_release(gates=", ".join([
+        '{ kind = "sql", store = "main", query = "SELECT count(*) = 150 FROM documents WHERE status = \'published\'" }',
+        '{ kind = "python", callable = "health:ok" }',
+        '{ kind = "shell", command = "test -n \\"$POLYSHIFT_RELEASE\\"" }',
+    ]))
+    result = app.run("up")
+    assert result.exit_code == 0, result.output
+    assert app.flag().percent == 100
+
+
+def test_validation_failure_in_one_store_compensates_the_stores_already_forwarded(app: Any) -> None:
+    (app.migrations / "graph" / "0001_areas.validate.cypher").write_text("MATCH (a:Area) RETURN count(a) = 99;\n")
+    blue = app.state()
+    result = app.run("up")
+    assert result.exit_code == 3, result.output
+    assert "graph/0001_areas validation failed" in result.stderr
+    assert app.state() == blue
+    assert app.flag() is None  # the cutover never began
+    assert ("rollback", "intent", "cache") in _journal(app)  # cache had forwarded too: every store is compensated
+
+
+def test_two_runners_at_once_one_proceeds_the_other_exits_2_naming_the_holder(app: Any) -> None:
+    app.write_release(gates='{ kind = "shell", command = "true" }', bake=1.5)
+    procs = [app.spawn("up", env={"POLYSHIFT_ACTOR": f"runner-{i}"}) for i in range(2)]
+    results = [(p.wait(timeout=120), p.communicate()) for p in procs]
+    codes = sorted(code for code, _ in results)
+    assert codes == [0, 2], results
+    loser = next(err for code, (_, err) in results if code == 2)
+    assert "locked by" in loser and "runner-" in loser and "pid=" in loser
+    assert all(s["applied"] for s in app.state().values())
+
+
+def test_up_refuses_while_an_unfinished_run_exists_and_points_to_recover(app: Any) -> None:
+    proc = app.spawn("up", env={"POLYSHIFT_FAILPOINT": "journal:20"})  # somewhere in forward
+    assert proc.wait(timeout=120) == -9
+    blocked = app.run("up")
+    assert blocked.exit_code == 2
+    assert "did not finish" in blocked.stderr and "polyshift recover" in blocked.stderr
+    recovered = app.run("recover")
+    assert recovered.exit_code == 3, recovered.output
+    assert app.run("up").exit_code == 0
+
+
+def test_recover_with_nothing_unfinished_changes_nothing(app: Any) -> None:
+    assert app.run("up").exit_code == 0
+    result = app.run("recover")
+    assert result.exit_code == 0 and "nothing to recover" in result.stdout
+
+
+@pytest.mark.parametrize("stage", [10, 50])
+def test_emergency_rollback_during_a_stage_kills_the_flag_and_the_runner_undoes(app: Any, stage: int) -> None:
+    app.write_release(gates='{ kind = "shell", command = "true" }', stages="[10, 50, 100]", bake=2)
+    blue = app.state()
+    runner = app.spawn("up")
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        flag = app.flag()
+        if flag is not None and flag.percent == stage:
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail(f"the flag never reached {stage}%")
+    result = app.run("emergency-rollback", "0001")
+    assert result.exit_code == 0, result.output
+    assert runner.wait(timeout=60) == 3
+    assert "killed by" in runner.communicate()[1]
+    assert app.flag().killed
+    assert app.state() == blue
+
+
+def test_emergency_rollback_after_the_release_completed(app: Any) -> None:
+    blue = app.state()
+    assert app.run("up").exit_code == 0
+    result = app.run("emergency-rollback", "0001")
+    assert result.exit_code == 0, result.output
+    assert "flag docs_v2 killed" in result.stdout
+    assert app.flag().killed
+    assert app.state() == blue
+    assert app.run("emergency-rollback", "0001").stdout.strip().startswith("release 0001 is not applied")
+
+
+def test_releases_lists_each_store_and_the_flag(app: Any) -> None:
+    before = json.loads(app.run("releases", "--json").stdout)
+    assert before[0]["stores"] == dict.fromkeys(["main", "vectors", "graph", "cache"], "pending")
+    assert before[0]["last"] == "never run"
+    assert app.run("up").exit_code == 0
+    after = json.loads(app.run("releases", "--json").stdout)[0]
+    assert set(after["stores"].values()) == {"applied"} and after["flag_state"] == "100%" and after["last"] == "completed"
+
+
+def test_events_reach_the_on_event_command_and_the_json_log(app: Any) -> None:
+    config = app.config.read_text().replace("[project]\n", '[project]\non_event = "cat >> hook.jsonl"\n', 1)
+    app.config.write_text(config)
+    assert app.run("up").exit_code == 0
+    hooked = [json.loads(line)["event"] for line in (app.root / "hook.jsonl").read_text().splitlines()]
+    assert hooked == ["release.started", "release.stage_advanced", "release.stage_advanced", "release.completed"]
+    logged = [json.loads(line) for line in (app.root / ".polyshift" / "events.jsonl").read_text().splitlines()]
+    assert [e["event"] for e in logged] == hooked and all(e["release"] == "0001" for e in logged)
+
+
+@pytest.mark.parametrize(("releases_toml", "message"), [
+    ('[release."0001"]\nflag = "docs_v2"\nstagse = [1]\n', "unknown key(s) stagse"),
+    ('[release."0001"]\nflag = "docs_v2"\nstages = [50, 10, 100]\n', "stages must increase"),
+    ('[release."0001"]\nflag = "docs_v2"\nstages = [10, 50]\n', "the last stage must be 100"),
+    ('[release."0001"]\nflag = "docs_v2"\ngates = [{ kind = "smtp" }]\n', "kind must be one of sql, http, shell, python"),
+    ('[release."0001"]\nflag = "docs_v2"\ngates = [{ kind = "sql", store = "cache", query = "SELECT 1" }]\n',
+     "sql gates need a postgres or pgvector store"),
+    ('[release."0001"]\nflag = "Docs V2"\n', "flag name"),
+    ('[release."0001"]\ngates = [{ kind = "shell", command = "true" }]\n', "needs a flag"),
+    ('[release."0009"]\nflag = "x"\n', "release(s) 0009 have no migration"),
+    ('[release."0001"]\norder = ["main", "ghost"]\n', "unknown store(s) ghost"),
+])
+def test_bad_release_settings_exit_2_with_nothing_changed(app: Any, releases_toml: str, message: str) -> None:
+    (app.migrations / "releases.toml").write_text(releases_toml)
+    blue = app.state()
+    result = app.run("up")
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr
+    assert app.state() == blue
