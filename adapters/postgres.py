@@ -355,6 +355,27 @@ class PostgresAdapter:
         finally:
             self.conn.execute("RESET lock_timeout; RESET statement_timeout")
 
+    # -- release hooks (optional parts of the protocol) ------------------------------------------
+    def invariants(self) -> list[str]:
+        """Store-wide facts a release must not break, whatever its own checks say: an INVALID index
+        (what a failed CREATE INDEX CONCURRENTLY leaves behind) serves no query and slows every write."""
+        with _translated(self.name, "checking invariants"):
+            rows = self.conn.execute(
+                "SELECT 'index ' || i.indexrelid::regclass || ' is INVALID' FROM pg_index i "
+                "JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_namespace n ON n.oid = c.relnamespace "
+                "WHERE NOT i.indisvalid AND n.nspname NOT IN ('pg_catalog', 'information_schema') ORDER BY 1",
+            ).fetchall()
+        return [r[0] for r in rows]
+
+    def estimate_backup_bytes(self, scope: tuple[str, ...]) -> int:
+        """On-disk size of the scope's tables: an upper bound for a compressed COPY backup."""
+        if not scope:
+            return 0
+        with _translated(self.name, "estimating the backup size"):
+            row = self.conn.execute("SELECT coalesce(sum(pg_total_relation_size(to_regclass(t))), 0) FROM unnest(%s::text[]) t",
+                                    (list(scope),)).fetchone()
+        return int(row[0]) if row else 0
+
     def validate(self, migration: Migration) -> list[str]:
         """Checks run in a transaction that is always rolled back: validation never changes the store."""
         step = migration.validate

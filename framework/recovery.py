@@ -106,6 +106,7 @@ class Recovery(Pipeline):
         pre = Fingerprint.from_json(detail["pre"]) if detail.get("pre") else None
         step = StoreStep(m, tuple(detail["scope"]), pre, bool(detail.get("non_transactional")), detail.get("risk", ""))
         step.forward_begun = bool(detail.get("applied"))
+        step.known_problems = list(detail.get("known_problems", []))
         return step
 
     def _release(self, replay: Replay) -> Release:

@@ -40,13 +40,14 @@ class StoreStep:
     forwarded: bool = False
     validated: bool = False
     figures: dict[str, float] = field(default_factory=dict)
+    known_problems: list[str] = field(default_factory=list)   # invariant failures the store had before
 
     @property
     def store(self) -> str:
         return self.migration.store
 
     def snapshot_detail(self) -> dict[str, Any]:
-        return {"migration": self.migration.id, "scope": list(self.scope), "risk": self.risk,
+        return {"migration": self.migration.id, "scope": list(self.scope), "risk": self.risk, "known_problems": self.known_problems,
                 "non_transactional": self.non_transactional, "pre": self.pre.to_json() if self.pre else None}
 
 

@@ -176,6 +176,11 @@ class ReleaseApp(CliProject):
                              "applied": len(applied) > len(downs)}
         return result
 
+    def value_of(self, store: str, query: str) -> Any:
+        with psycopg.connect(self.main_url if store == "main" else self.vectors_url) as conn:
+            row = conn.execute(query).fetchone()
+        return row[0] if row else None
+
     def flag(self) -> Any:
         from feature_flags.settings import flag_settings, open_store
         from framework.config import load_config

@@ -182,3 +182,26 @@ def test_bad_release_settings_exit_2_with_nothing_changed(app: Any, releases_tom
     assert result.exit_code == 2, result.output
     assert message in result.stderr
     assert app.state() == blue
+
+
+def test_an_invalid_index_left_by_a_release_fails_the_store_invariants_and_the_release_is_undone(app: Any) -> None:
+    # The migration swallows the failure of its CONCURRENTLY build, so its own steps "succeed".
+    for suffix in ("forward", "rollback", "validate"):
+        (app.migrations / "main" / f"0001_status.{suffix}.sql").unlink()
+    (app.migrations / "main" / "0001_status.py").write_text(
+        "import psycopg\n"
+        "TRANSACTION = False\n"
+        "BACKUP = ['documents']\n\n"
+        "def forward(ctx):\n"
+        "    try:\n"
+        "        ctx.client.execute('CREATE UNIQUE INDEX CONCURRENTLY documents_body_key ON documents (body)')\n"
+        "    except psycopg.Error:\n"
+        "        pass\n\n"
+        "def rollback(ctx):\n"
+        "    ctx.client.execute('DROP INDEX CONCURRENTLY IF EXISTS documents_body_key')\n")
+    blue = app.state()
+    result = app.run("up")
+    assert result.exit_code == 3, result.output
+    assert "store invariants failed: main: index documents_body_key is INVALID" in result.stderr
+    assert app.state() == blue
+    assert app.value_of("main", "SELECT count(*) FROM pg_indexes WHERE indexname = 'documents_body_key'") == 0
