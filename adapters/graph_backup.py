@@ -72,16 +72,19 @@ def scope_relationships(g: GraphAdapter, labels: list[str], types: list[str]) ->
     relationship for every page (quadratic), whereas node id ranges and id seeks are direct.
     """
     last = -1
+    # The ids go back as a parameter: bounded where the server cannot take large ones (FalkorDB
+    # over Bolt crashes above ~4 KB); a PackStream integer takes at most 9 bytes.
+    batch = min(BATCH, g.max_param_bytes // 9) if g.max_param_bytes else BATCH
     page = ("MATCH (a) WHERE id(a) > $last RETURN id(a) ORDER BY id(a) LIMIT $batch")
     expand = ("UNWIND $ids AS x MATCH (a) WHERE id(a) = x MATCH (a)-[r]->(b) WHERE type(r) IN $types "
               "OR any(l IN labels(a) WHERE l IN $labels) OR any(l IN labels(b) WHERE l IN $labels) "
               "RETURN id(r), type(r), properties(r), id(a), labels(a), properties(a), id(b), labels(b), properties(b)")
     while True:
-        ids = [row[0] for row in g.run(page, {"last": last, "batch": BATCH})]
+        ids = [row[0] for row in g.run(page, {"last": last, "batch": batch})]
         if not ids:
             return
         yield from g.run(expand, {"ids": ids, "types": types, "labels": labels})
-        if len(ids) < BATCH:
+        if len(ids) < batch:
             return
         last = ids[-1]
 

@@ -150,7 +150,7 @@ class ReleaseRun:
         problems = self.invariants()
         if problems:
             self.journal("invariants", "failed", problems=problems)
-            raise ReleaseAborted(f"release {self.version}: store invariants failed: " + "; ".join(problems))
+            raise ReleaseAborted("store invariants failed: " + "; ".join(problems))
         self.journal("invariants", "done")
         for step in self.steps:
             m = step.migration
@@ -202,17 +202,20 @@ class ReleaseRun:
         try:
             flag = self.flags.stage(s.flag, percent, release=self.version)
         except PolyshiftError as exc:
-            raise ReleaseAborted(f"release {self.version}: could not move flag {s.flag} to {percent:g}%: {exc}") from None
+            raise ReleaseAborted(f"could not move flag {s.flag} to {percent:g}%: {exc}") from None
         self.events.release("stage_advanced", self.version, {"flag": s.flag, "percent": percent})
+        if s.bake_seconds:
+            self.runner.emit("bake", {"percent": percent, "seconds": s.bake_seconds})
         self.bake(s.flag, flag.version, s.bake_seconds)
         results = evaluate_all(s.gates, GateContext(self.version, s.flag, percent, self.runner.project.config))
+        self.runner.emit("gates", {"percent": percent, "results": [r.to_json() for r in results]})
         failed = [r for r in results if not r.ok]
         if failed:
             detail = "; ".join(f"{r.gate}: {r.detail}" for r in failed)
             self.journal("stage", "failed", percent=percent, gates=[r.to_json() for r in results])
             self.events.release("gate_failed", self.version, {"flag": s.flag, "percent": percent,
                                                               "gates": [r.to_json() for r in failed]})
-            raise ReleaseAborted(f"release {self.version}: health gate failed at {percent:g}%: {detail}")
+            raise ReleaseAborted(f"health gate failed at {percent:g}%: {detail}")
         self.journal("stage", "done", percent=percent, gates=[r.to_json() for r in results])
 
     def bake(self, flag: str, version: int, seconds: float) -> None:
@@ -223,11 +226,11 @@ class ReleaseRun:
             try:
                 current = self.flags.store.get(flag)
             except PolyshiftError as exc:
-                raise ReleaseAborted(f"release {self.version}: flag store unreachable during the bake: {exc}") from None
+                raise ReleaseAborted(f"flag store unreachable during the bake: {exc}") from None
             if current is None or current.version != version:
                 who = current.updated_by if current else "someone"
                 what = "killed" if current and current.killed else "changed"
-                raise ReleaseAborted(f"release {self.version}: flag {flag} was {what} by {who} during the bake")
+                raise ReleaseAborted(f"flag {flag} was {what} by {who} during the bake")
             if time.monotonic() >= deadline:
                 return
             time.sleep(min(FLAG_POLL_SECONDS, max(0.0, deadline - time.monotonic())))

@@ -54,6 +54,12 @@ def _event(kind: str, data: dict[str, Any]) -> None:
         say(f"[bold]{d['store']}[/] {d['version']} [green]rolled back[/]")
         if d.get("hint"):
             say(f"  {d['hint']}")
+    elif kind == "bake":
+        say(f"    baking {data['seconds']:g} s at {data['percent']:g}%")
+    elif kind == "gates":
+        for g in data["results"]:
+            mark = "[green]✓[/]" if g["ok"] else "[red]✗[/]"
+            say(f"    gate {escape(g['gate'])} {mark} {escape(g['detail'])}")
     elif kind.startswith("release.") or kind == "hook-failed":
         _release_event(kind, data)
 
@@ -404,7 +410,7 @@ def backup_create(store: str, scope: str = typer.Option(..., "--scope", help="Co
 
 @app.command()
 def demo() -> None:
-    """Run the sample migrations end to end on an embedded PostgreSQL 18.  Example: polyshift demo"""
+    """The sample releases across PostgreSQL, pgvector, a Bolt graph and Redis, on embedded servers.  Example: polyshift demo"""
     from framework.demo import run
 
     raise SystemExit(run())

@@ -35,7 +35,7 @@ def parse_duration(value: Any, *, what: str) -> float:
     return seconds
 
 
-def _interpolate(value: Any, where: str) -> Any:
+def interpolate(value: Any, where: str) -> Any:
     if isinstance(value, str):
         def sub(m: re.Match[str]) -> str:
             name, default = m.group(1), m.group(2)
@@ -46,9 +46,9 @@ def _interpolate(value: Any, where: str) -> Any:
             raise ConfigError(f"{where}: environment variable {name} is not set (referenced as ${{{name}}})")
         return _ENV_REF.sub(sub, value)
     if isinstance(value, dict):
-        return {k: _interpolate(v, f"{where}.{k}") for k, v in value.items()}
+        return {k: interpolate(v, f"{where}.{k}") for k, v in value.items()}
     if isinstance(value, list):
-        return [_interpolate(v, where) for v in value]
+        return [interpolate(v, where) for v in value]
     return value
 
 
@@ -155,7 +155,7 @@ def load_config(path: str | Path) -> Config:
         raw = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: invalid TOML: {exc}") from None
-    raw = _interpolate(raw, path.name)
+    raw = interpolate(raw, path.name)
     root = path.resolve().parent
     project = raw.get("project", {})
     if not isinstance(project, dict):

@@ -1,28 +1,44 @@
-"""`make demo`: the sample migrations on a real embedded PostgreSQL 18 + pgvector, end to end.
+"""`make demo`: the sample application's releases across PostgreSQL, pgvector, a Bolt graph and
+Redis, on embedded real servers, through the real CLI.
 
-Runs the real CLI in a scratch project so every line shown is what a user would see.
+1. sandbox up; 2. release 0001 (the schema) and the application's data; 3. release 0002 with a
+staged cutover whose health gates stay green; 4. release 0003, whose gate fails at 10%: the flag
+is killed and all four stores are undone and verified; 5. fingerprints before and after, the
+stores' ledgers and the audit chain.
 """
 
 from __future__ import annotations
 
+import io
 import json
+import logging
 import os
 import shutil
 import tempfile
 import textwrap
 import time
 from contextlib import redirect_stdout
-from io import StringIO
 from pathlib import Path
+from typing import Any
 
 import psycopg
+import redis
 from rich.console import Console
 from rich.rule import Rule
+from rich.table import Table
 
+from adapters import adapter_for
 from framework import cli
-from framework.sandbox import EmbeddedPostgres, EmbeddedRedis
+from framework.config import load_config
+from framework.demo_app import DemoApp
 
 REPO = Path(__file__).resolve().parent.parent
+SCOPES = {
+    "main": ("documents", "authors", "legacy_notes"),
+    "vectors": ("document_chunks",),
+    "graph": ("Doc", "Document", "Topic", "Area", ":ABOUT", ":IN_AREA"),
+    "cache": ("doc:*", "docs:v2:*", "session:*", "sess:v2:*"),
+}
 console = Console(highlight=False)
 
 
@@ -32,8 +48,9 @@ def step(title: str) -> None:
 
 
 def polyshift(config: Path, *args: str, quiet: bool = False) -> tuple[int, str]:
-    console.print(f"[dim]$ polyshift {' '.join(args)}[/]")
-    buffer = StringIO()
+    if not quiet:
+        console.print(f"[dim]$ polyshift {' '.join(args)}[/]")
+    buffer = io.StringIO()
     code = 0
     try:
         if quiet:
@@ -43,116 +60,160 @@ def polyshift(config: Path, *args: str, quiet: bool = False) -> tuple[int, str]:
             cli.main(["--config", str(config), *args])
     except SystemExit as exc:
         code = int(exc.code or 0)
-    if code:
+    if code and not quiet:
         console.print(f"[yellow]exit {code}[/]")
     return code, buffer.getvalue()
 
 
-def fingerprint_line(url: str, table: str) -> str:
-    with psycopg.connect(url) as conn:
-        rows, digest = conn.execute(
-            f"SELECT count(*), coalesce(sum(('x' || left(md5(to_jsonb(t)::text), 16))::bit(64)::bigint::numeric), 0) FROM {table} t",
-        ).fetchone()  # type: ignore[misc]
-    return f"{table}: {rows} rows, data hash …{str(digest)[-12:]}"
+def write_project(scratch: Path, urls: dict[str, str]) -> Path:
+    shutil.copytree(REPO / "migrations", scratch / "migrations")
+    pg = urls["POLYSHIFT_SANDBOX_POSTGRES_URL"]
+    config = scratch / "polyshift.toml"
+    config.write_text(textwrap.dedent(f"""\
+        [project]
+        state_url = "sqlite:///.polyshift/state.db"
+
+        [stores.main]
+        kind = "postgres"
+        url = "{pg}"
+
+        [stores.vectors]
+        kind = "pgvector"
+        url = "{pg.rsplit('/', 1)[0]}/vectors"
+
+        [stores.graph]
+        kind = "neo4j"                    # FalkorDB's Bolt endpoint here; a real Neo4j 5 in production
+        url = "{urls['POLYSHIFT_SANDBOX_NEO4J_URL']}"
+
+        [stores.cache]
+        kind = "redis"
+        url = "{urls['POLYSHIFT_SANDBOX_REDIS_URL']}"
+        """))
+    return config
+
+
+def seed(config: Path) -> None:
+    """The application's data between releases 0001 and 0002."""
+    cfg = load_config(config)
+    with psycopg.connect(cfg.store("main").url, autocommit=True) as conn:
+        conn.execute("INSERT INTO authors (name, email) SELECT 'author ' || i, 'a' || i || '@example.com' FROM generate_series(1, 200) i")
+        conn.execute("INSERT INTO documents (author_id, title, body) SELECT 1 + i % 200, 'Document ' || i, repeat('lorem ', 40) "
+                     "FROM generate_series(1, 20000) i")
+        conn.execute("INSERT INTO legacy_notes (document_id, note) SELECT i * 4, 'note about ' || i * 4 FROM generate_series(1, 5000) i")
+    with psycopg.connect(cfg.store("vectors").url, autocommit=True) as conn:
+        conn.execute("INSERT INTO document_chunks (document_id, chunk, content, embedding) "
+                     "SELECT 1 + i / 2, i % 2, 'chunk ' || i, (SELECT array_agg(sin(i * 16 + k))::vector FROM generate_series(1, 16) k) "
+                     "FROM generate_series(0, 9999) i")
+    cache = redis.Redis.from_url(cfg.store("cache").url)
+    pipe = cache.pipeline(transaction=False)
+    for i in range(1, 5001):
+        pipe.set(f"doc:{i}", json.dumps({"title": f"Document {i}"}), ex=3600)
+        pipe.hset(f"session:{i}", mapping={"user": f"user-{i % 2000}", "seen": i})
+        pipe.expire(f"session:{i}", 1800)
+    pipe.execute()
+    graph = adapter_for(cfg.store("graph"))
+    graph.connect()
+    try:
+        graph.t.run("UNWIND range(1, 30) AS i CREATE (:Topic {name: 'topic ' + toString(i), area: 'area ' + toString(i % 4)})")
+        graph.t.run("UNWIND range(1, 2000) AS i CREATE (:Doc {id: i, title: 'Document ' + toString(i)})")
+        graph.t.run("MATCH (d:Doc), (t:Topic) WHERE t.name = 'topic ' + toString(1 + d.id % 30) CREATE (d)-[:ABOUT]->(t)")
+    finally:
+        graph.close()
+    console.print("200 authors, 20,000 documents, 5,000 legacy notes (PostgreSQL); 10,000 embedded chunks (pgvector); "
+                  "30 topics, 2,000 documents, 2,000 ABOUT links (graph); 5,000 cached documents and 5,000 sessions (Redis)")
+
+
+def fingerprints(config: Path) -> dict[str, Any]:
+    cfg = load_config(config)
+    result = {}
+    logging.disable(logging.WARNING)  # "pattern matches no key" is expected here: both shapes are listed
+    for store, scope in SCOPES.items():
+        adapter = adapter_for(cfg.store(store))
+        adapter.connect()
+        try:
+            present = adapter.resolve_scope(scope, missing_ok=True)
+            fp = adapter.fingerprint(present)
+            result[store] = {"schema": fp.schema_hash[:12], "data": fp.data_hash[:12], "items": sum(fp.counts.values())}
+        finally:
+            adapter.close()
+    logging.disable(logging.NOTSET)
+    return result
+
+
+def compare(before: dict[str, Any], after: dict[str, Any]) -> bool:
+    table = Table(title="fingerprints: before release 0003 / after its rollback", title_justify="left")
+    for column in ("store", "schema before", "schema after", "data before", "data after", "items", ""):
+        table.add_column(column)
+    same = True
+    for store in before:
+        b, a = before[store], after[store]
+        equal = b == a
+        same &= equal
+        table.add_row(store, b["schema"], a["schema"], b["data"], a["data"], f"{a['items']:,}",
+                      "[green]identical[/]" if equal else "[red]DIFFERENT[/]")
+    console.print(table)
+    return same
 
 
 def run() -> int:
     started = time.monotonic()
     scratch = Path(tempfile.mkdtemp(prefix="polyshift-demo-"))
-    step("1. Start embedded servers: PostgreSQL 18 + pgvector, and Redis (no Docker)")
-    pg = EmbeddedPostgres(password=os.urandom(12).hex()).start()
-    cache = EmbeddedRedis().start()
+    sandbox = scratch / ".polyshift" / "sandbox"
+    cwd = os.getcwd()
+    os.chdir(scratch)
+    app: DemoApp | None = None
     try:
-        console.print(f"postgres: {pg.url(with_password=False)}  (password via ${{DEMO_PG_PASSWORD}})")
-        console.print(f"redis:    {cache.url}")
-        os.environ["DEMO_PG_PASSWORD"] = pg.password
-        for store in ("main", "cache"):
-            shutil.copytree(REPO / "migrations" / store, scratch / "migrations" / store)
-        config = scratch / "polyshift.toml"
-        config.write_text(textwrap.dedent(f"""\
-            [project]
-            migrations = "migrations"
-            state_url = "sqlite:///.polyshift/state.db"
-            backups = ".polyshift/backups"
+        step("1. Start real servers, no Docker: PostgreSQL 18 + pgvector, Redis, FalkorDB speaking Bolt")
+        (scratch / "polyshift.toml").write_text("[stores.none]\nkind = 'redis'\nurl = 'redis://127.0.0.1:1'\n")
+        code, out = polyshift(scratch / "polyshift.toml", "sandbox", "up", "--dir", str(sandbox), "--json", quiet=True)
+        if code:
+            console.print(out)
+            return code
+        urls = json.loads(out)
+        os.environ["PGPASSFILE"] = urls["PGPASSFILE"]
+        for key, value in urls.items():
+            console.print(f"{key}={value}")
+        with psycopg.connect(urls["POLYSHIFT_SANDBOX_POSTGRES_URL"], autocommit=True) as conn:
+            conn.execute("CREATE DATABASE vectors")
+        config = write_project(scratch, urls)
+        app = DemoApp(config).start()
+        os.environ.update({"APP_HEALTH_URL": app.health_url, "RELEASE_BAKE": "1s"})
 
-            [stores.main]
-            kind = "pgvector"
-            url = "postgresql://{pg.user}:${{DEMO_PG_PASSWORD}}@127.0.0.1:{pg.port}/{pg.database}"
-            lock_timeout = "2s"
+        step("2. The releases: one version across four stores is one release")
+        polyshift(config, "releases")
+        polyshift(config, "up", "--release", "0001")
+        seed(config)
 
-            [stores.cache]
-            kind = "redis"
-            url = "{cache.url}"
+        step("3. Release 0002: forward everywhere, validate everywhere, then docs_v2 goes 1% → 10% → 50% → 100%")
+        code, _ = polyshift(config, "up", "--release", "0002")
+        if code:
+            return code
+        polyshift(config, "flags", "check", "docs_v2", "--subject", "user-7")
+        before = fingerprints(config)
 
-            [flags]
-            store = "redis"
-            url = "{cache.url}"
-            refresh_interval = "1s"
-            """))
-        url = pg.url()
+        step("4. Release 0003: the application's health gate fails at 10%: flag killed, all four stores undone")
+        code, _ = polyshift(config, "up", "--release", "0003")
+        if code != 3:
+            console.print(f"[red]expected exit 3 (rolled back and verified), got {code}[/]")
+            return 1
+        after = fingerprints(config)
+        if not compare(before, after):
+            return 1
 
-        step("2. What would run: risk category, inferred backup scope, statements outside a transaction")
-        polyshift(config, "plan")
-
-        step("3. Apply the schema, then let the 'application' write some data")
-        polyshift(config, "up", "--store", "main", "--to", "0001")
-        with psycopg.connect(url) as conn:
-            conn.execute("INSERT INTO authors (name, email) "
-                         "SELECT 'author ' || i, 'a' || i || '@example.com' FROM generate_series(1, 200) i")
-            conn.execute("INSERT INTO documents (author_id, title, body) SELECT 1 + i % 200, 'Document ' || i, repeat('lorem ', 50) "
-                         "FROM generate_series(1, 20000) i")
-            conn.execute("INSERT INTO legacy_notes (document_id, note) SELECT i, 'note about ' || i FROM generate_series(1, 5000) i")
-        import redis
-
-        sessions = redis.Redis.from_url(cache.url)
-        pipe = sessions.pipeline(transaction=False)
-        for i in range(5000):
-            pipe.set(f"session:{i}", f'{{"user": {i % 200}}}', ex=3600)
-        pipe.execute()
-        console.print("inserted 200 authors, 20,000 documents, 5,000 legacy notes; 5,000 sessions in Redis")
-        notes_before = fingerprint_line(url, "legacy_notes")
-
-        step("4. Apply the rest: destructive steps only after a verified backup; embeddings checked by recall@10")
-        polyshift(config, "up")
-        polyshift(config, "status")
-        console.print(f"sessions now under sess:v2:*  -> {sessions.exists('sess:v2:42')} key, TTL {sessions.ttl('sess:v2:42')} s kept")
-
-        step("5. Feature flags: product moves traffic to the new shape, sticky per user")
-        polyshift(config, "flags", "set", "semantic_search", "--create", "--on", "--percent", "10", "--reason", "canary")
-        polyshift(config, "flags", "check", "semantic_search", "--subject", "user-7")
-        polyshift(config, "flags", "set", "semantic_search", "--percent", "50", "--reason", "widen")
-        polyshift(config, "flags", "kill", "semantic_search", "--reason", "demo: instant switch back to blue")
-        polyshift(config, "flags", "history", "semantic_search")
-
-        step("6. A bad migration: validation fails, polyshift rolls it back and proves the schema is as before")
-        bad = scratch / "migrations" / "main"
-        (bad / "0006_bad_backfill.forward.sql").write_text("ALTER TABLE documents ALTER COLUMN status DROP NOT NULL;\n"
-                                                           "UPDATE documents SET status = NULL WHERE id % 1000 = 0;\n")
-        (bad / "0006_bad_backfill.rollback.sql").write_text("UPDATE documents SET status = 'draft' WHERE status IS NULL;\n"
-                                                            "ALTER TABLE documents ALTER COLUMN status SET NOT NULL;\n")
-        (bad / "0006_bad_backfill.validate.sql").write_text("SELECT count(*) = 0 FROM documents WHERE status IS NULL;\n")
-        polyshift(config, "up", "--store", "main")
-        for p in bad.glob("0006_*"):
-            p.unlink()
-
-        step("7. Roll back: the Redis re-key, then main down to 0002; the dropped legacy_notes rows come back from their backup")
-        polyshift(config, "rollback", "--store", "cache")
-        console.print(f"sessions back under session:*  -> {sessions.exists('session:42')} key, TTL {sessions.ttl('session:42')} s")
-        polyshift(config, "rollback", "--store", "main", "--to", "0002")
-        _, listing = polyshift(config, "backup", "list", "--json", quiet=True)
-        backup_id = next(b["id"] for b in json.loads(listing) if b["reason"] == "before 0003_drop_legacy_notes up")
-        polyshift(config, "backup", "restore", backup_id, "--yes")
-        console.print(f"before the drop : {notes_before}")
-        console.print(f"after restore   : {fingerprint_line(url, 'legacy_notes')}")
-
-        step("8. The stores' own ledgers, and the audit chain")
-        polyshift(config, "history")
+        step("5. Where everything stands: releases, the stores' own ledgers, the audit chain")
+        polyshift(config, "releases")
+        polyshift(config, "history", "--store", "graph")
+        polyshift(config, "flags", "list")
         polyshift(config, "audit", "--verify")
+        events = (scratch / ".polyshift" / "events.jsonl").read_text().splitlines()
+        console.print(f"{len(events)} release events in .polyshift/events.jsonl, e.g.: {events[-1][:160]}")
         console.print(f"\n[bold green]demo finished in {time.monotonic() - started:.1f} s[/]  (scratch project: {scratch})")
         return 0
     finally:
-        cache.stop()
-        pg.stop()
+        if app is not None:
+            app.stop()
+        polyshift(scratch / "polyshift.toml", "sandbox", "down", "--dir", str(sandbox), quiet=True)
+        os.chdir(cwd)
 
 
 if __name__ == "__main__":

@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import re
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from feature_flags.model import validate_name
-from framework.config import Config, parse_duration
+from framework.config import Config, interpolate, parse_duration
 from framework.errors import ConfigError, PolyshiftError
 from framework.migration import Migration, version_key
 
@@ -173,6 +173,7 @@ def load_settings(config: Config) -> dict[str, ReleaseSettings]:
         raw = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    raw = interpolate(raw, path.name)
     unknown = set(raw) - {"release"}
     if unknown:
         raise ConfigError(f"{path}: unknown table(s) {', '.join(sorted(unknown))}; releases are [release.\"VERSION\"]")
@@ -198,10 +199,25 @@ def group(config: Config, migrations: dict[str, list[Migration]], settings: dict
         raise ConfigError(f"migrations/releases.toml: release(s) {', '.join(unknown)} have no migration in any store")
     releases = []
     for version in sorted(by_version, key=version_key):
-        s = settings.get(version, ReleaseSettings(version))
+        s = _with_declared_flag(settings.get(version, ReleaseSettings(version)), by_version[version])
         order = list(s.order) if s.order else list(config.stores)
         missing = [store for store in by_version[version] if store not in order]
         if missing:
             raise ConfigError(f"{_where(version)} order: leaves out store(s) {', '.join(missing)} that have a {version} migration")
         releases.append(Release(version, s, by_version[version], order))
     return releases
+
+
+def _with_declared_flag(settings: ReleaseSettings, migrations: dict[str, Migration]) -> ReleaseSettings:
+    """A migration's own flag directive (FLAG = ... / -- polyshift: flag=...) names its release's flag
+    when releases.toml does not; two different names for one release are a mistake worth stopping for."""
+    declared = {m.flag: m for m in migrations.values() if m.flag}
+    named = set(declared) | ({settings.flag} if settings.flag else set())
+    if len(named) > 1:
+        sources = [f"{m.store}/{m.id} says {flag}" for flag, m in sorted(declared.items())]
+        if settings.flag:
+            sources.append(f"releases.toml says {settings.flag}")
+        raise ConfigError(f"release {settings.version} has more than one flag: {'; '.join(sources)}")
+    if settings.flag is None and declared:
+        return replace(settings, flag=next(iter(declared)))
+    return settings

@@ -213,3 +213,14 @@ def test_float_truncation_on_falkordb_bolt_is_caught_by_verification(gws: GraphW
     # The server stores 0.142857 for 0.14285714285714285: the restore must not claim success.
     assert result.exit_code == 4, result.output
     assert "content differs from the backup for Measure" in result.stderr
+
+
+def test_a_scope_larger_than_one_parameter_page_fingerprints_and_backs_up(gws: GraphWorkspace) -> None:
+    # 2,500 node ids in one parameter crashed FalkorDB's Bolt endpoint; pages are bounded there.
+    gws.q("UNWIND range(1, 2500) AS i CREATE (:Doc {id: i})")
+    gws.q("UNWIND range(1, 5) AS i CREATE (:Topic {id: i})")
+    gws.q("MATCH (d:Doc), (t:Topic) WHERE t.id = 1 + d.id % 5 CREATE (d)-[:ABOUT]->(t)")
+    fingerprint = gws.fingerprint("Topic")
+    assert fingerprint.counts == {"Topic": 5, "relationships": 2500}
+    assert gws.run("backup", "create", "graph", "--scope", "Topic").exit_code == 0
+    assert gws.q("MATCH (n) RETURN count(n)") == [[2505]]

@@ -2,7 +2,6 @@
 
 BACKUP = ["session:*"]
 RISK = "B"
-FLAG = "sessions_v2"
 
 
 def forward(ctx):

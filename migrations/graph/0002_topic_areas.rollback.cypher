@@ -1,0 +1,1 @@
+MATCH (a:Area) DETACH DELETE a;

@@ -1,0 +1,1 @@
+MATCH (d:Document) SET d:Doc REMOVE d:Document;

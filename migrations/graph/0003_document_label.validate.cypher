@@ -1,0 +1,1 @@
+MATCH (d:Doc) RETURN count(d) = 0;

@@ -1,0 +1,1 @@
+SELECT to_regclass('document_chunks') IS NOT NULL;

@@ -1,0 +1,1 @@
+ALTER TABLE document_chunks DROP COLUMN IF EXISTS lang;
