@@ -12,8 +12,19 @@ from typing import Any
 
 from feature_flags.model import Flag, validate_name, validate_percent
 from feature_flags.stores import ConflictError, FlagStore
-from framework.errors import StoreError, UsageError
+from framework.errors import PolyshiftError, StoreError, UsageError
 from framework.state import ControlPlane, actor
+
+_ANY = object()  # no compare-and-set
+
+
+class FlagChanged(PolyshiftError):
+    """The flag is not at the version the caller last saw: someone else changed it."""
+
+    def __init__(self, message: str, *, flag: Flag | None) -> None:
+        super().__init__(message)
+        self.flag = flag
+
 
 _EDITABLE = {"description", "owner", "enabled", "percent", "allow", "deny", "killed", "release"}
 
@@ -72,30 +83,48 @@ class FlagAdmin:
             validate_percent(change.percent)
         who = who or actor()
         for _attempt in range(20):
-            before = self.store.get(name)
-            if before is None and not create:
-                raise UsageError(f"flag {name!r} does not exist; pass --create to create it")
-            base = before or Flag(name=name)
-            fields = change.apply(base)
-            after = base.changed(actor=who, **fields)
             try:
-                self.store.save(after, expected_version=before.version if before else None)
+                return self._apply(name, change, reason=reason, create=create, who=who, expected=_ANY)
             except ConflictError:
                 continue  # someone else changed it between our read and write: re-apply on theirs
-            diff = _diff(before, after)
-            try:
-                self.state.audit("flag.created" if before is None else "flag.changed", f"flag:{name}",
-                                 {"reason": reason, "changes": diff, "version": after.version, "release": after.release}, who=who)
-            except StoreError as exc:
-                raise StoreError(f"flag {name} was changed to version {after.version}, but the audit entry failed: {exc}") from None
-            return after
         raise StoreError(f"flag {name!r} is being changed concurrently; gave up after 20 attempts")
 
+    def _apply(self, name: str, change: Change, *, reason: str, create: bool, who: str, expected: int | object | None) -> Flag:
+        before = self.store.get(name)
+        if expected is not _ANY and (before.version if before else None) != expected:
+            raise ConflictError(f"flag {name} is at version {before.version if before else 'none'}, not {expected}")
+        if before is None and not create:
+            raise UsageError(f"flag {name!r} does not exist; pass --create to create it")
+        base = before or Flag(name=name)
+        after = base.changed(actor=who, **change.apply(base))
+        self.store.save(after, expected_version=before.version if before else None)
+        try:
+            self.state.audit("flag.created" if before is None else "flag.changed", f"flag:{name}",
+                             {"reason": reason, "changes": _diff(before, after), "version": after.version, "release": after.release},
+                             who=who)
+        except StoreError as exc:
+            raise StoreError(f"flag {name} was changed to version {after.version}, but the audit entry failed: {exc}") from None
+        return after
+
     # -- runner hooks -----------------------------------------------------------------
-    def stage(self, name: str, percent: float, *, release: str, reason: str | None = None) -> Flag:
-        """Move a release's flag to ``percent`` (enabling it and clearing any kill switch)."""
-        return self.change(name, Change(enabled=True, percent=percent, killed=False, release=release),
-                           reason=reason or f"release {release}: stage {percent:g}%", create=True)
+    def stage(self, name: str, percent: float, *, release: str, reason: str | None = None,
+              expected_version: int | object | None = _ANY) -> Flag:
+        """Move a release's flag to ``percent`` (enabling it and clearing any kill switch).
+
+        With ``expected_version`` (None: the flag must not exist yet) it is a compare-and-set:
+        a flag someone else changed since (an operator's kill) raises FlagChanged, so a runner
+        never silently undoes a human's decision."""
+        change = Change(enabled=True, percent=validate_percent(percent), killed=False, release=release)
+        why = reason or f"release {release}: stage {percent:g}%"
+        if expected_version is _ANY:
+            return self.change(name, change, reason=why, create=True)
+        try:
+            return self._apply(validate_name(name), change, reason=why, create=True, who=actor(), expected=expected_version)
+        except ConflictError:
+            current = self.store.get(name)
+            who = current.updated_by if current else "someone"
+            state = "killed" if current is not None and current.killed else "changed"
+            raise FlagChanged(f"flag {name} was {state} by {who} since the release last set it", flag=current) from None
 
     def kill(self, name: str, *, release: str | None = None, reason: str | None = None) -> Flag:
         """Off for everyone, now: the first thing an undo does."""

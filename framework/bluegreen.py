@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from feature_flags.admin import FlagAdmin
+from feature_flags.admin import FlagAdmin, FlagChanged
 from feature_flags.settings import flag_settings, open_store
 from framework.errors import MigrationFailedRestored, MigrationFailedUnverified, PolyshiftError, StepFailed
 from framework.events import Events
@@ -34,7 +34,12 @@ FLAG_POLL_SECONDS = 0.25
 
 
 class ReleaseAborted(Exception):
-    """Internal: a phase failed; carries the cause into the undo."""
+    """Internal: a phase failed; carries the cause (and the event to announce once the flag is
+    killed) into the undo."""
+
+    def __init__(self, cause: str, event: tuple[str, dict[str, Any]] | None = None) -> None:
+        super().__init__(cause)
+        self.event = event
 
 
 class ReleaseRun:
@@ -73,7 +78,7 @@ class ReleaseRun:
             self.forward()
             self.validate()
         except ReleaseAborted as exc:
-            self.undo(str(exc))
+            self.undo(str(exc), event=exc.event)
         self.cutover()
         return self.outcomes
 
@@ -180,45 +185,65 @@ class ReleaseRun:
         return problems
 
     # -- phase 5 ----------------------------------------------------------------------
-    def cutover(self, *, after: float | None = None) -> None:
+    def cutover(self, *, after: float | None = None, flag_version: int | None = None) -> None:
+        """Every stage is a compare-and-set on the flag version the release itself last wrote."""
         s = self.release.settings
-        if after is None:
-            self.journal("cutover", "intent", flag=s.flag, stages=list(s.stages) if s.flag else [])
         try:
+            if after is None:
+                flag_version = self.current_flag_version()
+                self.journal("cutover", "intent", flag=s.flag, stages=list(s.stages) if s.flag else [], flag_version=flag_version)
             if s.flag:
                 for percent in s.stages:
                     if after is None or percent > after:
-                        self.stage(percent)
+                        flag_version = self.stage(percent, flag_version)
         except ReleaseAborted as exc:
-            self.undo(str(exc))
+            self.undo(str(exc), event=exc.event)
         self.journal("complete", "done")
         self.changing = False
         self.events.release("completed", self.version, {"flag": s.flag, "run": self.run_id})
 
-    def stage(self, percent: float) -> None:
+    def current_flag_version(self) -> int | None:
+        flag = self.release.settings.flag
+        if flag is None or self.flags is None:
+            return None
+        try:
+            current = self.flags.store.get(flag)
+        except PolyshiftError as exc:
+            raise ReleaseAborted(f"flag store unreachable before the cutover: {exc}") from None
+        return current.version if current else None
+
+    def stage(self, percent: float, expected: int | None) -> int:
+        """One stage: move the flag, bake, read the gates, check nobody changed the flag meanwhile.
+        A failure is journaled as 'stage failed' before anything else, so recover undoes it."""
         s = self.release.settings
         assert s.flag is not None and self.flags is not None
-        self.journal("stage", "intent", percent=percent)
+        self.journal("stage", "intent", percent=percent, flag_version=expected)
         try:
-            flag = self.flags.stage(s.flag, percent, release=self.version)
-        except PolyshiftError as exc:
-            raise ReleaseAborted(f"could not move flag {s.flag} to {percent:g}%: {exc}") from None
-        self.events.release("stage_advanced", self.version, {"flag": s.flag, "percent": percent})
-        if s.bake_seconds:
-            self.runner.emit("bake", {"percent": percent, "seconds": s.bake_seconds})
-        self.bake(s.flag, flag.version, s.bake_seconds)
-        results = evaluate_all(s.gates, GateContext(self.version, s.flag, percent, self.runner.project.config))
-        self.runner.emit("gates", {"percent": percent, "results": [r.to_json() for r in results]})
-        failed = [r for r in results if not r.ok]
-        if failed:
-            detail = "; ".join(f"{r.gate}: {r.detail}" for r in failed)
-            self.journal("stage", "failed", percent=percent, gates=[r.to_json() for r in results])
-            self.events.release("gate_failed", self.version, {"flag": s.flag, "percent": percent,
-                                                              "gates": [r.to_json() for r in failed]})
-            raise ReleaseAborted(f"health gate failed at {percent:g}%: {detail}")
-        self.journal("stage", "done", percent=percent, gates=[r.to_json() for r in results])
+            try:
+                flag = self.flags.stage(s.flag, percent, release=self.version, expected_version=expected)
+            except FlagChanged as exc:
+                raise ReleaseAborted(str(exc)) from None
+            except PolyshiftError as exc:
+                raise ReleaseAborted(f"could not move flag {s.flag} to {percent:g}%: {exc}") from None
+            self.events.release("stage_advanced", self.version, {"flag": s.flag, "percent": percent})
+            if s.bake_seconds:
+                self.runner.emit("bake", {"percent": percent, "seconds": s.bake_seconds})
+            self.watch(s.flag, flag.version, s.bake_seconds)
+            results = evaluate_all(s.gates, GateContext(self.version, s.flag, percent, self.runner.project.config))
+            self.runner.emit("gates", {"percent": percent, "results": [r.to_json() for r in results]})
+            self.watch(s.flag, flag.version, 0)  # a kill while the gates ran counts too
+            failed = [r for r in results if not r.ok]
+            if failed:
+                detail = "; ".join(f"{r.gate}: {r.detail}" for r in failed)
+                raise ReleaseAborted(f"health gate failed at {percent:g}%: {detail}",
+                                     ("gate_failed", {"flag": s.flag, "percent": percent, "gates": [r.to_json() for r in failed]}))
+        except ReleaseAborted as exc:
+            self.journal("stage", "failed", percent=percent, cause=str(exc))
+            raise
+        self.journal("stage", "done", percent=percent, gates=[r.to_json() for r in results], flag_version=flag.version)
+        return flag.version
 
-    def bake(self, flag: str, version: int, seconds: float) -> None:
+    def watch(self, flag: str, version: int, seconds: float) -> None:
         """Wait at a stage; anyone else changing the flag meanwhile (a kill) aborts the release."""
         assert self.flags is not None
         deadline = time.monotonic() + seconds
@@ -253,14 +278,21 @@ class ReleaseRun:
         self.journal("kill", "done", flag=flag)
         return None
 
-    def undo(self, cause: str, *, strict_data: bool = True) -> NoReturn:
-        """Flag off, then every forwarded store compensated in reverse order. Always raises."""
-        self.events.release("rollback_initiated", self.version, {"cause": cause, "run": self.run_id})
+    def undo(self, cause: str, *, strict_data: bool = True, event: tuple[str, dict[str, Any]] | None = None) -> NoReturn:
+        """Flag off, then every forwarded store compensated in reverse order. Always raises.
+
+        The intent is journaled and the flag killed before any announcement: audit entries and the
+        on_event hook take time that green traffic must not get."""
         self.journal("undo", "intent", cause=cause)
         flag_problem = self.kill_flag("undo")
+        if event is not None:
+            self.events.release(event[0], self.version, event[1])
+        self.events.release("rollback_initiated", self.version, {"cause": cause, "run": self.run_id})
         results: list[StoreUndo] = []
         for step in reversed(self.steps):
-            if step.forward_begun:
+            if step.undone:
+                results.append(StoreUndo(step.store, True, "verified back by the earlier undo (journal)"))
+            elif step.forward_begun:
                 results.append(StoreCompensation(self.runner, self.adapters[step.store], step, self.run_id,
                                                  strict_data=strict_data).run())
         for r in results:

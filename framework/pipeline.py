@@ -15,8 +15,10 @@ from feature_flags.admin import FlagAdmin
 from framework.bluegreen import ReleaseRun, open_flags
 from framework.errors import (
     BackupError,
+    LockHeldError,
     MigrationFailedRestored,
     MigrationFailedUnverified,
+    PolyshiftError,
     RefusedError,
     UsageError,
 )
@@ -41,7 +43,7 @@ def run_is_alive(run: dict[str, Any]) -> bool:
 
 
 def describe_run(run: dict[str, Any]) -> str:
-    return (f"run {run['id'][:8]} ({run['command']} by {run['actor']}, pid {run['pid']} on {run['host']}, "
+    return (f"run {run['id'][:8]} ({run['command']} by {run['actor']} pid={run['pid']} on {run['host']}, "
             f"started {run['started_at']:%Y-%m-%d %H:%M:%S})")
 
 
@@ -61,11 +63,22 @@ class Pipeline:
         migrations = {name: self.project.migrations[name] for name in names}
         return group(self.project.config, migrations, load_settings(self.project.config))
 
+    def close(self) -> None:
+        if self._flags is not None:
+            self._flags.store.close()
+
     def refuse_unfinished(self) -> None:
-        for run in self.project.state.unfinished_runs(RELEASE_COMMANDS):
+        state = self.project.state
+        for run in state.unfinished_runs(RELEASE_COMMANDS):
+            began = any(e["step"] == "release" for e in state.journal_entries(run["id"]))
             if not run_is_alive(run):
                 raise RefusedError(f"{describe_run(run)} did not finish: its release may be half-applied",
                                    hint="run 'polyshift recover' to finish or undo it, then 'polyshift up' again")
+            if began:
+                # Alive and past its preflight (or a recover waiting out a dead runner's locks):
+                # its stores are spoken for even where a lock has lapsed.
+                raise LockHeldError(f"the stores are locked by another polyshift run: {describe_run(run)}",
+                                    hint="wait for it to finish")
 
     # -- up ---------------------------------------------------------------------------
     def up(self, *, store: str | None = None, to: str | None = None, release: str | None = None,
@@ -73,7 +86,7 @@ class Pipeline:
         names = self.runner.stores(store)
         if to is not None and release is not None:
             raise UsageError("use either --to or --release, not both")
-        every = self.releases(names)
+        every = self.releases(list(self.project.config.stores))
         for option, value in (("--to", to), ("--release", release)):
             if value is not None and not any(r.version == value for r in every):
                 raise UsageError(f"{option} {value}: no migration has that version")
@@ -104,6 +117,16 @@ class Pipeline:
         except MigrationFailedUnverified:
             status = "needs-recovery"
             raise
+        except PolyshiftError as exc:
+            done = [o.version for o in outcomes if current is None or o.version != current.version]
+            if current is not None and current.changing:
+                # Not the "nothing changed" exit 2: a release is part-way and only recover may go on.
+                status = "needs-recovery"
+                raise MigrationFailedUnverified(f"release {current.version} stopped part-way: {exc}",
+                                                hint="run: polyshift recover") from None
+            if done:
+                exc.message = f"{exc.message} (release(s) {', '.join(dict.fromkeys(done))} completed before this)"
+            raise
         except BaseException:
             # Anything unforeseen after a release began changing stores: only recover may continue.
             status = "needs-recovery" if current is not None and current.changing else "failed"
@@ -125,6 +148,11 @@ class Pipeline:
             stores = todo.get(rel.version)
             if not stores:
                 continue
+            outside = sorted(set(rel.migrations) - set(adapters))
+            if outside:
+                # A release lands everywhere or nowhere: never half of it behind a flag.
+                raise RefusedError(f"release {rel.version} also changes {', '.join(outside)}; it runs whole",
+                                   hint=f"polyshift up --release {rel.version}")
             releases.append(Release(rel.version, rel.settings, {s: m for s, m in rel.migrations.items() if s in stores}, rel.order))
         if only is not None:
             earlier = [r.version for r in releases if version_key(r.version) < version_key(only)]

@@ -19,7 +19,7 @@ from framework.errors import (
     RefusedError,
     UsageError,
 )
-from framework.migration import Migration
+from framework.migration import Migration, version_key
 from framework.pipeline import RELEASE_COMMANDS, Pipeline, describe_run, run_is_alive
 from framework.protocol import Adapter, Fingerprint
 from framework.releases import Release
@@ -44,6 +44,8 @@ class Replay:
     undo_begun: bool = False
     last_stage_done: float = 0.0
     last_entry: str = ""
+    flag_version: int | None = None      # the flag version the release itself last saw or wrote
+    stage_in_progress: float | None = None
 
     @property
     def may_finish(self) -> bool:
@@ -73,6 +75,9 @@ class Recovery(Pipeline):
         head = starts[-1]["detail"]
         replay = Replay(version, list(head["stores"]), head.get("flag"), [float(p) for p in head.get("stages", [])])
         by_store: dict[str, StoreStep] = {}
+        for detail in head.get("steps", []):  # an emergency rollback journals its whole plan in one entry
+            by_store[detail["store"]] = self._step(detail["store"], version, detail)
+            replay.steps.append(by_store[detail["store"]])
         for e in mine:
             step, phase, store, detail = e["step"], e["phase"], e["store"], e["detail"]
             replay.last_entry = f"{step} {phase}" + (f" ({store})" if store else "")
@@ -91,10 +96,19 @@ class Recovery(Pipeline):
                 replay.invariants_done = True
             elif step == "cutover":
                 replay.cutover_begun = True
+                replay.flag_version = detail.get("flag_version")
+            elif step == "stage" and phase == "intent":
+                replay.stage_in_progress = float(detail["percent"])
             elif step == "stage" and phase == "done":
                 replay.last_stage_done = max(replay.last_stage_done, float(detail["percent"]))
-            elif step == "undo" and phase == "intent":
+                replay.flag_version, replay.stage_in_progress = detail.get("flag_version"), None
+            elif (step, phase) in (("undo", "intent"), ("stage", "failed")):
+                # A failed stage is the runner's decision to undo, even if it died before saying so.
                 replay.undo_begun = True
+                for s in replay.steps:
+                    s.undone = False  # a new undo attempt: only what it verifies counts
+            elif (step, phase) == ("verify", "done") or ((step, phase) == ("restore", "done") and detail.get("verified")):
+                by_store[store].undone = True
         return replay
 
     def _step(self, store: str, version: str, detail: dict[str, Any]) -> StoreStep:
@@ -103,6 +117,9 @@ class Recovery(Pipeline):
         except KeyError:
             raise RefusedError(f"cannot recover release {version}: migration {store}/{detail['migration']} is no longer on disk",
                                hint="restore the file from version control, then run 'polyshift recover' again") from None
+        if detail.get("checksum") and detail["checksum"] != m.checksum:
+            raise RefusedError(f"cannot recover release {version}: {store}/{m.id} changed on disk since the run started",
+                               hint="restore the file as it was (version control), then run 'polyshift recover' again")
         pre = Fingerprint.from_json(detail["pre"]) if detail.get("pre") else None
         step = StoreStep(m, tuple(detail["scope"]), pre, bool(detail.get("non_transactional")), detail.get("risk", ""))
         step.forward_begun = bool(detail.get("applied"))
@@ -121,47 +138,69 @@ class Recovery(Pipeline):
 
     # -- recover ------------------------------------------------------------------------
     def recover(self) -> list[RecoveryResult]:
-        runs = self.project.state.unfinished_runs(RELEASE_COMMANDS)
         results = []
-        for run in runs:
+        for run in self.project.state.unfinished_runs(RELEASE_COMMANDS):
             if run_is_alive(run):
                 raise LockHeldError(f"{describe_run(run)} is still running; it will finish or undo its release itself",
                                     hint="wait for it; recover only takes over runs whose process is gone")
             results.append(self._recover_run(run))
         return results
 
-    def _recover_run(self, run: dict[str, Any]) -> RecoveryResult:
+    def _recover_run(self, run: dict[str, Any], *, force_undo: bool = False) -> RecoveryResult:
         state = self.project.state
         replay = self.replay(run["id"])
         if replay is None:
+            if not state.claim_run(run):
+                raise LockHeldError(f"{describe_run(run)} was taken over by another recover")
             state.finish_run(run["id"], "recovered", {"note": "no release was in progress"})
             state.audit("run.recovered", f"run:{run['id']}", {"action": "nothing", "command": run["command"]})
             return RecoveryResult(run["id"], None, "nothing", "no release was in progress; nothing was changed")
-        state.claim_run(run["id"])
         flags = self.flags() if replay.flag else None
-        status = "needs-recovery"
-        try:
-            with self.runner._locked(replay.stores, run["id"], lock=True, outlive_dead=True) as adapters:
+        # Locks first: a runner that is alive after all (another host) keeps them, and we stop here
+        # without having touched its run. Only then claim the run, and re-read what it journaled.
+        with self.runner._locked(replay.stores, run["id"], lock=True, outlive_dead=True) as adapters:
+            if not state.claim_run(run):
+                raise LockHeldError(f"{describe_run(run)} was taken over by another recover")
+            replay = self.replay(run["id"]) or replay
+            status = "needs-recovery"
+            try:
                 rr = ReleaseRun(self.runner, self.events, flags, self._release(replay), {a.name: a for a in adapters},
                                 run["id"], replay.steps)
                 rr.changing = True
                 died = f"{describe_run(run)} stopped after '{replay.last_entry}'"
-                if replay.may_finish:
+                blocker = None if force_undo or not replay.may_finish else self._finish_blocker(rr, replay)
+                if replay.may_finish and not force_undo and blocker is None:
                     self.events.release("recovered", replay.version,
                                         {"run": run["id"], "action": "finish", "stopped_after": replay.last_entry})
-                    rr.cutover(after=replay.last_stage_done)
+                    rr.cutover(after=replay.last_stage_done, flag_version=rr.current_flag_version())
                     status = "succeeded"
                     return RecoveryResult(run["id"], replay.version, "finished",
                                           f"{died}; every store had forwarded and validated and the cutover had begun: "
                                           f"finished the cutover of {replay.version}")
                 self.events.release("recovered", replay.version, {"run": run["id"], "action": "undo", "stopped_after": replay.last_entry})
-                rr.undo(f"{died}; undoing release {replay.version}",
-                        strict_data=run["command"] != "emergency-rollback")
-        except MigrationFailedRestored:
-            status = "rolled-back"
-            raise
-        finally:
-            state.finish_run(run["id"], status, {"recovered_by": actor()})
+                reason = "emergency rollback" if force_undo else blocker or "it had not reached the cutover"
+                rr.undo(f"{died}; undoing release {replay.version} ({reason})", strict_data=run["command"] != "emergency-rollback")
+            except MigrationFailedRestored:
+                status = "rolled-back"
+                raise
+            finally:
+                state.finish_run(run["id"], status, {"recovered_by": actor()})
+
+    def _finish_blocker(self, rr: ReleaseRun, replay: Replay) -> str | None:
+        """Why a release that could be finished must be undone instead (None: finish it)."""
+        if replay.flag:
+            current = self.flags().store.get(replay.flag)
+            version = current.version if current else None
+            ours = version == replay.flag_version or (
+                # the runner may have moved the flag for the stage it was in, then died
+                current is not None and replay.stage_in_progress is not None and current.release == replay.version
+                and current.percent == replay.stage_in_progress and version == (replay.flag_version or 0) + 1)
+            if not ours or (current is not None and current.killed):
+                return f"flag {replay.flag} was killed or changed by {current.updated_by if current else 'someone'} since"
+        problems = rr.invariants()
+        if problems:
+            return "store invariants fail now: " + "; ".join(problems)
+        return None
 
     # -- emergency rollback ---------------------------------------------------------------
     def emergency_rollback(self, version: str, *, wait: float) -> str:
@@ -171,16 +210,23 @@ class Recovery(Pipeline):
             raise UsageError(f"emergency-rollback {version}: no migration has that version")
         killed = self._kill_now(rel)
         for run in self.project.state.unfinished_runs(RELEASE_COMMANDS):
-            if not run_is_alive(run):
-                try:
-                    self._recover_run(run)
-                except MigrationFailedRestored:
-                    pass  # undone and verified: what we came to do; the ledgers below confirm it
+            if run_is_alive(run):
+                continue  # a live runner sees the kill and undoes its release; its locks make us wait below
+            replay = self.replay(run["id"])
+            if replay is not None and replay.version != version:
+                raise RefusedError(f"{describe_run(run)} left release {replay.version} unfinished",
+                                   hint="run 'polyshift recover' first; emergency-rollback only undoes its own release")
+            try:
+                self._recover_run(run, force_undo=True)
+            except MigrationFailedRestored:
+                pass  # undone and verified: what we came to do; the ledgers below confirm it
+        stores = [s for s in rel.order if s in rel.migrations]
         run_id = self.project.state.start_run("emergency-rollback", {"release": version})
-        status = "needs-recovery"
+        status = "failed"  # until the plan is journaled nothing has changed
         try:
-            with self.runner._locked(rel.order, run_id, lock=True, wait=wait) as adapters:
+            with self.runner._locked(stores, run_id, lock=True, wait=wait) as adapters:
                 by_name = {a.name: a for a in adapters}
+                self._refuse_unless_newest(rel, by_name)
                 steps = self._applied_steps(rel, by_name)
                 if not steps:
                     status = "succeeded"
@@ -188,9 +234,9 @@ class Recovery(Pipeline):
                 rr = ReleaseRun(self.runner, self.events, self.flags() if rel.settings.flag else None,
                                 Release(version, rel.settings, {s.store: s.migration for s in steps}, rel.order), by_name, run_id, steps)
                 rr.journal("release", "intent", stores=[s.store for s in steps], flag=rel.settings.flag,
-                           stages=list(rel.settings.stages) if rel.settings.flag else [])
-                for s in steps:
-                    rr.journal("snapshot", "done", s.migration, **s.snapshot_detail(), applied=True)
+                           stages=list(rel.settings.stages) if rel.settings.flag else [],
+                           steps=[s.snapshot_detail() | {"store": s.store, "applied": True} for s in steps])
+                status = "needs-recovery"
                 rr.changing = True
                 try:
                     rr.undo(f"emergency rollback of release {version} by {actor()}", strict_data=False)
@@ -200,6 +246,15 @@ class Recovery(Pipeline):
         finally:
             self.project.state.finish_run(run_id, status)
         raise AssertionError("undo always raises")
+
+    def _refuse_unless_newest(self, rel: Release, adapters: dict[str, Adapter]) -> None:
+        """Undoing a release underneath a newer one would run its rollback against a shape it never saw."""
+        for m in rel.ordered():
+            adapters[m.store].ensure_ledger()
+            later = sorted((v for v in applied_entries(adapters[m.store].ledger()) if version_key(v) > m.version_key), key=version_key)
+            if later:
+                raise RefusedError(f"emergency-rollback {rel.version}: {m.store} has newer release(s) {', '.join(later)} applied",
+                                   hint=f"roll back the newest first: polyshift emergency-rollback {later[-1]}")
 
     def _kill_now(self, rel: Release) -> bool:
         """Traffic back to blue before anything else, without waiting for any lock."""

@@ -41,13 +41,15 @@ class StoreStep:
     validated: bool = False
     figures: dict[str, float] = field(default_factory=dict)
     known_problems: list[str] = field(default_factory=list)   # invariant failures the store had before
+    undone: bool = False                                        # verified back by an earlier (interrupted) undo
 
     @property
     def store(self) -> str:
         return self.migration.store
 
     def snapshot_detail(self) -> dict[str, Any]:
-        return {"migration": self.migration.id, "scope": list(self.scope), "risk": self.risk, "known_problems": self.known_problems,
+        return {"migration": self.migration.id, "checksum": self.migration.checksum, "scope": list(self.scope), "risk": self.risk,
+                "known_problems": self.known_problems,
                 "non_transactional": self.non_transactional, "pre": self.pre.to_json() if self.pre else None}
 
 
@@ -126,6 +128,14 @@ class StoreCompensation:
         m, step = self.step.migration, self.step
         applied = m.version in applied_entries(self.adapter.ledger())
         ran_rollback = applied or (step.forward_begun and step.non_transactional)
+        safety = None
+        if ran_rollback and not self.strict_data:
+            # Long after the release, the scope holds what the application wrote since: keep it
+            # before a rollback step that may drop it.
+            present = self.adapter.resolve_scope(step.scope, missing_ok=True)
+            if present:
+                safety = self.runner.take_backup(self.adapter, present, version=m.version,
+                                                 reason=f"before {m.id} emergency rollback", run_id=self.run_id)
         rollback_error = self._rollback_step() if ran_rollback else None
         post = self.adapter.fingerprint(step.scope)
         if step.pre is None:
@@ -144,6 +154,12 @@ class StoreCompensation:
             return StoreUndo(m.store, True, f"the transaction was rolled back and {m.store} is verified unchanged", None, warnings)
         why = f"rollback step failed ({rollback_error})" if rollback_error else "; ".join(problems)
         self._journal("verify", "failed", why=why)
+        if not self.strict_data:
+            # The release's backup predates everything written since: a person decides.
+            keep = f" (backup {safety.id} holds the scope as it was just before this rollback)" if safety else ""
+            hint = (f"compare, then restore the release's backup: polyshift backup restore {step.manifest.id} --yes{keep}"
+                    if step.manifest else f"inspect {m.store} by hand{keep}")
+            return StoreUndo(m.store, False, f"{why}; not restored automatically", hint)
         if step.manifest is None:
             return StoreUndo(m.store, False, f"{why}, and there is no backup to restore",
                              f"inspect {m.store} by hand; 'polyshift history --store {m.store}' shows the ledger")

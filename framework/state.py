@@ -168,15 +168,15 @@ class ControlPlane:
         with self.engine.connect() as conn:
             return [dict(r._mapping) | {"detail": json.loads(r.detail)} for r in conn.execute(query)]
 
-    def claim_run(self, run_id: str) -> None:
-        """This process now drives ``run_id`` (recover): a later check sees a live owner, not a dead one."""
+    def claim_run(self, run: dict[str, Any]) -> bool:
+        """This process now drives ``run`` (recover). A compare-and-set on the owner we read: when
+        two recovers race, exactly one claims it."""
         with self.engine.begin() as conn:
-            conn.execute(runs.update().where(runs.c.id == run_id).values(pid=os.getpid(), host=socket.gethostname(),
-                                                                         status="running"))
-
-    def set_status(self, run_id: str, status: str) -> None:
-        with self.engine.begin() as conn:
-            conn.execute(runs.update().where(runs.c.id == run_id).values(status=status, finished_at=_now()))
+            done = conn.execute(runs.update().where(
+                (runs.c.id == run["id"]) & (runs.c.pid == run["pid"]) & (runs.c.host == run["host"])
+                & runs.c.status.in_(UNFINISHED),
+            ).values(pid=os.getpid(), host=socket.gethostname(), status="running"))
+            return done.rowcount == 1
 
     def journal(self, run_id: str, step: str, phase: str, *, store: str | None = None,
                 version: str | None = None, detail: dict[str, Any] | None = None) -> None:

@@ -442,11 +442,14 @@ def skip_on_falkordb_bolt(ws: GraphWorkspace, why: str) -> None:
 
 
 @pytest.fixture
-def app(tmp_path: Path, database: str, second_database: str, redis_server: Any, falkordb_server: Any) -> Any:
-    """Four real stores and one release that changes them all (see tests/release_app.py)."""
+def app(request: pytest.FixtureRequest, tmp_path: Path, database: str, second_database: str, redis_server: Any,
+        falkordb_server: Any) -> Any:
+    """Four real stores and one release that changes them all (see tests/release_app.py).
+    ``@pytest.mark.bolt`` puts the graph store on FalkorDB's Bolt endpoint (kind = "neo4j")."""
     from tests.release_app import ReleaseApp
 
-    project = ReleaseApp(tmp_path, database, second_database, redis_server, falkordb_server)
+    bolt = request.node.get_closest_marker("bolt") is not None
+    project = ReleaseApp(tmp_path, database, second_database, redis_server, falkordb_server, bolt=bolt)
     os.environ.update(project.env)
     project.reset()
     return project

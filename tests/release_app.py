@@ -77,7 +77,8 @@ MIGRATIONS = {
 
 class ReleaseApp(CliProject):
     def __init__(self, root: Path, main_url: str, vectors_url: str, redis_server: Any, graph_server: Any,
-                 *, gates: str = '{ kind = "shell", command = "true" }', stages: str = "[50, 100]", bake: float = 0) -> None:
+                 *, gates: str = '{ kind = "shell", command = "true" }', stages: str = "[50, 100]", bake: float = 0,
+                 bolt: bool = False) -> None:
         self.root = root
         self.main_url, self.vectors_url = main_url, vectors_url
         self.config = root / "polyshift.toml"
@@ -90,6 +91,10 @@ class ReleaseApp(CliProject):
             return f"postgresql://{params.get('user')}:${{TEST_PG_PASSWORD}}@{host}/{conninfo_to_dict(url)['dbname']}"
 
         self.redis_server, self.graph_server = redis_server, graph_server
+        # FalkorDB's Bolt endpoint serves the graph named "falkordb", whatever the database.
+        self.graph_name = "falkordb" if bolt else "app"
+        graph = (f'kind = "neo4j"\n            url = "bolt://127.0.0.1:{graph_server.bolt_port}"' if bolt
+                 else f'kind = "falkordb"\n            url = "{graph_server.url}"\n            graph = "app"')
         self.config.write_text(textwrap.dedent(f"""\
             [project]
             state_url = "sqlite:///.polyshift/state.db"
@@ -104,9 +109,7 @@ class ReleaseApp(CliProject):
             url = "{pg(vectors_url)}"
 
             [stores.graph]
-            kind = "falkordb"
-            url = "{graph_server.url}"
-            graph = "app"
+            {graph}
             lock_ttl = "1s"
 
             [stores.cache]
@@ -116,7 +119,7 @@ class ReleaseApp(CliProject):
             """))
         self.write_release(gates=gates, stages=stages, bake=bake)
         self.r = redis.Redis.from_url(redis_server.url)
-        self.g = FalkorDB(host="127.0.0.1", port=graph_server.port).select_graph("app")
+        self.g = FalkorDB(host="127.0.0.1", port=graph_server.port).select_graph(self.graph_name)
 
     def write_release(self, *, gates: str, stages: str = "[50, 100]", bake: float = 0, flag: str = "docs_v2") -> None:
         for name, body in MIGRATIONS.items():
@@ -148,7 +151,7 @@ class ReleaseApp(CliProject):
             pipe.set(f"doc:{i}", json.dumps({"title": f"doc {i}"}), ex=3600 if i % 2 else None)
         pipe.hset("doc:meta", mapping={"count": 200, "version": 1})
         pipe.execute()
-        if redis.Redis(port=self.graph_server.port).exists("app"):  # a graph is a key on the FalkorDB server
+        if redis.Redis(port=self.graph_server.port).exists(self.graph_name):  # a graph is a key on the FalkorDB server
             self.g.delete()
         self.g.query("UNWIND range(1, 10) AS i CREATE (:Topic {name: 'topic ' + toString(i), area: 'area ' + toString(i % 3)})")
         self.g.query("UNWIND range(1, 60) AS i CREATE (:Doc {id: i, title: 'doc ' + toString(i)})")

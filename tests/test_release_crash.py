@@ -52,7 +52,9 @@ def test_kill_9_at_every_journal_step_of_an_undo_then_recover_completes_the_undo
     blue = app.state()
     assert app.run("up").exit_code == 3
     steps = _journal_writes(app)
-    first_undo = steps.index(("undo", "intent", None)) + 1
+    # From the failed stage on: the runner's decision to undo must survive its death.
+    first_undo = steps.index(("stage", "failed", None)) + 1
+    assert steps[first_undo] == ("undo", "intent", None)
     assert len(steps) - first_undo >= 12  # kill, and rollback + verify per store
     for n in range(first_undo, len(steps) + 1):
         assert _crash_then_recover(app, n, blue, None) == "back"
@@ -91,3 +93,19 @@ def test_a_store_server_stopped_mid_forward_names_it_and_the_others_are_compensa
     assert "restored backup" in recovered.stderr
     assert app.state() == blue
 
+
+
+def test_recover_undoes_instead_of_finishing_when_the_flag_was_killed_after_the_runner_died(app: Any) -> None:
+    blue = app.state()
+    assert app.run("up").exit_code == 0
+    first_stage = _journal_writes(app).index(("stage", "done", None)) + 1
+    app.reset()
+    runner = app.spawn("up", env={"POLYSHIFT_FAILPOINT": f"journal:{first_stage}"})
+    assert runner.wait(timeout=120) == -9
+    assert app.flag().percent == 50
+    assert app.run("flags", "kill", "docs_v2", "--reason", "on-call saw errors").exit_code == 0
+    result = app.run("recover")
+    assert result.exit_code == 3, result.output
+    assert "flag docs_v2 was killed or changed by" in result.stderr
+    assert app.flag().killed
+    assert app.state() == blue

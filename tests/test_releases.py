@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import sys
 import time
 from typing import Any
 
@@ -48,7 +49,8 @@ def test_failing_gate_at_10_percent_kills_the_flag_first_then_undoes_every_store
     assert [steps[i][2] for i in rollbacks] == ["cache", "graph", "vectors", "main"]  # reverse store order
     assert kill < rollbacks[0]
     actions = _audit_actions(app)
-    assert actions.index("release.gate_failed") < actions.index("release.flag_killed") < actions.index("migration.rolled_back")
+    # The kill comes before any announcement (audit, hooks), and the stores after both.
+    assert actions.index("release.flag_killed") < actions.index("release.gate_failed") < actions.index("migration.rolled_back")
     assert "release.rolled_back" in actions and app.run("audit", "--verify").exit_code == 0
 
 
@@ -205,3 +207,75 @@ def test_an_invalid_index_left_by_a_release_fails_the_store_invariants_and_the_r
     assert "store invariants failed: main: index documents_body_key is INVALID" in result.stderr
     assert app.state() == blue
     assert app.value_of("main", "SELECT count(*) FROM pg_indexes WHERE indexname = 'documents_body_key'") == 0
+
+
+def test_a_kill_while_the_gates_run_is_never_undone_by_the_next_stage(app: Any) -> None:
+    # The gate itself plays the operator: it kills the flag while the runner waits for gates.
+    kill = f"{sys.executable} -m framework.cli --config polyshift.toml flags kill docs_v2 --reason oncall"
+    app.write_release(gates=f'{{ kind = "shell", command = "{kill}" }}')
+    blue = app.state()
+    result = app.run_process("up")
+    assert result.exit_code == 3, result.output
+    assert "flag docs_v2 was killed by" in result.stderr
+    flag = app.flag()
+    assert flag.killed and flag.percent == 50
+    assert app.state() == blue
+
+
+def test_up_with_store_refuses_to_run_half_a_release(app: Any) -> None:
+    blue = app.state()
+    result = app.run("up", "--store", "main")
+    assert result.exit_code == 2
+    assert "release 0001 also changes cache, graph, vectors; it runs whole" in result.stderr
+    assert app.state() == blue
+
+
+def test_emergency_rollback_keeps_what_the_application_wrote_since_the_release(app: Any) -> None:
+    assert app.run("up").exit_code == 0
+    with_status = app.value_of("main", "SELECT count(*) FROM documents")
+    import psycopg
+
+    with psycopg.connect(app.main_url, autocommit=True) as conn:
+        conn.execute("INSERT INTO documents (id, title, body, status) VALUES (1001, 'written after', '', 'published')")
+    result = app.run("emergency-rollback", "0001")
+    assert result.exit_code == 0, result.output
+    assert app.value_of("main", "SELECT count(*) FROM documents") == with_status + 1  # not overwritten by the old backup
+    assert "public.documents: content differs" in result.stderr  # reported as an integrity warning
+    assert any(b["reason"] == "before 0001_status emergency rollback" for b in app.backups())
+
+
+def test_emergency_rollback_refuses_to_undo_a_release_under_a_newer_one(app: Any) -> None:
+    (app.migrations / "main" / "0002_summary.forward.sql").write_text("ALTER TABLE documents ADD COLUMN summary text;\n")
+    (app.migrations / "main" / "0002_summary.rollback.sql").write_text("ALTER TABLE documents DROP COLUMN summary;\n")
+    assert app.run("up").exit_code == 0
+    green = app.state()
+    result = app.run("emergency-rollback", "0001")
+    assert result.exit_code == 2
+    assert "main has newer release(s) 0002 applied" in result.stderr and "emergency-rollback 0002" in result.stderr
+    state = app.state()
+    assert {s: state[s] for s in ("vectors", "graph", "cache")} == {s: green[s] for s in ("vectors", "graph", "cache")}
+
+
+def test_recover_refuses_when_a_migration_changed_on_disk_since_the_run(app: Any) -> None:
+    proc = app.spawn("up", env={"POLYSHIFT_FAILPOINT": "journal:20"})
+    assert proc.wait(timeout=120) == -9
+    rollback = app.migrations / "graph" / "0001_areas.rollback.cypher"
+    original = rollback.read_text()
+    rollback.write_text("MATCH (t:Topic) DETACH DELETE t;\n")
+    refused = app.run("recover")
+    assert refused.exit_code == 2
+    assert "graph/0001_areas changed on disk since the run started" in refused.stderr
+    rollback.write_text(original)
+    assert app.run("recover").exit_code == 3
+
+
+@pytest.mark.bolt
+def test_a_release_with_the_graph_over_bolt_is_undone_then_completes(app: Any) -> None:
+    app.write_release(gates='{ kind = "shell", command = "test $POLYSHIFT_PERCENT -lt 100" }')
+    blue = app.state()
+    failed = app.run("up")
+    assert failed.exit_code == 3, failed.output
+    assert app.state() == blue
+    app.write_release(gates='{ kind = "shell", command = "true" }')
+    assert app.run("up").exit_code == 0
+    assert all(s["applied"] for s in app.state().values())
