@@ -20,7 +20,7 @@ from framework.errors import MigrationFailedRestored, MigrationFailedUnverified,
 from framework.events import Events
 from framework.gates import GateContext, evaluate_all
 from framework.migration import Migration
-from framework.protocol import Adapter, ReportsFigures
+from framework.protocol import Adapter, ChecksInvariants, ReportsFigures
 from framework.releases import Release
 from framework.runner import Outcome
 from framework.saga import StoreCompensation, StoreStep, StoreUndo
@@ -167,8 +167,7 @@ class ReleaseRun:
 
     @staticmethod
     def store_invariants(adapter: Adapter) -> list[str]:
-        check = getattr(adapter, "invariants", None)
-        return list(check()) if check is not None else []
+        return adapter.invariants() if isinstance(adapter, ChecksInvariants) else []
 
     def invariants(self) -> list[str]:
         """What must hold in every store after forward, whatever the migrations' own checks say;

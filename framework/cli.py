@@ -222,11 +222,8 @@ def up(
     allow_irreversible: bool = typer.Option(False, "--allow-irreversible", help="Also run migrations without a rollback."),
 ) -> None:
     """Apply pending releases: preflight, verified backups, forward, validate, staged flag cutover.  Example: polyshift up --to 0003"""
-    pipeline = Pipeline(project(), _event)
-    try:
+    with Pipeline(project(), _event) as pipeline:
         outcomes = pipeline.up(store=store, to=to, release=release, dry_run=dry_run, allow_irreversible=allow_irreversible)
-    finally:
-        pipeline.close()
     if output.opts["json"]:
         emit_json([o.to_json() for o in outcomes])
     elif not outcomes:
@@ -239,11 +236,8 @@ def up(
 @app.command()
 def recover() -> None:
     """Finish or undo a release whose runner died (reads the journal).  Example: polyshift recover"""
-    recovery = Recovery(project(), _event)
-    try:
+    with Recovery(project(), _event) as recovery:
         results = recovery.recover()
-    finally:
-        recovery.close()
     if output.opts["json"]:
         emit_json([r.__dict__ for r in results])
     elif not results:
@@ -258,11 +252,8 @@ def emergency_rollback(
     wait: float = typer.Option(120.0, "--wait", help="Seconds to wait for a running release to let go of its locks."),
 ) -> None:
     """Kill the release's flag now, then undo the release in every store.  Example: polyshift emergency-rollback 0003"""
-    recovery = Recovery(project(), _event)
-    try:
+    with Recovery(project(), _event) as recovery:
         message = recovery.emergency_rollback(version, wait=wait)
-    finally:
-        recovery.close()
     if output.opts["json"]:
         emit_json({"release": version, "rolled_back": True, "detail": message})
     say(message)
@@ -271,11 +262,8 @@ def emergency_rollback(
 @app.command()
 def releases() -> None:
     """Every release (version) with its state per store, its flag and its last run.  Example: polyshift releases"""
-    recovery = Recovery(project(), _event)
-    try:
+    with Recovery(project(), _event) as recovery:
         rows = recovery.listing()
-    finally:
-        recovery.close()
     if output.opts["json"]:
         emit_json(rows)
         return

@@ -25,7 +25,7 @@ from framework.errors import (
 from framework.events import Display, Events
 from framework.migration import version_key
 from framework.project import Project
-from framework.protocol import Adapter
+from framework.protocol import Adapter, EstimatesBackup
 from framework.releases import Release, group, load_settings
 from framework.runner import Outcome, Runner
 from framework.sandbox import pid_alive
@@ -66,6 +66,12 @@ class Pipeline:
     def close(self) -> None:
         if self._flags is not None:
             self._flags.store.close()
+
+    def __enter__(self) -> Pipeline:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
 
     def refuse_unfinished(self) -> None:
         state = self.project.state
@@ -189,10 +195,10 @@ class Pipeline:
         needed = DISK_HEADROOM
         for rel in pending:
             for m in rel.ordered():
-                estimate = getattr(adapters[m.store], "estimate_backup_bytes", None)
-                if estimate is not None:
-                    scope = adapters[m.store].analyze(m, "up").scope
-                    needed += estimate(adapters[m.store].resolve_scope(scope, missing_ok=True))
+                adapter = adapters[m.store]
+                if isinstance(adapter, EstimatesBackup):
+                    scope = adapter.analyze(m, "up").scope
+                    needed += adapter.estimate_backup_bytes(adapter.resolve_scope(scope, missing_ok=True))
         directory = self.project.config.backups_dir
         directory.mkdir(parents=True, exist_ok=True)
         free = shutil.disk_usage(directory).free

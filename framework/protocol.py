@@ -142,3 +142,26 @@ class ReportsFigures(Protocol):
 
     def figures(self) -> dict[str, float]:
         """Measurements of the last validate() call."""
+
+
+@runtime_checkable
+class ChecksInvariants(Protocol):
+    """Optional: store-wide facts a release must not break (an INVALID index in PostgreSQL)."""
+
+    def invariants(self) -> list[str]:
+        """A description of each fact that does not hold now (empty when all hold)."""
+
+
+@runtime_checkable
+class EstimatesBackup(Protocol):
+    """Optional: an upper bound of a backup's size, for the preflight disk check."""
+
+    def estimate_backup_bytes(self, scope: tuple[str, ...]) -> int:
+        """Bytes the scope's backup could take at most."""
+
+
+@runtime_checkable
+class ExpiringLock(Protocol):
+    """Optional: a lock that expires when its holder stops renewing it (Redis, graphs)."""
+
+    lock_ttl_ms: int

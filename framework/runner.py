@@ -25,7 +25,7 @@ from framework.errors import (
 )
 from framework.migration import Migration, Risk, version_key
 from framework.project import Project
-from framework.protocol import Adapter, Analysis, Fingerprint, RestoreReport
+from framework.protocol import Adapter, Analysis, ExpiringLock, Fingerprint, RestoreReport
 from framework.state import actor
 from framework.status import StoreStatus, applied_entries, store_status
 
@@ -161,7 +161,8 @@ class Runner:
                 if lock:
                     patience = max(cfg.lock_wait, wait or 0.0)
                     if outlive_dead:
-                        patience = max(patience, getattr(adapter, "lock_ttl_ms", 0) / 1000 + 5)
+                        ttl = adapter.lock_ttl_ms / 1000 if isinstance(adapter, ExpiringLock) else 0.0
+                        patience = max(patience, ttl + 5)
                     adapter.acquire_lock(self.holder(run_id), patience)
                     self.state.journal(run_id, "lock", "done", store=name)
             yield adapters
