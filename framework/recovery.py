@@ -13,6 +13,7 @@ from typing import Any
 
 from framework.bluegreen import ReleaseRun
 from framework.errors import (
+    ConfigError,
     LockHeldError,
     MigrationFailedRestored,
     PolyshiftError,
@@ -22,7 +23,7 @@ from framework.errors import (
 from framework.migration import Migration, version_key
 from framework.pipeline import RELEASE_COMMANDS, Pipeline, describe_run, run_is_alive
 from framework.protocol import Adapter, Fingerprint
-from framework.releases import Release
+from framework.releases import DEFAULT_STAGES, Release, ReleaseSettings
 from framework.saga import StoreStep
 from framework.state import actor
 from framework.status import applied_entries
@@ -126,15 +127,22 @@ class Recovery(Pipeline):
         step.known_problems = list(detail.get("known_problems", []))
         return step
 
-    def _release(self, replay: Replay) -> Release:
-        current = next((r for r in self.releases(list(self.project.config.stores)) if r.version == replay.version), None)
+    def _release(self, replay: Replay) -> tuple[Release, str | None]:
+        """The release as the run started it (flag, stages), with bake time and gates as configured
+        now. A releases.toml broken since then cannot say what the gates are: the release is then
+        rebuilt from the journal alone, and the second value says why it may only be undone."""
+        try:
+            current = next((r for r in self.releases(list(self.project.config.stores)) if r.version == replay.version), None)
+        except ConfigError as exc:
+            settings = ReleaseSettings(replay.version, flag=replay.flag, stages=tuple(replay.stages) or DEFAULT_STAGES)
+            return (Release(replay.version, settings, {s.store: s.migration for s in replay.steps}, replay.stores),
+                    f"its gates cannot be read ({exc})")
         if current is None:
             raise RefusedError(f"cannot recover release {replay.version}: it has no migrations on disk any more")
-        # The flag and stages the run started with; bake time and gates as configured now.
         settings = current.settings
         if replay.flag != settings.flag or tuple(replay.stages) != (settings.stages if settings.flag else ()):
             settings = replace(settings, flag=replay.flag, stages=tuple(replay.stages) or settings.stages)
-        return Release(replay.version, settings, {s.store: s.migration for s in replay.steps}, replay.stores)
+        return Release(replay.version, settings, {s.store: s.migration for s in replay.steps}, replay.stores), None
 
     # -- recover ------------------------------------------------------------------------
     def recover(self) -> list[RecoveryResult]:
@@ -164,11 +172,11 @@ class Recovery(Pipeline):
             replay = self.replay(run["id"]) or replay
             status = "needs-recovery"
             try:
-                rr = ReleaseRun(self.runner, self.events, flags, self._release(replay), {a.name: a for a in adapters},
-                                run["id"], replay.steps)
+                release, unreadable = self._release(replay)
+                rr = ReleaseRun(self.runner, self.events, flags, release, {a.name: a for a in adapters}, run["id"], replay.steps)
                 rr.changing = True
                 died = f"{describe_run(run)} stopped after '{replay.last_entry}'"
-                blocker = None if force_undo or not replay.may_finish else self._finish_blocker(rr, replay)
+                blocker = None if force_undo or not replay.may_finish else unreadable or self._finish_blocker(rr, replay)
                 if replay.may_finish and not force_undo and blocker is None:
                     self.events.release("recovered", replay.version,
                                         {"run": run["id"], "action": "finish", "stopped_after": replay.last_entry})

@@ -109,3 +109,20 @@ def test_recover_undoes_instead_of_finishing_when_the_flag_was_killed_after_the_
     assert "flag docs_v2 was killed or changed by" in result.stderr
     assert app.flag().killed
     assert app.state() == blue
+
+
+def test_recover_undoes_a_release_whose_gates_can_no_longer_be_read(app: Any) -> None:
+    # Killed mid-cutover, so recover would finish it; but releases.toml was broken since, and a
+    # gate that cannot be read counts as failing.
+    blue = app.state()
+    assert app.run("up").exit_code == 0
+    first_stage = _journal_writes(app).index(("stage", "done", None)) + 1
+    app.reset()
+    runner = app.spawn("up", env={"POLYSHIFT_FAILPOINT": f"journal:{first_stage}"})
+    assert runner.wait(timeout=120) == -9
+    (app.migrations / "releases.toml").write_text('[release."0001"]\nflag = "docs_v2"\nstages = [100, 50]\n')
+    result = app.run("recover")
+    assert result.exit_code == 3, result.output
+    assert "its gates cannot be read" in result.stderr and "stages must increase" in result.stderr
+    assert app.flag().killed
+    assert app.state() == blue
