@@ -310,6 +310,12 @@ class Recovery(Pipeline):
             except PolyshiftError:
                 applied[name] = None
         journal = self.project.state.journal_entries()
+        interrupted = {}
+        for run in self.project.state.unfinished_runs(RELEASE_COMMANDS):
+            replay = self.replay(run["id"])
+            if replay is not None:
+                interrupted[replay.version] = ("in progress: " if run_is_alive(run) else "interrupted, run 'polyshift recover': ") \
+                    + describe_run(run)
         rows = []
         for rel in self.releases(names):
             ends = [e for e in journal if e["version"] == rel.version and e["step"] in ("release", "complete", "undo", "stage")]
@@ -327,7 +333,8 @@ class Recovery(Pipeline):
                 except PolyshiftError:
                     flag_state = "unreachable"
             rows.append({"version": rel.version, "stores": stores, "flag": flag, "flag_state": flag_state,
-                         "stages": list(rel.settings.stages) if flag else [], "last": _last_state(ends)})
+                         "stages": list(rel.settings.stages) if flag else [],
+                         "last": interrupted.get(rel.version) or _last_state(ends)})
         return rows
 
 

@@ -155,6 +155,15 @@ def test_releases_lists_each_store_and_the_flag(app: Any) -> None:
     assert set(after["stores"].values()) == {"applied"} and after["flag_state"] == "100%" and after["last"] == "completed"
 
 
+def test_releases_points_to_recover_for_an_interrupted_release(app: Any) -> None:
+    runner = app.spawn("up", env={"POLYSHIFT_FAILPOINT": "journal:20"})
+    assert runner.wait(timeout=120) == -9
+    row = json.loads(app.run("releases", "--json").stdout)[0]
+    assert row["last"].startswith("interrupted, run 'polyshift recover': run ")
+    assert app.run("recover").exit_code == 3
+    assert json.loads(app.run("releases", "--json").stdout)[0]["last"] == "rolled back"
+
+
 def test_events_reach_the_on_event_command_and_the_json_log(app: Any) -> None:
     config = app.config.read_text().replace("[project]\n", '[project]\non_event = "cat >> hook.jsonl"\n', 1)
     app.config.write_text(config)
