@@ -54,6 +54,10 @@ def _event(kind: str, data: dict[str, Any]) -> None:
         say(f"[bold]{d['store']}[/] {d['version']} [green]rolled back[/]")
         if d.get("hint"):
             say(f"  {d['hint']}")
+    elif kind == "would-release":
+        cutover = (f"; then flag {d['flag']} through {' → '.join(f'{p:g}%' for p in data['stages'])}, baking "
+                   f"{data['bake_seconds']:g} s, gates: {escape(', '.join(data['gates'])) or 'none'}") if data["flag"] else "; no cutover"
+        say(f"release {d['release']}: {escape(', '.join(data['stores']))}{cutover}")
     elif kind == "bake":
         say(f"    baking {data['seconds']:g} s at {data['percent']:g}%")
     elif kind == "gates":

@@ -185,6 +185,10 @@ class Pipeline:
     def would_apply(self, pending: list[Release], adapters: dict[str, Adapter]) -> list[Outcome]:
         outcomes = []
         for rel in pending:
+            s = rel.settings
+            self.runner.emit("would-release", {"release": rel.version, "stores": [m.store for m in rel.ordered()], "flag": s.flag,
+                                               "stages": list(s.stages) if s.flag else [], "bake_seconds": s.bake_seconds,
+                                               "gates": [g.describe() for g in s.gates]})
             for m in rel.ordered():
                 a = adapters[m.store].analyze(m, "up")
                 outcomes.append(Outcome(m.store, m.version, m.slug, "would-apply", a.risk.value, list(a.scope)))

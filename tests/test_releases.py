@@ -288,3 +288,13 @@ def test_a_release_with_the_graph_over_bolt_is_undone_then_completes(app: Any) -
     app.write_release(gates='{ kind = "shell", command = "true" }')
     assert app.run("up").exit_code == 0
     assert all(s["applied"] for s in app.state().values())
+
+
+def test_dry_run_shows_each_release_and_its_cutover_and_changes_nothing(app: Any) -> None:
+    blue = app.state()
+    result = app.run("up", "--dry-run")
+    assert result.exit_code == 0, result.output
+    assert "release 0001: main, vectors, graph, cache; then flag docs_v2 through 50% → 100%" in result.stdout
+    assert "gates: shell gate 'shell-1' (true)" in result.stdout
+    assert "would apply cache 0001_rekey_docs" in result.stdout
+    assert app.state() == blue and app.flag() is None
