@@ -7,6 +7,7 @@ multi-statement transactions, which the graph adapter never relies on anyway.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 from urllib.parse import urlparse
 
@@ -58,6 +59,9 @@ class FalkorTransport:
             pass
 
 
+SCHEMA_SETTLE_SECONDS = 10.0
+
+
 class FalkorDialect:
     """Indexes and constraints through ``CALL db.indexes()`` / ``db.constraints()`` and ``GRAPH.CONSTRAINT``."""
 
@@ -91,6 +95,25 @@ class FalkorDialect:
         constraints = sorted([r[0], r[1], sorted(r[2]), r[3]] for r in self.t.run("CALL db.constraints()")
                              if not str(r[1]).startswith("__Polyshift"))
         return [indexes, constraints]
+
+    def problems(self) -> list[str]:
+        # FalkorDB accepts a constraint as PENDING and builds it in the background: wait for a verdict.
+        deadline = time.monotonic() + SCHEMA_SETTLE_SECONDS
+        while True:
+            failed, building = [], []
+            for r in self.t.run("CALL db.constraints()"):
+                kind, label, properties, status = r[0], r[1], ", ".join(r[2]), r[4]
+                if str(label).startswith("__Polyshift") or status == "OPERATIONAL":
+                    continue
+                what = f"{str(kind).lower()} constraint on {label}({properties})"
+                (failed if status == "FAILED" else building).append(what)
+            for r in self.t.run("CALL db.indexes()"):
+                if r[7] != "OPERATIONAL" and not str(r[0]).startswith("__Polyshift"):
+                    building.append(f"index on {r[0]}({', '.join(r[1])})")
+            if not building or time.monotonic() >= deadline:
+                return [f"{w} FAILED (existing data violates it)" for w in failed] + \
+                       [f"{w} is still being built after {SCHEMA_SETTLE_SECONDS:g} s" for w in building]
+            time.sleep(0.2)
 
     def restore(self, items: list[dict[str, Any]]) -> None:
         from adapters.cypher import name

@@ -64,6 +64,9 @@ class Dialect(Protocol):
     def signature(self) -> list[Any]: ...
     def restore(self, items: list[dict[str, Any]]) -> None: ...
     def ensure_lock_constraint(self, label: str) -> bool: ...
+    def problems(self) -> list[str]:
+        """Indexes or constraints that are not serving: FAILED, or still being built after a wait."""
+        ...
 
 
 def split_scope(scope: tuple[str, ...]) -> tuple[list[str], list[str]]:
@@ -278,6 +281,14 @@ class GraphAdapter:
         return failures
 
     # -- backup, restore, fingerprint ---------------------------------------------------
+    def invariants(self) -> list[str]:
+        """A release must not leave an index or constraint that is not serving (a uniqueness
+        constraint that existing data violates fails only after it was accepted)."""
+        try:
+            return self.dialect.problems()
+        except GraphQueryError as exc:
+            raise StoreError(f"store {self.name}: cannot read the schema's state: {exc}") from None
+
     def fingerprint(self, scope: tuple[str, ...]) -> Fingerprint:
         labels, types = split_scope(scope)
         return graph_backup.fingerprint(self, labels, types)

@@ -10,9 +10,10 @@ from __future__ import annotations
 import atexit
 import logging
 import threading
+import time
 from typing import Any
 
-from adapters.falkordb import FalkorDialect
+from adapters.falkordb import SCHEMA_SETTLE_SECONDS, FalkorDialect
 from adapters.graph import Dialect, GraphAdapter, GraphQueryError
 from framework.config import parse_duration
 from framework.errors import StoreError
@@ -124,6 +125,16 @@ class Neo4jDialect:
     def ensure_lock_constraint(self, label: str) -> bool:
         self.t.run_schema(f"CREATE CONSTRAINT polyshift_lock_name IF NOT EXISTS FOR (l:`{label}`) REQUIRE l.name IS UNIQUE")
         return True
+
+    def problems(self) -> list[str]:
+        """Neo4j populates an index in the background; FAILED (or still POPULATING after a wait) is a problem."""
+        deadline = time.monotonic() + SCHEMA_SETTLE_SECONDS
+        while True:
+            rows = self.t.run("SHOW INDEXES YIELD name, state, failureMessage WHERE state <> 'ONLINE' "
+                              "RETURN name, state, failureMessage")
+            if not rows or all(r[1] == "FAILED" for r in rows) or time.monotonic() >= deadline:
+                return [f"index {r[0]} is {r[1]}" + (f": {r[2]}" if r[2] else "") for r in rows]
+            time.sleep(0.2)
 
 
 def probe_dialect(transport: BoltTransport) -> Dialect:

@@ -409,6 +409,23 @@ class RedisAdapter:
                              mismatches=tuple(mismatches), notes=tuple(notes))
 
     # -- fingerprint ------------------------------------------------------------------
+    def invariants(self) -> list[str]:
+        """A cluster that is not 'ok' (a slot uncovered, a primary failing) serves errors for some keys."""
+        if not self.cluster:
+            return []
+        problems = []
+        try:
+            for node in self.nodes():
+                info = node.execute_command("CLUSTER", "INFO")
+                text = info.decode() if isinstance(info, bytes) else str(info)
+                state = dict(line.split(":", 1) for line in text.splitlines() if ":" in line).get("cluster_state", "?").strip()
+                if state != "ok":
+                    where = node.connection_pool.connection_kwargs
+                    problems.append(f"cluster_state is {state} on {where.get('host')}:{where.get('port')}")
+        except redis.RedisError as exc:
+            raise self._fail("cannot read the cluster state", exc) from None
+        return problems
+
     def fingerprint(self, scope: tuple[str, ...]) -> Fingerprint:
         """Order-independent sum of per-key content digests (key, type, has-TTL, value), per pattern."""
         patterns = rk.validate_patterns(scope)

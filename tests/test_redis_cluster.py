@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -66,3 +67,18 @@ def test_rename_prefix_works_across_hash_slots(cws: RedisWorkspace) -> None:
     assert cws.r.ttl("s2:42") > 500
     assert cws.run("rollback").exit_code == 0
     assert cws.fingerprint("session:*") == before
+
+
+def test_a_cluster_with_uncovered_slots_is_an_invariant_problem(tmp_path: Path) -> None:
+    own = EmbeddedRedisCluster().start()  # its own cluster: this test breaks it
+    try:
+        adapter = RedisWorkspace(tmp_path, own).adapter()
+        assert adapter.invariants() == []
+        adapter.nodes()[0].execute_command("CLUSTER", "DELSLOTSRANGE", 0, 10)
+        deadline = time.monotonic() + 10
+        while not adapter.invariants() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert any(p.startswith("cluster_state is fail on 127.0.0.1:") for p in adapter.invariants())
+        adapter.close()
+    finally:
+        own.stop()

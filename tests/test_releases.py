@@ -298,3 +298,24 @@ def test_dry_run_shows_each_release_and_its_cutover_and_changes_nothing(app: Any
     assert "gates: shell gate 'shell-1' (true)" in result.stdout
     assert "would apply cache 0001_rekey_docs" in result.stdout
     assert app.state() == blue and app.flag() is None
+
+
+def test_a_graph_constraint_that_fails_after_it_was_accepted_fails_the_invariants(app: Any) -> None:
+    # FalkorDB accepts a uniqueness constraint and builds it in the background; topics share areas,
+    # so it ends FAILED. The migration's own steps all "succeed".
+    for suffix in ("forward", "rollback", "validate"):
+        (app.migrations / "graph" / f"0001_areas.{suffix}.cypher").unlink()
+    (app.migrations / "graph" / "0001_unique_area.py").write_text(
+        "BACKUP = ['Topic']\n"
+        "UNIQUE = ('UNIQUE', 'NODE', 'Topic', 'PROPERTIES', 1, 'area')\n\n"
+        "def forward(ctx):\n"
+        "    ctx.client.run('CREATE INDEX FOR (t:Topic) ON (t.area)')\n"
+        "    ctx.client.command('GRAPH.CONSTRAINT', 'CREATE', ctx.client.graph_name, *UNIQUE)\n\n"
+        "def rollback(ctx):\n"
+        "    ctx.client.command('GRAPH.CONSTRAINT', 'DROP', ctx.client.graph_name, *UNIQUE)\n"
+        "    ctx.client.run('DROP INDEX FOR (t:Topic) ON (t.area)')\n")
+    blue = app.state()
+    result = app.run("up")
+    assert result.exit_code == 3, result.output
+    assert "store invariants failed: graph: unique constraint on Topic(area) FAILED" in result.stderr
+    assert app.state() == blue
