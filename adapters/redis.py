@@ -409,6 +409,15 @@ class RedisAdapter:
                              mismatches=tuple(mismatches), notes=tuple(notes))
 
     # -- fingerprint ------------------------------------------------------------------
+    def estimate_backup_bytes(self, scope: tuple[str, ...]) -> int:
+        """The dataset's memory across primaries: an upper bound for a compressed backup of part of it."""
+        if not scope:
+            return 0
+        try:
+            return sum(int(node.info("memory").get("used_memory_dataset", 0)) for node in self.nodes())
+        except redis.RedisError as exc:
+            raise self._fail("cannot estimate the backup size", exc) from None
+
     def invariants(self) -> list[str]:
         """A cluster that is not 'ok' (a slot uncovered, a primary failing) serves errors for some keys."""
         if not self.cluster:
