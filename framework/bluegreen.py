@@ -55,6 +55,7 @@ class ReleaseRun:
         self.run_id = run_id
         self.steps = steps or []
         self.changing = False        # True from the first backup until complete or undone
+        self.flag_at_start: int | None = None  # the flag's version when the release began
         self.outcomes: list[Outcome] = []
 
     @property
@@ -84,6 +85,10 @@ class ReleaseRun:
 
     # -- phase 1b: what each store looks like now (preflight already locked and parsed) --
     def snapshot(self) -> None:
+        flag = self.release.settings.flag
+        if flag is not None and self.flags is not None:
+            current = self.flags.store.get(flag)  # unreachable: StoreError, and nothing has changed yet
+            self.flag_at_start = current.version if current else None
         for m in self.release.ordered():
             adapter = self.adapters[m.store]
             analysis = adapter.analyze(m, "up")
@@ -189,7 +194,7 @@ class ReleaseRun:
         s = self.release.settings
         try:
             if after is None:
-                flag_version = self.current_flag_version()
+                flag_version = self.current_flag_version(refuse_new_kill=True)
                 self.journal("cutover", "intent", flag=s.flag, stages=list(s.stages) if s.flag else [], flag_version=flag_version)
             if s.flag:
                 for percent in s.stages:
@@ -201,7 +206,10 @@ class ReleaseRun:
         self.changing = False
         self.events.release("completed", self.version, {"flag": s.flag, "run": self.run_id})
 
-    def current_flag_version(self) -> int | None:
+    def current_flag_version(self, *, refuse_new_kill: bool = False) -> int | None:
+        """The flag version the cutover starts from. A kill made after this release began (an
+        emergency rollback while stores were still moving forward) stops it; an older kill, from
+        an earlier failed attempt of the release, is what the first stage replaces."""
         flag = self.release.settings.flag
         if flag is None or self.flags is None:
             return None
@@ -209,7 +217,10 @@ class ReleaseRun:
             current = self.flags.store.get(flag)
         except PolyshiftError as exc:
             raise ReleaseAborted(f"flag store unreachable before the cutover: {exc}") from None
-        return current.version if current else None
+        version = current.version if current else None
+        if refuse_new_kill and current is not None and current.killed and version != self.flag_at_start:
+            raise ReleaseAborted(f"flag {flag} was killed by {current.updated_by} during the release")
+        return version
 
     def stage(self, percent: float, expected: int | None) -> int:
         """One stage: move the flag, bake, read the gates, check nobody changed the flag meanwhile.

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from feature_flags.admin import Change
 from framework.bluegreen import ReleaseRun
 from framework.errors import (
     ConfigError,
@@ -270,9 +271,12 @@ class Recovery(Pipeline):
         if flag is None:
             return False
         current = self.flags().store.get(flag)
-        if current is None or current.killed:
+        if current is not None and current.killed:
             return False
-        self.flags().kill(flag, release=rel.version, reason=f"emergency rollback of release {rel.version}")
+        # Created killed if the release has not reached its cutover: a runner still moving stores
+        # forward then finds the kill and undoes instead of staging.
+        self.flags().change(flag, Change(killed=True, release=rel.version), reason=f"emergency rollback of release {rel.version}",
+                            create=True)
         self.events.release("flag_killed", rel.version, {"flag": flag, "emergency": True})
         return True
 

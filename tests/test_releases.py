@@ -319,3 +319,29 @@ def test_a_graph_constraint_that_fails_after_it_was_accepted_fails_the_invariant
     assert result.exit_code == 3, result.output
     assert "store invariants failed: graph: unique constraint on Topic(area) FAILED" in result.stderr
     assert app.state() == blue
+
+
+def test_emergency_rollback_while_stores_are_still_moving_forward_stops_the_release_before_cutover(app: Any) -> None:
+    (app.migrations / "cache" / "0001_rekey_docs.py").write_text(
+        "import pathlib, time\n"
+        "BACKUP = ['doc:*', 'docs:v2:*']\n\n"
+        "def forward(ctx):\n"
+        "    pathlib.Path('forwarding').touch()\n"
+        "    time.sleep(2)\n"
+        "    ctx.helpers.rename_prefix('doc:', 'docs:v2:')\n\n"
+        "def rollback(ctx):\n"
+        "    ctx.helpers.rename_prefix('docs:v2:', 'doc:')\n")
+    blue = app.state()
+    runner = app.spawn("up")
+    deadline = time.monotonic() + 60
+    while not (app.root / "forwarding").exists():
+        assert time.monotonic() < deadline and runner.poll() is None, runner.communicate()
+        time.sleep(0.05)
+    assert app.flag() is None  # the cutover has not begun: the kill creates the flag killed
+    result = app.run("emergency-rollback", "0001")
+    assert result.exit_code == 0, result.output
+    _, err = runner.communicate(timeout=60)
+    assert runner.returncode == 3 and "flag docs_v2 was killed by" in err and "during the release" in err
+    flag = app.flag()
+    assert flag.killed and flag.percent == 0
+    assert app.state() == blue
