@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 import textwrap
+import time
 from pathlib import Path
 from typing import Any
 
@@ -133,6 +135,36 @@ class ReleaseApp(CliProject):
             bake_seconds = {bake}
             gates = [{gates}]
             """))
+
+    def python_migration(self, store: str, name: str, body: str) -> None:
+        """Replace the store's 0001 migration (whatever its files) by a Python module."""
+        for path in (self.migrations / store).glob("0001_*"):
+            path.unlink()
+        (self.migrations / store / f"{name}.py").write_text(textwrap.dedent(body))
+
+    def slow_cache_forward(self, seconds: float) -> None:
+        """The cache step announces itself (file 'forwarding') and takes ``seconds`` before moving keys."""
+        self.python_migration("cache", "0001_rekey_docs", f"""\
+            import pathlib, time
+            BACKUP = ['doc:*', 'docs:v2:*']
+
+            def forward(ctx):
+                pathlib.Path('forwarding').touch()
+                time.sleep({seconds})
+                ctx.helpers.rename_prefix('doc:', 'docs:v2:')
+
+            def rollback(ctx):
+                ctx.helpers.rename_prefix('docs:v2:', 'doc:')
+            """)
+
+    def spawn_until_forwarding(self) -> subprocess.Popen[str]:
+        """``up`` in its own process, returned once the slow cache step has begun."""
+        runner = self.spawn("up")
+        deadline = time.monotonic() + 60
+        while not (self.root / "forwarding").exists():
+            assert time.monotonic() < deadline and runner.poll() is None, runner.communicate()
+            time.sleep(0.05)
+        return runner
 
     # -- the application's data, before the release ("blue") --------------------------------
     def reset(self) -> None:

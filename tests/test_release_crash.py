@@ -5,7 +5,6 @@ everything the release touches (rows, vectors, nodes, relationships, keys)."""
 from __future__ import annotations
 
 import sqlite3
-import time
 from typing import Any
 
 FAIL_AT_100 = '{ kind = "shell", name = "late-gate", command = "test $POLYSHIFT_PERCENT -lt 100" }'
@@ -61,21 +60,9 @@ def test_kill_9_at_every_journal_step_of_an_undo_then_recover_completes_the_undo
 
 
 def test_a_store_server_stopped_mid_forward_names_it_and_the_others_are_compensated(app: Any) -> None:
-    (app.migrations / "cache" / "0001_rekey_docs.py").write_text(
-        "import pathlib, time\n"
-        "BACKUP = ['doc:*', 'docs:v2:*']\n\n"
-        "def forward(ctx):\n"
-        "    pathlib.Path('forwarding').touch()\n"
-        "    time.sleep(3)\n"
-        "    ctx.helpers.rename_prefix('doc:', 'docs:v2:')\n\n"
-        "def rollback(ctx):\n"
-        "    ctx.helpers.rename_prefix('docs:v2:', 'doc:')\n")
+    app.slow_cache_forward(3)
     blue = app.state()
-    runner = app.spawn("up")
-    deadline = time.monotonic() + 60
-    while not (app.root / "forwarding").exists():
-        assert time.monotonic() < deadline and runner.poll() is None, runner.communicate()
-        time.sleep(0.05)
+    runner = app.spawn_until_forwarding()
     app.redis_server.stop(remove=False)
     _, err = runner.communicate(timeout=120)
     assert runner.returncode == 4, err
@@ -94,15 +81,19 @@ def test_a_store_server_stopped_mid_forward_names_it_and_the_others_are_compensa
     assert app.state() == blue
 
 
-
-def test_recover_undoes_instead_of_finishing_when_the_flag_was_killed_after_the_runner_died(app: Any) -> None:
-    blue = app.state()
+def _killed_after_the_first_stage(app: Any) -> None:
+    """A complete run to learn the journal, then a fresh run killed right after its first stage."""
     assert app.run("up").exit_code == 0
     first_stage = _journal_writes(app).index(("stage", "done", None)) + 1
     app.reset()
     runner = app.spawn("up", env={"POLYSHIFT_FAILPOINT": f"journal:{first_stage}"})
     assert runner.wait(timeout=120) == -9
     assert app.flag().percent == 50
+
+
+def test_recover_undoes_instead_of_finishing_when_the_flag_was_killed_after_the_runner_died(app: Any) -> None:
+    blue = app.state()
+    _killed_after_the_first_stage(app)
     assert app.run("flags", "kill", "docs_v2", "--reason", "on-call saw errors").exit_code == 0
     result = app.run("recover")
     assert result.exit_code == 3, result.output
@@ -115,11 +106,7 @@ def test_recover_undoes_a_release_whose_gates_can_no_longer_be_read(app: Any) ->
     # Killed mid-cutover, so recover would finish it; but releases.toml was broken since, and a
     # gate that cannot be read counts as failing.
     blue = app.state()
-    assert app.run("up").exit_code == 0
-    first_stage = _journal_writes(app).index(("stage", "done", None)) + 1
-    app.reset()
-    runner = app.spawn("up", env={"POLYSHIFT_FAILPOINT": f"journal:{first_stage}"})
-    assert runner.wait(timeout=120) == -9
+    _killed_after_the_first_stage(app)
     (app.migrations / "releases.toml").write_text('[release."0001"]\nflag = "docs_v2"\nstages = [100, 50]\n')
     result = app.run("recover")
     assert result.exit_code == 3, result.output

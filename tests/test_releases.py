@@ -197,19 +197,20 @@ def test_bad_release_settings_exit_2_with_nothing_changed(app: Any, releases_tom
 
 def test_an_invalid_index_left_by_a_release_fails_the_store_invariants_and_the_release_is_undone(app: Any) -> None:
     # The migration swallows the failure of its CONCURRENTLY build, so its own steps "succeed".
-    for suffix in ("forward", "rollback", "validate"):
-        (app.migrations / "main" / f"0001_status.{suffix}.sql").unlink()
-    (app.migrations / "main" / "0001_status.py").write_text(
-        "import psycopg\n"
-        "TRANSACTION = False\n"
-        "BACKUP = ['documents']\n\n"
-        "def forward(ctx):\n"
-        "    try:\n"
-        "        ctx.client.execute('CREATE UNIQUE INDEX CONCURRENTLY documents_body_key ON documents (body)')\n"
-        "    except psycopg.Error:\n"
-        "        pass\n\n"
-        "def rollback(ctx):\n"
-        "    ctx.client.execute('DROP INDEX CONCURRENTLY IF EXISTS documents_body_key')\n")
+    app.python_migration("main", "0001_status", """\
+        import psycopg
+        TRANSACTION = False
+        BACKUP = ['documents']
+
+        def forward(ctx):
+            try:
+                ctx.client.execute('CREATE UNIQUE INDEX CONCURRENTLY documents_body_key ON documents (body)')
+            except psycopg.Error:
+                pass
+
+        def rollback(ctx):
+            ctx.client.execute('DROP INDEX CONCURRENTLY IF EXISTS documents_body_key')
+        """)
     blue = app.state()
     result = app.run("up")
     assert result.exit_code == 3, result.output
@@ -303,17 +304,18 @@ def test_dry_run_shows_each_release_and_its_cutover_and_changes_nothing(app: Any
 def test_a_graph_constraint_that_fails_after_it_was_accepted_fails_the_invariants(app: Any) -> None:
     # FalkorDB accepts a uniqueness constraint and builds it in the background; topics share areas,
     # so it ends FAILED. The migration's own steps all "succeed".
-    for suffix in ("forward", "rollback", "validate"):
-        (app.migrations / "graph" / f"0001_areas.{suffix}.cypher").unlink()
-    (app.migrations / "graph" / "0001_unique_area.py").write_text(
-        "BACKUP = ['Topic']\n"
-        "UNIQUE = ('UNIQUE', 'NODE', 'Topic', 'PROPERTIES', 1, 'area')\n\n"
-        "def forward(ctx):\n"
-        "    ctx.client.run('CREATE INDEX FOR (t:Topic) ON (t.area)')\n"
-        "    ctx.client.command('GRAPH.CONSTRAINT', 'CREATE', ctx.client.graph_name, *UNIQUE)\n\n"
-        "def rollback(ctx):\n"
-        "    ctx.client.command('GRAPH.CONSTRAINT', 'DROP', ctx.client.graph_name, *UNIQUE)\n"
-        "    ctx.client.run('DROP INDEX FOR (t:Topic) ON (t.area)')\n")
+    app.python_migration("graph", "0001_unique_area", """\
+        BACKUP = ['Topic']
+        UNIQUE = ('UNIQUE', 'NODE', 'Topic', 'PROPERTIES', 1, 'area')
+
+        def forward(ctx):
+            ctx.client.run('CREATE INDEX FOR (t:Topic) ON (t.area)')
+            ctx.client.command('GRAPH.CONSTRAINT', 'CREATE', ctx.client.graph_name, *UNIQUE)
+
+        def rollback(ctx):
+            ctx.client.command('GRAPH.CONSTRAINT', 'DROP', ctx.client.graph_name, *UNIQUE)
+            ctx.client.run('DROP INDEX FOR (t:Topic) ON (t.area)')
+        """)
     blue = app.state()
     result = app.run("up")
     assert result.exit_code == 3, result.output
@@ -322,21 +324,9 @@ def test_a_graph_constraint_that_fails_after_it_was_accepted_fails_the_invariant
 
 
 def test_emergency_rollback_while_stores_are_still_moving_forward_stops_the_release_before_cutover(app: Any) -> None:
-    (app.migrations / "cache" / "0001_rekey_docs.py").write_text(
-        "import pathlib, time\n"
-        "BACKUP = ['doc:*', 'docs:v2:*']\n\n"
-        "def forward(ctx):\n"
-        "    pathlib.Path('forwarding').touch()\n"
-        "    time.sleep(2)\n"
-        "    ctx.helpers.rename_prefix('doc:', 'docs:v2:')\n\n"
-        "def rollback(ctx):\n"
-        "    ctx.helpers.rename_prefix('docs:v2:', 'doc:')\n")
+    app.slow_cache_forward(2)
     blue = app.state()
-    runner = app.spawn("up")
-    deadline = time.monotonic() + 60
-    while not (app.root / "forwarding").exists():
-        assert time.monotonic() < deadline and runner.poll() is None, runner.communicate()
-        time.sleep(0.05)
+    runner = app.spawn_until_forwarding()
     assert app.flag() is None  # the cutover has not begun: the kill creates the flag killed
     result = app.run("emergency-rollback", "0001")
     assert result.exit_code == 0, result.output
