@@ -25,7 +25,7 @@ from framework.errors import (
 from framework.events import Display, Events
 from framework.migration import version_key
 from framework.project import Project
-from framework.protocol import Adapter, EstimatesBackup
+from framework.protocol import Adapter, Analysis, EstimatesBackup
 from framework.releases import Release, group, load_settings
 from framework.runner import Outcome, Runner
 from framework.sandbox import pid_alive
@@ -106,10 +106,10 @@ class Pipeline:
             with self.runner._locked(names, run_id, lock=not dry_run) as adapters:
                 by_name = {a.name: a for a in adapters}
                 pending = self.pending(every, by_name, to, release)
-                self.preflight(pending, by_name, allow_irreversible, dry_run=dry_run)
+                analyses = self.preflight(pending, by_name, allow_irreversible, dry_run=dry_run)
                 if dry_run:
-                    return self.would_apply(pending, by_name)
-                self.check_disk(pending, by_name)
+                    return self.would_apply(pending, analyses)
+                self.check_disk(pending, by_name, analyses)
                 self.project.state.journal(run_id, "preflight", "done", detail={"releases": [r.version for r in pending]})
                 flags = self.flags() if any(r.settings.flag for r in pending) else None
                 for rel in pending:
@@ -168,10 +168,14 @@ class Pipeline:
             releases = [r for r in releases if r.version == only]
         return releases
 
-    def preflight(self, pending: list[Release], adapters: dict[str, Adapter], allow_irreversible: bool, *, dry_run: bool) -> None:
+    def preflight(self, pending: list[Release], adapters: dict[str, Adapter], allow_irreversible: bool,
+                  *, dry_run: bool) -> dict[tuple[str, str], Analysis]:
+        """Every script parsed (a syntax error stops us here) and every flag checked; returns the
+        analyses by (store, version) for the dry run and the disk check."""
+        analyses = {}
         for rel in pending:
             for m in rel.ordered():
-                adapters[m.store].analyze(m, "up")  # parses every script: a syntax error stops us here
+                analyses[m.store, m.version] = adapters[m.store].analyze(m, "up")
                 self.runner._refuse_irreversible(m, allow_irreversible)
             flag = rel.settings.flag
             if flag is None or dry_run:
@@ -181,8 +185,9 @@ class Pipeline:
                     and current.release not in (None, rel.version):
                 raise RefusedError(f"release {rel.version}: flag {flag} already serves {current.percent:g}% for release "
                                    f"{current.release}; each release needs a flag of its own")
+        return analyses
 
-    def would_apply(self, pending: list[Release], adapters: dict[str, Adapter]) -> list[Outcome]:
+    def would_apply(self, pending: list[Release], analyses: dict[tuple[str, str], Analysis]) -> list[Outcome]:
         outcomes = []
         for rel in pending:
             s = rel.settings
@@ -190,19 +195,19 @@ class Pipeline:
                                                "stages": list(s.stages) if s.flag else [], "bake_seconds": s.bake_seconds,
                                                "gates": [g.describe() for g in s.gates]})
             for m in rel.ordered():
-                a = adapters[m.store].analyze(m, "up")
+                a = analyses[m.store, m.version]
                 outcomes.append(Outcome(m.store, m.version, m.slug, "would-apply", a.risk.value, list(a.scope)))
         return outcomes
 
-    def check_disk(self, pending: list[Release], adapters: dict[str, Adapter]) -> None:
+    def check_disk(self, pending: list[Release], adapters: dict[str, Adapter], analyses: dict[tuple[str, str], Analysis]) -> None:
         """Refuse before anything changes when the backups could not fit (estimates are the stores' own sizes)."""
         needed = DISK_HEADROOM
         for rel in pending:
             for m in rel.ordered():
                 adapter = adapters[m.store]
                 if isinstance(adapter, EstimatesBackup):
-                    scope = adapter.analyze(m, "up").scope
-                    needed += adapter.estimate_backup_bytes(adapter.resolve_scope(scope, missing_ok=True))
+                    scope = adapter.resolve_scope(analyses[m.store, m.version].scope, missing_ok=True)
+                    needed += adapter.estimate_backup_bytes(scope)
         directory = self.project.config.backups_dir
         directory.mkdir(parents=True, exist_ok=True)
         free = shutil.disk_usage(directory).free
