@@ -335,3 +335,16 @@ def test_emergency_rollback_while_stores_are_still_moving_forward_stops_the_rele
     flag = app.flag()
     assert flag.killed and flag.percent == 0
     assert app.state() == blue
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (("up", "--release", "9999"), "--release 9999: no migration has that version"),
+    (("up", "--to", "0001", "--release", "0001"), "use either --to or --release"),
+    (("emergency-rollback", "9999"), "emergency-rollback 9999: no migration has that version"),
+])
+def test_bad_release_arguments_exit_2_with_nothing_changed(app: Any, args: tuple[str, ...], message: str) -> None:
+    blue = app.state()
+    result = app.run(*args)
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr
+    assert app.state() == blue and app.flag() is None
