@@ -23,8 +23,9 @@ from tenacity import (
 
 from adapters import pg_backup
 from adapters import pg_catalog as cat
-from adapters.sql_analysis import Statement, analyze_sql, inferred_scope
-from framework.errors import BackupError, LockHeldError, StepFailed, StoreError
+from adapters.pg_scope import ScopeExpander
+from adapters.sql_analysis import Statement, analyze_sql
+from framework.errors import BackupError, LockHeldError, StepFailed, StoreError, StoreUnavailable
 from framework.migration import Migration, MigrationContext, Risk, Step
 from framework.protocol import (
     Analysis,
@@ -95,6 +96,8 @@ class PostgresAdapter:
         try:
             return psycopg.connect(self.config.url, autocommit=True, connect_timeout=10,
                                    application_name=f"polyshift {purpose}"[:63])
+        except psycopg.OperationalError as exc:
+            raise StoreUnavailable(f"store {self.name}: cannot connect to {self.config.display_url}: {_describe(exc)}") from None
         except psycopg.Error as exc:
             raise StoreError(f"store {self.name}: cannot connect to {self.config.display_url}: {_describe(exc)}") from None
 
@@ -213,8 +216,12 @@ class PostgresAdapter:
             outside = ("Python step with TRANSACTION = False",) if self._python_outside_tx(migration) else ()
             return Analysis(migration.declared_risk or Risk.C, scope, "declared" if scope else "none", non_transactional=outside)
         statements = self._statements(step)
-        risk = Risk.highest([s.risk for s in statements] + ([migration.declared_risk] if migration.declared_risk else []))
-        inferred = tuple(inferred_scope(statements))
+        with _translated(self.name, "reading the catalog for the backup scope"):
+            coverage = ScopeExpander(self.conn).expand(statements)
+        risk = Risk.highest([s.risk for s in statements] + [coverage.risk] +
+                            ([migration.declared_risk] if migration.declared_risk else []))
+        inferred = tuple(t.qualified for t in coverage.tables)
+        reasons = {t.qualified: "; ".join(why) for t, why in coverage.tables.items()}
         declared = migration.declared_scope if direction == "up" else None
         if declared is not None:
             extra = tuple(t for t in inferred if t not in declared)
@@ -223,11 +230,12 @@ class PostgresAdapter:
             scope, source = inferred, ("inferred" if inferred else "none")
         notes = tuple(n for s in statements for n in s.notes)
         non_tx = tuple(f"{s.non_transactional}: {s.sql[:80]}" for s in statements if s.non_transactional)
-        return Analysis(risk, scope, source, non_tx, len(statements), notes)
+        return Analysis(risk, scope, source, non_tx, len(statements), notes, reasons, tuple(coverage.unproven))
 
     def resolve_scope(self, scope: tuple[str, ...], *, missing_ok: bool) -> tuple[str, ...]:
         with _translated(self.name, "resolving the backup scope"):
             tables, missing = cat.resolve(self.conn, list(scope), missing_ok=missing_ok)
+            tables = cat.without_covered_partitions(self.conn, tables)
         if missing and not missing_ok:
             raise BackupError(f"store {self.name}: backup scope names tables that do not exist: {', '.join(missing)}")
         return tuple(t.qualified for t in tables)
@@ -428,7 +436,9 @@ class PostgresAdapter:
         tables, missing = cat.resolve(self.conn, list(scope), missing_ok=True)
         if missing:
             raise BackupError(f"store {self.name}: tables not found: {', '.join(missing)}")
-        return tables
+        # A partition listed beside its partitioned parent is in the parent's backup already;
+        # backed up twice, a restore would put its rows back twice.
+        return cat.without_covered_partitions(self.conn, tables)
 
     def backup(self, scope: tuple[str, ...], writer: ArtifactWriter, progress: Progress) -> dict[str, Any]:
         try:

@@ -1,26 +1,106 @@
-"""Reads SQL with pglast (PostgreSQL's own parser): risk, backup scope, non-transactional statements."""
+"""Reads SQL with pglast (PostgreSQL's own parser): risk, what each statement changes, and the
+statements that must run outside a transaction.
+
+This module knows only the text. It walks the whole parse tree of every statement, so a DELETE
+inside a data-modifying CTE, a MERGE action, an ``ON CONFLICT DO UPDATE`` or a DO block counts as
+what it is; what the catalog adds (foreign-key actions, triggers, rules, function bodies) is
+``adapters.pg_scope``'s job.
+"""
 
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
 
 import pglast
-from pglast import ast, enums
+from pglast import ast, enums, visitors
 
+from adapters.pg_names import RelName
 from framework.errors import MigrationLoadError
 from framework.migration import Risk
 
 _A, _B, _C = Risk.A, Risk.B, Risk.C
 AT = enums.AlterTableType
 OT = enums.ObjectType
+_CASCADE = enums.DropBehavior.DROP_CASCADE
 
-# Object kinds whose DROP loses data or dependants: always category C.
-_DESTRUCTIVE_DROPS = {OT.OBJECT_TABLE, OT.OBJECT_SCHEMA, OT.OBJECT_MATVIEW, OT.OBJECT_SEQUENCE,
-                      OT.OBJECT_TYPE, OT.OBJECT_DOMAIN, OT.OBJECT_FOREIGN_TABLE}
 _ADDITIVE = (ast.CreateStmt, ast.CreateTableAsStmt, ast.ViewStmt, ast.CreateSeqStmt, ast.CreateSchemaStmt,
              ast.CreateExtensionStmt, ast.CreateEnumStmt, ast.CompositeTypeStmt, ast.CreateFunctionStmt,
              ast.CommentStmt, ast.InsertStmt, ast.IndexStmt, ast.VariableSetStmt, ast.CreateDomainStmt,
-             ast.AlterEnumStmt, ast.SelectStmt, ast.VacuumStmt, ast.CreateRangeStmt)
+             ast.AlterEnumStmt, ast.SelectStmt, ast.VacuumStmt, ast.CreateRangeStmt, ast.CallStmt, ast.DoStmt,
+             ast.CopyStmt, ast.MergeStmt, ast.ExplainStmt, ast.LockStmt)
+# Statements whose expressions are stored, not run, when the statement runs: a function called
+# from a view, a column default or a trigger definition does nothing yet.
+_STORED_CODE = (ast.ViewStmt, ast.CreateStmt, ast.CreateFunctionStmt, ast.CreateTrigStmt, ast.RuleStmt,
+                ast.CreatePolicyStmt, ast.AlterPolicyStmt, ast.CreateDomainStmt, ast.CommentStmt, ast.IndexStmt,
+                ast.AlterFunctionStmt, ast.CreateCastStmt)
+
+
+class RowOp(StrEnum):
+    """What a statement does to the rows of a table."""
+
+    INSERT = "INSERT"
+    UPDATE = "UPDATE"
+    DELETE = "DELETE"
+    TRUNCATE = "TRUNCATE"
+
+
+@dataclass(frozen=True)
+class RowChange:
+    op: RowOp
+    relation: RelName
+    columns: frozenset[str] | None = None  # UPDATE: the columns it sets (None: not known)
+    cascade: bool = False                   # TRUNCATE … CASCADE
+    via: str = ""                           # the construct that does it, for messages
+
+
+@dataclass(frozen=True)
+class Routine:
+    """A function or procedure the statement calls: its body decides what it writes."""
+
+    name: tuple[str, ...]  # (schema, name) or (name,)
+
+    @property
+    def display(self) -> str:
+        return ".".join(self.name)
+
+
+@dataclass
+class Effects:
+    """Row changes, calls and unreadable code found in one piece of SQL or PL/pgSQL."""
+
+    rows: list[RowChange] = field(default_factory=list)
+    calls: list[Routine] = field(default_factory=list)
+    opaque: list[str] = field(default_factory=list)  # why some effect cannot be read from the text
+
+    def add(self, other: Effects) -> None:
+        self.rows.extend(other.rows)
+        self.calls.extend(c for c in other.calls if c not in self.calls)
+        self.opaque.extend(other.opaque)
+
+    @property
+    def destroys(self) -> bool:
+        return bool(self.opaque) or any(r.op != RowOp.INSERT for r in self.rows)
+
+
+@dataclass(frozen=True)
+class CascadeDrop:
+    """``DROP TYPE|DOMAIN|SCHEMA … CASCADE``: the catalog knows which tables lose columns or rows."""
+
+    kind: str  # "type" or "schema"
+    names: tuple[tuple[str, ...], ...]
+
+
+@dataclass(frozen=True)
+class TriggerDef:
+    """A trigger created by the script itself: the catalog does not know it yet."""
+
+    relation: RelName
+    events: frozenset[RowOp]
+    function: Routine
+    name: str
 
 
 @dataclass
@@ -28,18 +108,29 @@ class Statement:
     sql: str
     node: str
     risk: Risk
-    touches: list[str] = field(default_factory=list)   # existing tables whose data/shape it changes
-    creates: list[str] = field(default_factory=list)
-    non_transactional: str | None = None                # why it cannot run inside a transaction
+    touches: list[RelName] = field(default_factory=list)    # existing tables whose data or shape DDL changes
+    creates: list[RelName] = field(default_factory=list)
+    non_transactional: str | None = None                    # why it cannot run inside a transaction
     notes: list[str] = field(default_factory=list)
+    effects: Effects = field(default_factory=Effects)       # rows it changes, routines it calls
+    drops: list[CascadeDrop] = field(default_factory=list)
+    defines: dict[tuple[str, ...], Effects] = field(default_factory=dict)  # routines it creates, by name
+    triggers: list[TriggerDef] = field(default_factory=list)
 
 
-def _rel(rv: ast.RangeVar) -> str:
-    return f"{rv.schemaname}.{rv.relname}" if rv.schemaname else rv.relname
+def rel(rv: ast.RangeVar) -> RelName:
+    return RelName(rv.schemaname or None, rv.relname)
 
 
-def _names(obj: tuple) -> str:
-    return ".".join(s.sval for s in obj)
+def _list_name(obj: Any) -> RelName:
+    """A DROP's object: a list of String nodes (catalog.schema.name, schema.name or name)."""
+    parts = [s.sval for s in obj] if isinstance(obj, (tuple, list)) else [obj.sval]
+    return RelName(parts[-2] if len(parts) >= 2 else None, parts[-1])
+
+
+def _type_name(obj: Any) -> tuple[str, ...]:
+    names = obj.names if isinstance(obj, ast.TypeName) else obj
+    return tuple(s.sval for s in names)
 
 
 def _column_not_null(coldef: ast.ColumnDef) -> tuple[bool, bool]:
@@ -80,16 +171,42 @@ def _alter_table(stmt: ast.AlterTableStmt, out: Statement) -> None:
     # Purely additive changes lose nothing; the rollback that undoes them (DROP COLUMN) is
     # analysed, and backed up, in its own right when it runs.
     if out.risk != _A:
-        out.touches.append(_rel(stmt.relation))
+        out.touches.append(rel(stmt.relation))
+
+
+def _drop(node: ast.DropStmt, out: Statement) -> None:
+    kind, cascade = node.removeType, node.behavior == _CASCADE
+    if kind == OT.OBJECT_TABLE:
+        out.risk = _C
+        out.touches.extend(_list_name(obj) for obj in node.objects)
+    elif kind in (OT.OBJECT_TYPE, OT.OBJECT_DOMAIN):
+        # Without CASCADE the drop fails while any column still uses the type: nothing to lose.
+        out.risk = _C if cascade else _B
+        if cascade:
+            out.drops.append(CascadeDrop("type", tuple(_type_name(obj) for obj in node.objects)))
+    elif kind == OT.OBJECT_SCHEMA:
+        out.risk = _C if cascade else _B
+        if cascade:
+            out.drops.append(CascadeDrop("schema", tuple((obj.sval,) for obj in node.objects)))
+    elif kind == OT.OBJECT_SEQUENCE:
+        out.risk = _C
+    else:
+        # Views, materialized views (their rows derive from their query), indexes, functions,
+        # foreign tables: no stored rows are lost; the rollback must re-create them.
+        out.risk = _B
+    if node.concurrent:
+        out.non_transactional = "DROP INDEX CONCURRENTLY"
 
 
 def _classify(node: ast.Node, out: Statement) -> None:
     if isinstance(node, ast.TransactionStmt):
         raise MigrationLoadError("migrations must not contain BEGIN/COMMIT/ROLLBACK: polyshift runs each step in its own transaction")
     if isinstance(node, ast.CreateStmt):
-        out.risk, out.creates = _A, [_rel(node.relation)]
+        out.risk, out.creates = _A, [rel(node.relation)]
     elif isinstance(node, ast.CreateTableAsStmt):
-        out.risk, out.creates = _A, [_rel(node.into.rel)]
+        out.risk, out.creates = _A, [rel(node.into.rel)]
+    elif isinstance(node, ast.SelectStmt) and node.intoClause is not None:
+        out.risk, out.creates = _A, [rel(node.intoClause.rel)]
     elif isinstance(node, ast.IndexStmt):
         out.risk = _A
         if node.concurrent:
@@ -99,22 +216,14 @@ def _classify(node: ast.Node, out: Statement) -> None:
     elif isinstance(node, ast.RenameStmt):
         out.risk = _B
         if node.relation is not None:
-            out.touches.append(_rel(node.relation))
+            out.touches.append(rel(node.relation))
     elif isinstance(node, ast.DropStmt):
-        if node.removeType in _DESTRUCTIVE_DROPS:
-            out.risk = _C
-            if node.removeType == OT.OBJECT_TABLE:
-                out.touches.extend(_names(obj) for obj in node.objects)
-        else:
-            out.risk = _B
-        if node.concurrent:
-            out.non_transactional = "DROP INDEX CONCURRENTLY"
+        _drop(node, out)
     elif isinstance(node, ast.TruncateStmt):
         out.risk = _C
-        out.touches.extend(_rel(rv) for rv in node.relations)
+        out.touches.extend(rel(rv) for rv in node.relations)
     elif isinstance(node, (ast.UpdateStmt, ast.DeleteStmt)):
         out.risk = _C
-        out.touches.append(_rel(node.relation))
     elif isinstance(node, ast.ReindexStmt):
         out.risk = _B
         if any(getattr(p, "defname", None) == "concurrently" for p in node.params or ()):
@@ -127,10 +236,189 @@ def _classify(node: ast.Node, out: Statement) -> None:
                            ast.DropTableSpaceStmt)):
         out.risk = _C if isinstance(node, ast.DropdbStmt) else _B
         out.non_transactional = type(node).__name__
+    elif isinstance(node, ast.CreateFunctionStmt):
+        out.risk = _A
+        out.defines[tuple(s.sval for s in node.funcname)] = routine_effects(node, out.sql)
+    elif isinstance(node, ast.CreateTrigStmt):
+        out.risk = _B
+        out.triggers.append(TriggerDef(rel(node.relation), _trigger_events(node.events),
+                                       Routine(tuple(s.sval for s in node.funcname)), node.trigname))
     elif isinstance(node, _ADDITIVE):
         out.risk = _A
     else:
         out.risk = _B  # unknown to the classifier: not assumed safe
+    out.effects.add(effects_of(node))
+    if out.effects.destroys:
+        out.risk = _C
+
+
+_TRIGGER_EVENT_BITS = {1 << 2: RowOp.INSERT, 1 << 3: RowOp.DELETE, 1 << 4: RowOp.UPDATE, 1 << 5: RowOp.TRUNCATE}
+
+
+def _trigger_events(bits: int) -> frozenset[RowOp]:
+    return frozenset(op for bit, op in _TRIGGER_EVENT_BITS.items() if bits & bit)
+
+
+class _EffectsVisitor(visitors.Visitor):  # type: ignore[misc]
+    """Every row change and call anywhere in a statement's tree, CTEs and MERGE actions included."""
+
+    def __init__(self) -> None:
+        self.effects = Effects()
+
+    def visit(self, ancestors: Any, node: Any) -> Any:
+        if isinstance(node, _STORED_CODE):
+            return visitors.Skip
+        e = self.effects
+        if isinstance(node, ast.InsertStmt):
+            target = rel(node.relation)
+            e.rows.append(RowChange(RowOp.INSERT, target, via="INSERT"))
+            conflict = node.onConflictClause
+            if conflict is not None and conflict.action == enums.OnConflictAction.ONCONFLICT_UPDATE:
+                e.rows.append(RowChange(RowOp.UPDATE, target, _columns(conflict.targetList), via="INSERT … ON CONFLICT DO UPDATE"))
+        elif isinstance(node, ast.UpdateStmt):
+            e.rows.append(RowChange(RowOp.UPDATE, rel(node.relation), _columns(node.targetList), via="UPDATE"))
+        elif isinstance(node, ast.DeleteStmt):
+            e.rows.append(RowChange(RowOp.DELETE, rel(node.relation), via="DELETE"))
+        elif isinstance(node, ast.MergeStmt):
+            target = rel(node.relation)
+            for clause in node.mergeWhenClauses or ():
+                cmd = clause.commandType
+                if cmd == enums.CmdType.CMD_UPDATE:
+                    e.rows.append(RowChange(RowOp.UPDATE, target, _columns(clause.targetList), via="MERGE … THEN UPDATE"))
+                elif cmd == enums.CmdType.CMD_DELETE:
+                    e.rows.append(RowChange(RowOp.DELETE, target, via="MERGE … THEN DELETE"))
+                elif cmd == enums.CmdType.CMD_INSERT:
+                    e.rows.append(RowChange(RowOp.INSERT, target, via="MERGE … THEN INSERT"))
+        elif isinstance(node, ast.TruncateStmt):
+            cascade = node.behavior == _CASCADE
+            for rv in node.relations:
+                e.rows.append(RowChange(RowOp.TRUNCATE, rel(rv), cascade=cascade,
+                                        via="TRUNCATE … CASCADE" if cascade else "TRUNCATE"))
+        elif isinstance(node, ast.CopyStmt) and node.is_from and node.relation is not None:
+            e.rows.append(RowChange(RowOp.INSERT, rel(node.relation), via="COPY FROM"))
+        elif isinstance(node, ast.FuncCall):
+            routine = Routine(tuple(s.sval for s in node.funcname))
+            if routine not in e.calls:
+                e.calls.append(routine)
+        elif isinstance(node, ast.DoStmt):
+            e.add(_do_block(node))
+        return None
+
+
+def _columns(targets: Any) -> frozenset[str] | None:
+    names = [t.name for t in targets or () if getattr(t, "name", None)]
+    return frozenset(names) if names else None
+
+
+def effects_of(node: ast.Node) -> Effects:
+    walker = _EffectsVisitor()
+    walker(node)
+    return walker.effects
+
+
+def _option(options: Any, name: str) -> str | None:
+    for opt in options or ():
+        if getattr(opt, "defname", None) == name and isinstance(opt.arg, ast.String):
+            return str(opt.arg.sval)
+    return None
+
+
+def _do_block(node: ast.DoStmt) -> Effects:
+    body = _option(node.args, "as")
+    language = (_option(node.args, "language") or "plpgsql").lower()
+    if body is None:
+        return Effects(opaque=["a DO block without a body"])
+    if language != "plpgsql":
+        return Effects(opaque=[f"a DO block in language {language}"])
+    tag = f"polyshift_{secrets.token_hex(4)}"
+    return plpgsql_effects(f"CREATE FUNCTION pg_temp.polyshift_do() RETURNS void LANGUAGE plpgsql AS ${tag}${body}${tag}$",
+                           "the DO block")
+
+
+def routine_effects(node: ast.CreateFunctionStmt, definition: str) -> Effects:
+    """What a function would write when called, from its ``CREATE FUNCTION`` statement (node and text)."""
+    language = (_option(node.options, "language") or "sql").lower()
+    name = ".".join(s.sval for s in node.funcname)
+    if node.sql_body is not None:
+        out = Effects()
+        for part in node.sql_body:
+            for stmt in part if isinstance(part, (tuple, list)) else (part,):
+                if stmt is not None:
+                    out.add(effects_of(stmt))
+        return out
+    body = _option(node.options, "as")
+    if body is None:
+        as_list = next((o.arg for o in node.options or () if o.defname == "as"), None)
+        body = as_list[0].sval if as_list else None
+    if body is None:
+        return Effects(opaque=[f"function {name} has no body polyshift can read"])
+    if language == "sql":
+        return sql_effects(body, f"function {name}")
+    if language == "plpgsql":
+        return plpgsql_effects(definition, f"function {name}")
+    return Effects(opaque=[f"function {name} is written in {language}"])
+
+
+def sql_effects(script: str, where: str) -> Effects:
+    try:
+        parsed = pglast.parse_sql(script)
+    except pglast.parser.ParseError as exc:
+        return Effects(opaque=[f"{where} could not be parsed ({exc})"])
+    out = Effects()
+    for raw in parsed:
+        out.add(effects_of(raw.stmt))
+    return out
+
+
+# PL/pgSQL statements that build their SQL at run time: what they change cannot be read.
+_DYNAMIC = {"PLpgSQL_stmt_dynexecute": "dynamic SQL (EXECUTE)", "PLpgSQL_stmt_dynfors": "dynamic SQL (FOR … EXECUTE)"}
+# parseMode of PLpgSQL_expr (PostgreSQL's RawParseMode): 0 a statement, 1 a type name,
+# 2 an expression, 3 to 5 an assignment "target := expression".
+_MODE_STATEMENT, _MODE_TYPE, _MODE_EXPR = 0, 1, 2
+
+
+def plpgsql_effects(create_function_sql: str, where: str) -> Effects:
+    """Row changes and calls of a PL/pgSQL body, read statement by statement; dynamic SQL is opaque."""
+    try:
+        tree = pglast.parse_plpgsql(create_function_sql)
+    except pglast.parser.ParseError as exc:
+        return Effects(opaque=[f"{where} could not be parsed as PL/pgSQL ({exc})"])
+    out = Effects()
+    _walk_plpgsql(tree, out, where)
+    return out
+
+
+def _walk_plpgsql(node: Any, out: Effects, where: str) -> None:
+    if isinstance(node, list):
+        for item in node:
+            _walk_plpgsql(item, out, where)
+        return
+    if not isinstance(node, dict):
+        return
+    for key, value in node.items():
+        if key in _DYNAMIC:
+            out.opaque.append(f"{where} runs {_DYNAMIC[key]}")
+        elif key == "dynquery" and value:
+            out.opaque.append(f"{where} opens a cursor on dynamic SQL")
+        if key == "PLpgSQL_expr" and isinstance(value, dict):
+            out.add(_expression_effects(str(value.get("query", "")), int(value.get("parseMode", 0)), where))
+            continue
+        _walk_plpgsql(value, out, where)
+
+
+def _expression_effects(query: str, mode: int, where: str) -> Effects:
+    if mode == _MODE_TYPE or not query.strip():
+        return Effects()
+    if mode == _MODE_STATEMENT:
+        text = query
+    elif mode == _MODE_EXPR:
+        text = f"SELECT {query}"
+    else:
+        _, sep, rhs = query.partition(":=")
+        if not sep:
+            _, sep, rhs = query.partition("=")
+        text = f"SELECT {rhs}"
+    return sql_effects(text, where)
 
 
 def analyze_sql(script: str, *, origin: str = "") -> list[Statement]:
@@ -154,15 +442,17 @@ def analyze_sql(script: str, *, origin: str = "") -> list[Statement]:
 
 
 def inferred_scope(statements: list[Statement]) -> list[str]:
-    """Existing tables the script changes: altered, renamed, dropped, truncated, updated or deleted from.
+    """Existing tables the script names as changing: altered, renamed, dropped, or written to (the
+    text alone; ``adapters.pg_scope`` adds what the catalog says they set off).
 
     Tables created earlier in the same script are left out: they have nothing to back up.
     """
-    created: set[str] = set()
+    created: set[RelName] = set()
     scope: list[str] = []
     for st in statements:
-        for name in st.touches:
-            if name not in created and name not in scope:
-                scope.append(name)
+        named = list(st.touches) + [r.relation for r in st.effects.rows]
+        for name in named:
+            if name not in created and name.sql not in scope:
+                scope.append(name.sql)
         created.update(st.creates)
     return scope

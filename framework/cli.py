@@ -16,7 +16,7 @@ from rich.text import Text
 
 from feature_flags.cli import flags_app
 from framework import errors, output, progress, secrets, templates
-from framework.loader import SCRIPT_LANG, next_version
+from framework.loader import SCRIPT_LANG, next_version, split_names
 from framework.output import emit_json, say, table
 from framework.pipeline import Pipeline
 from framework.project import Project, open_project
@@ -48,6 +48,8 @@ def _event(kind: str, data: dict[str, Any]) -> None:
         say(f"  [green]applied[/] in {d['duration_ms']} ms")
     elif kind == "figures":
         say("  " + ", ".join(f"{escape(k)} = {v:g}" for k, v in data["figures"].items()))
+    elif kind == "data-at-risk":
+        output.warn(f"{data['store']}: {data['warning']}")
     elif kind == "restore":
         say(f"  [yellow]restoring[/] {d['backup']}: {d['why']}")
     elif kind == "rolled-back":
@@ -181,7 +183,8 @@ def plan(store: str | None = typer.Option(None, "--store", "-s"), to: str | None
             for m in runner._targets(st, to):
                 a = adapter.analyze(m, "up")
                 rows.append({"store": name, "version": m.version, "slug": m.slug, "risk": a.risk.value,
-                             "scope": list(a.scope), "scope_source": a.scope_source, "statements": a.statements,
+                             "scope": list(a.scope), "scope_source": a.scope_source, "reasons": a.reasons,
+                             "unproven": list(a.unproven), "statements": a.statements,
                              "non_transactional": list(a.non_transactional), "irreversible": m.irreversible,
                              "flag": m.flag, "notes": list(a.notes)})
     if output.opts["json"]:
@@ -192,8 +195,16 @@ def plan(store: str | None = typer.Option(None, "--store", "-s"), to: str | None
         return
     table("plan", ["store", "migration", "risk", "backup scope", "outside tx", "notes"],
           [[r["store"], f"{r['version']}_{r['slug']}" + (" (irreversible)" if r["irreversible"] else ""), r["risk"],
-            f"{', '.join(r['scope']) or '-'} ({r['scope_source']})", "\n".join(r["non_transactional"]) or "-",
-            "\n".join(r["notes"]) or ""] for r in rows])
+            _scope_lines(r), "\n".join(r["non_transactional"]) or "-",
+            "\n".join([*r["notes"], *(f"unproven: {u}" for u in r["unproven"])]) or ""] for r in rows])
+
+
+def _scope_lines(row: dict[str, Any]) -> str:
+    """One line per scope entry, with why it is there ("via orders_user_id_fkey ON DELETE CASCADE …")."""
+    if not row["scope"]:
+        return f"- ({row['scope_source']})"
+    lines = [f"{name} ({row['reasons'][name]})" if name in row["reasons"] else name for name in row["scope"]]
+    return "\n".join(lines) + f"\n[{row['scope_source']}]"
 
 
 @app.command()
@@ -407,7 +418,7 @@ def backup_restore(backup_id: str, yes: bool = typer.Option(False, "--yes", help
 @backup_app.command("create")
 def backup_create(store: str, scope: str = typer.Option(..., "--scope", help="Comma-separated tables (or keys/labels).")) -> None:
     """Take a verified backup by hand.  Example: polyshift backup create main --scope users,orders"""
-    names = tuple(s.strip() for s in scope.split(",") if s.strip())
+    names = tuple(n for n in split_names(scope) if n)
     manifest = Runner(project(), _event).backup(store, names)
     if output.opts["json"]:
         emit_json(_manifest_row(manifest))

@@ -54,7 +54,7 @@ def parse_directives(script: str, comment: str, path: Path) -> dict[str, str]:
         body = stripped[len(comment):].strip()
         if not body.lower().startswith("polyshift:"):
             continue
-        for token in body.split(":", 1)[1].split():
+        for token in _tokens(body.split(":", 1)[1]):
             key, _, value = token.partition("=")
             key = key.strip().lower()
             if key not in _DIRECTIVE_KEYS:
@@ -63,9 +63,41 @@ def parse_directives(script: str, comment: str, path: Path) -> dict[str, str]:
     return directives
 
 
+def _tokens(text: str) -> list[str]:
+    """Whitespace-separated directives, where a double-quoted SQL name may hold spaces."""
+    tokens, buf, quoted = [], [], False
+    for ch in text:
+        if ch == '"':
+            quoted = not quoted
+        if ch.isspace() and not quoted:
+            if buf:
+                tokens.append("".join(buf))
+            buf = []
+        else:
+            buf.append(ch)
+    if buf:
+        tokens.append("".join(buf))
+    return tokens
+
+
+def split_names(text: str) -> list[str]:
+    """Comma-separated names, where a comma inside a double-quoted SQL name belongs to the name."""
+    items, buf, quoted = [], [], False
+    for ch in text:
+        if ch == '"':
+            quoted = not quoted
+        if ch == "," and not quoted:
+            items.append("".join(buf).strip())
+            buf = []
+        else:
+            buf.append(ch)
+    items.append("".join(buf).strip())
+    return items
+
+
 def _scope(value: object, path: Path) -> tuple[str, ...]:
     if isinstance(value, str):
-        items = [v.strip() for v in value.split(",")]
+        items = split_names(value)
     elif isinstance(value, (list, tuple)):
         items = [str(v).strip() for v in value]
     else:
@@ -224,4 +256,4 @@ def next_version(existing: list[Migration]) -> str:
     return str(int(head) + 1).zfill(max(4, len(head)))
 
 
-__all__ = ["checksum", "load_all", "load_store_migrations", "next_version", "parse_directives", "version_key"]
+__all__ = ["checksum", "load_all", "load_store_migrations", "next_version", "parse_directives", "split_names", "version_key"]

@@ -59,7 +59,13 @@ class LedgerEntry:
 
 @dataclass(frozen=True)
 class Analysis:
-    """What an adapter reads out of a migration before running it."""
+    """What an adapter reads out of a migration before running it.
+
+    ``scope`` is every object the step may change (inferred, declared, or both); ``reasons`` says
+    why an inferred object is in it ("via orders_user_id_fkey ON DELETE CASCADE from public.users").
+    ``unproven`` lists effects that could not be read (dynamic SQL, a function in C): such a step
+    needs a declared scope before it may run.
+    """
 
     risk: Risk
     scope: tuple[str, ...]
@@ -67,6 +73,8 @@ class Analysis:
     non_transactional: tuple[str, ...] = ()
     statements: int = 0
     notes: tuple[str, ...] = ()
+    reasons: dict[str, str] = field(default_factory=dict)
+    unproven: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

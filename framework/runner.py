@@ -52,6 +52,14 @@ def _quiet(_event: str, _data: dict[str, Any]) -> None:
     pass
 
 
+def _declare_hint(m: Migration) -> str:
+    """How this migration declares its backup scope, in its own file's language."""
+    if m.is_python:
+        return "BACKUP = [...]"
+    comment = "//" if m.forward.path.suffix == ".cypher" else "--"
+    return f"{comment} polyshift: backup=name,..."
+
+
 class Runner:
     def __init__(self, project: Project, emit: Emit | None = None) -> None:
         self.project = project
@@ -130,6 +138,22 @@ class Runner:
         resolved = adapter.resolve_scope(strict, missing_ok=False) + adapter.resolve_scope(lenient, missing_ok=True)
         return tuple(dict.fromkeys(resolved))
 
+    def release_scope(self, adapter: Adapter, m: Migration, analysis: Analysis) -> tuple[str, ...]:
+        """What a release backs up and fingerprints in one store before it changes anything:
+        everything the forward step may change, and every existing object its rollback step may
+        change, since the undo may run that step too (a rollback that deletes more than the forward
+        inserted must find those rows in the backup)."""
+        scope = self._resolve_scope(adapter, m, analysis)
+        self._require_backup(m, analysis, scope)
+        if m.rollback is None:
+            return scope
+        undo = adapter.analyze(m, "down")
+        if undo.unproven and not m.declared_scope and not m.is_python:
+            raise RefusedError(f"{m.store}/{m.id}: its rollback step may change data that cannot be read from its statements: "
+                               + "; ".join(undo.unproven),
+                               hint=f"declare what it changes with '{_declare_hint(m)}' so a verified backup covers it")
+        return tuple(dict.fromkeys(scope + adapter.resolve_scope(undo.scope, missing_ok=True)))
+
     @staticmethod
     def _refuse_irreversible(m: Migration, allow_irreversible: bool) -> None:
         if m.irreversible and not allow_irreversible:
@@ -137,12 +161,23 @@ class Runner:
 
     @staticmethod
     def _require_backup(m: Migration, analysis: Analysis, scope: tuple[str, ...]) -> None:
+        """A destructive step runs only behind a backup of everything it may change: refuse when
+        nothing can be backed up, or when some effect could not be read and no scope was declared."""
+        how = _declare_hint(m)
         if m.irreversible and not scope:
             raise RefusedError(f"{m.store}/{m.id} is irreversible but has nothing to back up; declare its scope "
-                               "(-- polyshift: backup=...) so a verified backup exists before it runs")
-        if analysis.risk == Risk.C and not scope and not m.is_python:
+                               f"({how}) so a verified backup exists before it runs")
+        if m.is_python:
+            return
+        if analysis.unproven and not m.declared_scope:
+            raise RefusedError(
+                f"{m.store}/{m.id} may change data that cannot be read from its statements: "
+                + "; ".join(analysis.unproven),
+                hint=f"declare what it changes with '{how}' so a verified backup covers it",
+            )
+        if analysis.risk == Risk.C and not scope:
             raise RefusedError(f"{m.store}/{m.id} is destructive (risk C) but no backup scope could be inferred; "
-                               "declare one with '-- polyshift: backup=table,...'")
+                               f"declare one with '{how}'")
 
     @contextmanager
     def _locked(self, names: list[str], run_id: str, *, lock: bool, wait: float | None = None,

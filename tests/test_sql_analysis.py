@@ -22,7 +22,19 @@ CASES = [
     ("TRUNCATE sessions, carts", Risk.C, ["sessions", "carts"]),
     ("UPDATE users SET email = lower(email)", Risk.C, ["users"]),
     ("DELETE FROM audit_log WHERE at < now() - interval '1 year'", Risk.C, ["audit_log"]),
-    ('DELETE FROM "Mixed Case"', Risk.C, ["Mixed Case"]),
+    # Scope entries are SQL names: a quoted name stays quoted, so it never resolves to its lowercase twin.
+    ('DELETE FROM "Mixed Case"', Risk.C, ['"Mixed Case"']),
+    ('DELETE FROM "My Schema"."odd.name"', Risk.C, ['"My Schema"."odd.name"']),
+    # Statements that change rows from inside another construct are read to the bottom of their tree.
+    ("MERGE INTO users u USING s ON u.id = s.id WHEN MATCHED THEN DELETE", Risk.C, ["users"]),
+    ("MERGE INTO users u USING s ON u.id = s.id WHEN NOT MATCHED THEN INSERT VALUES (s.id)", Risk.A, ["users"]),
+    ("WITH gone AS (DELETE FROM users RETURNING id) SELECT count(*) FROM gone", Risk.C, ["users"]),
+    ("INSERT INTO users VALUES (1) ON CONFLICT (id) DO UPDATE SET name = excluded.name", Risk.C, ["users"]),
+    ("INSERT INTO users VALUES (1) ON CONFLICT DO NOTHING", Risk.A, ["users"]),
+    ("DO $$ BEGIN DELETE FROM users WHERE id = 1; END $$", Risk.C, ["users"]),
+    ("DROP SCHEMA app", Risk.B, []),
+    ("DROP TYPE mood", Risk.B, []),
+    ("DROP MATERIALIZED VIEW stats", Risk.B, []),
 ]
 
 
@@ -67,3 +79,32 @@ def test_statement_text_survives_non_ascii() -> None:
 def test_syntax_error_names_the_file() -> None:
     with pytest.raises(MigrationLoadError, match=r"0001_x\.forward\.sql: SQL syntax error"):
         analyze_sql("SELEC 1", origin="main/0001_x.forward.sql")
+
+
+def test_dynamic_sql_in_a_do_block_is_opaque() -> None:
+    [statement] = analyze_sql("DO $$ BEGIN EXECUTE 'TRUNCATE ' || 'users'; END $$")
+    assert statement.risk == Risk.C
+    assert statement.effects.opaque == ["the DO block runs dynamic SQL (EXECUTE)"]
+
+
+def test_a_do_block_in_another_language_is_opaque() -> None:
+    [statement] = analyze_sql("DO LANGUAGE plpython3u $$ plpy.execute('DELETE FROM users') $$")
+    assert statement.effects.opaque == ["a DO block in language plpython3u"]
+
+
+def test_function_calls_are_collected_for_the_catalog_to_judge() -> None:
+    [statement] = analyze_sql("SELECT purge(1), app.clean() FROM t")
+    assert [c.display for c in statement.effects.calls] == ["purge", "app.clean"]
+
+
+def test_a_function_created_by_the_script_is_read_for_what_it_writes() -> None:
+    statements = analyze_sql(
+        "CREATE FUNCTION purge() RETURNS void LANGUAGE plpgsql AS $$ BEGIN DELETE FROM users; END $$; SELECT purge();")
+    [effects] = statements[0].defines.values()
+    assert [(r.op.value, r.relation.sql) for r in effects.rows] == [("DELETE", "users")]
+
+
+def test_drop_type_cascade_is_left_for_the_catalog() -> None:
+    [statement] = analyze_sql("DROP TYPE app.mood CASCADE")
+    assert statement.risk == Risk.C
+    assert statement.drops[0].names == (("app", "mood"),)
