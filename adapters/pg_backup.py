@@ -147,7 +147,11 @@ class _SnapshotHasher:
 
 def backup(conn: psycopg.Connection, url: str, tables: list[cat.Table], writer: ArtifactWriter,
            progress: Progress) -> dict[str, Any]:
-    """Stream every table of the scope into the artifact; returns the manifest metadata."""
+    """Stream every table of the scope into the artifact; returns the manifest metadata.
+
+    Besides rows and DDL, the manifest keeps what a restore needs around the tables: the schemas,
+    types and functions their DDL uses, and the views, policies and defaults elsewhere that a
+    ``DROP … CASCADE`` would take with them."""
     meta: dict[str, Any] = {"tables": []}
     with conn.transaction():
         conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
@@ -160,6 +164,9 @@ def backup(conn: psycopg.Connection, url: str, tables: list[cat.Table], writer: 
             _backup_tables(conn, url, tables, snapshot, hasher, writer, progress, meta)
         finally:
             hasher.close()
+        with cat.qualified_names(conn):
+            meta["dependents"] = {"views": cat.dependent_views(conn, tables), "policies": cat.dependent_policies(conn, tables),
+                                  "defaults": cat.dependent_defaults(conn, tables)}
     progress.finish()
     return meta
 
@@ -181,11 +188,13 @@ def _backup_tables(conn: psycopg.Connection, url: str, tables: list[cat.Table], 
         count, data_hash = fingerprint.result()
         if count != rows:
             raise BackupError(f"backup of {table.qualified}: COPY produced {rows} rows but the table has {count}")
+        with cat.qualified_names(conn):
+            inbound, needs = cat.inbound_foreign_keys(conn, table), cat.requirements(conn, table)
         meta["tables"].append({
-            "schema": table.schema, "name": table.name, "stem": stem, "columns": columns, "rows": rows,
-            "data_hash": data_hash, "schema_hash": cat.table_schema_hash(conn, table),
+            "schema": table.schema, "name": table.name, "qualified": table.qualified, "stem": stem, "columns": columns,
+            "rows": rows, "data_hash": data_hash, "schema_hash": cat.table_schema_hash(conn, table),
             "partitions": [t.qualified for t in family[1:]], "partitioned": partitioned,
-            "sequences": cat.owned_sequences(conn, table), "inbound_fks": cat.inbound_foreign_keys(conn, table),
+            "sequences": cat.owned_sequences(conn, table), "inbound_fks": inbound, "requires": needs,
         })
 
 
@@ -210,8 +219,139 @@ def _add_fk(conn: psycopg.Connection, fk: dict[str, str]) -> None:
     referencing = conn.execute("SELECT to_regclass(%s)", (sql.Identifier(fk["schema"], fk["table"]).as_string(conn),)).fetchone()
     if exists or referencing is None or referencing[0] is None:
         return
-    conn.execute(sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} " + fk["definition"].replace("%", "%%")).format(
-        sql.Identifier(fk["schema"], fk["table"]), sql.Identifier(fk["name"])))
+    statement = sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} " + fk["definition"].replace("%", "%%")).format(
+        sql.Identifier(fk["schema"], fk["table"]), sql.Identifier(fk["name"]))
+    try:
+        with conn.transaction():  # savepoint: name the constraint the restored rows do not satisfy
+            conn.execute(statement)
+    except psycopg.errors.ForeignKeyViolation as exc:
+        raise StoreError(
+            f"restore: rows of {cat.Table(fk['schema'], fk['table']).qualified} written since the backup reference rows the "
+            f"backup does not have ({fk['name']}: {redact(str(exc).strip().splitlines()[0])}); nothing was changed",
+            hint=f"back up and restore {cat.Table(fk['schema'], fk['table']).qualified} together with this scope",
+        ) from None
+
+
+def _exists(conn: psycopg.Connection, probe: str) -> bool:
+    row = conn.execute(probe).fetchone()  # type: ignore[call-overload]
+    return row is not None and row[0] is not None
+
+
+def _relation_exists(conn: psycopg.Connection, schema: str, name: str) -> bool:
+    return _exists(conn, sql.SQL("SELECT to_regclass({})").format(sql.Literal(cat.Table(schema, name).qualified)).as_string(conn))
+
+
+_ENABLE = {"O": "ENABLE TRIGGER", "A": "ENABLE ALWAYS TRIGGER", "R": "ENABLE REPLICA TRIGGER"}
+
+
+class _Restore:
+    """One restore inside one transaction: every step below either all lands or none does."""
+
+    def __init__(self, conn: psycopg.Connection, manifest: Manifest, artifacts: ArtifactStore, progress: Progress) -> None:
+        self.conn, self.manifest, self.artifacts, self.progress = conn, manifest, artifacts, progress
+        self.tables_meta: list[dict[str, Any]] = manifest.meta["tables"]
+        self.dependents: dict[str, list[dict[str, Any]]] = manifest.meta.get("dependents", {})
+
+    def ddl(self, t: dict[str, Any], section: str) -> list[str]:
+        return _ddl_statements(b"".join(self.artifacts.iter_chunks(self.manifest, f"{t['stem']}.{section}.sql.zst")).decode())
+
+    def run(self) -> None:
+        conn = self.conn
+        recreate: list[dict[str, Any]] = []
+        truncate: list[cat.Table] = []
+        changed: list[cat.Table] = []
+        for t in self.tables_meta:
+            table = cat.Table(t["schema"], t["name"])
+            current = cat.table_schema_hash(conn, table)
+            if current is None:
+                recreate.append(t)
+            elif current == t["schema_hash"]:
+                truncate.append(table)
+            else:
+                changed.append(table)  # reshaped (a column dropped, a rollback failed): rebuilt from our DDL
+                recreate.append(t)
+        present = truncate + changed
+        with cat.qualified_names(conn):
+            # Restoring must not set off what the tables' own triggers do on TRUNCATE and INSERT.
+            triggers = cat.user_triggers(conn, truncate)
+            # Foreign keys into the scope go for the refill (TRUNCATE refuses them, and rows must
+            # not be checked in COPY order) and come back, validated, at the end.
+            fks = cat.foreign_keys_into(conn, present) if present else []
+            views = cat.dependent_views(conn, changed) if changed else []
+            policies = cat.dependent_policies(conn, changed) if changed else []
+            defaults = cat.dependent_defaults(conn, changed) if changed else []
+        for tg in triggers:
+            conn.execute(sql.SQL("ALTER TABLE {} DISABLE TRIGGER {}").format(sql.Identifier(tg["schema"], tg["table"]),
+                                                                           sql.Identifier(tg["name"])))
+        for fk in fks:
+            _drop_fk(conn, fk)
+        for view in reversed(views):
+            kind = "MATERIALIZED VIEW" if view["kind"] == "m" else "VIEW"
+            conn.execute(sql.SQL(f"DROP {kind} {{}}").format(sql.Identifier(view["schema"], view["name"])))
+        for p in policies:
+            conn.execute(sql.SQL("DROP POLICY {} ON {}").format(sql.Identifier(p["name"]), sql.Identifier(p["schema"], p["table"])))
+        for d in defaults:
+            conn.execute(sql.SQL("ALTER TABLE {} ALTER COLUMN {} DROP DEFAULT").format(
+                sql.Identifier(d["schema"], d["table"]), sql.Identifier(d["column"])))
+        for table in changed:
+            _execute_all(conn, [sql.SQL("DROP TABLE {}").format(table.ident).as_string(conn)], f"dropping changed {table.qualified}")
+        for t in recreate:
+            for need in t.get("requires", []):
+                if not _exists(conn, need["probe"]):
+                    _execute_all(conn, [need["ddl"]], f"re-creating {need['kind']} {need['name']} for {t['schema']}.{t['name']}")
+            _execute_all(conn, self.ddl(t, "pre"), f"recreating {t['schema']}.{t['name']}")
+        if truncate:
+            conn.execute(sql.SQL("TRUNCATE {}").format(sql.SQL(", ").join(t.ident for t in truncate)))
+        self.copy_in()
+        for t in recreate:
+            _execute_all(conn, self.ddl(t, "post"), f"re-creating indexes and constraints of {t['schema']}.{t['name']}")
+        for tg in triggers:
+            conn.execute(sql.SQL(f"ALTER TABLE {{}} {_ENABLE[tg['enabled']]} {{}}").format(
+                sql.Identifier(tg["schema"], tg["table"]), sql.Identifier(tg["name"])))
+        for t in self.tables_meta:
+            for seq in t.get("sequences", []):
+                conn.execute("SELECT setval(to_regclass(%s), %s, %s)",
+                             (sql.Identifier(seq["schema"], seq["name"]).as_string(conn), seq["last_value"], seq["is_called"]))
+        for fk in fks + [fk for t in self.tables_meta for fk in t.get("inbound_fks", [])]:
+            _add_fk(conn, fk)
+        self.recreate_dependents(views, policies, defaults)
+
+    def copy_in(self) -> None:
+        for t in self.tables_meta:
+            table = cat.Table(t["schema"], t["name"])
+            columns = sql.SQL(", ").join(map(sql.Identifier, t["columns"]))
+            # Every table here was created or truncated in this transaction, which is when FREEZE is
+            # allowed: rows land frozen, sparing the table a later rewrite of hint bits by vacuum.
+            # PostgreSQL refuses FREEZE on a partitioned parent, whose rows go to its partitions.
+            options = sql.SQL("") if t.get("partitioned") else sql.SQL(" (FREEZE)")
+            with self.conn.cursor().copy(sql.SQL("COPY {} ({}) FROM STDIN{}").format(table.ident, columns, options)) as copy:
+                for block in self.artifacts.iter_chunks(self.manifest, f"{t['stem']}.copy.zst"):
+                    copy.write(block)
+                    self.progress.advance(len(block))
+
+    def recreate_dependents(self, views: list[dict[str, Any]], policies: list[dict[str, Any]],
+                            defaults: list[dict[str, Any]]) -> None:
+        """Views, policies and defaults that ``DROP … CASCADE`` (or the rebuild above) removed, as the
+        backup recorded them; ones made since the backup come back as they were just now."""
+        conn = self.conn
+        recorded = {(v["schema"], v["name"]): v for v in self.dependents.get("views", [])}
+        merged = dict(recorded)
+        for v in views:
+            merged.setdefault((v["schema"], v["name"]), v)
+        for v in sorted(merged.values(), key=lambda v: v["level"]):
+            if not _relation_exists(conn, v["schema"], v["name"]):
+                _execute_all(conn, v["ddl"], f"re-creating view {cat.Table(v['schema'], v['name']).qualified}")
+        for p in {(p["schema"], p["table"], p["name"]): p for p in [*policies, *self.dependents.get("policies", [])]}.values():
+            present = conn.execute("SELECT 1 FROM pg_policy WHERE polname = %s AND polrelid = to_regclass(%s)",
+                                   (p["name"], cat.Table(p["schema"], p["table"]).qualified)).fetchone()
+            if present is None and _relation_exists(conn, p["schema"], p["table"]):
+                _execute_all(conn, [p["ddl"]], f"re-creating policy {p['name']}")
+        for d in [*defaults, *self.dependents.get("defaults", [])]:
+            missing = conn.execute(
+                "SELECT 1 FROM pg_attribute a WHERE a.attrelid = to_regclass(%s) AND a.attname = %s AND NOT a.atthasdef",
+                (cat.Table(d["schema"], d["table"]).qualified, d["column"])).fetchone()
+            if missing is not None:
+                _execute_all(conn, [d["ddl"]], f"re-creating the default of {d['table']}.{d['column']}")
 
 
 def restore(conn: psycopg.Connection, manifest: Manifest, artifacts: ArtifactStore, progress: Progress,
@@ -224,59 +364,7 @@ def restore(conn: psycopg.Connection, manifest: Manifest, artifacts: ArtifactSto
     progress.start(f"restore {manifest.id}", total=total or None)
     with conn.transaction():
         conn.execute("SELECT set_config('lock_timeout', %s, true)", (f"{int(lock_timeout * 1000)}ms",))
-        recreate: list[dict[str, Any]] = []
-        truncate: list[cat.Table] = []
-        removed_fks: list[dict[str, str]] = []
-        for t in tables_meta:
-            table = cat.Table(t["schema"], t["name"])
-            current = cat.table_schema_hash(conn, table)
-            if current is None:
-                recreate.append(t)
-            elif current == t["schema_hash"]:
-                truncate.append(table)
-            else:
-                # Shape changed (e.g. a column dropped and a failed rollback): rebuild from our DDL.
-                fks = cat.inbound_foreign_keys(conn, table)
-                for fk in fks:
-                    _drop_fk(conn, fk)
-                removed_fks.extend(fks)
-                drop = sql.SQL("DROP TABLE {}").format(table.ident).as_string(conn)
-                _execute_all(conn, [drop], f"dropping changed {table.qualified}")
-                recreate.append(t)
-        for t in recreate:
-            pre = artifacts.iter_chunks(manifest, f"{t['stem']}.pre.sql.zst")
-            _execute_all(conn, _ddl_statements(b"".join(pre).decode()), f"recreating {t['schema']}.{t['name']}")
-        if truncate:
-            try:
-                conn.execute(sql.SQL("TRUNCATE {}").format(sql.SQL(", ").join(t.ident for t in truncate)))
-            except psycopg.errors.FeatureNotSupported as exc:
-                raise StoreError(
-                    f"restore: {redact(str(exc).strip())}",
-                    hint="another table references this one by foreign key: include it in the backup scope",
-                ) from exc
-        for t in tables_meta:
-            table = cat.Table(t["schema"], t["name"])
-            columns = sql.SQL(", ").join(map(sql.Identifier, t["columns"]))
-            # Every table here was created or truncated in this transaction, which is when FREEZE is
-            # allowed: rows land frozen, sparing the table a later rewrite of hint bits by vacuum.
-            # PostgreSQL refuses FREEZE on a partitioned parent, whose rows go to its partitions.
-            options = sql.SQL("") if t.get("partitioned") else sql.SQL(" (FREEZE)")
-            with conn.cursor().copy(sql.SQL("COPY {} ({}) FROM STDIN{}").format(table.ident, columns, options)) as copy:
-                for block in artifacts.iter_chunks(manifest, f"{t['stem']}.copy.zst"):
-                    copy.write(block)
-                    progress.advance(len(block))
-        for t in recreate:
-            post = artifacts.iter_chunks(manifest, f"{t['stem']}.post.sql.zst")
-            what = f"re-creating indexes and constraints of {t['schema']}.{t['name']}"
-            _execute_all(conn, _ddl_statements(b"".join(post).decode()), what)
-        for t in tables_meta:
-            for fk in t.get("inbound_fks", []):
-                _add_fk(conn, fk)
-            for seq in t.get("sequences", []):
-                conn.execute("SELECT setval(to_regclass(%s), %s, %s)",
-                             (sql.Identifier(seq["schema"], seq["name"]).as_string(conn), seq["last_value"], seq["is_called"]))
-        for fk in removed_fks:
-            _add_fk(conn, fk)
+        _Restore(conn, manifest, artifacts, progress).run()
     progress.finish()
     return verify_restored(conn, manifest)
 
@@ -284,6 +372,9 @@ def restore(conn: psycopg.Connection, manifest: Manifest, artifacts: ArtifactSto
 def verify_restored(conn: psycopg.Connection, manifest: Manifest) -> RestoreReport:
     mismatches: list[str] = []
     items: dict[str, int] = {}
+    for v in manifest.meta.get("dependents", {}).get("views", []):
+        if not _relation_exists(conn, v["schema"], v["name"]):
+            mismatches.append(f"view {cat.Table(v['schema'], v['name']).qualified} is missing")
     for t in manifest.meta["tables"]:
         table = cat.Table(t["schema"], t["name"])
         shape = cat.table_schema_hash(conn, table)

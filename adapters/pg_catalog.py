@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import psycopg
 from psycopg import sql
+
+from adapters.pg_names import quote_ident
 
 LEDGER_SCHEMA = "_polyshift"  # leading underscore: never a role name, so never on "$user" search paths
 
@@ -15,7 +20,7 @@ LEDGER_SCHEMA = "_polyshift"  # leading underscore: never a role name, so never 
 # our own DDL (names and definitions, never OIDs). Columns are sorted by name so a column
 # dropped and re-added by a rollback (now last) is not reported as a schema change.
 _SCHEMA_SQL = """
-SELECT n.nspname || '.' || c.relname AS name, c.relkind::text AS kind,
+SELECT n.nspname, c.relname, c.relkind::text AS kind,
   coalesce((SELECT json_agg(json_build_array(a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull,
                    pg_get_expr(d.adbin, d.adrelid), a.attidentity::text, a.attgenerated::text) ORDER BY a.attname)
             FROM pg_attribute a LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
@@ -31,7 +36,7 @@ WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S')
   AND n.nspname NOT LIKE 'pg\\_toast%%' AND n.nspname NOT LIKE 'pg\\_temp%%'
   AND NOT EXISTS (SELECT 1 FROM pg_depend e WHERE e.objid = c.oid AND e.deptype = 'e')
   {only}
-ORDER BY 1
+ORDER BY 1, 2
 """
 _TYPES_SQL = """
 SELECT format('%%I.%%I', n.nspname, t.typname), t.typtype::text,
@@ -45,12 +50,15 @@ ORDER BY 1
 
 @dataclass(frozen=True)
 class Table:
+    """A table by identity. ``qualified`` is its SQL spelling (``public."Users"``): every scope entry,
+    fingerprint key and message uses it, and ``to_regclass`` reads it back to this very table."""
+
     schema: str
     name: str
 
     @property
     def qualified(self) -> str:
-        return f"{self.schema}.{self.name}"
+        return f"{quote_ident(self.schema)}.{quote_ident(self.name)}"
 
     @property
     def ident(self) -> sql.Composed:
@@ -69,10 +77,9 @@ def schema_descriptions(conn: psycopg.Connection, only: list[Table] | None = Non
         clause = "AND (n.nspname, c.relname) IN (SELECT * FROM unnest(%(schemas)s::text[], %(names)s::text[]))"
         params |= {"schemas": [t.schema for t in only], "names": [t.name for t in only]}
     rows = conn.execute(_SCHEMA_SQL.format(only=clause), params).fetchall()
-    # Keys use the raw schema.name, not format('%I'), so they match Table.qualified.
     out: dict[str, object] = {}
-    for name, kind, columns, constraints, indexes, viewdef in rows:
-        out[name] = [kind, columns, constraints, indexes, viewdef]
+    for schema, name, kind, columns, constraints, indexes, viewdef in rows:
+        out[Table(schema, name).qualified] = [kind, columns, constraints, indexes, viewdef]
     return out
 
 
@@ -90,6 +97,18 @@ def partitions(conn: psycopg.Connection, table: Table) -> list[Table]:
         (table.ident.as_string(conn),),
     ).fetchall()
     return [Table(s, n) for s, n in rows]
+
+
+def is_ancestor(conn: psycopg.Connection, ancestor: Table, table: Table) -> bool:
+    row = conn.execute("SELECT to_regclass(%s) IN (SELECT relid FROM pg_partition_ancestors(to_regclass(%s)))",
+                       (ancestor.qualified, table.qualified)).fetchone()
+    return bool(row and row[0])
+
+
+def without_covered_partitions(conn: psycopg.Connection, tables: list[Table]) -> list[Table]:
+    """The tables, less each partition whose partitioned ancestor is among them: the ancestor's
+    backup holds its rows, and restoring both would put them back twice."""
+    return [t for t in tables if not any(o != t and is_ancestor(conn, o, t) for o in tables)]
 
 
 def is_partitioned(conn: psycopg.Connection, table: Table) -> bool:
@@ -120,11 +139,23 @@ def table_data_hash(conn: psycopg.Connection, table: Table) -> tuple[int, str]:
     where restores land. The 64-bit md5 prefixes are summed as numeric: a multiset hash that
     ignores row order and never leaves the server.
     """
-    columns = [r[0] for r in conn.execute(
-        "SELECT attname FROM pg_attribute WHERE attrelid = to_regclass(%s) AND attnum > 0 AND NOT attisdropped ORDER BY attname",
+    # A user type (enum, domain, composite, or an array of one) gets a new OID when a restore
+    # re-creates it, and record_send writes field type OIDs: such columns are hashed as text.
+    columns = conn.execute(
+        """
+        SELECT a.attname, n.nspname NOT IN ('pg_catalog', 'information_schema')
+               AND NOT EXISTS (SELECT 1 FROM pg_depend e WHERE e.objid = t.oid AND e.deptype = 'e')
+        FROM pg_attribute a
+        JOIN pg_type t ON t.oid = CASE WHEN (SELECT typelem FROM pg_type WHERE oid = a.atttypid AND typcategory = 'A') <> 0
+                                       THEN (SELECT typelem FROM pg_type WHERE oid = a.atttypid) ELSE a.atttypid END
+        JOIN pg_namespace n ON n.oid = t.typnamespace
+        WHERE a.attrelid = to_regclass(%s) AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attname
+        """,
         (table.ident.as_string(conn),),
-    )]
-    row = sql.SQL("record_send(ROW({}))").format(sql.SQL(", ").join(sql.Identifier("t", c) for c in columns))
+    ).fetchall()
+    fields = [sql.SQL("{}::text").format(sql.Identifier("t", c)) if user_type else sql.Identifier("t", c)
+              for c, user_type in columns]
+    row = sql.SQL("record_send(ROW({}))").format(sql.SQL(", ").join(fields))
     query = sql.SQL(
         "SELECT count(*), coalesce(sum(('x' || left(md5({}), 16))::bit(64)::bigint::numeric), 0)::text FROM {} AS t",
     ).format(row, table.ident)
@@ -183,7 +214,231 @@ def inbound_foreign_keys(conn: psycopg.Connection, table: Table) -> list[dict[st
     rows = conn.execute(
         "SELECT rn.nspname, r.relname, co.conname, pg_get_constraintdef(co.oid) FROM pg_constraint co "
         "JOIN pg_class r ON r.oid = co.conrelid JOIN pg_namespace rn ON rn.oid = r.relnamespace "
-        "WHERE co.contype = 'f' AND co.confrelid = to_regclass(%s) AND co.conrelid <> co.confrelid",
+        "WHERE co.contype = 'f' AND co.confrelid = to_regclass(%s) AND co.conrelid <> co.confrelid AND co.conparentid = 0",
         (sql.Identifier(table.schema, table.name).as_string(conn),),
     ).fetchall()
     return [{"schema": s, "table": t, "name": n, "definition": d} for s, t, n, d in rows]
+
+
+# -- objects a table's restore needs around it -----------------------------------------------------
+# Captured with search_path = pg_catalog (see ``qualified_names``), so every definition names its
+# objects with their schema and means the same thing whatever the restoring session's path.
+
+@contextmanager
+def qualified_names(conn: psycopg.Connection) -> Iterator[None]:
+    """Inside the caller's transaction: catalog functions print schema-qualified names."""
+    previous = conn.execute("SELECT current_setting('search_path')").fetchone()[0]  # type: ignore[index]
+    conn.execute("SELECT set_config('search_path', 'pg_catalog', true)")
+    # No finally: after an error the transaction is aborted, and ending it drops the LOCAL setting.
+    yield
+    conn.execute("SELECT set_config('search_path', %s, true)", (previous,))
+
+
+def dependent_views(conn: psycopg.Connection, tables: list[Table]) -> list[dict[str, Any]]:
+    """Views and materialized views that depend on the tables, directly or through other views,
+    each with the DDL that re-creates it (``DROP … CASCADE`` removes them silently)."""
+    rows = conn.execute(
+        """
+        WITH RECURSIVE base AS (SELECT to_regclass(t)::oid AS oid FROM unnest(%(t)s::text[]) t),
+        deps(oid, level) AS (
+          SELECT DISTINCT r.ev_class, 1 FROM pg_depend d JOIN pg_rewrite r ON r.oid = d.objid
+          WHERE d.classid = 'pg_rewrite'::regclass AND d.refclassid = 'pg_class'::regclass
+            AND d.refobjid IN (SELECT oid FROM base) AND r.ev_class NOT IN (SELECT oid FROM base)
+          UNION
+          SELECT r.ev_class, deps.level + 1 FROM deps JOIN pg_depend d ON d.refobjid = deps.oid
+            AND d.refclassid = 'pg_class'::regclass AND d.classid = 'pg_rewrite'::regclass
+          JOIN pg_rewrite r ON r.oid = d.objid WHERE r.ev_class <> deps.oid AND deps.level < 50)
+        SELECT c.oid, n.nspname, c.relname, c.relkind::text, c.relispopulated, max(deps.level),
+               c.reloptions, obj_description(c.oid, 'pg_class')
+        FROM deps JOIN pg_class c ON c.oid = deps.oid JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE c.relkind IN ('v', 'm')
+        GROUP BY c.oid, n.nspname, c.relname, c.relkind, c.relispopulated, c.reloptions
+        ORDER BY max(deps.level), n.nspname, c.relname
+        """,
+        {"t": [t.qualified for t in tables]},
+    ).fetchall()
+    out = []
+    for oid, schema, name, kind, populated, level, options, comment in rows:
+        ident = Table(schema, name).qualified
+        definition = conn.execute("SELECT pg_get_viewdef(%s::oid)", (oid,)).fetchone()[0].rstrip().rstrip(";")  # type: ignore[index]
+        with_options = f" WITH ({', '.join(options)})" if options else ""
+        ddl = []
+        if kind == "m":
+            ddl.append(f"CREATE MATERIALIZED VIEW {ident}{with_options} AS {definition} WITH NO DATA")
+            ddl += [r[0] for r in conn.execute("SELECT pg_get_indexdef(indexrelid) FROM pg_index WHERE indrelid = %s "
+                                               "ORDER BY indexrelid", (oid,))]
+        else:
+            ddl.append(f"CREATE VIEW {ident}{with_options} AS {definition}")
+        ddl += [r[0] for r in conn.execute("SELECT pg_get_triggerdef(oid) FROM pg_trigger WHERE tgrelid = %s "
+                                           "AND NOT tgisinternal ORDER BY tgname", (oid,))]
+        ddl += [r[0] for r in conn.execute("SELECT pg_get_ruledef(oid) FROM pg_rewrite WHERE ev_class = %s "
+                                           "AND rulename <> '_RETURN' ORDER BY rulename", (oid,))]
+        if comment is not None:
+            ddl.append(sql.SQL("COMMENT ON {} {} IS {}").format(
+                sql.SQL("MATERIALIZED VIEW" if kind == "m" else "VIEW"), sql.Identifier(schema, name),
+                sql.Literal(comment)).as_string(conn))
+        if kind == "m" and populated:
+            ddl.append(f"REFRESH MATERIALIZED VIEW {ident}")
+        out.append({"schema": schema, "name": name, "kind": kind, "level": int(level), "ddl": ddl})
+    return out
+
+
+def dependent_policies(conn: psycopg.Connection, tables: list[Table]) -> list[dict[str, Any]]:
+    """Row security policies on other tables whose expressions use the tables."""
+    rows = conn.execute(
+        """
+        SELECT DISTINCT pn.nspname, pc.relname, p.polname, p.polpermissive, p.polcmd::text,
+          (SELECT array_agg(CASE WHEN r = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(r)) END ORDER BY r)
+           FROM unnest(p.polroles) r),
+          pg_get_expr(p.polqual, p.polrelid), pg_get_expr(p.polwithcheck, p.polrelid)
+        FROM pg_depend d JOIN pg_policy p ON p.oid = d.objid
+        JOIN pg_class pc ON pc.oid = p.polrelid JOIN pg_namespace pn ON pn.oid = pc.relnamespace
+        WHERE d.classid = 'pg_policy'::regclass AND d.refclassid = 'pg_class'::regclass
+          AND d.refobjid IN (SELECT to_regclass(t) FROM unnest(%(t)s::text[]) t)
+          AND p.polrelid NOT IN (SELECT to_regclass(t) FROM unnest(%(t)s::text[]) t)
+        ORDER BY 1, 2, 3
+        """,
+        {"t": [t.qualified for t in tables]},
+    ).fetchall()
+    commands = {"r": "SELECT", "a": "INSERT", "w": "UPDATE", "d": "DELETE", "*": "ALL"}
+    out = []
+    for schema, table, name, permissive, cmd, roles, qual, check in rows:
+        ddl = (f"CREATE POLICY {quote_ident(name)} ON {Table(schema, table).qualified} "
+               f"AS {'PERMISSIVE' if permissive else 'RESTRICTIVE'} FOR {commands[cmd]} TO {', '.join(roles or ['PUBLIC'])}")
+        if qual is not None:
+            ddl += f" USING ({qual})"
+        if check is not None:
+            ddl += f" WITH CHECK ({check})"
+        out.append({"schema": schema, "table": table, "name": name, "ddl": ddl})
+    return out
+
+
+def dependent_defaults(conn: psycopg.Connection, tables: list[Table]) -> list[dict[str, Any]]:
+    """Column defaults of other tables that use the tables or their owned sequences."""
+    rows = conn.execute(
+        """
+        WITH base AS (SELECT to_regclass(t)::oid AS oid FROM unnest(%(t)s::text[]) t),
+        owned AS (SELECT oid FROM base UNION SELECT d.objid FROM pg_depend d
+                  WHERE d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass
+                    AND d.refobjid IN (SELECT oid FROM base) AND d.deptype IN ('a', 'i'))
+        SELECT DISTINCT n.nspname, c.relname, a.attname, pg_get_expr(ad.adbin, ad.adrelid)
+        FROM pg_depend d JOIN pg_attrdef ad ON ad.oid = d.objid
+        JOIN pg_class c ON c.oid = ad.adrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+        JOIN pg_attribute a ON a.attrelid = ad.adrelid AND a.attnum = ad.adnum
+        WHERE d.classid = 'pg_attrdef'::regclass AND d.refclassid = 'pg_class'::regclass
+          AND d.refobjid IN (SELECT oid FROM owned) AND ad.adrelid NOT IN (SELECT oid FROM base)
+        ORDER BY 1, 2, 3
+        """,
+        {"t": [t.qualified for t in tables]},
+    ).fetchall()
+    return [{"schema": s, "table": t, "column": c,
+             "ddl": f"ALTER TABLE {Table(s, t).qualified} ALTER COLUMN {quote_ident(c)} SET DEFAULT {expr}"}
+            for s, t, c, expr in rows]
+
+
+def requirements(conn: psycopg.Connection, table: Table) -> list[dict[str, Any]]:
+    """What must exist before the table can be re-created from its DDL: its schema, the user types
+    of its columns (enum, domain, composite, range, arrays of them) and the user functions its
+    defaults, checks and triggers call. ``probe`` tells whether one exists already."""
+    schema = quote_ident(table.schema)
+    out: list[dict[str, Any]] = [{"kind": "schema", "name": table.schema, "probe": f"SELECT to_regnamespace({_lit(schema)})",
+                                  "ddl": f"CREATE SCHEMA IF NOT EXISTS {schema}"}]
+    types = conn.execute(
+        """
+        WITH RECURSIVE used(oid) AS (
+          SELECT a.atttypid FROM pg_attribute a WHERE a.attrelid = to_regclass(%(t)s) AND a.attnum > 0 AND NOT a.attisdropped
+          UNION SELECT x.oid FROM used JOIN pg_type t ON t.oid = used.oid, LATERAL (
+              SELECT unnest(ARRAY[t.typelem, t.typbasetype, (SELECT rngsubtype FROM pg_range WHERE rngtypid = t.oid)]) AS oid
+              UNION ALL SELECT a.atttypid FROM pg_attribute a
+              WHERE t.typtype = 'c' AND a.attrelid = t.typrelid AND a.attnum > 0 AND NOT a.attisdropped) x
+            WHERE x.oid <> 0)
+        SELECT t.oid, n.nspname, t.typname, t.typtype::text FROM used JOIN pg_type t ON t.oid = used.oid
+        JOIN pg_namespace n ON n.oid = t.typnamespace
+        WHERE t.typtype IN ('e', 'd', 'c', 'r') AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+          AND NOT EXISTS (SELECT 1 FROM pg_depend e WHERE e.objid = t.oid AND e.deptype = 'e')
+          AND (t.typtype <> 'c' OR (SELECT relkind FROM pg_class WHERE oid = t.typrelid) = 'c')
+        ORDER BY CASE t.typtype WHEN 'e' THEN 0 WHEN 'r' THEN 1 WHEN 'c' THEN 2 ELSE 3 END, t.oid
+        """,
+        {"t": table.qualified},
+    ).fetchall()
+    for oid, schema, name, typtype in types:
+        ident = f"{quote_ident(schema)}.{quote_ident(name)}"
+        out.append({"kind": "type", "name": ident, "probe": f"SELECT to_regtype({_lit(ident)})",
+                    "ddl": _type_ddl(conn, oid, ident, typtype)})
+    functions = conn.execute(
+        """
+        SELECT DISTINCT p.oid, p.oid::regprocedure::text, pg_get_functiondef(p.oid) FROM pg_depend d
+        JOIN pg_proc p ON p.oid = d.refobjid AND d.refclassid = 'pg_proc'::regclass
+        JOIN pg_namespace n ON n.oid = p.pronamespace
+        WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') AND p.prokind IN ('f', 'p')
+          AND NOT EXISTS (SELECT 1 FROM pg_depend e WHERE e.objid = p.oid AND e.deptype = 'e')
+          AND ((d.classid = 'pg_attrdef'::regclass AND d.objid IN (SELECT oid FROM pg_attrdef WHERE adrelid = to_regclass(%(t)s)))
+            OR (d.classid = 'pg_constraint'::regclass AND d.objid IN (SELECT oid FROM pg_constraint WHERE conrelid = to_regclass(%(t)s)))
+            OR (d.classid = 'pg_trigger'::regclass AND d.objid IN (SELECT oid FROM pg_trigger WHERE tgrelid = to_regclass(%(t)s)))
+            OR (d.classid = 'pg_class'::regclass AND d.objid = to_regclass(%(t)s)))
+        ORDER BY p.oid
+        """,
+        {"t": table.qualified},
+    ).fetchall()
+    for _oid, signature, definition in functions:
+        out.append({"kind": "function", "name": signature, "probe": f"SELECT to_regprocedure({_lit(signature)})",
+                    "ddl": definition})
+    return out
+
+
+def _lit(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _type_ddl(conn: psycopg.Connection, oid: int, ident: str, typtype: str) -> str:
+    if typtype == "e":
+        labels = [r[0] for r in conn.execute("SELECT enumlabel FROM pg_enum WHERE enumtypid = %s ORDER BY enumsortorder", (oid,))]
+        return f"CREATE TYPE {ident} AS ENUM ({', '.join(_lit(label) for label in labels)})"
+    if typtype == "r":
+        subtype = conn.execute("SELECT format_type(rngsubtype, NULL) FROM pg_range WHERE rngtypid = %s", (oid,)).fetchone()[0]  # type: ignore[index]
+        return f"CREATE TYPE {ident} AS RANGE (subtype = {subtype})"
+    if typtype == "c":
+        attrs = conn.execute(
+            "SELECT a.attname, format_type(a.atttypid, a.atttypmod) FROM pg_type t JOIN pg_attribute a ON a.attrelid = t.typrelid "
+            "WHERE t.oid = %s AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum", (oid,)).fetchall()
+        return f"CREATE TYPE {ident} AS ({', '.join(f'{quote_ident(n)} {t}' for n, t in attrs)})"
+    base, default, not_null = conn.execute(
+        "SELECT format_type(typbasetype, typtypmod), typdefault, typnotnull FROM pg_type WHERE oid = %s", (oid,)).fetchone()  # type: ignore[misc]
+    checks = [f"CONSTRAINT {quote_ident(n)} {d}" for n, d in conn.execute(
+        "SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint WHERE contypid = %s AND contype = 'c' ORDER BY conname", (oid,))]
+    return (f"CREATE DOMAIN {ident} AS {base}" + (f" DEFAULT {default}" if default is not None else "")
+            + (" NOT NULL" if not_null else "") + "".join(f" {c}" for c in checks))
+
+
+def foreign_keys_into(conn: psycopg.Connection, tables: list[Table]) -> list[dict[str, str]]:
+    """Every foreign key that references one of the tables (or a partition of one), by its root
+    constraint, with its definition: a restore drops them, refills the tables and adds them back."""
+    rows = conn.execute(
+        """
+        WITH family AS (
+          SELECT to_regclass(t)::oid AS oid FROM unnest(%(t)s::text[]) t
+          UNION SELECT p.relid FROM unnest(%(t)s::text[]) t, LATERAL pg_partition_tree(to_regclass(t)) p)
+        SELECT DISTINCT rn.nspname, r.relname, co.conname, pg_get_constraintdef(co.oid)
+        FROM pg_constraint co JOIN pg_class r ON r.oid = co.conrelid JOIN pg_namespace rn ON rn.oid = r.relnamespace
+        WHERE co.contype = 'f' AND co.conparentid = 0 AND co.confrelid IN (SELECT oid FROM family)
+        ORDER BY 1, 2, 3
+        """,
+        {"t": [t.qualified for t in tables]},
+    ).fetchall()
+    return [{"schema": s, "table": t, "name": n, "definition": d} for s, t, n, d in rows]
+
+
+def user_triggers(conn: psycopg.Connection, tables: list[Table]) -> list[dict[str, str]]:
+    """Enabled user triggers on the tables and their partitions, with their enabled state."""
+    rows = conn.execute(
+        """
+        SELECT n.nspname, c.relname, t.tgname, t.tgenabled::text FROM pg_trigger t
+        JOIN pg_class c ON c.oid = t.tgrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE NOT t.tgisinternal AND t.tgenabled <> 'D' AND t.tgparentid = 0
+          AND t.tgrelid IN (SELECT to_regclass(x)::oid FROM unnest(%(t)s::text[]) x
+                            UNION SELECT p.relid FROM unnest(%(t)s::text[]) x, LATERAL pg_partition_tree(to_regclass(x)) p)
+        ORDER BY 1, 2, 3
+        """,
+        {"t": [t.qualified for t in tables]},
+    ).fetchall()
+    return [{"schema": s, "table": t, "name": n, "enabled": e} for s, t, n, e in rows]
