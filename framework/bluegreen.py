@@ -92,8 +92,7 @@ class ReleaseRun:
         for m in self.release.ordered():
             adapter = self.adapters[m.store]
             analysis = adapter.analyze(m, "up")
-            scope = self.runner._resolve_scope(adapter, m, analysis)
-            self.runner._require_backup(m, analysis, scope)
+            scope = self.runner.release_scope(adapter, m, analysis)
             step = StoreStep(m, scope, adapter.fingerprint(scope), bool(analysis.non_transactional), analysis.risk.value)
             step.known_problems = self.store_invariants(adapter)
             self.steps.append(step)

@@ -60,6 +60,10 @@ class StoreError(PolyshiftError):
     """A store could not be reached or answered with an error (driver errors are translated to this)."""
 
 
+class StoreUnavailable(StoreError):
+    """The store did not answer (connection refused, timed out, lost): trying again later may work."""
+
+
 class StepFailed(PolyshiftError):
     """A forward, rollback or validate step failed; ``cause`` is the translated store error."""
 

@@ -15,8 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from framework.errors import PolyshiftError, StepFailed
-from framework.migration import Migration
+from framework.errors import MigrationLoadError, PolyshiftError, StepFailed, StoreUnavailable
+from framework.migration import Migration, Risk
 from framework.protocol import Adapter, Fingerprint
 from framework.state import actor
 from framework.status import applied_entries
@@ -105,8 +105,11 @@ class StoreCompensation:
         except PolyshiftError as exc:
             self._journal("undo-store", "failed", error=str(exc))
             backup = self.step.manifest
-            hint = (f"when {m.store} answers again, run: polyshift recover" +
-                    (f" (backup {backup.id} holds the scope as it was)" if backup else ""))
+            held = f" (backup {backup.id} holds the scope as it was)" if backup else ""
+            if isinstance(exc, StoreUnavailable):
+                hint = f"when {m.store} answers again, run: polyshift recover{held}"
+            else:
+                hint = f"{exc.hint + '; then ' if exc.hint else 'fix the cause, then '}run: polyshift recover{held}"
             return StoreUndo(m.store, False, f"undo could not complete: {exc}", hint)
 
     def _rollback_step(self) -> str | None:
@@ -124,18 +127,50 @@ class StoreCompensation:
         self._journal("rollback", "done")
         return None
 
+    def _guard_rollback(self) -> tuple[Manifest | None, list[str]]:
+        """Before a rollback step runs: a verified safety backup of what it may destroy, and a word
+        about data it would drop that the release did not bring.
+
+        Inside a release's own window (strict) the release backup already holds every table that
+        existed before; what else the step destroys (tables the forward created, which green traffic
+        may have written) is backed up here. Long after the release (emergency rollback) the whole
+        scope holds what the application wrote since, so all of it is backed up."""
+        m, step = self.step.migration, self.step
+        try:
+            undo = self.adapter.analyze(m, "down")
+            destroys = self.adapter.resolve_scope(undo.scope, missing_ok=True) if undo.risk == Risk.C else ()
+        except MigrationLoadError:
+            destroys = ()  # a rollback that does not load fails as a step, and the ladder restores
+        wanted = destroys if self.strict_data else tuple(dict.fromkeys(step.scope + destroys))
+        if self.strict_data:
+            wanted = tuple(t for t in wanted if t not in step.scope)
+        present = self.adapter.resolve_scope(wanted, missing_ok=True)
+        if not present:
+            return None, []
+        now = self.adapter.fingerprint(present)
+        before = step.pre.items if step.pre is not None else {}
+        notes = []
+        for name in present:
+            rows = now.counts.get(name, 0)
+            if name in destroys and name not in before and rows:
+                notes.append(f"{name}: {rows} row(s) written since the release began will be dropped by the rollback step")
+            elif name in destroys and name in before and now.items.get(name, {}).get("data") != before[name].get("data"):
+                notes.append(f"{name}: changed since the release began ({before[name].get('rows')} rows then, {rows} now); "
+                             "the rollback step may drop what was written since")
+        why = "emergency rollback" if not self.strict_data else "rollback"
+        safety = self.runner.take_backup(self.adapter, present, version=m.version, reason=f"before {m.id} {why}",
+                                         run_id=self.run_id)
+        return safety, [f"{n} (kept in backup {safety.id})" for n in notes]
+
     def _ladder(self) -> StoreUndo:
         m, step = self.step.migration, self.step
         applied = m.version in applied_entries(self.adapter.ledger())
         ran_rollback = applied or (step.forward_begun and step.non_transactional)
-        safety = None
-        if ran_rollback and not self.strict_data:
-            # Long after the release, the scope holds what the application wrote since: keep it
-            # before a rollback step that may drop it.
-            present = self.adapter.resolve_scope(step.scope, missing_ok=True)
-            if present:
-                safety = self.runner.take_backup(self.adapter, present, version=m.version,
-                                                 reason=f"before {m.id} emergency rollback", run_id=self.run_id)
+        safety, at_risk = self._guard_rollback() if ran_rollback and m.rollback is not None else (None, [])
+        for note in at_risk:
+            self.runner.emit("data-at-risk", {"store": m.store, "warning": note})
+        if at_risk:
+            self.runner.state.audit("rollback.data_at_risk", m.store, {"version": m.version, "run": self.run_id, "notes": at_risk})
         rollback_error = self._rollback_step() if ran_rollback else None
         post = self.adapter.fingerprint(step.scope)
         if step.pre is None:
