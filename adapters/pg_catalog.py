@@ -16,8 +16,8 @@ from adapters.pg_names import quote_ident
 
 LEDGER_SCHEMA = "_polyshift"  # leading underscore: never a role name, so never on "$user" search paths
 
-# One row per user relation: a description of its shape that survives a drop/recreate from
-# our own DDL (names and definitions, never OIDs). Columns are sorted by name so a column
+# One row per user relation: a description of its shape and behaviour (triggers, row security
+# policies, rules) that survives a drop/recreate from our own DDL (names and definitions, never OIDs). Columns are sorted by name so a column
 # dropped and re-added by a rollback (now last) is not reported as a schema change.
 _SCHEMA_SQL = """
 SELECT n.nspname, c.relname, c.relkind::text AS kind,
@@ -29,7 +29,15 @@ SELECT n.nspname, c.relname, c.relkind::text AS kind,
             FROM pg_constraint co WHERE co.conrelid = c.oid), '[]'::json) AS constraints,
   coalesce((SELECT json_agg(pg_get_indexdef(i.indexrelid) ORDER BY pg_get_indexdef(i.indexrelid))
             FROM pg_index i WHERE i.indrelid = c.oid), '[]'::json) AS indexes,
-  CASE WHEN c.relkind IN ('v', 'm') THEN pg_get_viewdef(c.oid) END AS viewdef
+  CASE WHEN c.relkind IN ('v', 'm') THEN pg_get_viewdef(c.oid) END AS viewdef,
+  json_build_array(c.relrowsecurity, c.relforcerowsecurity,
+    (SELECT json_agg(json_build_array(pg_get_triggerdef(t.oid), t.tgenabled::text) ORDER BY t.tgname)
+     FROM pg_trigger t WHERE t.tgrelid = c.oid AND NOT t.tgisinternal),
+    (SELECT json_agg(json_build_array(p.polname, p.polpermissive, p.polcmd::text, p.polroles::text,
+                                      pg_get_expr(p.polqual, p.polrelid), pg_get_expr(p.polwithcheck, p.polrelid)) ORDER BY p.polname)
+     FROM pg_policy p WHERE p.polrelid = c.oid),
+    (SELECT json_agg(pg_get_ruledef(r.oid) ORDER BY r.rulename) FROM pg_rewrite r
+     WHERE r.ev_class = c.oid AND r.rulename <> '_RETURN')) AS behaviour
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S')
   AND n.nspname NOT IN ('pg_catalog', 'information_schema', %(ledger)s)
@@ -78,8 +86,8 @@ def schema_descriptions(conn: psycopg.Connection, only: list[Table] | None = Non
         params |= {"schemas": [t.schema for t in only], "names": [t.name for t in only]}
     rows = conn.execute(_SCHEMA_SQL.format(only=clause), params).fetchall()
     out: dict[str, object] = {}
-    for schema, name, kind, columns, constraints, indexes, viewdef in rows:
-        out[Table(schema, name).qualified] = [kind, columns, constraints, indexes, viewdef]
+    for schema, name, kind, columns, constraints, indexes, viewdef, behaviour in rows:
+        out[Table(schema, name).qualified] = [kind, columns, constraints, indexes, viewdef, behaviour]
     return out
 
 

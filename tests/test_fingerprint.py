@@ -42,3 +42,17 @@ def test_row_order_and_column_order_do_not_matter(ws: Workspace) -> None:
     after = ws.fingerprint("t")
     assert after.items["public.t"]["data"] == base.items["public.t"]["data"]  # column a is now last
     assert after.schema_hash == base.schema_hash
+
+
+def test_schema_hash_sees_triggers_policies_and_rules(ws: Workspace) -> None:
+    _table(ws)
+    ws.sql("CREATE FUNCTION noop() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NEW; END $$")
+    base = ws.fingerprint("t").schema_hash
+    for change, undo in [("CREATE TRIGGER t_noop BEFORE INSERT ON t FOR EACH ROW EXECUTE FUNCTION noop()", "DROP TRIGGER t_noop ON t"),
+                         ("CREATE POLICY t_mine ON t USING (id > 0)", "DROP POLICY t_mine ON t"),
+                         ("ALTER TABLE t ENABLE ROW LEVEL SECURITY", "ALTER TABLE t DISABLE ROW LEVEL SECURITY"),
+                         ("CREATE RULE t_quiet AS ON DELETE TO t DO INSTEAD NOTHING", "DROP RULE t_quiet ON t")]:
+        ws.sql(change)
+        assert ws.fingerprint("t").schema_hash != base, change
+        ws.sql(undo)
+        assert ws.fingerprint("t").schema_hash == base, undo

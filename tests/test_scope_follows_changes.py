@@ -203,3 +203,22 @@ def test_a_partition_and_its_parent_in_one_scope_are_backed_up_once_and_restored
     assert result.exit_code == 3, result.output
     assert _everything(ws, "events") == before
     assert list(_tables_backed_up(ws)) == ["public.events"]
+
+
+def test_policies_and_defaults_elsewhere_dropped_by_cascade_come_back_with_the_undo(ws: Workspace) -> None:
+    ws.sql("""
+        CREATE TABLE tenants (id serial PRIMARY KEY, name text);
+        CREATE TABLE notes (id int PRIMARY KEY, tenant int, body text, ticket int DEFAULT nextval('tenants_id_seq'));
+        ALTER TABLE notes ENABLE ROW LEVEL SECURITY;
+        CREATE POLICY notes_by_tenant ON notes USING (tenant IN (SELECT id FROM tenants));
+        INSERT INTO tenants (name) SELECT 't' || i FROM generate_series(1, 5) i;
+        INSERT INTO notes SELECT i, 1 + i % 5, 'n' || i FROM generate_series(1, 20) i;
+    """)
+    before = _everything(ws, "tenants", "notes")
+    ws.migration("0001_drop_tenants", "DROP TABLE tenants CASCADE;", "SELECT 1;", validate="SELECT false;")
+    result = ws.run("up")
+    assert result.exit_code == 3, result.output
+    assert _everything(ws, "tenants", "notes") == before
+    assert ws.value("SELECT count(*) FROM pg_policy WHERE polname = 'notes_by_tenant'") == 1
+    assert ws.value("SELECT column_default FROM information_schema.columns WHERE table_name = 'notes' "
+                    "AND column_name = 'ticket'") == "nextval('tenants_id_seq'::regclass)"
