@@ -17,8 +17,9 @@ from adapters.pg_names import quote_ident
 LEDGER_SCHEMA = "_polyshift"  # leading underscore: never a role name, so never on "$user" search paths
 
 # One row per user relation: a description of its shape and behaviour (triggers, row security
-# policies, rules) that survives a drop/recreate from our own DDL (names and definitions, never OIDs). Columns are sorted by name so a column
-# dropped and re-added by a rollback (now last) is not reported as a schema change.
+# policies, rules) that survives a drop/recreate from our own DDL (names and definitions, never
+# OIDs). Columns are sorted by name so a column dropped and re-added by a rollback (now last) is
+# not reported as a schema change.
 _SCHEMA_SQL = """
 SELECT n.nspname, c.relname, c.relkind::text AS kind,
   coalesce((SELECT json_agg(json_build_array(a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull,

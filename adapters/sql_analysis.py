@@ -360,6 +360,7 @@ def routine_effects(node: ast.CreateFunctionStmt, definition: str) -> Effects:
 
 
 def sql_effects(script: str, where: str) -> Effects:
+    """Row changes and calls of SQL text (a function body, a rule); unparsable text is opaque."""
     try:
         parsed = pglast.parse_sql(script)
     except pglast.parser.ParseError as exc:

@@ -15,6 +15,7 @@ import hashlib
 import importlib.util
 import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from framework.errors import MigrationLoadError
@@ -63,36 +64,29 @@ def parse_directives(script: str, comment: str, path: Path) -> dict[str, str]:
     return directives
 
 
-def _tokens(text: str) -> list[str]:
-    """Whitespace-separated directives, where a double-quoted SQL name may hold spaces."""
-    tokens, buf, quoted = [], [], False
+def _split_outside_quotes(text: str, is_separator: Callable[[str], bool]) -> list[str]:
+    """Split where ``is_separator`` says, except inside a double-quoted SQL name."""
+    parts, buf, quoted = [], [], False
     for ch in text:
         if ch == '"':
             quoted = not quoted
-        if ch.isspace() and not quoted:
-            if buf:
-                tokens.append("".join(buf))
+        if is_separator(ch) and not quoted:
+            parts.append("".join(buf))
             buf = []
         else:
             buf.append(ch)
-    if buf:
-        tokens.append("".join(buf))
-    return tokens
+    parts.append("".join(buf))
+    return parts
+
+
+def _tokens(text: str) -> list[str]:
+    """Whitespace-separated directives (a quoted name such as "my table" is one)."""
+    return [t for t in _split_outside_quotes(text, str.isspace) if t]
 
 
 def split_names(text: str) -> list[str]:
-    """Comma-separated names, where a comma inside a double-quoted SQL name belongs to the name."""
-    items, buf, quoted = [], [], False
-    for ch in text:
-        if ch == '"':
-            quoted = not quoted
-        if ch == "," and not quoted:
-            items.append("".join(buf).strip())
-            buf = []
-        else:
-            buf.append(ch)
-    items.append("".join(buf).strip())
-    return items
+    """Comma-separated names (a comma inside a quoted SQL name belongs to the name)."""
+    return [n.strip() for n in _split_outside_quotes(text, lambda ch: ch == ",")]
 
 
 def _scope(value: object, path: Path) -> tuple[str, ...]:
