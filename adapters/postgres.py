@@ -25,7 +25,7 @@ from adapters import pg_backup
 from adapters import pg_catalog as cat
 from adapters.sql_analysis import Statement, analyze_sql, inferred_scope
 from framework.errors import BackupError, LockHeldError, StepFailed, StoreError
-from framework.migration import Migration, MigrationContext, Risk, Step
+from framework.migration import Migration, MigrationContext, Risk, Step, describe_failure
 from framework.protocol import (
     Analysis,
     Direction,
@@ -259,8 +259,7 @@ class PostgresAdapter:
                                 migration=migration, helpers=self.helpers(migration))
 
     def _run_python(self, migration: Migration, step: Step) -> None:
-        assert step.function is not None
-        step.function(self._context(migration))
+        step.call(self._context(migration))
 
     def apply(self, migration: Migration, direction: Direction, *, run_id: str, actor: str) -> StepResult:
         """Run forward or rollback; the ledger row commits in the same transaction as the step.
@@ -328,7 +327,7 @@ class PostgresAdapter:
             where = f" at `{current.sql[:120]}`" if current is not None else ""
             raise StepFailed(f"{self.name} {migration.id} {step.name} failed{where}: {_describe(exc)}", step=step.name) from None
         except Exception as exc:  # a Python step's own bug is a failed step, not a crash
-            raise StepFailed(f"{self.name} {migration.id} {step.name} raised {type(exc).__name__}: {redact(str(exc))}",
+            raise StepFailed(f"{self.name} {migration.id} {step.name} raised {redact(describe_failure(exc))}",
                              step=step.name) from exc
 
     def _run_python_outside_transaction(self, migration: Migration, step: Step) -> None:
@@ -338,7 +337,7 @@ class PostgresAdapter:
         except psycopg.Error as exc:
             raise StepFailed(f"{self.name} {migration.id} {step.name} failed: {_describe(exc)}", step=step.name) from None
         except Exception as exc:  # a Python step's own bug is a failed step, not a crash
-            raise StepFailed(f"{self.name} {migration.id} {step.name} raised {type(exc).__name__}: {redact(str(exc))}",
+            raise StepFailed(f"{self.name} {migration.id} {step.name} raised {redact(describe_failure(exc))}",
                              step=step.name) from exc
         finally:
             if self.conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
@@ -414,9 +413,9 @@ class PostgresAdapter:
         ctx = self._context(migration)
         try:
             with self.conn.transaction():
-                result = step.function(ctx)
+                result = step.call(ctx)
         except Exception as exc:
-            return [f"validate raised {type(exc).__name__}: {redact(str(exc))}"]
+            return [f"validate raised {redact(describe_failure(exc))}"]
         if result is False:
             return ["validate returned False"]
         if isinstance(result, (list, tuple)):

@@ -25,7 +25,7 @@ from adapters.redis_helpers import RedisHelpers
 from framework.concurrency import Renewer
 from framework.config import parse_duration
 from framework.errors import BackupCorruptError, BackupError, LockHeldError, StepFailed, StoreError
-from framework.migration import Migration, MigrationContext, Risk
+from framework.migration import Migration, MigrationContext, Risk, describe_failure
 from framework.protocol import Analysis, Direction, Fingerprint, LedgerEntry, RestoreReport, StepResult
 from framework.secrets import redact
 
@@ -223,13 +223,13 @@ class RedisAdapter:
                              step="rollback")
         started = time.monotonic()
         try:
-            step.function(self._context(migration, run_id))
+            step.call(self._context(migration, run_id))
         except redis.RedisError as exc:
             raise StepFailed(f"{self.name} {migration.id} {step.name} failed: {redact(str(exc))}", step=step.name) from None
         except StepFailed:
             raise
         except Exception as exc:  # a Python step's own bug is a failed step, not a crash
-            raise StepFailed(f"{self.name} {migration.id} {step.name} raised {type(exc).__name__}: {redact(str(exc))}",
+            raise StepFailed(f"{self.name} {migration.id} {step.name} raised {redact(describe_failure(exc))}",
                              step=step.name) from exc
         duration = int((time.monotonic() - started) * 1000)
         self._record(migration, direction, run_id=run_id, actor=actor, duration_ms=duration)
@@ -240,9 +240,9 @@ class RedisAdapter:
         if step is None or step.function is None:
             return []
         try:
-            result = step.function(self._context(migration, "validate"))
+            result = step.call(self._context(migration, "validate"))
         except Exception as exc:
-            return [f"validate raised {type(exc).__name__}: {redact(str(exc))}"]
+            return [f"validate raised {redact(describe_failure(exc))}"]
         if result is False:
             return ["validate returned False"]
         return [str(r) for r in result] if isinstance(result, (list, tuple)) else []

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from framework.errors import MigrationLoadError
-from framework.migration import Migration, Risk, Step, version_key
+from framework.migration import Migration, Risk, Step, call_user_code, describe_failure, version_key
 
 # Script language per store kind: (file extension, line-comment prefix). Redis has none:
 # its migrations are Python modules only.
@@ -129,9 +129,9 @@ def _load_python_migration(store: str, version: str, slug: str, path: Path) -> M
         raise MigrationLoadError(f"{path}: cannot be imported")
     module = importlib.util.module_from_spec(spec)
     try:
-        spec.loader.exec_module(module)
+        call_user_code(spec.loader.exec_module, module)
     except Exception as exc:  # a migration module that does not import is bad input, not a crash
-        raise MigrationLoadError(f"{store}/{path.name}: import failed: {type(exc).__name__}: {exc}") from None
+        raise MigrationLoadError(f"{store}/{path.name}: import failed: {describe_failure(exc)}") from None
     sys.modules[module_name] = module
     forward = getattr(module, "forward", None)
     if not callable(forward):
