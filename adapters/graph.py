@@ -200,6 +200,11 @@ class GraphAdapter:
             return []
         return cypher.split(step.script, origin=f"{self.name}/{step.path.name}")
 
+    def parse(self, migration: Migration) -> None:
+        split_scope(tuple(migration.declared_scope or ()))
+        for direction in ("up", "down", "validate"):
+            self._statements(migration, direction)
+
     def analyze(self, migration: Migration, direction: Direction = "up") -> Analysis:
         scope = tuple(migration.declared_scope or ())
         split_scope(scope)

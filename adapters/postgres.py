@@ -204,6 +204,11 @@ class PostgresAdapter:
         assert step.script is not None
         return analyze_sql(step.script, origin=f"{self.name}/{step.path.name}")
 
+    def parse(self, migration: Migration) -> None:
+        for step in (migration.forward, migration.rollback, migration.validate):
+            if step is not None and not step.is_python:
+                self._statements(step)
+
     def analyze(self, migration: Migration, direction: Direction = "up") -> Analysis:
         step = migration.forward if direction == "up" else migration.rollback
         if step is None:

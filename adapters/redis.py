@@ -194,6 +194,10 @@ class RedisAdapter:
         self._record(migration, "down", run_id=run_id, actor=actor, duration_ms=0)
 
     # -- migrations -------------------------------------------------------------------
+    def parse(self, migration: Migration) -> None:
+        """Redis migrations are Python modules, imported when loaded: only the scope is left to check."""
+        rk.validate_patterns(migration.declared_scope or ())
+
     def analyze(self, migration: Migration, direction: Direction = "up") -> Analysis:
         scope = rk.validate_patterns(migration.declared_scope or ())
         return Analysis(migration.declared_risk or Risk.C, scope, "declared" if scope else "none",

@@ -172,6 +172,7 @@ class Pipeline:
                   *, dry_run: bool) -> dict[tuple[str, str], Analysis]:
         """Every script parsed (a syntax error stops us here) and every flag checked; returns the
         analyses by (store, version) for the dry run and the disk check."""
+        self.parse_scripts(pending, adapters)
         analyses = {}
         for rel in pending:
             for m in rel.ordered():
@@ -186,6 +187,13 @@ class Pipeline:
                 raise RefusedError(f"release {rel.version}: flag {flag} already serves {current.percent:g}% for release "
                                    f"{current.release}; each release needs a flag of its own")
         return analyses
+
+    def parse_scripts(self, pending: list[Release], adapters: dict[str, Adapter]) -> None:
+        """Forward, rollback and validate scripts alike: a rollback that does not parse would
+        otherwise be found only by the undo that needs it, after the forward ran."""
+        for rel in pending:
+            for m in rel.ordered():
+                adapters[m.store].parse(m)
 
     def would_apply(self, pending: list[Release], analyses: dict[tuple[str, str], Analysis]) -> list[Outcome]:
         outcomes = []

@@ -114,6 +114,10 @@ class Adapter(Protocol):
     def analyze(self, migration: Migration, direction: Direction = "up") -> Analysis:
         """Risk, backup scope and statements that must run outside a transaction."""
 
+    def parse(self, migration: Migration) -> None:
+        """Parse every script of the migration (forward, rollback, validate) and its declarations.
+        Raises MigrationLoadError naming the file; reads nothing from the store."""
+
     def resolve_scope(self, scope: tuple[str, ...], *, missing_ok: bool) -> tuple[str, ...]:
         """Canonical names of the scope's objects; raises BackupError for unknown ones unless missing_ok."""
 

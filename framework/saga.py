@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from framework.errors import PolyshiftError, StepFailed
+from framework.errors import MigrationLoadError, PolyshiftError, StepFailed
 from framework.migration import Migration
 from framework.protocol import Adapter, Fingerprint
 from framework.state import actor
@@ -117,7 +117,7 @@ class StoreCompensation:
         self._journal("rollback", "intent")
         try:
             self.adapter.apply(m, "down", run_id=self.run_id, actor=actor())
-        except StepFailed as exc:
+        except (StepFailed, MigrationLoadError) as exc:  # a script that does not parse is a failed step: restore
             self._journal("rollback", "failed", error=str(exc))
             self.runner.state.audit("rollback.failed", m.store, {"version": m.version, "error": str(exc), "run": self.run_id})
             return str(exc)
