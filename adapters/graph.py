@@ -201,12 +201,15 @@ class GraphAdapter:
         return cypher.split(step.script, origin=f"{self.name}/{step.path.name}")
 
     def parse(self, migration: Migration) -> None:
-        split_scope(tuple(migration.declared_scope or ()))
+        split_scope(tuple(migration.declared_scope or ()) + tuple(migration.rollback_scope or ()))
         for direction in ("up", "down", "validate"):
             self._statements(migration, direction)
 
     def analyze(self, migration: Migration, direction: Direction = "up") -> Analysis:
-        scope = tuple(migration.declared_scope or ())
+        # Nothing is inferred from Cypher: the forward's declared scope, and for the rollback step
+        # also what its own header declares.
+        own = tuple(migration.rollback_scope or ()) if direction == "down" else ()
+        scope = tuple(dict.fromkeys(own + tuple(migration.declared_scope or ())))
         split_scope(scope)
         if migration.is_python:
             risk = migration.declared_risk or Risk.C

@@ -220,7 +220,7 @@ class PostgresAdapter:
         statements = self._statements(step)
         risk = Risk.highest([s.risk for s in statements] + ([migration.declared_risk] if migration.declared_risk else []))
         inferred = tuple(inferred_scope(statements))
-        declared = migration.declared_scope if direction == "up" else None
+        declared = migration.declared_scope if direction == "up" else migration.rollback_scope
         if declared is not None:
             extra = tuple(t for t in inferred if t not in declared)
             scope, source = declared + extra, ("declared+inferred" if extra else "declared")

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import time
 import uuid
 from datetime import UTC, datetime
@@ -22,6 +21,7 @@ from redis.cluster import RedisCluster
 
 from adapters import redis_keys as rk
 from adapters.redis_helpers import RedisHelpers
+from framework import failpoints
 from framework.concurrency import Renewer
 from framework.config import parse_duration
 from framework.errors import BackupCorruptError, BackupError, LockHeldError, StepFailed, StoreError
@@ -327,7 +327,13 @@ class RedisAdapter:
         patterns = tuple(manifest.meta.get("patterns", ()))
         if not patterns:
             raise BackupCorruptError(f"backup {manifest.id}: manifest lists no key patterns")
-        marker = f"{self.prefix}restore:{manifest.id}:{os.getpid()}"
+        # One marker per backup, not per process: a restore killed half-way leaves its marker, and
+        # the restore that finishes it (under the same store lock) starts by clearing it.
+        marker = f"{self.prefix}restore:{manifest.id}"
+        try:
+            self.client.unlink(marker)
+        except redis.RedisError as exc:
+            raise StoreError(f"store {self.name}: restore of {manifest.id} could not start: {redact(str(exc))}") from None
         restored = expired = 0
         # On one node the restore script describes each key right after writing it, so the
         # verification needs no second pass; a cluster restores by pipeline and re-reads instead.
@@ -352,6 +358,7 @@ class RedisAdapter:
                                           kind.decode() if isinstance(kind, bytes) else kind)
                     restored += len(live)
                     progress.advance(len(batch))
+                    failpoints.passed("restore-batch")
             removed = self._remove_extras(patterns, marker)
         except redis.RedisError as exc:
             raise StoreError(f"store {self.name}: restore of {manifest.id} failed part-way: {redact(str(exc))}",

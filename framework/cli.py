@@ -22,6 +22,7 @@ from framework.pipeline import Pipeline
 from framework.project import Project, open_project
 from framework.recovery import Recovery
 from framework.runner import Runner
+from framework.runs import interruptions, refuse_unfinished
 from framework.sandbox_cli import sandbox_app
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -156,16 +157,22 @@ def status(store: str | None = typer.Option(None, "--store", "-s")) -> None:
     """Current version, pending and drifted migrations per store.  Example: polyshift status --json"""
     proj = project()
     runner = Runner(proj)
+    unfinished = interruptions(proj.state, list(proj.config.stores))
     result = []
     for name in runner.stores(store):
         with runner.adapter(name) as adapter:
-            result.append(runner.status(adapter).to_json())
+            st = runner.status(adapter)
+            st.interrupted = unfinished.get(name)
+            result.append(st.to_json())
     if output.opts["json"]:
         emit_json(result)
         return
     table("status", ["store", "kind", "current", "pending", "drift", "missing"],
           [[r["store"], r["kind"], r["current"] or "-", " ".join(r["pending"]) or "-", " ".join(r["drift"]) or "-",
             " ".join(r["missing"]) or "-"] for r in result])
+    for r in result:
+        if r["interrupted"]:
+            output.warn(f"{r['store']} is {r['interrupted']}")
 
 
 @app.command()
@@ -384,6 +391,7 @@ def backup_verify(backup_id: str) -> None:
 def backup_restore(backup_id: str, yes: bool = typer.Option(False, "--yes", help="Confirm overwriting the scope.")) -> None:
     """Put a backup's scope back (after a safety backup of what is there now).  Example: polyshift backup restore ID --yes"""
     proj = project()
+    refuse_unfinished(proj.state, then="polyshift backup restore")  # before asking anything
     manifest = proj.artifacts.verify(backup_id, decompress=False)
     warning = (f"restoring {manifest.id} replaces {', '.join(manifest.scope)} in store {manifest.store}: writes made "
                f"between {manifest.created_at} (when the backup was taken) and now will be discarded")
@@ -428,7 +436,7 @@ def _fail(exc: errors.PolyshiftError) -> NoReturn:
     message = secrets.redact(str(exc))
     hint = secrets.redact(exc.hint) if exc.hint else None
     if output.opts["json"]:
-        emit_json({"error": message, "hint": hint, "exit_code": exc.exit_code, "type": type(exc).__name__})
+        emit_json({"error": message, "hint": hint, "exit_code": exc.exit_code, "type": type(exc).__name__} | exc.details)
     else:
         output.err.print(f"[red]error:[/] {escape(message)}")
         if hint:

@@ -97,6 +97,8 @@ class Migration:
     validate: Step | None
     checksum: str
     declared_scope: tuple[str, ...] | None = None
+    # ``backup=`` in the rollback script's own header: what its rollback step destroys.
+    rollback_scope: tuple[str, ...] | None = None
     flag: str | None = None
     declared_risk: Risk | None = None
     irreversible: bool = False

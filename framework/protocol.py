@@ -39,6 +39,19 @@ class Fingerprint:
     def from_json(data: dict[str, Any]) -> Fingerprint:
         return Fingerprint(data["schema_hash"], data["data_hash"], dict(data["counts"]), dict(data.get("items", {})))
 
+    def differences(self, now: Fingerprint, *, data: bool) -> list[str]:
+        """What ``now`` changed since this fingerprint: the store's schema and, with ``data``, the
+        content of each scoped item (empty when nothing did)."""
+        problems = ["schema differs from before"] if now.schema_hash != self.schema_hash else []
+        if data:
+            for item, before in self.items.items():
+                after = now.items.get(item)
+                if after is None:
+                    problems.append(f"{item} is gone")
+                elif after.get("data") != before.get("data"):
+                    problems.append(f"{item}: content differs ({before.get('rows')} before, {after.get('rows')} now)")
+        return problems
+
 
 @dataclass(frozen=True)
 class LedgerEntry:

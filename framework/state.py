@@ -149,7 +149,7 @@ class ControlPlane:
         run_id = str(uuid.uuid4())
         with self.engine.begin() as conn:
             conn.execute(runs.insert().values(
-                id=run_id, command=command, actor=actor(), pid=os.getpid(), host=socket.gethostname(),
+                id=run_id, command=str(command), actor=actor(), pid=os.getpid(), host=socket.gethostname(),
                 started_at=_now(), status="running", detail=json.dumps(redact_obj(detail or {})),
             ))
         return run_id
