@@ -373,6 +373,13 @@ def backup_show(backup_id: str) -> None:
         say(f"      file: {f.name}  {f.bytes:,} bytes  sha256 {f.sha256}")
 
 
+def _warn_unrecorded(manifest: Any) -> None:
+    if not manifest.on_record:
+        output.warn(f"backup {manifest.id}: the sha256 of its manifest.json is not on record in this control plane "
+                    "(a backup from before polyshift recorded it, or from another control plane): its files verify, "
+                    "but what the manifest says they hold cannot be checked")
+
+
 @backup_app.command("verify")
 def backup_verify(backup_id: str) -> None:
     """Re-read every file and check its sha256.  Example: polyshift backup verify ID"""
@@ -382,8 +389,9 @@ def backup_verify(backup_id: str) -> None:
     except errors.BackupCorruptError as exc:
         proj.state.audit("backup.corrupt", backup_id, {"error": str(exc)})
         raise
+    _warn_unrecorded(manifest)
     if output.opts["json"]:
-        emit_json({"id": manifest.id, "verified": True, "files": len(manifest.files)})
+        emit_json({"id": manifest.id, "verified": True, "files": len(manifest.files), "manifest_on_record": manifest.on_record})
     say(f"backup {manifest.id}: {len(manifest.files)} files verified")
 
 
@@ -393,6 +401,7 @@ def backup_restore(backup_id: str, yes: bool = typer.Option(False, "--yes", help
     proj = project()
     refuse_unfinished(proj.state, then="polyshift backup restore")  # before asking anything
     manifest = proj.artifacts.verify(backup_id, decompress=False)
+    _warn_unrecorded(manifest)
     warning = (f"restoring {manifest.id} replaces {', '.join(manifest.scope)} in store {manifest.store}: writes made "
                f"between {manifest.created_at} (when the backup was taken) and now will be discarded")
     if not yes:
