@@ -39,10 +39,10 @@ class Fingerprint:
     def from_json(data: dict[str, Any]) -> Fingerprint:
         return Fingerprint(data["schema_hash"], data["data_hash"], dict(data["counts"]), dict(data.get("items", {})))
 
-    def differences(self, now: Fingerprint, *, data: bool) -> list[str]:
-        """What ``now`` changed since this fingerprint: the store's schema and, with ``data``, the
-        content of each scoped item (empty when nothing did)."""
-        problems = ["schema differs from before"] if now.schema_hash != self.schema_hash else []
+    def differences(self, now: Fingerprint, *, data: bool, since: str) -> list[str]:
+        """What ``now`` changed since this fingerprint was taken (``since``: "the release"): the
+        store's schema and, with ``data``, the content of each scoped item (empty when nothing did)."""
+        problems = [f"schema differs from before {since}"] if now.schema_hash != self.schema_hash else []
         if data:
             for item, before in self.items.items():
                 after = now.items.get(item)

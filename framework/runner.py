@@ -400,7 +400,8 @@ class Runner:
             if m.version not in applied_entries(adapter.ledger()):
                 self._journal(run_id, "rollback", "done", m, note="the step had completed")
                 return Settled("rolled-back", f"{cause}; its rollback step had completed (the ledger records it)")
-            problems = snap.pre.differences(adapter.fingerprint(snap.scope), data=not snap.transactional)
+            problems = snap.pre.differences(adapter.fingerprint(snap.scope), data=not snap.transactional,
+                                            since="the rollback step")
             if not problems:
                 self._journal(run_id, "verify", "done", m)
                 how = "the transaction was rolled back and " if snap.transactional else ""

@@ -66,17 +66,7 @@ class StoreUndo:
 
 
 def _differences(pre: Fingerprint, post: Fingerprint, *, data: bool) -> list[str]:
-    problems = []
-    if post.schema_hash != pre.schema_hash:
-        problems.append("schema differs from before the release")
-    if data:
-        for item, before in pre.items.items():
-            after = post.items.get(item)
-            if after is None:
-                problems.append(f"{item} is gone")
-            elif after.get("data") != before.get("data"):
-                problems.append(f"{item}: content differs ({before.get('rows')} before, {after.get('rows')} now)")
-    return problems
+    return pre.differences(post, data=data, since="the release")
 
 
 class StoreCompensation:

@@ -12,11 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.conftest import RedisWorkspace, Workspace
-
-ORDERS = """
-    CREATE TABLE orders (id serial PRIMARY KEY, total numeric(10,2) NOT NULL, note text);
-    INSERT INTO orders (total, note) SELECT i * 1.5, 'order ' || i FROM generate_series(1, 500) i;
-"""
+from tests.test_up_failures import ORDERS
 
 
 def _journal(root: Path) -> list[tuple[str, str, str | None, str]]:
@@ -178,3 +174,17 @@ def test_kill_9_at_every_journal_step_of_a_restore_then_recover_leaves_the_backu
         ends.add("restored" if state == backed_up else "unchanged")
         assert _interrupted(ws) is None
     assert ends == {"restored", "unchanged"}
+
+
+def test_emergency_rollback_refuses_while_a_restore_did_not_finish(ws: Workspace) -> None:
+    ws.migration("0001_orders", ORDERS, "DROP TABLE orders;")
+    assert ws.run("up").exit_code == 0
+    backup = json.loads(ws.run("backup", "create", "main", "--scope", "orders", "--json").stdout)["id"]
+    _killed(ws, "backup", "restore", backup, "--yes", failpoint="journal:2")  # right after the restore's intent
+    result = ws.run("emergency-rollback", "0001")
+    assert result.exit_code == 2, result.output
+    assert "mid-restore" in result.stderr and "polyshift recover" in result.stderr
+    assert ws.ledger() == [("0001", "up")]
+    assert ws.run("recover").exit_code == 0
+    assert ws.run("emergency-rollback", "0001").exit_code == 0
+    assert ws.ledger() == [("0001", "up"), ("0001", "down")]

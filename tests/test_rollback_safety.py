@@ -10,12 +10,10 @@ import signal
 import textwrap
 from typing import Any
 
-from tests.conftest import GraphWorkspace, RedisWorkspace, Workspace
+import pytest
 
-ORDERS = """
-    CREATE TABLE orders (id serial PRIMARY KEY, total numeric(10,2) NOT NULL, note text);
-    INSERT INTO orders (total, note) SELECT i * 1.5, 'order ' || i FROM generate_series(1, 500) i;
-"""
+from tests.conftest import GraphWorkspace, RedisWorkspace, Workspace
+from tests.test_up_failures import ORDERS
 
 
 def _orders(ws: Workspace) -> None:
@@ -238,24 +236,18 @@ def test_sys_exit_in_a_graph_python_forward_is_a_failed_step(gws: GraphWorkspace
     assert gws.fingerprint("Doc") == before
 
 
-def test_sys_exit_in_a_python_gate_fails_the_gate(app: Any) -> None:
-    # Module names are unique per test: the suite runs the CLI in-process, where imports are cached.
-    (app.root / "gate_that_exits.py").write_text("import sys\n\ndef check(ctx):\n    sys.exit(0)\n")
-    app.write_release(gates='{ kind = "python", name = "exits", callable = "gate_that_exits:check" }')
+@pytest.mark.parametrize("module, body", [
+    ("gate_that_exits", "import sys\n\ndef check(ctx):\n    sys.exit(0)\n"),
+    ("gate_that_exits_at_import", "import sys\nsys.exit(0)\n\ndef check(ctx):\n    return True\n"),
+], ids=["when-called", "when-imported"])
+def test_sys_exit_in_a_python_gate_fails_the_gate(app: Any, module: str, body: str) -> None:
+    # Module names are unique per case: the suite runs the CLI in-process, where imports are cached.
+    (app.root / f"{module}.py").write_text(body)
+    app.write_release(gates=f'{{ kind = "python", name = "exits", callable = "{module}:check" }}')
     blue = app.state()
     result = app.run("up")
     assert result.exit_code == 3, result.output
     assert "exits" in result.stderr and "SystemExit" in result.stderr
-    assert app.state() == blue
-
-
-def test_sys_exit_when_a_python_gate_module_is_imported_fails_the_gate(app: Any) -> None:
-    (app.root / "health_at_import.py").write_text("import sys\nsys.exit(0)\n\ndef check(ctx):\n    return True\n")
-    app.write_release(gates='{ kind = "python", name = "imports", callable = "health_at_import:check" }')
-    blue = app.state()
-    result = app.run("up")
-    assert result.exit_code == 3, result.output
-    assert "imports" in result.stderr and "SystemExit" in result.stderr
     assert app.state() == blue
 
 
