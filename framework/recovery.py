@@ -126,7 +126,7 @@ class Recovery(Pipeline):
         try:
             m: Migration = self.project.migration(store, version)
         except KeyError:
-            raise RefusedError(f"cannot recover {what}: migration {store}/{detail['migration']} is no longer on disk",
+            raise RefusedError(f"cannot recover {what}: migration {store}/{detail.get('migration', version)} is no longer on disk",
                                hint="restore the file from version control, then run 'polyshift recover' again") from None
         if detail.get("checksum") and detail["checksum"] != m.checksum:
             raise RefusedError(f"cannot recover {what}: {store}/{m.id} changed on disk since the run started",
@@ -197,7 +197,7 @@ class Recovery(Pipeline):
             elif open_intent is not None and e["version"] == open_intent["version"] and e["store"] == open_intent["store"] \
                     and (e["step"], e["phase"]) in (("rollback", "done"), ("verify", "done")):
                 if e["step"] == "rollback":
-                    done.append(f"{e['store']}/{open_intent['detail']['migration']}")
+                    done.append(f"{e['store']}/{open_intent['detail'].get('migration', e['version'])}")
                 open_intent = None
         return open_intent, done, planned
 
@@ -216,8 +216,17 @@ class Recovery(Pipeline):
             status = "needs-recovery"
             try:
                 m = self._migration(store, intent["version"], intent["detail"], f"the rollback of {store}/{intent['version']}")
-                snap = RollbackSnapshot.from_json(intent["detail"], self.project.artifacts)
                 died = f"{describe_run(run)} stopped during the rollback step of {store}/{m.id}"
+                if "pre" not in intent["detail"]:
+                    # Journaled by a polyshift that kept no fingerprint with the intent: nothing to
+                    # verify against. Closed (so it blocks nothing), and said so.
+                    status = "recovered-unverified"
+                    where = "still applied" if m.version in applied_entries(adapter.ledger()) else "rolled back"
+                    raise MigrationFailedUnverified(
+                        f"{died}; the step was journaled without a fingerprint (an older polyshift): the ledger says "
+                        f"{m.id} is {where}, which cannot be verified",
+                        hint=f"inspect {store}; 'polyshift backup list --store {store}' shows the rollback points")
+                snap = RollbackSnapshot.from_json(intent["detail"], self.project.artifacts)
                 settled = self.runner.settle_rollback(adapter, m, snap, run["id"], cause=died)
                 rest = [p for p in planned if p not in done and p != f"{store}/{m.id}"]
                 after = (f"; rolled back before it: {', '.join(done)}" if done else "") + \

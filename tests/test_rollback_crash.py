@@ -188,3 +188,30 @@ def test_emergency_rollback_refuses_while_a_restore_did_not_finish(ws: Workspace
     assert ws.run("recover").exit_code == 0
     assert ws.run("emergency-rollback", "0001").exit_code == 0
     assert ws.ledger() == [("0001", "up"), ("0001", "down")]
+
+
+def test_a_rollback_killed_under_an_older_polyshift_is_closed_by_recover_and_reported_unverified(ws: Workspace) -> None:
+    import subprocess
+    import sys
+
+    from framework.state import ControlPlane
+
+    ws.migration("0001_orders", ORDERS, "DROP TABLE orders;")
+    assert ws.run("up").exit_code == 0
+    # What an older polyshift left behind: a rollback run whose process is gone, and an intent
+    # journaled without the fingerprint this version records with it.
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
+    plane = ControlPlane(f"sqlite:///{ws.root / '.polyshift' / 'state.db'}")
+    try:
+        run_id = plane.start_run("rollback", {"stores": ["main"]})
+        with sqlite3.connect(ws.root / ".polyshift" / "state.db") as db:
+            db.execute("UPDATE polyshift_runs SET pid = ? WHERE id = ?", (int(dead.stdout), run_id))
+        plane.journal(run_id, "rollback", "intent", store="main", version="0001")
+    finally:
+        plane.close()
+    assert "mid-rollback" in (_interrupted(ws) or "")
+    result = ws.run("recover")
+    assert result.exit_code == 4, result.output
+    assert "without a fingerprint" in result.stderr and "still applied" in result.stderr
+    assert _interrupted(ws) is None
+    assert ws.run("up").exit_code == 0
