@@ -28,22 +28,40 @@ def _app_schema(ws: Workspace, rollback: str) -> None:
 
 
 # -- item 3: a destructive rollback step needs a backup -------------------------------------------
+def _invoice_numbers(ws: Workspace) -> None:
+    """A sequence the application has drawn numbers from: DROP SEQUENCE loses its position, and
+    no table scope can be inferred from it."""
+    ws.migration("0001_invoice_numbers", "CREATE SEQUENCE invoice_numbers START 1000;", "DROP SEQUENCE invoice_numbers;")
+    assert ws.run("up").exit_code == 0
+    ws.sql("SELECT nextval('invoice_numbers') FROM generate_series(1, 250)")
+
+
 def test_rollback_refuses_a_destructive_step_whose_scope_cannot_be_inferred(ws: Workspace) -> None:
-    _app_schema(ws, "DROP SCHEMA app CASCADE;")
+    _invoice_numbers(ws)
     result = ws.run("rollback")
     assert result.exit_code == 2, result.output
-    assert "0001_app" in result.stderr and "-- polyshift: backup=" in result.stderr
-    assert "0001_app.rollback.sql" in result.stderr
-    assert ws.value("SELECT count(*) FROM app.users") == 1000
+    assert "0001_invoice_numbers" in result.stderr and "-- polyshift: backup=" in result.stderr
+    assert "0001_invoice_numbers.rollback.sql" in result.stderr
+    assert ws.value("SELECT last_value FROM invoice_numbers") == 1249
     assert ws.ledger() == [("0001", "up")]
     assert ws.backups() == []
 
 
 def test_rollback_dry_run_refuses_the_same_step(ws: Workspace) -> None:
-    _app_schema(ws, "DROP SCHEMA app CASCADE;")
+    _invoice_numbers(ws)
     result = ws.run("rollback", "--dry-run")
     assert result.exit_code == 2, result.output
-    assert "0001_app" in result.stderr
+    assert "0001_invoice_numbers" in result.stderr
+
+
+def test_rollback_refuses_a_destructive_cypher_step_without_a_declared_scope(gws: GraphWorkspace) -> None:
+    gws.migration("0001_tags", "CREATE (:Tag {name: 'seed'});", "MATCH (t:Tag) DETACH DELETE t;")
+    assert gws.run("up").exit_code == 0
+    gws.q("UNWIND range(1, 40) AS i CREATE (:Tag {name: 'tag ' + toString(i)})")
+    result = gws.run("rollback")
+    assert result.exit_code == 2, result.output
+    assert "0001_tags.rollback.cypher" in result.stderr and "// polyshift: backup=" in result.stderr
+    assert gws.q("MATCH (t:Tag) RETURN count(t)") == [[41]]
 
 
 def test_a_scope_declared_in_the_rollback_header_is_backed_up_before_the_step(ws: Workspace) -> None:
