@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from adapters import cypher, graph_backup
 from framework.concurrency import Renewer
 from framework.errors import LockHeldError, MigrationLoadError, StepFailed, StoreError
-from framework.migration import Migration, MigrationContext, Risk
+from framework.migration import Migration, MigrationContext, Risk, describe_failure
 from framework.protocol import Analysis, Direction, Fingerprint, LedgerEntry, RestoreReport, StepResult
 from framework.secrets import redact
 
@@ -200,8 +200,16 @@ class GraphAdapter:
             return []
         return cypher.split(step.script, origin=f"{self.name}/{step.path.name}")
 
+    def parse(self, migration: Migration) -> None:
+        split_scope(tuple(migration.declared_scope or ()) + tuple(migration.rollback_scope or ()))
+        for direction in ("up", "down", "validate"):
+            self._statements(migration, direction)
+
     def analyze(self, migration: Migration, direction: Direction = "up") -> Analysis:
-        scope = tuple(migration.declared_scope or ())
+        # Nothing is inferred from Cypher: the forward's declared scope, and for the rollback step
+        # also what its own header declares.
+        own = tuple(migration.rollback_scope or ()) if direction == "down" else ()
+        scope = tuple(dict.fromkeys(own + tuple(migration.declared_scope or ())))
         split_scope(scope)
         if migration.is_python:
             risk = migration.declared_risk or Risk.C
@@ -237,7 +245,7 @@ class GraphAdapter:
         current = ""
         try:
             if step.function is not None:
-                step.function(self._context(migration))
+                step.call(self._context(migration))
             for current in statements:
                 # Schema statements run on their own (Neo4j refuses them beside data writes).
                 if cypher.is_schema(current):
@@ -250,7 +258,7 @@ class GraphAdapter:
         except StepFailed:
             raise
         except Exception as exc:  # a Python step's own bug is a failed step, not a crash
-            raise StepFailed(f"{self.name} {migration.id} {step.name} raised {type(exc).__name__}: {redact(str(exc))}",
+            raise StepFailed(f"{self.name} {migration.id} {step.name} raised {redact(describe_failure(exc))}",
                              step=step.name) from exc
         duration = int((time.monotonic() - started) * 1000)
         self._record(migration, direction, run_id=run_id, actor=actor, duration_ms=duration)
@@ -261,9 +269,9 @@ class GraphAdapter:
             return []
         if migration.validate.function is not None:
             try:
-                result = migration.validate.function(self._context(migration))
+                result = migration.validate.call(self._context(migration))
             except Exception as exc:
-                return [f"validate raised {type(exc).__name__}: {redact(str(exc))}"]
+                return [f"validate raised {redact(describe_failure(exc))}"]
             if result is False:
                 return ["validate returned False"]
             return [str(r) for r in result] if isinstance(result, (list, tuple)) else []

@@ -105,6 +105,10 @@ class PgvectorAdapter(PostgresAdapter):
         """Measurements of the last validation (recall per index), for reports and the audit log."""
         return dict(self._figures)
 
+    def parse(self, migration: Migration) -> None:
+        super().parse(migration)
+        vector_checks(migration)
+
     def validate(self, migration: Migration) -> list[str]:
         failures = super().validate(migration)
         self._figures = {}

@@ -26,7 +26,7 @@ from adapters import pg_catalog as cat
 from adapters.pg_scope import ScopeExpander
 from adapters.sql_analysis import Statement, analyze_sql
 from framework.errors import BackupError, LockHeldError, StepFailed, StoreError, StoreUnavailable
-from framework.migration import Migration, MigrationContext, Risk, Step
+from framework.migration import Migration, MigrationContext, Risk, Step, describe_failure
 from framework.protocol import (
     Analysis,
     Direction,
@@ -207,6 +207,11 @@ class PostgresAdapter:
         assert step.script is not None
         return analyze_sql(step.script, origin=f"{self.name}/{step.path.name}")
 
+    def parse(self, migration: Migration) -> None:
+        for step in (migration.forward, migration.rollback, migration.validate):
+            if step is not None and not step.is_python:
+                self._statements(step)
+
     def analyze(self, migration: Migration, direction: Direction = "up") -> Analysis:
         step = migration.forward if direction == "up" else migration.rollback
         if step is None:
@@ -222,7 +227,7 @@ class PostgresAdapter:
                             ([migration.declared_risk] if migration.declared_risk else []))
         inferred = tuple(t.qualified for t in coverage.tables)
         reasons = {t.qualified: "; ".join(why) for t, why in coverage.tables.items()}
-        declared = migration.declared_scope if direction == "up" else None
+        declared = migration.declared_scope if direction == "up" else migration.rollback_scope
         if declared is not None:
             extra = tuple(t for t in inferred if t not in declared)
             scope, source = declared + extra, ("declared+inferred" if extra else "declared")
@@ -267,8 +272,7 @@ class PostgresAdapter:
                                 migration=migration, helpers=self.helpers(migration))
 
     def _run_python(self, migration: Migration, step: Step) -> None:
-        assert step.function is not None
-        step.function(self._context(migration))
+        step.call(self._context(migration))
 
     def apply(self, migration: Migration, direction: Direction, *, run_id: str, actor: str) -> StepResult:
         """Run forward or rollback; the ledger row commits in the same transaction as the step.
@@ -336,7 +340,7 @@ class PostgresAdapter:
             where = f" at `{current.sql[:120]}`" if current is not None else ""
             raise StepFailed(f"{self.name} {migration.id} {step.name} failed{where}: {_describe(exc)}", step=step.name) from None
         except Exception as exc:  # a Python step's own bug is a failed step, not a crash
-            raise StepFailed(f"{self.name} {migration.id} {step.name} raised {type(exc).__name__}: {redact(str(exc))}",
+            raise StepFailed(f"{self.name} {migration.id} {step.name} raised {redact(describe_failure(exc))}",
                              step=step.name) from exc
 
     def _run_python_outside_transaction(self, migration: Migration, step: Step) -> None:
@@ -346,7 +350,7 @@ class PostgresAdapter:
         except psycopg.Error as exc:
             raise StepFailed(f"{self.name} {migration.id} {step.name} failed: {_describe(exc)}", step=step.name) from None
         except Exception as exc:  # a Python step's own bug is a failed step, not a crash
-            raise StepFailed(f"{self.name} {migration.id} {step.name} raised {type(exc).__name__}: {redact(str(exc))}",
+            raise StepFailed(f"{self.name} {migration.id} {step.name} raised {redact(describe_failure(exc))}",
                              step=step.name) from exc
         finally:
             if self.conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
@@ -422,9 +426,9 @@ class PostgresAdapter:
         ctx = self._context(migration)
         try:
             with self.conn.transaction():
-                result = step.function(ctx)
+                result = step.call(ctx)
         except Exception as exc:
-            return [f"validate raised {type(exc).__name__}: {redact(str(exc))}"]
+            return [f"validate raised {redact(describe_failure(exc))}"]
         if result is False:
             return ["validate returned False"]
         if isinstance(result, (list, tuple)):

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import time
 import uuid
 from datetime import UTC, datetime
@@ -22,10 +21,11 @@ from redis.cluster import RedisCluster
 
 from adapters import redis_keys as rk
 from adapters.redis_helpers import RedisHelpers
+from framework import failpoints
 from framework.concurrency import Renewer
 from framework.config import parse_duration
 from framework.errors import BackupCorruptError, BackupError, LockHeldError, StepFailed, StoreError
-from framework.migration import Migration, MigrationContext, Risk
+from framework.migration import Migration, MigrationContext, Risk, describe_failure
 from framework.protocol import Analysis, Direction, Fingerprint, LedgerEntry, RestoreReport, StepResult
 from framework.secrets import redact
 
@@ -194,6 +194,10 @@ class RedisAdapter:
         self._record(migration, "down", run_id=run_id, actor=actor, duration_ms=0)
 
     # -- migrations -------------------------------------------------------------------
+    def parse(self, migration: Migration) -> None:
+        """Redis migrations are Python modules, imported when loaded: only the scope is left to check."""
+        rk.validate_patterns(migration.declared_scope or ())
+
     def analyze(self, migration: Migration, direction: Direction = "up") -> Analysis:
         scope = rk.validate_patterns(migration.declared_scope or ())
         return Analysis(migration.declared_risk or Risk.C, scope, "declared" if scope else "none",
@@ -223,13 +227,13 @@ class RedisAdapter:
                              step="rollback")
         started = time.monotonic()
         try:
-            step.function(self._context(migration, run_id))
+            step.call(self._context(migration, run_id))
         except redis.RedisError as exc:
             raise StepFailed(f"{self.name} {migration.id} {step.name} failed: {redact(str(exc))}", step=step.name) from None
         except StepFailed:
             raise
         except Exception as exc:  # a Python step's own bug is a failed step, not a crash
-            raise StepFailed(f"{self.name} {migration.id} {step.name} raised {type(exc).__name__}: {redact(str(exc))}",
+            raise StepFailed(f"{self.name} {migration.id} {step.name} raised {redact(describe_failure(exc))}",
                              step=step.name) from exc
         duration = int((time.monotonic() - started) * 1000)
         self._record(migration, direction, run_id=run_id, actor=actor, duration_ms=duration)
@@ -240,9 +244,9 @@ class RedisAdapter:
         if step is None or step.function is None:
             return []
         try:
-            result = step.function(self._context(migration, "validate"))
+            result = step.call(self._context(migration, "validate"))
         except Exception as exc:
-            return [f"validate raised {type(exc).__name__}: {redact(str(exc))}"]
+            return [f"validate raised {redact(describe_failure(exc))}"]
         if result is False:
             return ["validate returned False"]
         return [str(r) for r in result] if isinstance(result, (list, tuple)) else []
@@ -323,7 +327,13 @@ class RedisAdapter:
         patterns = tuple(manifest.meta.get("patterns", ()))
         if not patterns:
             raise BackupCorruptError(f"backup {manifest.id}: manifest lists no key patterns")
-        marker = f"{self.prefix}restore:{manifest.id}:{os.getpid()}"
+        # One marker per backup, not per process: a restore killed half-way leaves its marker, and
+        # the restore that finishes it (under the same store lock) starts by clearing it.
+        marker = f"{self.prefix}restore:{manifest.id}"
+        try:
+            self.client.unlink(marker)
+        except redis.RedisError as exc:
+            raise StoreError(f"store {self.name}: restore of {manifest.id} could not start: {redact(str(exc))}") from None
         restored = expired = 0
         # On one node the restore script describes each key right after writing it, so the
         # verification needs no second pass; a cluster restores by pipeline and re-reads instead.
@@ -348,6 +358,7 @@ class RedisAdapter:
                                           kind.decode() if isinstance(kind, bytes) else kind)
                     restored += len(live)
                     progress.advance(len(batch))
+                    failpoints.passed("restore-batch")
             removed = self._remove_extras(patterns, marker)
         except redis.RedisError as exc:
             raise StoreError(f"store {self.name}: restore of {manifest.id} failed part-way: {redact(str(exc))}",

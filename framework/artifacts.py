@@ -4,6 +4,10 @@ Files are zstd-compressed as they are streamed, so nothing is held in memory, an
 sha256 is computed over the bytes on disk. ``verify`` reads every file back from disk,
 recomputes the digest and decompresses it (zstd frame checksums) before anything may
 rely on the backup.
+
+The manifest itself is what says which table or keys a file holds, so it is trusted only as it
+was sealed: its own sha256 is recorded in the control plane (``ManifestIndex``) and checked on
+every read, and every file name it lists must follow the rule the writer follows.
 """
 
 from __future__ import annotations
@@ -14,10 +18,10 @@ import os
 import re
 import secrets as pysecrets
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 import zstandard
 
@@ -26,6 +30,21 @@ from framework.errors import BackupCorruptError, BackupError, UsageError
 
 _CHUNK = 1 << 20
 _ID = re.compile(r"^[0-9]{8}T[0-9]{6}Z-[a-z0-9_-]+-[0-9a-f]{6}$")
+MANIFEST = "manifest.json"
+
+
+def valid_file_name(name: object) -> bool:
+    """The one rule for an artifact file's name, for the writer and for every read: a plain name
+    inside the backup's directory (no separator, no leading dot, so no '..' and no hidden file)."""
+    return (isinstance(name, str) and bool(name) and not name.startswith(".") and name != MANIFEST
+            and not any(c in name for c in "/\\\0"))
+
+
+class ManifestIndex(Protocol):
+    """Where the sha256 of each sealed manifest is on record (the control plane)."""
+
+    def manifest_digest(self, artifact_id: str) -> str | None:
+        """The digest recorded when the backup was sealed; None if none is on record."""
 
 
 @dataclass(frozen=True)
@@ -47,6 +66,8 @@ class Manifest:
     files: tuple[ArtifactFile, ...]
     meta: dict[str, Any]
     reason: str = ""
+    digest: str = field(default="", compare=False)      # sha256 of manifest.json as sealed / as read
+    on_record: bool = field(default=True, compare=False)  # False: no digest on record to check it against
 
     @property
     def size(self) -> int:
@@ -102,7 +123,7 @@ class ArtifactWriter:
         self.files: list[ArtifactFile] = []
 
     def _open(self, name: str) -> IO[bytes]:
-        if "/" in name or name.startswith("."):
+        if not valid_file_name(name):
             raise BackupError(f"invalid artifact file name {name!r}")
         fd = os.open(self.directory / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         return os.fdopen(fd, "wb")
@@ -128,8 +149,9 @@ class ArtifactWriter:
 
 
 class ArtifactStore:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, index: ManifestIndex | None = None) -> None:
         self.root = root
+        self.index = index
 
     def _ensure_root(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -152,13 +174,15 @@ class ArtifactStore:
         manifest = Manifest(b["id"], b["store"], b["kind"], b["version"], tuple(b["scope"]), b["created_at"],
                             tuple(writer.files), meta, b["reason"])
         body = json.dumps(manifest.to_json(), indent=2, sort_keys=True).encode()
-        fd = os.open(writer.directory / "manifest.json", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        fd = os.open(writer.directory / MANIFEST, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as fh:
             fh.write(body)
             fh.flush()
             os.fsync(fh.fileno())
-        self.verify(manifest.id)
-        return manifest
+        digest = hashlib.sha256(body).hexdigest()
+        # Not on record yet (the caller records it once this returns): check against what we wrote.
+        read_back = self.verify(manifest.id, expected_digest=digest)
+        return replace(manifest, digest=read_back.digest, on_record=True)
 
     def discard(self, writer: ArtifactWriter) -> None:
         for path in writer.directory.glob("*"):
@@ -173,14 +197,34 @@ class ArtifactStore:
             raise UsageError(f"no backup {artifact_id} in {self.root}")
         return directory
 
-    def manifest(self, artifact_id: str) -> Manifest:
-        path = self.path(artifact_id) / "manifest.json"
+    def manifest(self, artifact_id: str, *, expected_digest: str | None = None) -> Manifest:
+        """The manifest as sealed. Raises BackupCorruptError when its sha256 differs from the one on
+        record (or ``expected_digest``), when it names another backup, or lists a file name the
+        writer could not have written."""
+        path = self.path(artifact_id) / MANIFEST
         try:
-            return Manifest.from_json(json.loads(path.read_bytes()))
+            body = path.read_bytes()
         except FileNotFoundError:
-            raise BackupCorruptError(f"backup {artifact_id}: manifest.json is missing") from None
-        except (ValueError, KeyError, TypeError) as exc:
-            raise BackupCorruptError(f"backup {artifact_id}: manifest.json is unreadable ({exc})") from None
+            raise BackupCorruptError(f"backup {artifact_id}: {MANIFEST} is missing") from None
+        digest = hashlib.sha256(body).hexdigest()
+        recorded = expected_digest or (self.index.manifest_digest(artifact_id) if self.index is not None else None)
+        if recorded is not None and recorded != digest:
+            raise BackupCorruptError(
+                f"backup {artifact_id}: {MANIFEST} was changed after the backup was sealed (sha256 {digest[:12]}… != "
+                f"{recorded[:12]}… on record); it will not be used",
+                hint="restore the original manifest.json, or use another backup ('polyshift backup list')")
+        try:
+            data = json.loads(body)
+            manifest = Manifest.from_json(data)
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise BackupCorruptError(f"backup {artifact_id}: {MANIFEST} is unreadable ({exc})") from None
+        if manifest.id != artifact_id:
+            raise BackupCorruptError(f"backup {artifact_id}: {MANIFEST} describes backup {manifest.id}; it will not be used")
+        for f in manifest.files:
+            if not valid_file_name(f.name):
+                raise BackupCorruptError(f"backup {artifact_id}: {MANIFEST} lists an invalid file name {f.name!r} "
+                                         "(outside the backup's directory); it will not be used")
+        return replace(manifest, digest=digest, on_record=recorded is not None)
 
     def list(self) -> list[Manifest]:
         if not self.root.is_dir():
@@ -194,14 +238,15 @@ class ArtifactStore:
                     continue  # listed by 'backup verify', not by list
         return found
 
-    def verify(self, artifact_id: str, *, decompress: bool = True) -> Manifest:
-        """Every file's sha256 (and, unless told otherwise, its zstd frames) checked from disk.
+    def verify(self, artifact_id: str, *, decompress: bool = True, expected_digest: str | None = None) -> Manifest:
+        """The manifest's own sha256, then every file's sha256 (and, unless told otherwise, its zstd
+        frames) checked from disk.
 
         Raises BackupCorruptError naming the file. ``seal`` decompresses once when the backup is
         written; after that a matching sha256 proves the file is that same verified file, so a
         restore skips the second decompression.
         """
-        manifest = self.manifest(artifact_id)
+        manifest = self.manifest(artifact_id, expected_digest=expected_digest)
         directory = self.path(artifact_id)
         for entry in manifest.files:
             path = directory / entry.name
@@ -229,6 +274,8 @@ class ArtifactStore:
     def open(self, manifest: Manifest, name: str) -> IO[bytes]:
         """A decompressing reader over one file of a verified backup."""
         manifest.file(name)
+        if not valid_file_name(name):
+            raise BackupCorruptError(f"backup {manifest.id}: invalid file name {name!r}; it will not be read")
         raw = open(self.path(manifest.id) / name, "rb")  # noqa: SIM115 - closed by the reader (closefd)
         return zstandard.ZstdDecompressor().stream_reader(raw, closefd=True)  # type: ignore[return-value]
 

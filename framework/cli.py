@@ -22,6 +22,7 @@ from framework.pipeline import Pipeline
 from framework.project import Project, open_project
 from framework.recovery import Recovery
 from framework.runner import Runner
+from framework.runs import interruptions, refuse_unfinished
 from framework.sandbox_cli import sandbox_app
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -158,16 +159,22 @@ def status(store: str | None = typer.Option(None, "--store", "-s")) -> None:
     """Current version, pending and drifted migrations per store.  Example: polyshift status --json"""
     proj = project()
     runner = Runner(proj)
+    unfinished = interruptions(proj.state, list(proj.config.stores))
     result = []
     for name in runner.stores(store):
         with runner.adapter(name) as adapter:
-            result.append(runner.status(adapter).to_json())
+            st = runner.status(adapter)
+            st.interrupted = unfinished.get(name)
+            result.append(st.to_json())
     if output.opts["json"]:
         emit_json(result)
         return
     table("status", ["store", "kind", "current", "pending", "drift", "missing"],
           [[r["store"], r["kind"], r["current"] or "-", " ".join(r["pending"]) or "-", " ".join(r["drift"]) or "-",
             " ".join(r["missing"]) or "-"] for r in result])
+    for r in result:
+        if r["interrupted"]:
+            output.warn(f"{r['store']} is {r['interrupted']}")
 
 
 @app.command()
@@ -377,6 +384,13 @@ def backup_show(backup_id: str) -> None:
         say(f"      file: {f.name}  {f.bytes:,} bytes  sha256 {f.sha256}")
 
 
+def _warn_unrecorded(manifest: Any) -> None:
+    if not manifest.on_record:
+        output.warn(f"backup {manifest.id}: the sha256 of its manifest.json is not on record in this control plane "
+                    "(a backup from before polyshift recorded it, or from another control plane): its files verify, "
+                    "but what the manifest says they hold cannot be checked")
+
+
 @backup_app.command("verify")
 def backup_verify(backup_id: str) -> None:
     """Re-read every file and check its sha256.  Example: polyshift backup verify ID"""
@@ -386,8 +400,9 @@ def backup_verify(backup_id: str) -> None:
     except errors.BackupCorruptError as exc:
         proj.state.audit("backup.corrupt", backup_id, {"error": str(exc)})
         raise
+    _warn_unrecorded(manifest)
     if output.opts["json"]:
-        emit_json({"id": manifest.id, "verified": True, "files": len(manifest.files)})
+        emit_json({"id": manifest.id, "verified": True, "files": len(manifest.files), "manifest_on_record": manifest.on_record})
     say(f"backup {manifest.id}: {len(manifest.files)} files verified")
 
 
@@ -395,7 +410,9 @@ def backup_verify(backup_id: str) -> None:
 def backup_restore(backup_id: str, yes: bool = typer.Option(False, "--yes", help="Confirm overwriting the scope.")) -> None:
     """Put a backup's scope back (after a safety backup of what is there now).  Example: polyshift backup restore ID --yes"""
     proj = project()
+    refuse_unfinished(proj.state, then="polyshift backup restore")  # before asking anything
     manifest = proj.artifacts.verify(backup_id, decompress=False)
+    _warn_unrecorded(manifest)
     warning = (f"restoring {manifest.id} replaces {', '.join(manifest.scope)} in store {manifest.store}: writes made "
                f"between {manifest.created_at} (when the backup was taken) and now will be discarded")
     if not yes:
@@ -439,7 +456,7 @@ def _fail(exc: errors.PolyshiftError) -> NoReturn:
     message = secrets.redact(str(exc))
     hint = secrets.redact(exc.hint) if exc.hint else None
     if output.opts["json"]:
-        emit_json({"error": message, "hint": hint, "exit_code": exc.exit_code, "type": type(exc).__name__})
+        emit_json({"error": message, "hint": hint, "exit_code": exc.exit_code, "type": type(exc).__name__} | exc.details)
     else:
         output.err.print(f"[red]error:[/] {escape(message)}")
         if hint:

@@ -11,14 +11,20 @@ Exit codes (mirrored in the README):
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class PolyshiftError(Exception):
+    """``details``: machine-readable facts the CLI adds to the ``--json`` error object (what a
+    command did before it failed, for instance)."""
+
     exit_code = 2
 
-    def __init__(self, message: str, *, hint: str | None = None) -> None:
+    def __init__(self, message: str, *, hint: str | None = None, details: dict[str, Any] | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.hint = hint
+        self.details = dict(details or {})
 
     def __str__(self) -> str:
         return self.message

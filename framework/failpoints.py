@@ -1,20 +1,26 @@
-"""Fault injection for crash tests: ``POLYSHIFT_FAILPOINT=journal:N`` sends SIGKILL to this
-process right after its N-th journal write, so a test can stop the runner at every recorded step
-the same way a lost host or ``kill -9`` would. Unset (always, outside tests), it does nothing."""
+"""Fault injection for crash tests: ``POLYSHIFT_FAILPOINT=NAME:N`` sends SIGKILL to this process
+right after it passes the point NAME for the N-th time, so a test can stop a run at every
+recorded step the same way a lost host or ``kill -9`` would. Points: ``journal`` (each journal
+write) and ``restore-batch`` (each batch of keys a Redis restore writes). Unset (always, outside
+tests), nothing happens."""
 
 from __future__ import annotations
 
 import os
 import signal
 
-_count = 0
+_counts: dict[str, int] = {}
+
+
+def passed(point: str) -> None:
+    spec = os.environ.get("POLYSHIFT_FAILPOINT", "")
+    name, _, count = spec.partition(":")
+    if name != point:
+        return
+    _counts[point] = _counts.get(point, 0) + 1
+    if _counts[point] == int(count):
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def journal_written() -> None:
-    global _count
-    spec = os.environ.get("POLYSHIFT_FAILPOINT", "")
-    if not spec.startswith("journal:"):
-        return
-    _count += 1
-    if _count == int(spec.split(":", 1)[1]):
-        os.kill(os.getpid(), signal.SIGKILL)
+    passed("journal")

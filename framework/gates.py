@@ -17,6 +17,7 @@ from typing import Any
 import psycopg
 
 from framework.config import Config
+from framework.migration import call_user_code, describe_failure
 from framework.releases import Gate
 from framework.secrets import redact
 
@@ -73,12 +74,12 @@ def _python(gate: Gate, ctx: GateContext) -> tuple[bool, str]:
     module_name, _, function_name = gate.spec["callable"].partition(":")
     if str(ctx.config.root) not in sys.path:
         sys.path.insert(0, str(ctx.config.root))
-    function = getattr(importlib.import_module(module_name), function_name)
+    function = getattr(call_user_code(importlib.import_module, module_name), function_name)
     outcome: dict[str, Any] = {}
 
     def call() -> None:
         try:
-            outcome["value"] = function(ctx)
+            outcome["value"] = call_user_code(function, ctx)
         except Exception as exc:  # reported as the gate's failure, never raised into the runner
             outcome["error"] = exc
 
@@ -105,7 +106,7 @@ def evaluate(gate: Gate, ctx: GateContext) -> GateResult:
     except subprocess.TimeoutExpired:
         ok, detail = False, f"timed out after {gate.timeout:g} s"
     except Exception as exc:  # a gate that cannot be evaluated counts as failing
-        ok, detail = False, f"could not be evaluated: {type(exc).__name__}: {redact(str(exc).splitlines()[0] if str(exc) else '')}"
+        ok, detail = False, f"could not be evaluated: {redact(describe_failure(exc).splitlines()[0])}"
     return GateResult(gate.name, ok, detail, int((time.monotonic() - started) * 1000))
 
 

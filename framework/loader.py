@@ -6,7 +6,8 @@ Layout per store directory:
   <version>_<slug>.validate.<ext>  optional
   <version>_<slug>.py              Python migration: forward(ctx), rollback(ctx), validate(ctx)
 where <ext> is the store's script language (sql, cypher). Header comment lines of the
-forward script carry directives: ``-- polyshift: backup=users,orders``.
+forward script carry directives: ``-- polyshift: backup=users,orders``. A rollback script's
+header may carry ``backup=`` only: the scope its own step destroys.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from framework.errors import MigrationLoadError
-from framework.migration import Migration, Risk, Step, version_key
+from framework.migration import Migration, Risk, Step, call_user_code, describe_failure, version_key
 
 # Script language per store kind: (file extension, line-comment prefix). Redis has none:
 # its migrations are Python modules only.
@@ -32,6 +33,7 @@ SCRIPT_LANG: dict[str, tuple[str, str] | None] = {
 }
 _NAME = re.compile(r"^(?P<version>\d+(?:\.\d+)*)_(?P<slug>[a-z0-9][a-z0-9_]*)(?:\.(?P<step>forward|rollback|validate))?\.(?P<ext>[a-z]+)$")
 _DIRECTIVE_KEYS = {"backup", "irreversible", "flag", "risk", "vector"}
+_ROLLBACK_DIRECTIVE_KEYS = {"backup"}
 _FLAG_NAME = re.compile(r"^[a-z0-9_.-]+$")
 _IGNORED = {"README.md", ".gitkeep", "__pycache__", "__init__.py"}
 
@@ -125,6 +127,11 @@ def _load_script_migration(store: str, version: str, slug: str, files: dict[str,
         raise MigrationLoadError(f"{store}/{version}_{slug}: no forward script (found only {present})")
     texts = {step: path.read_text(encoding="utf-8") for step, path in files.items()}
     directives = parse_directives(texts["forward"], comment, forward_path)
+    rollback_directives = parse_directives(texts["rollback"], comment, files["rollback"]) if "rollback" in files else {}
+    misplaced = sorted(set(rollback_directives) - _ROLLBACK_DIRECTIVE_KEYS)
+    if misplaced:
+        raise MigrationLoadError(f"{store}/{files['rollback'].name}: a rollback script's header takes only 'backup=' "
+                                 f"(the scope its step destroys); {', '.join(misplaced)} belongs in {forward_path.name}")
     irreversible = "irreversible" in directives
     if "rollback" not in files and not irreversible:
         raise MigrationLoadError(
@@ -141,6 +148,7 @@ def _load_script_migration(store: str, version: str, slug: str, files: dict[str,
         validate=steps.get("validate"),
         checksum=checksum([(s, files[s].read_bytes()) for s in ("forward", "rollback", "validate") if s in files]),
         declared_scope=_scope(directives["backup"], forward_path) if "backup" in directives else None,
+        rollback_scope=_scope(rollback_directives["backup"], files["rollback"]) if "backup" in rollback_directives else None,
         flag=_flag(directives.get("flag"), forward_path),
         declared_risk=_risk(directives.get("risk"), forward_path),
         irreversible=irreversible,
@@ -155,9 +163,9 @@ def _load_python_migration(store: str, version: str, slug: str, path: Path) -> M
         raise MigrationLoadError(f"{path}: cannot be imported")
     module = importlib.util.module_from_spec(spec)
     try:
-        spec.loader.exec_module(module)
+        call_user_code(spec.loader.exec_module, module)
     except Exception as exc:  # a migration module that does not import is bad input, not a crash
-        raise MigrationLoadError(f"{store}/{path.name}: import failed: {type(exc).__name__}: {exc}") from None
+        raise MigrationLoadError(f"{store}/{path.name}: import failed: {describe_failure(exc)}") from None
     sys.modules[module_name] = module
     forward = getattr(module, "forward", None)
     if not callable(forward):

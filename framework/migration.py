@@ -8,7 +8,9 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
+
+T = TypeVar("T")
 
 
 class Risk(StrEnum):
@@ -42,6 +44,30 @@ class MigrationContext:
 StepFn = Callable[[MigrationContext], Any]
 
 
+class UserCodeExit(Exception):
+    """User code (a step, a check, a gate, a module being imported) raised SystemExit or
+    KeyboardInterrupt. Left alone, either would unwind through every ``except Exception`` and end
+    the process with a step half-done and exit 0; as an ordinary exception it is that code failing."""
+
+    def __init__(self, raised: SystemExit | KeyboardInterrupt) -> None:
+        what = f"SystemExit({raised.code!r})" if isinstance(raised, SystemExit) else type(raised).__name__
+        super().__init__(f"{what}: user code fails by raising an exception, never by exiting")
+        self.raised = raised
+
+
+def call_user_code(function: Callable[..., T], *args: Any) -> T:
+    """The one way polyshift calls code it did not write: an exit from it becomes UserCodeExit."""
+    try:
+        return function(*args)
+    except (SystemExit, KeyboardInterrupt) as exc:
+        raise UserCodeExit(exc) from exc
+
+
+def describe_failure(exc: BaseException) -> str:
+    """How a failure of user code reads in a message: ``ValueError: boom`` or ``SystemExit(0): …``."""
+    return str(exc) if isinstance(exc, UserCodeExit) else f"{type(exc).__name__}: {exc}"
+
+
 @dataclass(frozen=True)
 class Step:
     """One of forward / rollback / validate: a script in the store's language or a Python function."""
@@ -55,6 +81,11 @@ class Step:
     def is_python(self) -> bool:
         return self.function is not None
 
+    def call(self, ctx: MigrationContext) -> Any:
+        """Run the Python step; an exit from it is its failure (UserCodeExit), like any exception."""
+        assert self.function is not None
+        return call_user_code(self.function, ctx)
+
 
 @dataclass
 class Migration:
@@ -66,6 +97,8 @@ class Migration:
     validate: Step | None
     checksum: str
     declared_scope: tuple[str, ...] | None = None
+    # ``backup=`` in the rollback script's own header: what its rollback step destroys.
+    rollback_scope: tuple[str, ...] | None = None
     flag: str | None = None
     declared_risk: Risk | None = None
     irreversible: bool = False

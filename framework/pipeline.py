@@ -8,14 +8,12 @@ every script parsed, the release flags reachable, and free disk for the backups.
 from __future__ import annotations
 
 import shutil
-import socket
 from typing import Any
 
 from feature_flags.admin import FlagAdmin
 from framework.bluegreen import ReleaseRun, open_flags
 from framework.errors import (
     BackupError,
-    LockHeldError,
     MigrationFailedRestored,
     MigrationFailedUnverified,
     PolyshiftError,
@@ -28,23 +26,13 @@ from framework.project import Project
 from framework.protocol import Adapter, Analysis, EstimatesBackup
 from framework.releases import Release, group, load_settings
 from framework.runner import Outcome, Runner
-from framework.sandbox import pid_alive
+from framework.runs import RunCommand, refuse_unfinished
 
-RELEASE_COMMANDS = ("up", "recover", "emergency-rollback")
 DISK_HEADROOM = 64 * 1024 * 1024
 
 
 def _quiet(_kind: str, _data: dict[str, Any]) -> None:
     pass
-
-
-def run_is_alive(run: dict[str, Any]) -> bool:
-    return run["host"] == socket.gethostname() and pid_alive(run["pid"])
-
-
-def describe_run(run: dict[str, Any]) -> str:
-    return (f"run {run['id'][:8]} ({run['command']} by {run['actor']} pid={run['pid']} on {run['host']}, "
-            f"started {run['started_at']:%Y-%m-%d %H:%M:%S})")
 
 
 class Pipeline:
@@ -73,19 +61,6 @@ class Pipeline:
     def __exit__(self, *_exc: object) -> None:
         self.close()
 
-    def refuse_unfinished(self) -> None:
-        state = self.project.state
-        for run in state.unfinished_runs(RELEASE_COMMANDS):
-            began = any(e["step"] == "release" for e in state.journal_entries(run["id"]))
-            if not run_is_alive(run):
-                raise RefusedError(f"{describe_run(run)} did not finish: its release may be half-applied",
-                                   hint="run 'polyshift recover' to finish or undo it, then 'polyshift up' again")
-            if began:
-                # Alive and past its preflight (or a recover waiting out a dead runner's locks):
-                # its stores are spoken for even where a lock has lapsed.
-                raise LockHeldError(f"the stores are locked by another polyshift run: {describe_run(run)}",
-                                    hint="wait for it to finish")
-
     # -- up ---------------------------------------------------------------------------
     def up(self, *, store: str | None = None, to: str | None = None, release: str | None = None,
            dry_run: bool = False, allow_irreversible: bool = False) -> list[Outcome]:
@@ -97,8 +72,8 @@ class Pipeline:
             if value is not None and not any(r.version == value for r in every):
                 raise UsageError(f"{option} {value}: no migration has that version")
         if not dry_run:
-            self.refuse_unfinished()
-        run_id = self.project.state.start_run("up", {"stores": names, "to": to, "release": release, "dry_run": dry_run})
+            refuse_unfinished(self.project.state, then="polyshift up")
+        run_id = self.project.state.start_run(RunCommand.UP, {"stores": names, "to": to, "release": release, "dry_run": dry_run})
         outcomes: list[Outcome] = []
         current: ReleaseRun | None = None
         status = "failed"
@@ -172,6 +147,7 @@ class Pipeline:
                   *, dry_run: bool) -> dict[tuple[str, str], Analysis]:
         """Every script parsed (a syntax error stops us here) and every flag checked; returns the
         analyses by (store, version) for the dry run and the disk check."""
+        self.parse_scripts(pending, adapters)
         analyses = {}
         for rel in pending:
             for m in rel.ordered():
@@ -186,6 +162,13 @@ class Pipeline:
                 raise RefusedError(f"release {rel.version}: flag {flag} already serves {current.percent:g}% for release "
                                    f"{current.release}; each release needs a flag of its own")
         return analyses
+
+    def parse_scripts(self, pending: list[Release], adapters: dict[str, Adapter]) -> None:
+        """Forward, rollback and validate scripts alike: a rollback that does not parse would
+        otherwise be found only by the undo that needs it, after the forward ran."""
+        for rel in pending:
+            for m in rel.ordered():
+                adapters[m.store].parse(m)
 
     def would_apply(self, pending: list[Release], analyses: dict[tuple[str, str], Analysis]) -> list[Outcome]:
         outcomes = []

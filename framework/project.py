@@ -39,5 +39,7 @@ class Project:
 
 def open_project(config_path: str | Path, progress: Progress | None = None) -> Project:
     config = load_config(config_path)
-    return Project(config=config, state=ControlPlane(config.state_url), artifacts=ArtifactStore(config.backups_dir),
+    state = ControlPlane(config.state_url)
+    # Manifests are checked against the digests the control plane recorded when they were sealed.
+    return Project(config=config, state=state, artifacts=ArtifactStore(config.backups_dir, state),
                    progress=progress or NullProgress())

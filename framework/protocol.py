@@ -39,6 +39,19 @@ class Fingerprint:
     def from_json(data: dict[str, Any]) -> Fingerprint:
         return Fingerprint(data["schema_hash"], data["data_hash"], dict(data["counts"]), dict(data.get("items", {})))
 
+    def differences(self, now: Fingerprint, *, data: bool, since: str) -> list[str]:
+        """What ``now`` changed since this fingerprint was taken (``since``: "the release"): the
+        store's schema and, with ``data``, the content of each scoped item (empty when nothing did)."""
+        problems = [f"schema differs from before {since}"] if now.schema_hash != self.schema_hash else []
+        if data:
+            for item, before in self.items.items():
+                after = now.items.get(item)
+                if after is None:
+                    problems.append(f"{item} is gone")
+                elif after.get("data") != before.get("data"):
+                    problems.append(f"{item}: content differs ({before.get('rows')} before, {after.get('rows')} now)")
+        return problems
+
 
 @dataclass(frozen=True)
 class LedgerEntry:
@@ -121,6 +134,10 @@ class Adapter(Protocol):
 
     def analyze(self, migration: Migration, direction: Direction = "up") -> Analysis:
         """Risk, backup scope and statements that must run outside a transaction."""
+
+    def parse(self, migration: Migration) -> None:
+        """Parse every script of the migration (forward, rollback, validate) and its declarations.
+        Raises MigrationLoadError naming the file; reads nothing from the store."""
 
     def resolve_scope(self, scope: tuple[str, ...], *, missing_ok: bool) -> tuple[str, ...]:
         """Canonical names of the scope's objects; raises BackupError for unknown ones unless missing_ok."""

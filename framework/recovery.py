@@ -1,9 +1,14 @@
 """`polyshift recover`, `polyshift emergency-rollback` and `polyshift releases`.
 
-Recover reads the journal of a run that did not finish and drives its release to one consistent
-end: *finish* when every store had forwarded and validated and the cutover had begun, *undo*
-otherwise (or when an undo had already begun). Every step it takes is journaled into the same
-run, so a recover that is itself interrupted is resumed by the next one.
+Recover reads the journal of a run that did not finish and drives it to one consistent end:
+- a release: *finish* when every store had forwarded and validated and the cutover had begun,
+  *undo* otherwise (or when an undo had already begun);
+- a rollback: the step it was in is settled as a failed step would have been (done if its ledger
+  row committed, else verified unchanged or restored from the backup taken just before it);
+  the migrations after it are left as they are;
+- a restore: *finish* it, restoring the same backup again.
+Every step it takes is journaled into the same run, so a recover that is itself interrupted is
+resumed by the next one.
 """
 
 from __future__ import annotations
@@ -17,14 +22,17 @@ from framework.errors import (
     ConfigError,
     LockHeldError,
     MigrationFailedRestored,
+    MigrationFailedUnverified,
     PolyshiftError,
     RefusedError,
     UsageError,
 )
 from framework.migration import Migration, version_key
-from framework.pipeline import RELEASE_COMMANDS, Pipeline, describe_run, run_is_alive
+from framework.pipeline import Pipeline
 from framework.protocol import Adapter, Fingerprint
 from framework.releases import DEFAULT_STAGES, Release, ReleaseSettings
+from framework.runner import RollbackSnapshot
+from framework.runs import CHANGING_COMMANDS, RELEASE_COMMANDS, STORE_COMMANDS, RunCommand, describe_run, midway, run_is_alive
 from framework.saga import StoreStep
 from framework.state import actor
 from framework.status import applied_entries
@@ -113,15 +121,20 @@ class Recovery(Pipeline):
                 by_store[store].undone = True
         return replay
 
-    def _step(self, store: str, version: str, detail: dict[str, Any]) -> StoreStep:
+    def _migration(self, store: str, version: str, detail: dict[str, Any], what: str) -> Migration:
+        """The migration a run journaled, as it was then: recover never runs a file changed since."""
         try:
             m: Migration = self.project.migration(store, version)
         except KeyError:
-            raise RefusedError(f"cannot recover release {version}: migration {store}/{detail['migration']} is no longer on disk",
+            raise RefusedError(f"cannot recover {what}: migration {store}/{detail.get('migration', version)} is no longer on disk",
                                hint="restore the file from version control, then run 'polyshift recover' again") from None
         if detail.get("checksum") and detail["checksum"] != m.checksum:
-            raise RefusedError(f"cannot recover release {version}: {store}/{m.id} changed on disk since the run started",
+            raise RefusedError(f"cannot recover {what}: {store}/{m.id} changed on disk since the run started",
                                hint="restore the file as it was (version control), then run 'polyshift recover' again")
+        return m
+
+    def _step(self, store: str, version: str, detail: dict[str, Any]) -> StoreStep:
+        m = self._migration(store, version, detail, f"release {version}")
         pre = Fingerprint.from_json(detail["pre"]) if detail.get("pre") else None
         step = StoreStep(m, tuple(detail["scope"]), pre, bool(detail.get("non_transactional")), detail.get("risk", ""))
         step.forward_begun = bool(detail.get("applied"))
@@ -148,12 +161,114 @@ class Recovery(Pipeline):
     # -- recover ------------------------------------------------------------------------
     def recover(self) -> list[RecoveryResult]:
         results = []
-        for run in self.project.state.unfinished_runs(RELEASE_COMMANDS):
+        for run in self.project.state.unfinished_runs(CHANGING_COMMANDS):
             if run_is_alive(run):
-                raise LockHeldError(f"{describe_run(run)} is still running; it will finish or undo its release itself",
+                raise LockHeldError(f"{describe_run(run)} is still running; it will finish or undo its {run['command']} itself",
                                     hint="wait for it; recover only takes over runs whose process is gone")
-            results.append(self._recover_run(run))
+            if run["command"] == RunCommand.ROLLBACK:
+                results.append(self._recover_rollback(run))
+            elif run["command"] == RunCommand.RESTORE:
+                results.append(self._recover_restore(run))
+            else:
+                results.append(self._recover_run(run))
         return results
+
+    def _claim(self, run: dict[str, Any]) -> None:
+        if not self.project.state.claim_run(run):
+            raise LockHeldError(f"{describe_run(run)} was taken over by another recover")
+
+    def _close_untouched(self, run: dict[str, Any], note: str) -> RecoveryResult:
+        """A run that died before changing anything: closed, nothing to do."""
+        self._claim(run)
+        self.project.state.finish_run(run["id"], "recovered", {"note": note})
+        self.project.state.audit("run.recovered", f"run:{run['id']}", {"action": "nothing", "command": run["command"]})
+        return RecoveryResult(run["id"], None, "nothing", f"{note}; nothing was changed")
+
+    # -- an interrupted rollback ----------------------------------------------------------
+    @staticmethod
+    def _rollback_progress(entries: list[dict[str, Any]]) -> tuple[dict[str, Any] | None, list[str], list[str]]:
+        """The intent of the step that did not settle (or None), the migrations rolled back, and
+        the ones the run had planned."""
+        planned = next((e["detail"]["migrations"] for e in entries if (e["step"], e["phase"]) == ("plan", "done")), [])
+        open_intent, done = None, []
+        for e in entries:
+            if (e["step"], e["phase"]) == ("rollback", "intent"):
+                open_intent = e
+            elif open_intent is not None and e["version"] == open_intent["version"] and e["store"] == open_intent["store"] \
+                    and (e["step"], e["phase"]) in (("rollback", "done"), ("verify", "done")):
+                if e["step"] == "rollback":
+                    done.append(f"{e['store']}/{open_intent['detail'].get('migration', e['version'])}")
+                open_intent = None
+        return open_intent, done, planned
+
+    def _recover_rollback(self, run: dict[str, Any]) -> RecoveryResult:
+        state = self.project.state
+        intent, _, _ = self._rollback_progress(state.journal_entries(run["id"]))
+        if intent is None:
+            return self._close_untouched(run, f"{describe_run(run)} stopped between rollback steps")
+        store = intent["store"]
+        with self.runner._locked([store], run["id"], lock=True, outlive_dead=True) as (adapter,):
+            self._claim(run)
+            intent, done, planned = self._rollback_progress(state.journal_entries(run["id"]))
+            if intent is None:
+                state.finish_run(run["id"], "recovered", {"recovered_by": actor()})
+                return RecoveryResult(run["id"], None, "nothing", "the rollback step had settled; nothing was changed")
+            status = "needs-recovery"
+            try:
+                m = self._migration(store, intent["version"], intent["detail"], f"the rollback of {store}/{intent['version']}")
+                died = f"{describe_run(run)} stopped during the rollback step of {store}/{m.id}"
+                if "pre" not in intent["detail"]:
+                    # Journaled by a polyshift that kept no fingerprint with the intent: nothing to
+                    # verify against. Closed (so it blocks nothing), and said so.
+                    status = "recovered-unverified"
+                    where = "still applied" if m.version in applied_entries(adapter.ledger()) else "rolled back"
+                    raise MigrationFailedUnverified(
+                        f"{died}; the step was journaled without a fingerprint (an older polyshift): the ledger says "
+                        f"{m.id} is {where}, which cannot be verified",
+                        hint=f"inspect {store}; 'polyshift backup list --store {store}' shows the rollback points")
+                snap = RollbackSnapshot.from_json(intent["detail"], self.project.artifacts)
+                settled = self.runner.settle_rollback(adapter, m, snap, run["id"], cause=died)
+                rest = [p for p in planned if p not in done and p != f"{store}/{m.id}"]
+                after = (f"; rolled back before it: {', '.join(done)}" if done else "") + \
+                        (f"; not attempted: {', '.join(rest)}" if rest else "")
+                if settled.action == "rolled-back":
+                    status = "succeeded"
+                    return RecoveryResult(run["id"], m.version, "finished", settled.how + after)
+                if settled.action == "failed-unverified":
+                    raise MigrationFailedUnverified(settled.how + after, hint=settled.hint)
+                status = "rolled-back"
+                raise MigrationFailedRestored(f"{settled.how}; {m.id} is still applied{after}")
+            finally:
+                state.finish_run(run["id"], status, {"recovered_by": actor()})
+
+    # -- an interrupted restore -----------------------------------------------------------
+    def _recover_restore(self, run: dict[str, Any]) -> RecoveryResult:
+        state = self.project.state
+        entries = state.journal_entries(run["id"])
+        intent = next((e for e in reversed(entries) if (e["step"], e["phase"]) == ("restore", "intent")), None)
+        if intent is None:
+            return self._close_untouched(run, f"{describe_run(run)} stopped before its restore began")
+        store, backup = intent["store"], intent["detail"]["backup"]
+        with self.runner._locked([store], run["id"], lock=True, outlive_dead=True) as (adapter,):
+            self._claim(run)
+            status = "needs-recovery"
+            try:
+                manifest = self.project.artifacts.verify(backup, decompress=False)
+                # The safety backup of what was there before the restore began is the one to keep.
+                kept = [p["id"] for p in state.rollback_points(store)
+                        if p["run_id"] == run["id"] and p["reason"] == f"before restore of {backup}"]
+                self.runner.emit("restore", {"store": store, "backup": backup, "why": f"{describe_run(run)} stopped mid-restore"})
+                report = self.runner.journaled_restore(adapter, manifest, run["id"], safety=not kept)
+                if not report.verified:
+                    raise MigrationFailedUnverified(
+                        f"restored {backup} again but it does not verify: {'; '.join(report.mismatches)}",
+                        hint=f"inspect {store}; 'polyshift backup list --store {store}' shows the rollback points")
+                status = "succeeded"
+                keep = f" (the safety backup {kept[0]} holds what was there before)" if kept else ""
+                return RecoveryResult(run["id"], None, "finished",
+                                      f"{describe_run(run)} stopped mid-restore: restored backup {backup} again, verified{keep}")
+            finally:
+                state.finish_run(run["id"], status, {"recovered_by": actor()})
 
     def _recover_run(self, run: dict[str, Any], *, force_undo: bool = False) -> RecoveryResult:
         state = self.project.state
@@ -218,6 +333,10 @@ class Recovery(Pipeline):
         if rel is None:
             raise UsageError(f"emergency-rollback {version}: no migration has that version")
         killed = self._kill_now(rel)
+        for run in self.project.state.unfinished_runs(STORE_COMMANDS):
+            if not run_is_alive(run):
+                raise RefusedError(f"{describe_run(run)} did not finish: its store may be {midway(run)}",
+                                   hint="run 'polyshift recover' first; the flag is killed already")
         for run in self.project.state.unfinished_runs(RELEASE_COMMANDS):
             if run_is_alive(run):
                 continue  # a live runner sees the kill and undoes its release; its locks make us wait below
@@ -230,7 +349,7 @@ class Recovery(Pipeline):
             except MigrationFailedRestored:
                 pass  # undone and verified: what we came to do; the ledgers below confirm it
         stores = [s for s in rel.order if s in rel.migrations]
-        run_id = self.project.state.start_run("emergency-rollback", {"release": version})
+        run_id = self.project.state.start_run(RunCommand.EMERGENCY_ROLLBACK, {"release": version, "stores": stores})
         status = "failed"  # until the plan is journaled nothing has changed
         try:
             with self.runner._locked(stores, run_id, lock=True, wait=wait) as adapters:

@@ -8,28 +8,36 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 from adapters import adapter_for
-from framework.artifacts import Manifest
+from framework.artifacts import ArtifactStore, Manifest
 from framework.errors import (
     DriftError,
     MigrationFailedRestored,
     MigrationFailedUnverified,
     PolyshiftError,
     RefusedError,
-    StepFailed,
     UsageError,
 )
-from framework.migration import Migration, Risk, version_key
+from framework.loader import SCRIPT_LANG
+from framework.migration import Migration, Risk, Step, version_key
 from framework.project import Project
-from framework.protocol import Adapter, Analysis, ExpiringLock, Fingerprint, RestoreReport
+from framework.protocol import Adapter, Analysis, Direction, ExpiringLock, Fingerprint, RestoreReport
+from framework.runs import RunCommand, refuse_unfinished
 from framework.state import actor
 from framework.status import StoreStatus, applied_entries, store_status
 
 Emit = Callable[[str, dict[str, Any]], None]
+
+# What happened to one migration. A failed rollback step ends as: nothing it did is left
+# (unchanged), the backup taken just before it was restored and verified (restored), or neither
+# could be verified (unverified).
+Action = Literal["applied", "would-apply", "rolled-back", "would-roll-back", "failed-unchanged", "failed-restored",
+                 "failed-unverified", "not-attempted"]
+SETTLED: tuple[Action, ...] = ("failed-unchanged", "failed-restored")
 
 
 @dataclass
@@ -37,26 +45,60 @@ class Outcome:
     store: str
     version: str
     slug: str
-    action: str                 # applied | rolled-back | would-apply | would-roll-back
+    action: Action
     risk: str = ""
     scope: list[str] = field(default_factory=list)
     backup: str | None = None
     duration_ms: int = 0
     non_transactional: bool = False
+    error: str | None = None
+    hint: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+    def describe(self) -> str:
+        what = {"rolled-back": "rolled back", "not-attempted": "not attempted"}.get(self.action, f"failed: {self.error}")
+        return f"{self.store} {self.version}_{self.slug} {what}"
+
+
+@dataclass(frozen=True)
+class RollbackSnapshot:
+    """What a rollback step is checked and undone against; journaled with its intent."""
+
+    scope: tuple[str, ...]
+    pre: Fingerprint
+    backup: Manifest | None
+    transactional: bool
+
+    def to_json(self) -> dict[str, Any]:
+        return {"scope": list(self.scope), "pre": self.pre.to_json(), "backup": self.backup.id if self.backup else None,
+                "transactional": self.transactional}
+
+    @staticmethod
+    def from_json(detail: dict[str, Any], artifacts: ArtifactStore) -> RollbackSnapshot:
+        backup = artifacts.manifest(detail["backup"]) if detail.get("backup") else None
+        return RollbackSnapshot(tuple(detail["scope"]), Fingerprint.from_json(detail["pre"]), backup, bool(detail["transactional"]))
+
+
+@dataclass(frozen=True)
+class Settled:
+    """How a failed or interrupted rollback step ended (``action``), in words (``how``)."""
+
+    action: Action
+    how: str
+    hint: str | None = None
 
 
 def _quiet(_event: str, _data: dict[str, Any]) -> None:
     pass
 
 
-def _declare_hint(m: Migration) -> str:
-    """How this migration declares its backup scope, in its own file's language."""
-    if m.is_python:
+def _declare_hint(step: Step) -> str:
+    """How a step's file declares its backup scope, in that file's own language."""
+    if step.is_python:
         return "BACKUP = [...]"
-    comment = "//" if m.forward.path.suffix == ".cypher" else "--"
+    comment = next((c for ext, c in filter(None, SCRIPT_LANG.values()) if step.path.suffix == f".{ext}"), "--")
     return f"{comment} polyshift: backup=name,..."
 
 
@@ -65,6 +107,7 @@ class Runner:
         self.project = project
         self.state = project.state
         self.emit = emit or _quiet
+        self._step_open = False  # a rollback step began and has not settled: only recover may go on
 
     # -- plumbing ---------------------------------------------------------------------
     @contextmanager
@@ -131,10 +174,17 @@ class Runner:
             pending = [m for m in pending if m.version_key <= version_key(to)]
         return pending
 
-    def _resolve_scope(self, adapter: Adapter, m: Migration, analysis: Analysis) -> tuple[str, ...]:
-        declared = set(m.declared_scope or ()) if analysis.scope_source.startswith("declared") else set()
-        strict = tuple(s for s in analysis.scope if s in declared)
-        lenient = tuple(s for s in analysis.scope if s not in declared)
+    def _resolve_scope(self, adapter: Adapter, m: Migration, analysis: Analysis, direction: Direction = "up") -> tuple[str, ...]:
+        """The scope's existing objects. Names a script's header declares must exist (a typo would
+        leave what the step destroys without a backup); inferred ones may be gone already."""
+        if direction == "up":
+            declared = set(m.declared_scope or ()) if analysis.scope_source.startswith("declared") else set()
+            names = analysis.scope
+        else:
+            # The forward's declared scope too: what the forward changed is what its rollback reverts.
+            declared, names = set(m.rollback_scope or ()), analysis.scope + tuple(m.declared_scope or ())
+        strict = tuple(s for s in names if s in declared)
+        lenient = tuple(s for s in names if s not in declared)
         resolved = adapter.resolve_scope(strict, missing_ok=False) + adapter.resolve_scope(lenient, missing_ok=True)
         return tuple(dict.fromkeys(resolved))
 
@@ -148,10 +198,7 @@ class Runner:
         if m.rollback is None:
             return scope
         undo = adapter.analyze(m, "down")
-        if undo.unproven and not m.declared_scope and not m.is_python:
-            raise RefusedError(f"{m.store}/{m.id}: its rollback step may change data that cannot be read from its statements: "
-                               + "; ".join(undo.unproven),
-                               hint=f"declare what it changes with '{_declare_hint(m)}' so a verified backup covers it")
+        self._refuse_unproven_rollback(m, undo)
         return tuple(dict.fromkeys(scope + adapter.resolve_scope(undo.scope, missing_ok=True)))
 
     @staticmethod
@@ -163,7 +210,7 @@ class Runner:
     def _require_backup(m: Migration, analysis: Analysis, scope: tuple[str, ...]) -> None:
         """A destructive step runs only behind a backup of everything it may change: refuse when
         nothing can be backed up, or when some effect could not be read and no scope was declared."""
-        how = _declare_hint(m)
+        how = _declare_hint(m.forward)
         if m.irreversible and not scope:
             raise RefusedError(f"{m.store}/{m.id} is irreversible but has nothing to back up; declare its scope "
                                f"({how}) so a verified backup exists before it runs")
@@ -178,6 +225,27 @@ class Runner:
         if analysis.risk == Risk.C and not scope:
             raise RefusedError(f"{m.store}/{m.id} is destructive (risk C) but no backup scope could be inferred; "
                                f"declare one with '{how}'")
+
+    def _require_rollback_backup(self, m: Migration, analysis: Analysis) -> None:
+        """The rule of ``_require_backup`` for a rollback step, on the names it would back up (an
+        earlier rollback of the same command may be what creates them)."""
+        assert m.rollback is not None
+        self._refuse_unproven_rollback(m, analysis)
+        if analysis.risk != Risk.C or m.rollback.is_python or analysis.scope or m.declared_scope:
+            return
+        raise RefusedError(f"{m.store}/{m.id}: its rollback step is destructive (risk C) but no backup scope could be inferred",
+                           hint=f"declare what it destroys in the header of {m.rollback.path.name}: '{_declare_hint(m.rollback)}'")
+
+    @staticmethod
+    def _refuse_unproven_rollback(m: Migration, analysis: Analysis) -> None:
+        """A rollback step whose effect cannot be read (dynamic SQL, a C function) runs only behind a
+        declared scope, like a forward step."""
+        assert m.rollback is not None
+        if analysis.unproven and not (m.rollback_scope or m.declared_scope or m.rollback.is_python):
+            raise RefusedError(f"{m.store}/{m.id}: its rollback step may change data that cannot be read from its statements: "
+                               + "; ".join(analysis.unproven),
+                               hint=f"declare what it changes in the header of {m.rollback.path.name}: "
+                                    f"'{_declare_hint(m.rollback)}'")
 
     @contextmanager
     def _locked(self, names: list[str], run_id: str, *, lock: bool, wait: float | None = None,
@@ -205,40 +273,44 @@ class Runner:
             for adapter in reversed(adapters):
                 adapter.close()
 
-    def _verify_untouched(self, adapter: Adapter, m: Migration, pre: Fingerprint, scope: tuple[str, ...], *, cause: str) -> None:
-        try:
-            post = adapter.fingerprint(scope)
-        except PolyshiftError as exc:
-            raise MigrationFailedUnverified(f"{cause}; and the store could not be checked afterwards: {exc}",
-                                            hint=f"check the store, then run: polyshift status --store {m.store}") from None
-        if post.schema_hash == pre.schema_hash:
-            raise MigrationFailedRestored(f"{cause}; the transaction was rolled back and {m.store} is verified unchanged")
-        raise MigrationFailedUnverified(f"{cause}; the schema of {m.store} differs from before the forward step",
-                                        hint=f"inspect {m.store}; 'polyshift backup list' shows the rollback points")
-
     # -- restore ----------------------------------------------------------------------
-    def restore_into(self, adapter: Adapter, manifest: Manifest, run_id: str | None, *, verified: bool = False) -> RestoreReport:
-        """Verify every sha256 (unless the caller just did), take a safety backup of what is there now,
-        restore, verify the result against the backup's fingerprints, audit the overwritten window."""
+    def restore_into(self, adapter: Adapter, manifest: Manifest, run_id: str | None, *, verified: bool = False,
+                     safety: bool = True) -> RestoreReport:
+        """Verify every sha256 (unless the caller just did), take a safety backup of what is there now
+        (unless one was taken for this run already), restore, verify the result against the backup's
+        fingerprints, audit the overwritten window."""
         if not verified:
             self.project.artifacts.verify(manifest.id, decompress=False)
-        present = adapter.resolve_scope(manifest.scope, missing_ok=True)
-        safety = None
+        present = adapter.resolve_scope(manifest.scope, missing_ok=True) if safety else ()
+        kept = None
         if present:
-            safety = self.take_backup(adapter, present, version=manifest.version,
-                                      reason=f"before restore of {manifest.id}", run_id=run_id)
+            kept = self.take_backup(adapter, present, version=manifest.version,
+                                    reason=f"before restore of {manifest.id}", run_id=run_id)
         window_end = datetime.now(UTC).isoformat(timespec="seconds")
         report = adapter.restore(manifest, self.project.artifacts, self.project.progress)
         self.state.audit("backup.restored", adapter.name, {
             "backup": manifest.id, "scope": list(manifest.scope), "verified": report.verified,
-            "mismatches": list(report.mismatches), "rows": report.items, "safety_backup": safety.id if safety else None,
+            "mismatches": list(report.mismatches), "rows": report.items, "safety_backup": kept.id if kept else None,
             "overwrote_writes_between": [manifest.created_at, window_end], "run": run_id,
         })
+        return report
+
+    def journaled_restore(self, adapter: Adapter, manifest: Manifest, run_id: str, *, safety: bool = True) -> RestoreReport:
+        """A restore as the step of a ``restore`` run: a run killed between intent and done is
+        finished by recover, which restores again (a restore puts the scope back whole, so twice is
+        the same as once)."""
+        self.state.journal(run_id, "restore", "intent", store=adapter.name, version=manifest.version,
+                           detail={"backup": manifest.id})
+        report = self.restore_into(adapter, manifest, run_id, verified=True, safety=safety)
+        self.state.journal(run_id, "restore", "done", store=adapter.name, version=manifest.version,
+                           detail={"backup": manifest.id, "verified": report.verified})
         return report
 
     # -- rollback ---------------------------------------------------------------------
     def rollback(self, *, store: str | None = None, to: str | None = None, steps: int | None = None,
                  dry_run: bool = False) -> list[Outcome]:
+        """Roll back newest first, each step after a verified backup of what it destroys. Stops at
+        the first step that fails; the error says, per migration, what happened (``details``)."""
         if to is not None and steps is not None:
             raise UsageError("use either --to or --steps, not both")
         if steps is not None and steps < 1:
@@ -246,39 +318,85 @@ class Runner:
         names = self.stores(store)
         if len(names) > 1 and to is None:
             raise UsageError("rollback across several stores needs --to VERSION (or pick one with --store)")
-        run_id = self.state.start_run("rollback", {"stores": names, "to": to, "steps": steps})
+        if not dry_run:
+            refuse_unfinished(self.state, then="polyshift rollback")
+        self._step_open = False
+        run_id = self.state.start_run(RunCommand.ROLLBACK, {"stores": names, "to": to, "steps": steps, "dry_run": dry_run})
         outcomes: list[Outcome] = []
         status = "failed"
         try:
             with self._locked(names, run_id, lock=not dry_run) as adapters:
-                plans = {}
-                for adapter in adapters:
-                    adapter.ensure_ledger()
-                    st = self.status(adapter)
-                    self._check_status(st)
-                    applied = sorted(applied_entries(adapter.ledger()), key=version_key, reverse=True)
-                    if to is not None:
-                        targets = [v for v in applied if version_key(v) > version_key(to)]
-                    else:
-                        targets = applied[: steps or 1]
-                    migs = [self.project.migration(adapter.name, v) for v in targets]
-                    for mg in migs:
-                        if mg.rollback is None:
-                            raise RefusedError(f"{mg.store}/{mg.id} is irreversible and has no rollback step",
-                                               hint=self._backup_hint(mg) or "restore a backup taken before it")
-                        adapter.analyze(mg, "down")
-                    plans[adapter.name] = migs
-                for adapter in reversed(adapters):
-                    for mg in plans[adapter.name]:
-                        if dry_run:
-                            a = adapter.analyze(mg, "down")
-                            outcomes.append(Outcome(mg.store, mg.version, mg.slug, "would-roll-back", a.risk.value, list(a.scope)))
-                            continue
-                        outcomes.append(self._rollback_one(adapter, mg, run_id))
-            status = "succeeded"
-            return outcomes
+                plan = self._plan_rollback(adapters, to, steps)
+                if dry_run:
+                    status = "succeeded"
+                    return [Outcome(m.store, m.version, m.slug, "would-roll-back", a.risk.value, list(a.scope)) for _, m, a in plan]
+                self.state.journal(run_id, "plan", "done", detail={"migrations": [f"{m.store}/{m.id}" for _, m, _ in plan]})
+                outcomes = [Outcome(m.store, m.version, m.slug, "not-attempted", a.risk.value) for _, m, a in plan]
+                before_step: PolyshiftError | None = None
+                for i, (adapter, m, analysis) in enumerate(plan):
+                    try:
+                        outcomes[i] = self._rollback_one(adapter, m, analysis, run_id)
+                    except PolyshiftError as exc:  # raised before its step ran: nothing changed for it
+                        outcomes[i] = replace(outcomes[i], action="failed-unchanged", error=str(exc), hint=exc.hint)
+                        before_step = exc
+                    if outcomes[i].action != "rolled-back":
+                        break
+            failed = next((o for o in outcomes if o.action not in ("rolled-back", "not-attempted")), None)
+            if failed is None:
+                status = "succeeded"
+                return outcomes
+            if failed.action == "failed-unverified":
+                status = "needs-recovery"
+            elif failed is outcomes[0]:
+                status = "failed" if before_step is not None else "rolled-back"
+            else:
+                status = "stopped-part-way"
+            raise self._rollback_failure(outcomes, failed, before_step)
+        except BaseException:
+            if self._step_open:
+                status = "needs-recovery"  # a step began and did not settle: only recover may go on
+            raise
         finally:
             self.state.finish_run(run_id, status, {"outcomes": [o.to_json() for o in outcomes]})
+
+    def _plan_rollback(self, adapters: list[Adapter], to: str | None, steps: int | None) -> list[tuple[Adapter, Migration, Analysis]]:
+        """Every step to run, newest first and stores in reverse order, each refused here (nothing
+        changed yet) if it is irreversible, does not parse, or destroys what could not be backed up."""
+        per_store: dict[str, list[tuple[Adapter, Migration, Analysis]]] = {}
+        for adapter in adapters:
+            adapter.ensure_ledger()
+            self._check_status(self.status(adapter))
+            applied = sorted(applied_entries(adapter.ledger()), key=version_key, reverse=True)
+            targets = [v for v in applied if version_key(v) > version_key(to)] if to is not None else applied[: steps or 1]
+            per_store[adapter.name] = []
+            for version in targets:
+                m = self.project.migration(adapter.name, version)
+                if m.rollback is None:
+                    raise RefusedError(f"{m.store}/{m.id} is irreversible and has no rollback step",
+                                       hint=self._backup_hint(m) or "restore a backup taken before it")
+                adapter.parse(m)
+                analysis = adapter.analyze(m, "down")
+                self._require_rollback_backup(m, analysis)
+                adapter.resolve_scope(tuple(m.rollback_scope or ()), missing_ok=False)
+                per_store[adapter.name].append((adapter, m, analysis))
+        return [item for adapter in reversed(adapters) for item in per_store[adapter.name]]
+
+    def _rollback_failure(self, outcomes: list[Outcome], failed: Outcome, before_step: PolyshiftError | None) -> PolyshiftError:
+        """Exit 3 only when the command as a whole is back where it started, verified."""
+        details = {"outcomes": [o.to_json() for o in outcomes]}
+        listing = "\n".join(f"  {o.describe()}" for o in outcomes)
+        if failed.action == "failed-unverified":
+            return MigrationFailedUnverified(f"rollback stopped at {failed.store} {failed.version}_{failed.slug}, NOT VERIFIED:\n{listing}",
+                                             hint=failed.hint or "run: polyshift recover", details=details)
+        if failed is outcomes[0]:
+            if before_step is not None:
+                before_step.details |= details
+                return before_step
+            return MigrationFailedRestored(failed.error or "rollback failed", details=details)
+        return MigrationFailedUnverified(
+            f"rollback stopped part-way and did not return to where it started:\n{listing}",
+            hint="the migrations rolled back stay rolled back ('polyshift up' applies them again); "
+                 f"fix the rollback step of {failed.version}_{failed.slug} and run the rollback again", details=details)
 
     def _backup_hint(self, m: Migration) -> str | None:
         points = [p for p in self.state.rollback_points(m.store) if p["version"] == m.version and p["reason"] == f"before {m.id} up"]
@@ -286,28 +404,71 @@ class Runner:
             return f"data as it was before {m.id} is in backup {points[-1]['id']}: polyshift backup restore {points[-1]['id']} --yes"
         return None
 
-    def _rollback_one(self, adapter: Adapter, m: Migration, run_id: str) -> Outcome:
-        analysis = adapter.analyze(m, "down")
-        scope = adapter.resolve_scope(analysis.scope + (m.declared_scope or ()), missing_ok=True)
+    def _rollback_one(self, adapter: Adapter, m: Migration, analysis: Analysis, run_id: str) -> Outcome:
+        scope = self._resolve_scope(adapter, m, analysis, "down")
         pre = adapter.fingerprint(scope)
         manifest = None
         if scope:
             manifest = self.take_backup(adapter, scope, version=m.version, reason=f"before {m.id} rollback", run_id=run_id)
-        self._journal(run_id, "rollback", "intent", m)
+        snap = RollbackSnapshot(scope, pre, manifest, transactional=not analysis.non_transactional)
+        self._step_open = True
+        self._journal(run_id, "rollback", "intent", m, migration=m.id, checksum=m.checksum, **snap.to_json())
         try:
             result = adapter.apply(m, "down", run_id=run_id, actor=actor())
-        except StepFailed as exc:
+        except PolyshiftError as exc:  # the step failed, did not parse, or its store stopped answering
             self._journal(run_id, "rollback", "failed", m, error=str(exc))
-            self.state.audit("rollback.failed", m.store, {"version": m.version, "error": str(exc)})
-            if analysis.non_transactional and manifest is not None:
-                self.restore_into(adapter, manifest, run_id)
-            self._verify_untouched(adapter, m, pre, scope, cause=str(exc))
+            self.state.audit("rollback.failed", m.store, {"version": m.version, "error": str(exc), "run": run_id})
+            settled = self.settle_rollback(adapter, m, snap, run_id, cause=str(exc))
+            self._step_open = settled.action == "failed-unverified"
+            return Outcome(m.store, m.version, m.slug, settled.action, analysis.risk.value, list(scope),
+                           manifest.id if manifest else None, error=settled.how, hint=settled.hint)
         self._journal(run_id, "rollback", "done", m)
+        self._step_open = False
         self.state.audit("migration.rolled_back", m.store, {"version": m.version, "slug": m.slug, "run": run_id,
                                                              "backup": manifest.id if manifest else None})
         self.emit("rolled-back", {"store": m.store, "version": m.version, "hint": self._backup_hint(m)})
         return Outcome(m.store, m.version, m.slug, "rolled-back", analysis.risk.value, list(scope),
                        manifest.id if manifest else None, result.duration_ms, result.non_transactional)
+
+    def settle_rollback(self, adapter: Adapter, m: Migration, snap: RollbackSnapshot, run_id: str, *, cause: str) -> Settled:
+        """A rollback step failed or its run was killed: end with the store where the step began, verified.
+
+        A step whose ledger row committed is done (a killed run that got that far). Otherwise the
+        scope is compared with its fingerprint from before the step (the schema only when the step
+        ran in one transaction, which left nothing behind), and where it differs the backup taken
+        just before the step is restored and verified. Safe to run again."""
+        try:
+            if m.version not in applied_entries(adapter.ledger()):
+                self._journal(run_id, "rollback", "done", m, note="the step had completed")
+                return Settled("rolled-back", f"{cause}; its rollback step had completed (the ledger records it)")
+            problems = snap.pre.differences(adapter.fingerprint(snap.scope), data=not snap.transactional,
+                                            since="the rollback step")
+            if not problems:
+                self._journal(run_id, "verify", "done", m)
+                how = "the transaction was rolled back and " if snap.transactional else ""
+                return Settled("failed-unchanged", f"{cause}; {how}{m.store} is verified unchanged")
+            why = "; ".join(problems)
+            if snap.backup is None:
+                self._journal(run_id, "verify", "failed", m, why=why)
+                return Settled("failed-unverified", f"{cause}; {why}, and there is no backup to restore",
+                               f"inspect {m.store}; 'polyshift backup list --store {m.store}' shows the rollback points")
+            self.emit("restore", {"store": m.store, "backup": snap.backup.id, "why": why})
+            self._journal(run_id, "restore", "intent", m, backup=snap.backup.id)
+            report = self.restore_into(adapter, snap.backup, run_id)
+            post = adapter.fingerprint(snap.scope)
+            self._journal(run_id, "restore", "done", m, backup=snap.backup.id, verified=report.verified)
+        except PolyshiftError as exc:
+            self._journal(run_id, "verify", "failed", m, why=str(exc))
+            keep = f" (backup {snap.backup.id} holds the scope as it was before the step)" if snap.backup else ""
+            return Settled("failed-unverified", f"{cause}; and {m.store} could not be checked or restored: {exc}",
+                           f"when {m.store} answers again, run: polyshift recover{keep}")
+        if report.verified and post.schema_hash == snap.pre.schema_hash:
+            self._journal(run_id, "verify", "done", m)
+            return Settled("failed-restored", f"{cause}; {why}; restored backup {snap.backup.id}, data and schema verified")
+        detail = "; ".join(report.mismatches) or "schema differs from before the rollback step"
+        self._journal(run_id, "verify", "failed", m, why=detail)
+        return Settled("failed-unverified", f"{cause}; restored backup {snap.backup.id} but it does not verify: {detail}",
+                       f"inspect {m.store}, then run: polyshift backup restore {snap.backup.id} --yes")
 
     # -- backups ----------------------------------------------------------------------
     def backup(self, store: str, scope: tuple[str, ...]) -> Manifest:
@@ -323,12 +484,13 @@ class Runner:
 
     def restore_verified(self, manifest: Manifest) -> RestoreReport:
         """Restore a backup whose files were verified by the caller just now."""
+        refuse_unfinished(self.state, then="polyshift backup restore")
         artifact_id = manifest.id
-        run_id = self.state.start_run("restore", {"backup": artifact_id})
+        run_id = self.state.start_run(RunCommand.RESTORE, {"backup": artifact_id, "stores": [manifest.store]})
         status = "failed"
         try:
             with self._locked([manifest.store], run_id, lock=True) as (adapter,):
-                report = self.restore_into(adapter, manifest, run_id, verified=True)
+                report = self.journaled_restore(adapter, manifest, run_id)
             status = "succeeded" if report.verified else "unverified"
         finally:
             self.state.finish_run(run_id, status)

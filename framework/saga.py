@@ -66,17 +66,7 @@ class StoreUndo:
 
 
 def _differences(pre: Fingerprint, post: Fingerprint, *, data: bool) -> list[str]:
-    problems = []
-    if post.schema_hash != pre.schema_hash:
-        problems.append("schema differs from before the release")
-    if data:
-        for item, before in pre.items.items():
-            after = post.items.get(item)
-            if after is None:
-                problems.append(f"{item} is gone")
-            elif after.get("data") != before.get("data"):
-                problems.append(f"{item}: content differs ({before.get('rows')} before, {after.get('rows')} now)")
-    return problems
+    return pre.differences(post, data=data, since="the release")
 
 
 class StoreCompensation:
@@ -120,7 +110,7 @@ class StoreCompensation:
         self._journal("rollback", "intent")
         try:
             self.adapter.apply(m, "down", run_id=self.run_id, actor=actor())
-        except StepFailed as exc:
+        except (StepFailed, MigrationLoadError) as exc:  # a script that does not parse is a failed step: restore
             self._journal("rollback", "failed", error=str(exc))
             self.runner.state.audit("rollback.failed", m.store, {"version": m.version, "error": str(exc), "run": self.run_id})
             return str(exc)

@@ -75,6 +75,8 @@ backups = sa.Table(
     sa.Column("reason", sa.String(200), nullable=False),
     sa.Column("bytes", sa.BigInteger, nullable=False),
     sa.Column("verified_at", sa.String(40)),
+    # sha256 of the backup's manifest.json as sealed; NULL for backups recorded before it was kept.
+    sa.Column("manifest_sha256", sa.String(64)),
 )
 
 GENESIS = "0" * 64
@@ -131,9 +133,28 @@ def make_engine(url: str) -> sa.Engine:
         else:
             engine = sa.create_engine(url, pool_pre_ping=True)
         metadata.create_all(engine)
+        _add_missing_columns(engine)
         return engine
     except (SQLAlchemyError, ImportError) as exc:
         raise ConfigError(f"state database {url_without_password(url)} is unusable: {redact(str(exc).splitlines()[0])}") from None
+
+
+def _add_missing_columns(engine: sa.Engine) -> None:
+    """Columns added to a table after control-plane databases with that table exist: create_all
+    leaves existing tables alone, so they are added here (nullable: old rows have no value)."""
+    for table in (backups,):
+        present = {c["name"] for c in sa.inspect(engine).get_columns(table.name)}
+        for column in table.columns:
+            if column.name in present:
+                continue
+            ddl = f"ALTER TABLE {table.name} ADD COLUMN {column.name} {column.type.compile(engine.dialect)}"
+            try:
+                with engine.begin() as conn:
+                    conn.exec_driver_sql(ddl)
+            except SQLAlchemyError:
+                # Another process may have added it first; anything else is still missing below.
+                if column.name not in {c["name"] for c in sa.inspect(engine).get_columns(table.name)}:
+                    raise
 
 
 class ControlPlane:
@@ -149,7 +170,7 @@ class ControlPlane:
         run_id = str(uuid.uuid4())
         with self.engine.begin() as conn:
             conn.execute(runs.insert().values(
-                id=run_id, command=command, actor=actor(), pid=os.getpid(), host=socket.gethostname(),
+                id=run_id, command=str(command), actor=actor(), pid=os.getpid(), host=socket.gethostname(),
                 started_at=_now(), status="running", detail=json.dumps(redact_obj(detail or {})),
             ))
         return run_id
@@ -262,8 +283,13 @@ class ControlPlane:
             conn.execute(backups.insert().values(
                 id=manifest.id, store=manifest.store, version=manifest.version, scope=json.dumps(list(manifest.scope)),
                 created_at=manifest.created_at, run_id=run_id, reason=manifest.reason, bytes=manifest.size,
-                verified_at=_now().isoformat(timespec="seconds"),
+                verified_at=_now().isoformat(timespec="seconds"), manifest_sha256=manifest.digest or None,
             ))
+
+    def manifest_digest(self, artifact_id: str) -> str | None:
+        """The sha256 a backup's manifest had when it was sealed (None: not on record here)."""
+        with self.engine.connect() as conn:
+            return conn.execute(sa.select(backups.c.manifest_sha256).where(backups.c.id == artifact_id)).scalar()
 
     def rollback_points(self, store: str | None = None) -> list[dict[str, Any]]:
         query = sa.select(backups).order_by(backups.c.created_at)

@@ -18,10 +18,12 @@ class StoreStatus:
     drift: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
     out_of_order: list[str] = field(default_factory=list)
+    interrupted: str | None = None    # an unfinished run left this store mid-release, mid-rollback or mid-restore
 
     def to_json(self) -> dict[str, object]:
         return {"store": self.store, "kind": self.kind, "current": self.current, "applied": self.applied,
-                "pending": self.pending, "drift": self.drift, "missing": self.missing, "out_of_order": self.out_of_order}
+                "pending": self.pending, "drift": self.drift, "missing": self.missing, "out_of_order": self.out_of_order,
+                "interrupted": self.interrupted}
 
 
 def applied_entries(ledger: list[LedgerEntry]) -> dict[str, LedgerEntry]:
