@@ -12,7 +12,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from adapters.graph import GraphAdapter, GraphQueryError
-from framework.config import parse_duration
+from framework.config import setting_duration
 from framework.errors import BackupError, StoreError
 from framework.secrets import redact, url_without_password
 
@@ -169,7 +169,7 @@ class FalkorAdapter(GraphAdapter):
     def __init__(self, config: Any) -> None:
         super().__init__(config)
         if "lock_ttl" in config.options:
-            self.lock_ttl_ms = int(parse_duration(config.options["lock_ttl"], what=f"[stores.{config.name}] lock_ttl") * 1000)
+            self.lock_ttl_ms = int(setting_duration(config.options["lock_ttl"], "lock_ttl", where=f"[stores.{config.name}]") * 1000)
 
     def open_transport(self) -> tuple[FalkorTransport, FalkorDialect]:
         transport = FalkorTransport(self.config.url, str(self.config.options.get("graph", "polyshift")),

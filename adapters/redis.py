@@ -23,7 +23,7 @@ from redis.cluster import RedisCluster
 from adapters import redis_keys as rk
 from adapters.redis_helpers import RedisHelpers
 from framework.concurrency import Renewer
-from framework.config import parse_duration
+from framework.config import setting_duration
 from framework.errors import BackupCorruptError, BackupError, LockHeldError, StepFailed, StoreError
 from framework.migration import Migration, MigrationContext, Risk
 from framework.protocol import Analysis, Direction, Fingerprint, LedgerEntry, RestoreReport, StepResult
@@ -55,8 +55,8 @@ class RedisAdapter:
         self._renewer: Renewer | None = None
         self._digest_script: Any = None
         self._restore_script: Any = None
-        self.lock_ttl_ms = int(parse_duration(config.options.get("lock_ttl", _LOCK_TTL_MS / 1000),
-                                              what=f"[stores.{config.name}] lock_ttl") * 1000)
+        self.lock_ttl_ms = int(setting_duration(config.options.get("lock_ttl", _LOCK_TTL_MS / 1000), "lock_ttl",
+                                                where=f"[stores.{config.name}]") * 1000)
 
     # -- connection -------------------------------------------------------------------
     def _fail(self, what: str, exc: Exception) -> StoreError:

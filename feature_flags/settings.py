@@ -15,7 +15,7 @@ from pathlib import Path
 
 from feature_flags.stores import FlagStore, RedisFlagStore, SqlFlagStore
 from framework import secrets
-from framework.config import Config, load_config, parse_duration
+from framework.config import Config, load_config, setting_duration
 from framework.errors import ConfigError
 
 
@@ -40,11 +40,9 @@ def flag_settings(config: Config) -> FlagSettings:
     url = section.get("url", config.state_url if store == "state" else None)
     if store == "redis" and (not isinstance(url, str) or not url.startswith(("redis://", "rediss://", "unix://"))):
         raise ConfigError(f"{config.path}: [flags] store = 'redis' needs url = 'redis://host:port/db'")
-    if isinstance(url, str) and "://" in url and "@" in url:
-        secrets.register(url.split("://", 1)[1].rsplit("@", 1)[0].partition(":")[2])
-    interval = parse_duration(section.get("refresh_interval", 1), what="[flags] refresh_interval")
-    if interval <= 0:
-        raise ConfigError(f"{config.path}: [flags] refresh_interval must be positive")
+    if isinstance(url, str):
+        secrets.register_url(url)
+    interval = setting_duration(section.get("refresh_interval", 1), "refresh_interval", where="[flags]")
     return FlagSettings(store, str(url), str(section.get("prefix", "polyshift:")), interval)
 
 

@@ -16,6 +16,7 @@ from rich.text import Text
 
 from feature_flags.cli import flags_app
 from framework import errors, output, progress, secrets, templates
+from framework.config import DURATION_BOUNDS, parse_duration
 from framework.loader import SCRIPT_LANG, next_version
 from framework.output import emit_json, say, table
 from framework.pipeline import Pipeline
@@ -256,6 +257,7 @@ def emergency_rollback(
     wait: float = typer.Option(120.0, "--wait", help="Seconds to wait for a running release to let go of its locks."),
 ) -> None:
     """Kill the release's flag now, then undo the release in every store.  Example: polyshift emergency-rollback 0003"""
+    parse_duration(wait, what="--wait", bounds=DURATION_BOUNDS["wait"])
     with Recovery(project(), _event) as recovery:
         message = recovery.emergency_rollback(version, wait=wait)
     if output.opts["json"]:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from feature_flags.model import validate_name
-from framework.config import Config, interpolate, parse_duration
+from framework.config import Config, interpolate, setting_duration
 from framework.errors import ConfigError, PolyshiftError
 from framework.migration import Migration, version_key
 
@@ -103,9 +103,7 @@ def _gate(raw: Any, version: str, index: int, config: Config) -> Gate:
         raise ConfigError(f"{where}: url must start with http:// or https://")
     if kind == "python" and not _CALLABLE.match(raw["callable"]):
         raise ConfigError(f"{where}: callable must look like 'package.module:function', got {raw['callable']!r}")
-    timeout = parse_duration(raw.get("timeout", 5), what=f"{where} timeout")
-    if timeout <= 0:
-        raise ConfigError(f"{where}: timeout must be positive")
+    timeout = setting_duration(raw.get("timeout", 5), "timeout", where=where)
     spec = {k: v for k, v in raw.items() if k in required}
     return Gate(kind, str(raw.get("name") or f"{kind}-{index + 1}"), timeout, spec)
 
@@ -159,7 +157,7 @@ def _settings(version: str, raw: Any, config: Config) -> ReleaseSettings:
         version=version,
         flag=flag,
         stages=_stages(raw["stages"], version) if "stages" in raw else DEFAULT_STAGES,
-        bake_seconds=parse_duration(raw.get("bake_seconds", 0), what=f"{where} bake_seconds"),
+        bake_seconds=setting_duration(raw.get("bake_seconds", 0), "bake_seconds", where=where),
         gates=gates,
         order=order,
     )
