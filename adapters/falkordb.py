@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from typing import Any
-from urllib.parse import urlparse
+from urllib.parse import unquote, urlparse
 
 from adapters.graph import GraphAdapter, GraphQueryError
 from framework.config import setting_duration
@@ -25,9 +25,12 @@ class FalkorTransport:
         parsed = urlparse(url)
         self.description = f"falkordb {url_without_password(url)} graph {graph!r}"
         self.graph_name = graph
+        # userinfo is percent-encoded in a URL (config writes a password = key that way too).
+        password = unquote(parsed.password) if parsed.password else None
+        username = unquote(parsed.username) if parsed.username else None
         try:
             self.db = FalkorDB(host=parsed.hostname or "127.0.0.1", port=parsed.port or 6379,
-                               password=parsed.password, username=parsed.username or None, socket_timeout=timeout)
+                               password=password, username=username, socket_timeout=timeout)
             self.graph = self.db.select_graph(graph)
             self.db.connection.ping()
         except (redis.RedisError, OSError) as exc:

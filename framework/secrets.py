@@ -74,7 +74,7 @@ def redact_obj(value: Any) -> Any:
 
 def url_without_password(url: str) -> str:
     """The URL to show: no userinfo password, and any password in the query string masked."""
-    url = _URL_PASSWORD.sub(lambda m: f"{m['scheme']}{m['user']}@", url)
+    url = _URL_PASSWORD.sub(lambda m: f"{m['scheme']}{m['user']}@" if m["user"] else m["scheme"], url)
     return _QUERY_PASSWORD.sub(lambda m: f"{m['key']}{_MASK}", url)
 
 
