@@ -131,8 +131,8 @@ def new(store: str, slug: str, python: bool = typer.Option(False, "--python", he
         raise errors.UsageError(f"slug {slug!r}: use lowercase letters, digits and '_'")
     proj = project()
     cfg = proj.config.store(store)
-    version = next_version(proj.migrations[store])
     directory = proj.config.migrations_dir / store
+    version = next_version(directory)
     directory.mkdir(parents=True, exist_ok=True)
     ident = f"{version}_{slug}"
     lang = SCRIPT_LANG.get(cfg.kind)

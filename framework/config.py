@@ -227,11 +227,7 @@ def load_config(path: str | Path) -> Config:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {path} not found (run 'polyshift init' to create one)")
-    try:
-        raw = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
-    raw = interpolate(raw, path.name)
+    raw = interpolate(read_toml(path), path.name)
     root = path.resolve().parent
     unknown_tables = sorted(set(raw) - set(TOP_LEVEL_TABLES))
     if unknown_tables:
@@ -267,6 +263,19 @@ def load_config(path: str | Path) -> Config:
 
     flag_settings(config)
     return config
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    """A TOML file: UTF-8 as TOML requires, a byte-order mark ignored, mistakes named."""
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8").removeprefix("\ufeff")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 (byte 0x{data[exc.start]:02x} at offset {exc.start}); save it as UTF-8") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
 
 
 def _resolve_sqlite(url: str, root: Path) -> str:

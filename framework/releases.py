@@ -16,13 +16,12 @@ Every error here is found before any store is touched (exit 2).
 from __future__ import annotations
 
 import re
-import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from feature_flags.model import validate_name
-from framework.config import Config, interpolate, setting_duration
+from framework.config import Config, interpolate, read_toml, setting_duration
 from framework.errors import ConfigError, PolyshiftError
 from framework.migration import Migration, version_key
 
@@ -167,11 +166,7 @@ def load_settings(config: Config) -> dict[str, ReleaseSettings]:
     path: Path = config.migrations_dir / "releases.toml"
     if not path.is_file():
         return {}
-    try:
-        raw = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
-    raw = interpolate(raw, path.name)
+    raw = interpolate(read_toml(path), path.name)
     unknown = set(raw) - {"release"}
     if unknown:
         raise ConfigError(f"{path}: unknown table(s) {', '.join(sorted(unknown))}; releases are [release.\"VERSION\"]")
