@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from types import ModuleType
 from typing import Any, Protocol
+
+from framework.errors import UsageError
+
+_VERSION = re.compile(r"^\d+(?:\.\d+)*$")
 
 
 class Risk(StrEnum):
@@ -93,6 +98,13 @@ class Migration:
 
 def version_key(version: str) -> tuple[int, ...]:
     return tuple(int(part) for part in version.split("."))
+
+
+def check_version(text: str, what: str) -> str:
+    """A version given on the command line, refused (exit 2) unless it reads as one."""
+    if not _VERSION.match(text):
+        raise UsageError(f"{what} {text!r} is not a version: digits, dots allowed (0003, 1.2)")
+    return text
 
 
 class MigrationSource(Protocol):

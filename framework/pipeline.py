@@ -105,7 +105,7 @@ class Pipeline:
         try:
             with self.runner._locked(names, run_id, lock=not dry_run) as adapters:
                 by_name = {a.name: a for a in adapters}
-                pending = self.pending(every, by_name, to, release)
+                pending = self.pending(every, by_name, to, release, prepare=not dry_run)
                 analyses = self.preflight(pending, by_name, allow_irreversible, dry_run=dry_run)
                 if dry_run:
                     return self.would_apply(pending, analyses)
@@ -140,11 +140,14 @@ class Pipeline:
         finally:
             self.project.state.finish_run(run_id, status, {"outcomes": [o.to_json() for o in outcomes]})
 
-    def pending(self, every: list[Release], adapters: dict[str, Adapter], to: str | None, only: str | None) -> list[Release]:
-        """Releases with at least one unapplied migration among the locked stores, oldest first."""
+    def pending(self, every: list[Release], adapters: dict[str, Adapter], to: str | None, only: str | None,
+                *, prepare: bool = True) -> list[Release]:
+        """Releases with at least one unapplied migration among the locked stores, oldest first.
+        ``prepare=False`` (a dry run) reads the ledgers without creating them."""
         todo: dict[str, set[str]] = {}
         for name, adapter in adapters.items():
-            adapter.ensure_ledger()
+            if prepare:
+                adapter.ensure_ledger()
             status = self.runner.status(adapter)
             self.runner._check_status(status)
             for m in self.runner._targets(status, to):

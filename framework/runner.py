@@ -218,7 +218,8 @@ class Runner:
             with self._locked(names, run_id, lock=not dry_run) as adapters:
                 plans = {}
                 for adapter in adapters:
-                    adapter.ensure_ledger()
+                    if not dry_run:  # a dry run changes nothing, not even an empty ledger
+                        adapter.ensure_ledger()
                     st = self.status(adapter)
                     self._check_status(st)
                     applied = sorted(applied_entries(adapter.ledger()), key=version_key, reverse=True)
