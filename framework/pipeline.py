@@ -212,7 +212,7 @@ class Pipeline:
                     scope = adapter.resolve_scope(analyses[m.store, m.version].scope, missing_ok=True)
                     needed += adapter.estimate_backup_bytes(scope)
         directory = self.project.config.backups_dir
-        directory.mkdir(parents=True, exist_ok=True)
+        self.project.artifacts.check_usable()  # a file in its place, or no write permission: exit 2 here
         free = shutil.disk_usage(directory).free
         if free < needed:
             raise BackupError(f"backups need about {needed / 2**20:,.0f} MiB but {directory} has {free / 2**20:,.0f} MiB free",
