@@ -12,6 +12,7 @@ import socket
 from typing import Any
 
 from feature_flags.admin import FlagAdmin
+from framework import gates
 from framework.bluegreen import ReleaseRun, open_flags
 from framework.errors import (
     BackupError,
@@ -105,11 +106,14 @@ class Pipeline:
         try:
             with self.runner._locked(names, run_id, lock=not dry_run) as adapters:
                 by_name = {a.name: a for a in adapters}
-                pending = self.pending(every, by_name, to, release, prepare=not dry_run)
+                pending = self.pending(every, by_name, to, release)
                 analyses = self.preflight(pending, by_name, allow_irreversible, dry_run=dry_run)
                 if dry_run:
                     return self.would_apply(pending, analyses)
                 self.check_disk(pending, by_name, analyses)
+                # The first change to any store, and only once every check above has passed.
+                for name in dict.fromkeys(m.store for rel in pending for m in rel.ordered()):
+                    by_name[name].ensure_ledger()
                 self.project.state.journal(run_id, "preflight", "done", detail={"releases": [r.version for r in pending]})
                 flags = self.flags() if any(r.settings.flag for r in pending) else None
                 for rel in pending:
@@ -140,14 +144,11 @@ class Pipeline:
         finally:
             self.project.state.finish_run(run_id, status, {"outcomes": [o.to_json() for o in outcomes]})
 
-    def pending(self, every: list[Release], adapters: dict[str, Adapter], to: str | None, only: str | None,
-                *, prepare: bool = True) -> list[Release]:
+    def pending(self, every: list[Release], adapters: dict[str, Adapter], to: str | None, only: str | None) -> list[Release]:
         """Releases with at least one unapplied migration among the locked stores, oldest first.
-        ``prepare=False`` (a dry run) reads the ledgers without creating them."""
+        Reads the ledgers without creating them: nothing changes before preflight has passed."""
         todo: dict[str, set[str]] = {}
         for name, adapter in adapters.items():
-            if prepare:
-                adapter.ensure_ledger()
             status = self.runner.status(adapter)
             self.runner._check_status(status)
             for m in self.runner._targets(status, to):
@@ -180,6 +181,8 @@ class Pipeline:
             for m in rel.ordered():
                 analyses[m.store, m.version] = adapters[m.store].analyze(m, "up")
                 self.runner._refuse_irreversible(m, allow_irreversible)
+            for gate in rel.settings.gates:
+                gates.check(gate, rel.version, self.project.config)
             flag = rel.settings.flag
             if flag is None or dry_run:
                 continue

@@ -4,10 +4,12 @@ never printed."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 import time
+import uuid
 
 import pytest
 
@@ -197,3 +199,39 @@ def test_two_different_passwords_for_one_store_are_refused(ws: Workspace) -> Non
     ws.config.write_text(ws.config.read_text().replace('kind = "postgres"', 'kind = "postgres"\npassword = "Other-pw-51ab"'))
     stderr = _refused(ws, "[stores.main]", "password")
     assert "Other-pw-51ab" not in stderr and ws.password not in stderr
+
+
+# -- gates checked in preflight ----------------------------------------------------------------------
+@pytest.mark.parametrize(("gate", "message"), [
+    ('{ kind = "python", callable = "no_such_gates:ok" }', "no_such_gates"),
+    ('{ kind = "python", callable = "health:missing" }', "health:missing"),
+    ('{ kind = "python", callable = "health:LIMIT" }', "not callable"),
+    ('{ kind = "sql", store = "main", query = "SELEC 1" }', "SQL syntax error"),
+    ('{ kind = "shell", command = "./checks/missing.sh --strict" }', "./checks/missing.sh"),
+])
+def test_a_gate_that_cannot_work_is_refused_before_the_forward(ws: Workspace, gate: str, message: str) -> None:
+    module = f"health_{uuid.uuid4().hex[:8]}"  # Python caches modules by name; the CLI runs in this process
+    gate, message = gate.replace("health", module), message.replace("health", module)
+    (ws.root / f"{module}.py").write_text("LIMIT = 3\n\ndef ok(ctx):\n    return True\n")
+    ws.migration("0001_t", *TABLE_T)
+    (ws.migrations / "releases.toml").write_text(f'[release."0001"]\nflag = "t_v2"\nstages = [100]\ngates = [{gate}]\n')
+    for command in (("up", "--dry-run"), ("up",)):
+        stderr = _refused(ws, "gate", message, command=command)
+        assert "unexpected" not in stderr
+    flags = ws.run("--json", "flags", "list")
+    assert flags.exit_code == 0 and json.loads(flags.stdout) == []
+
+
+def test_gates_that_can_work_pass_preflight(ws: Workspace) -> None:
+    module = f"health_{uuid.uuid4().hex[:8]}"
+    (ws.root / f"{module}.py").write_text("def ok(ctx):\n    return True, 'fine'\n")
+    (ws.root / "check.sh").write_text("#!/bin/sh\nexit 0\n")
+    (ws.root / "check.sh").chmod(0o755)
+    ws.migration("0001_t", *TABLE_T)
+    (ws.migrations / "releases.toml").write_text(
+        '[release."0001"]\nflag = "t_v2"\nstages = [100]\ngates = [{ kind = "python", callable = "MODULE:ok" }, '
+        '{ kind = "shell", command = "./check.sh" }, { kind = "sql", store = "main", query = "SELECT true" }]\n'
+        .replace("MODULE", module))
+    result = ws.run("up")
+    assert result.exit_code == 0, result.output
+    assert ws.value("SELECT to_regclass('t')") == "t"
