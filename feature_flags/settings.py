@@ -40,10 +40,12 @@ def flag_settings(config: Config) -> FlagSettings:
     url = section.get("url", config.state_url if store == "state" else None)
     if store == "redis" and (not isinstance(url, str) or not url.startswith(("redis://", "rediss://", "unix://"))):
         raise ConfigError(f"{config.path}: [flags] store = 'redis' needs url = 'redis://host:port/db'")
-    if isinstance(url, str):
-        secrets.register_url(url)
+    for key, value in (("url", url), ("prefix", section.get("prefix", "polyshift:"))):
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"{config.path}: [flags] {key}: expected a non-empty string, got {value!r}")
+    secrets.register_url(url)
     interval = setting_duration(section.get("refresh_interval", 1), "refresh_interval", where="[flags]")
-    return FlagSettings(store, str(url), str(section.get("prefix", "polyshift:")), interval)
+    return FlagSettings(store, url, section.get("prefix", "polyshift:"), interval)
 
 
 def open_store(settings: FlagSettings) -> FlagStore:

@@ -51,6 +51,14 @@ def test_an_unknown_top_level_table_is_named_with_the_known_ones(ws: Workspace) 
     _refused(ws, "[flag]", "flags", "project", "stores")
 
 
+@pytest.mark.parametrize(("table", "key"), [('[flags]\nprefix = 5\n', "[flags] prefix"),
+                                            ('[flags]\nurl = ["sqlite:///x.db"]\n', "[flags] url")])
+def test_a_flags_setting_of_the_wrong_type_is_named(ws: Workspace, table: str, key: str) -> None:
+    ws.migration("0001_t", *TABLE_T)
+    ws.config.write_text(ws.config.read_text() + "\n" + table)
+    _refused(ws, key, command=("status",))
+
+
 def test_a_store_setting_of_the_wrong_type_is_named(ws: Workspace) -> None:
     ws.migration("0001_t", *TABLE_T)
     ws.config.write_text(ws.config.read_text().replace('kind = "postgres"', 'kind = "postgres"\npassword = 1234'))
