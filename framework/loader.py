@@ -10,7 +10,8 @@ forward script carry directives: ``-- polyshift: backup=users,orders``.
 
 Scripts are UTF-8 (a byte-order mark is ignored; the checksum covers the bytes on disk). A
 forward or rollback script with no statement is refused unless its header says
-``-- polyshift: noop``; a validate script with no statement means no checks.
+``-- polyshift: noop`` (a line the checksum leaves out); a validate script with no statement
+means no checks.
 """
 
 from __future__ import annotations
@@ -66,6 +67,15 @@ def parse_directives(script: str, comment: str, path: Path) -> dict[str, str]:
                 raise MigrationLoadError(f"{path.name}: unknown directive {key!r} (known: {', '.join(sorted(_DIRECTIVE_KEYS))})")
             directives[key] = value.strip()
     return directives
+
+
+def _checksummed(data: bytes, comment: str) -> bytes:
+    """A script's bytes as its checksum sees them: without a line that is only the noop marker.
+    The marker says an empty step is meant and changes nothing that runs, so marking a step that
+    an earlier version applied while it accepted empty steps is not drift."""
+    marker = re.compile(rb"^[ \t]*" + re.escape(comment.encode()) + rb"[ \t]*polyshift:[ \t]*noop[ \t]*(?:\r?\n|$)",
+                        re.IGNORECASE | re.MULTILINE)
+    return marker.sub(b"", data)
 
 
 def read_script(path: Path, origin: str) -> str:
@@ -173,7 +183,8 @@ def _load_script_migration(store: str, version: str, slug: str, files: dict[str,
         forward=steps["forward"],
         rollback=steps.get("rollback"),
         validate=validate,
-        checksum=checksum([(s, files[s].read_bytes()) for s in ("forward", "rollback", "validate") if s in files]),
+        checksum=checksum([(s, _checksummed(files[s].read_bytes(), comment)) for s in ("forward", "rollback", "validate")
+                           if s in files]),
         declared_scope=_scope(directives["backup"], forward_path) if "backup" in directives else None,
         flag=_flag(directives.get("flag"), forward_path),
         declared_risk=_risk(directives.get("risk"), forward_path),

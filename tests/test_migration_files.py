@@ -135,3 +135,17 @@ def test_a_cypher_step_marked_noop_is_applied(graph: GraphWorkspace) -> None:
     assert result.exit_code == 0, result.output
     history = json.loads(graph.run("history", "--json").stdout)
     assert [(h["version"], h["direction"]) for h in history] == [("0001", "up")]
+
+
+def test_marking_an_applied_empty_step_noop_is_not_drift(ws: Workspace) -> None:
+    from framework.loader import checksum
+
+    forward, rollback = b"CREATE TABLE t (id int);\n", b"-- nothing to undo\n"
+    # What an earlier version recorded when it applied this migration with its empty rollback.
+    recorded = checksum([("forward", forward), ("rollback", rollback)])
+    (ws.migrations / "main" / "0001_t.forward.sql").write_bytes(forward)
+    (ws.migrations / "main" / "0001_t.rollback.sql").write_bytes(rollback)
+    assert ws.run("status").exit_code == 2  # refused until the empty step says it is meant
+    (ws.migrations / "main" / "0001_t.rollback.sql").write_bytes(b"-- polyshift: noop\n" + rollback)
+    assert ws.run("up").exit_code == 0
+    assert ws.value("SELECT checksum FROM _polyshift.schema_history") == recorded
