@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import time
 from typing import Any
-from urllib.parse import urlparse
+from urllib.parse import unquote, urlparse
 
 from adapters.graph import GraphAdapter, GraphQueryError
-from framework.config import parse_duration
+from framework.config import setting_duration
 from framework.errors import BackupError, StoreError
 from framework.secrets import redact, url_without_password
 
@@ -25,9 +25,12 @@ class FalkorTransport:
         parsed = urlparse(url)
         self.description = f"falkordb {url_without_password(url)} graph {graph!r}"
         self.graph_name = graph
+        # userinfo is percent-encoded in a URL (config writes a password = key that way too).
+        password = unquote(parsed.password) if parsed.password else None
+        username = unquote(parsed.username) if parsed.username else None
         try:
             self.db = FalkorDB(host=parsed.hostname or "127.0.0.1", port=parsed.port or 6379,
-                               password=parsed.password, username=parsed.username or None, socket_timeout=timeout)
+                               password=password, username=username, socket_timeout=timeout)
             self.graph = self.db.select_graph(graph)
             self.db.connection.ping()
         except (redis.RedisError, OSError) as exc:
@@ -169,7 +172,7 @@ class FalkorAdapter(GraphAdapter):
     def __init__(self, config: Any) -> None:
         super().__init__(config)
         if "lock_ttl" in config.options:
-            self.lock_ttl_ms = int(parse_duration(config.options["lock_ttl"], what=f"[stores.{config.name}] lock_ttl") * 1000)
+            self.lock_ttl_ms = int(setting_duration(config.options["lock_ttl"], "lock_ttl", where=f"[stores.{config.name}]") * 1000)
 
     def open_transport(self) -> tuple[FalkorTransport, FalkorDialect]:
         transport = FalkorTransport(self.config.url, str(self.config.options.get("graph", "polyshift")),

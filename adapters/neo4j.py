@@ -15,7 +15,7 @@ from typing import Any
 
 from adapters.falkordb import SCHEMA_SETTLE_SECONDS, FalkorDialect
 from adapters.graph import Dialect, GraphAdapter, GraphQueryError
-from framework.config import parse_duration
+from framework.config import setting_duration
 from framework.errors import StoreError
 from framework.secrets import redact, url_without_password
 
@@ -159,7 +159,7 @@ class Neo4jAdapter(GraphAdapter):
     def __init__(self, config: Any) -> None:
         super().__init__(config)
         if "lock_ttl" in config.options:
-            self.lock_ttl_ms = int(parse_duration(config.options["lock_ttl"], what=f"[stores.{config.name}] lock_ttl") * 1000)
+            self.lock_ttl_ms = int(setting_duration(config.options["lock_ttl"], "lock_ttl", where=f"[stores.{config.name}]") * 1000)
 
     def open_transport(self) -> tuple[BoltTransport, Dialect]:
         from urllib.parse import unquote, urlparse

@@ -23,7 +23,7 @@ from adapters import redis_keys as rk
 from adapters.redis_helpers import RedisHelpers
 from framework import failpoints
 from framework.concurrency import Renewer
-from framework.config import parse_duration
+from framework.config import setting_duration
 from framework.errors import BackupCorruptError, BackupError, LockHeldError, StepFailed, StoreError
 from framework.migration import Migration, MigrationContext, Risk, describe_failure
 from framework.protocol import Analysis, Direction, Fingerprint, LedgerEntry, RestoreReport, StepResult
@@ -40,6 +40,20 @@ _LOCK_TTL_MS = 30_000  # default; a store's lock_ttl option overrides it
 # Compare-and-delete / compare-and-extend: only the token's owner may release or renew the lock.
 _RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end"
 _RENEW = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) else return 0 end"
+# KEYS[1] the ledger list, ARGV[1] a store name: entries written before the ledger recorded the
+# store are stamped with it, in place and atomically (other stores only ever append).
+_CLAIM = """
+local n = 0
+for i, raw in ipairs(redis.call('lrange', KEYS[1], 0, -1)) do
+  local entry = cjson.decode(raw)
+  if entry['store'] == nil then
+    entry['store'] = ARGV[1]
+    redis.call('lset', KEYS[1], i - 1, cjson.encode(entry))
+    n = n + 1
+  end
+end
+return n
+"""
 
 
 class RedisAdapter:
@@ -55,8 +69,8 @@ class RedisAdapter:
         self._renewer: Renewer | None = None
         self._digest_script: Any = None
         self._restore_script: Any = None
-        self.lock_ttl_ms = int(parse_duration(config.options.get("lock_ttl", _LOCK_TTL_MS / 1000),
-                                              what=f"[stores.{config.name}] lock_ttl") * 1000)
+        self.lock_ttl_ms = int(setting_duration(config.options.get("lock_ttl", _LOCK_TTL_MS / 1000), "lock_ttl",
+                                                where=f"[stores.{config.name}]") * 1000)
 
     # -- connection -------------------------------------------------------------------
     def _fail(self, what: str, exc: Exception) -> StoreError:
@@ -101,8 +115,15 @@ class RedisAdapter:
         self._client = None
 
     # -- lock -------------------------------------------------------------------------
+    # One lock per store, so two stores on one server and prefix never wait for each other.
+    # ``<prefix>lock`` is the key versions before per-store locks took: a runner of such a
+    # version may still hold it, and then every store under the prefix counts as locked.
     @property
     def _lock_key(self) -> str:
+        return f"{self.prefix}lock:{self.name}"
+
+    @property
+    def _shared_lock_key(self) -> str:
         return f"{self.prefix}lock"
 
     def acquire_lock(self, holder: str, wait: float) -> None:
@@ -113,7 +134,8 @@ class RedisAdapter:
                             "since": datetime.now(UTC).isoformat(timespec="seconds")}).encode()
         deadline = time.monotonic() + wait
         try:
-            while not self.client.set(self._lock_key, token, nx=True, px=self.lock_ttl_ms):
+            while self.client.exists(self._shared_lock_key) or not self.client.set(self._lock_key, token, nx=True,
+                                                                                    px=self.lock_ttl_ms):
                 if time.monotonic() >= deadline:
                     raise LockHeldError(f"store {self.name} is locked by another polyshift run ({self.lock_holder()})",
                                         hint=f"wait for it to finish; a crashed runner's lock expires within {self.lock_ttl_ms / 1000:g} s")
@@ -139,14 +161,15 @@ class RedisAdapter:
             raise self._fail("reading the lock holder", exc) from None
 
     def _lock_holder(self) -> str:
-        raw = self.client.get(self._lock_key)
+        key = self._shared_lock_key if self.client.exists(self._shared_lock_key) else self._lock_key
+        raw = self.client.get(key)
         if raw is None:
             return "holder unknown"
         try:
             info = json.loads(raw)
         except ValueError:
             return "holder unknown"
-        ttl = self.client.pttl(self._lock_key)
+        ttl = self.client.pttl(key)
         return f"{info.get('holder')}, since {info.get('since')}, expires in {max(ttl, 0) / 1000:.0f} s unless renewed"
 
     def release_lock(self) -> None:
@@ -162,6 +185,11 @@ class RedisAdapter:
             self._lock_token = None
 
     # -- ledger -----------------------------------------------------------------------
+    # One list per prefix, ``<prefix>ledger``; each entry names its store, so stores sharing a
+    # server and prefix each read only their own. Entries without a store were written before
+    # entries named it, by the one store that could use the prefix then: they are read as this
+    # store's, and the store's next write stamps them with its name (after its status check
+    # accepted them as its own), so a store added later under the prefix starts empty.
     @property
     def _ledger_key(self) -> str:
         return f"{self.prefix}ledger"
@@ -175,17 +203,20 @@ class RedisAdapter:
         except redis.RedisError as exc:
             raise self._fail("cannot read the ledger", exc) from None
         entries = []
-        for rank, raw in enumerate(rows, 1):
+        for raw in rows:
             e = json.loads(raw)
-            entries.append(LedgerEntry(rank, e["version"], e["slug"], e["checksum"], e["direction"], e["applied_by"],
+            if e.get("store", self.name) != self.name:
+                continue
+            entries.append(LedgerEntry(len(entries) + 1, e["version"], e["slug"], e["checksum"], e["direction"], e["applied_by"],
                                        datetime.fromisoformat(e["applied_at"]), e["duration_ms"], True, True, e.get("run_id")))
         return entries
 
     def _record(self, migration: Migration, direction: Direction, *, run_id: str, actor: str, duration_ms: int) -> None:
-        entry = {"version": migration.version, "slug": migration.slug, "checksum": migration.checksum, "direction": direction,
-                 "applied_by": actor, "applied_at": datetime.now(UTC).isoformat(), "duration_ms": duration_ms,
-                 "run_id": run_id}
+        entry = {"store": self.name, "version": migration.version, "slug": migration.slug, "checksum": migration.checksum,
+                 "direction": direction, "applied_by": actor, "applied_at": datetime.now(UTC).isoformat(),
+                 "duration_ms": duration_ms, "run_id": run_id}
         try:
+            self.client.eval(_CLAIM, 1, self._ledger_key, self.name)
             self.client.rpush(self._ledger_key, json.dumps(entry))
         except redis.RedisError as exc:
             raise self._fail("cannot write the ledger", exc) from None
@@ -215,7 +246,7 @@ class RedisAdapter:
         return patterns
 
     def _context(self, migration: Migration, run_id: str) -> MigrationContext:
-        helpers = RedisHelpers(self.client, self.nodes(), progress_prefix=f"{self.prefix}progress:{migration.id}:",
+        helpers = RedisHelpers(self.client, self.nodes(), progress_prefix=f"{self.prefix}progress:{self.name}:{migration.id}:",
                                skip_prefix=self.prefix.encode())
         return MigrationContext(client=self.client, store=self.name, migration=migration, helpers=helpers,
                                 log=logging.getLogger(f"polyshift.migration.{migration.id}"))

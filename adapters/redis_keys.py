@@ -14,33 +14,60 @@ from framework.errors import BackupError, UsageError
 SCAN_COUNT = 1000
 HASHED_TYPES = ("string", "hash", "list", "set", "zset", "stream")
 _RECORD = struct.Struct(">IqI")  # key length, absolute expiry in ms (-1: none), payload length
+_BACKSLASH, _OPEN, _CLOSE, _DASH = ord("\\"), ord("["), ord("]"), ord("-")
 
 
 def glob_regex(pattern: str) -> re.Pattern[bytes]:
-    """Redis glob semantics (``*``, ``?``, ``[abc]``, ``[^a]``, ``[a-z]``, ``\\x``) as a regex, to dedupe patterns."""
-    out, i = [], 0
-    while i < len(pattern):
-        c = pattern[i]
-        if c == "\\" and i + 1 < len(pattern):
-            out.append(re.escape(pattern[i + 1]))
+    """Redis's glob, as its ``stringmatchlen`` reads it, as a regex over key bytes (to dedupe patterns).
+
+    ``*``, ``?``, ``\\x`` and classes: ``[abc]``, ``[^a]``, ranges (a reversed range such as
+    ``[z-a]`` is swapped, as Redis does), ``\\]`` inside a class, ``[]`` matching nothing. An
+    unclosed ``[`` is refused: Redis reads it as a class running to the end of the pattern,
+    which is surely a typo in a backup scope.
+    """
+    raw = pattern.encode()
+    out: list[bytes] = []
+    i = 0
+    while i < len(raw):
+        c = raw[i]
+        if c == _BACKSLASH and i + 1 < len(raw):
+            out.append(re.escape(raw[i + 1:i + 2]))
             i += 2
-            continue
-        if c == "*":
-            out.append(".*")
-        elif c == "?":
-            out.append(".")
-        elif c == "[":
-            end = pattern.find("]", i + 1)
-            if end == -1:
-                raise UsageError(f"key pattern {pattern!r}: unclosed '['")
-            body = pattern[i + 1:end]
-            out.append("[" + ("^" + re.escape(body[1:]).replace("\\-", "-") if body.startswith("^") else
-                              re.escape(body).replace("\\-", "-")) + "]")
-            i = end
+        elif c == _OPEN:
+            cls, i = _glob_class(raw, i + 1, pattern)
+            out.append(cls)
         else:
-            out.append(re.escape(c))
-        i += 1
-    return re.compile(("^" + "".join(out) + "$").encode(), re.S)
+            out.append(b".*" if c == ord("*") else b"." if c == ord("?") else re.escape(raw[i:i + 1]))
+            i += 1
+    return re.compile(b"^" + b"".join(out) + b"$", re.S)
+
+
+def _glob_class(raw: bytes, i: int, pattern: str) -> tuple[bytes, int]:
+    """The class starting after ``[`` at ``i``: (its regex, the index after its ``]``)."""
+    negate = i < len(raw) and raw[i] == ord("^")
+    i += 1 if negate else 0
+    spans: list[tuple[int, int]] = []
+    while True:
+        if i >= len(raw):
+            raise UsageError(f"key pattern {pattern!r}: unclosed '['")
+        c = raw[i]
+        if c == _BACKSLASH and i + 1 < len(raw):
+            spans.append((raw[i + 1], raw[i + 1]))
+            i += 2
+        elif c == _CLOSE:
+            i += 1
+            break
+        elif i + 2 < len(raw) and raw[i + 1] == _DASH:
+            low, high = sorted((c, raw[i + 2]))
+            spans.append((low, high))
+            i += 3
+        else:
+            spans.append((c, c))
+            i += 1
+    if not spans:
+        return (b"[\\x00-\\xff]" if negate else b"(?!)"), i
+    body = b"".join(b"\\x%02x-\\x%02x" % span for span in spans)
+    return b"[" + (b"^" if negate else b"") + body + b"]", i
 
 
 def validate_patterns(patterns: Iterable[str]) -> tuple[str, ...]:

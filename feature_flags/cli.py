@@ -54,7 +54,7 @@ def flags_show(name: str) -> None:
         emit_json(flag)
         return
     for key, value in flag.items():
-        say(f"{key:>12}: {json.dumps(value) if isinstance(value, list) else value}")
+        say("{key:>12}: {value}", key=key, value=json.dumps(value) if isinstance(value, list) else value)
 
 
 @flags_app.command("set")
@@ -85,7 +85,7 @@ def flags_set(
     if output.json_mode():
         emit_json(flag.to_json())
         return
-    say(f"{flag.name}: {_describe(flag.to_json())} (version {flag.version})")
+    say("{name}: {state} (version {version})", name=flag.name, state=_describe(flag.to_json()), version=flag.version)
 
 
 @flags_app.command("kill")
@@ -95,7 +95,8 @@ def flags_kill(name: str, reason: str = typer.Option(..., "--reason")) -> None:
     if output.json_mode():
         emit_json(flag.to_json())
         return
-    say(f"{flag.name}: KILLED (version {flag.version}); clear with 'flags set {flag.name} --unkill --reason ...'")
+    say("{name}: KILLED (version {version}); clear with 'flags set {name} --unkill --reason ...'", name=flag.name,
+        version=flag.version)
 
 
 @flags_app.command("history")
@@ -128,4 +129,5 @@ def flags_check(name: str, subject: str | None = typer.Option(None, "--subject",
     if output.json_mode():
         emit_json(result)
         return
-    say(f"{name} for {subject or '(no subject)'}: {'ON' if evaluation.value else 'off'} ({evaluation.reason.value}: {evaluation.detail})")
+    say("{name} for {subject}: {value} ({reason}: {detail})", name=name, subject=subject or "(no subject)",
+        value="ON" if evaluation.value else "off", reason=evaluation.reason.value, detail=evaluation.detail)

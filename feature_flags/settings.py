@@ -15,7 +15,7 @@ from pathlib import Path
 
 from feature_flags.stores import FlagStore, RedisFlagStore, SqlFlagStore
 from framework import secrets
-from framework.config import Config, load_config, parse_duration
+from framework.config import Config, load_config, setting_duration
 from framework.errors import ConfigError
 
 
@@ -40,12 +40,12 @@ def flag_settings(config: Config) -> FlagSettings:
     url = section.get("url", config.state_url if store == "state" else None)
     if store == "redis" and (not isinstance(url, str) or not url.startswith(("redis://", "rediss://", "unix://"))):
         raise ConfigError(f"{config.path}: [flags] store = 'redis' needs url = 'redis://host:port/db'")
-    if isinstance(url, str) and "://" in url and "@" in url:
-        secrets.register(url.split("://", 1)[1].rsplit("@", 1)[0].partition(":")[2])
-    interval = parse_duration(section.get("refresh_interval", 1), what="[flags] refresh_interval")
-    if interval <= 0:
-        raise ConfigError(f"{config.path}: [flags] refresh_interval must be positive")
-    return FlagSettings(store, str(url), str(section.get("prefix", "polyshift:")), interval)
+    for key, value in (("url", url), ("prefix", section.get("prefix", "polyshift:"))):
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"{config.path}: [flags] {key}: expected a non-empty string, got {value!r}")
+    secrets.register_url(url)
+    interval = setting_duration(section.get("refresh_interval", 1), "refresh_interval", where="[flags]")
+    return FlagSettings(store, url, section.get("prefix", "polyshift:"), interval)
 
 
 def open_store(settings: FlagSettings) -> FlagStore:

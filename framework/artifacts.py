@@ -8,16 +8,26 @@ rely on the backup.
 The manifest itself is what says which table or keys a file holds, so it is trusted only as it
 was sealed: its own sha256 is recorded in the control plane (``ManifestIndex``) and checked on
 every read, and every file name it lists must follow the rule the writer follows.
+
+A backup is written in ``.<id>.partial/`` and renamed to ``<id>/`` once its manifest is on
+disk, so a backup directory is sealed whole or not at all. The writer holds an exclusive
+``flock`` on its partial directory, which the kernel drops if the writer dies; the next
+backup removes partial directories nobody holds, and never a sealed one. File-system errors
+(the directory is a file, not writable, full) are a ``BackupError``: exit 2, nothing changed.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
+import logging
 import os
 import re
 import secrets as pysecrets
+import shutil
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,9 +37,23 @@ import zstandard
 
 from framework import __version__
 from framework.errors import BackupCorruptError, BackupError, UsageError
+from framework.localfiles import private_dir
 
+log = logging.getLogger("polyshift.artifacts")
 _CHUNK = 1 << 20
-_ID = re.compile(r"^[0-9]{8}T[0-9]{6}Z-[a-z0-9_-]+-[0-9a-f]{6}$")
+_ID_PATTERN = r"[0-9]{8}T[0-9]{6}Z-[a-z0-9_-]+-[0-9a-f]{6}"
+_ID = re.compile(rf"^{_ID_PATTERN}$")
+_PARTIAL = re.compile(rf"^\.{_ID_PATTERN}\.partial$")
+
+
+@contextmanager
+def _disk(directory: Path) -> Iterator[None]:
+    """A file-system error is an unusable backups directory, named: never an unexpected crash."""
+    try:
+        yield
+    except OSError as exc:
+        raise BackupError(f"backups directory {directory} is unusable: {exc.strerror or exc}",
+                          hint="point [project] backups at a writable directory with free space") from None
 MANIFEST = "manifest.json"
 
 
@@ -45,6 +69,16 @@ class ManifestIndex(Protocol):
 
     def manifest_digest(self, artifact_id: str) -> str | None:
         """The digest recorded when the backup was sealed; None if none is on record."""
+
+
+@contextmanager
+def _disk(directory: Path) -> Iterator[None]:
+    """A file-system error is an unusable backups directory, named: never an unexpected crash."""
+    try:
+        yield
+    except OSError as exc:
+        raise BackupError(f"backups directory {directory} is unusable: {exc.strerror or exc}",
+                          hint="point [project] backups at a writable directory with free space") from None
 
 
 @dataclass(frozen=True)
@@ -100,15 +134,17 @@ class Manifest:
 class _HashingWriter:
     """File object the zstd stream writes into: counts and hashes what reaches the disk."""
 
-    def __init__(self, raw: IO[bytes]) -> None:
+    def __init__(self, raw: IO[bytes], directory: Path) -> None:
         self.raw = raw
+        self.directory = directory
         self.digest = hashlib.sha256()
         self.size = 0
 
     def write(self, data: bytes) -> int:
         self.digest.update(data)
         self.size += len(data)
-        return self.raw.write(data)
+        with _disk(self.directory):
+            return self.raw.write(data)
 
     def flush(self) -> None:
         self.raw.flush()
@@ -117,35 +153,43 @@ class _HashingWriter:
 class ArtifactWriter:
     """Collects the files of one backup while an adapter streams them."""
 
-    def __init__(self, directory: Path, manifest_base: dict[str, Any]) -> None:
+    def __init__(self, directory: Path, manifest_base: dict[str, Any], lock_fd: int | None = None) -> None:
         self.directory = directory
         self.base = manifest_base
         self.files: list[ArtifactFile] = []
+        self._lock_fd = lock_fd
 
     def _open(self, name: str) -> IO[bytes]:
         if not valid_file_name(name):
             raise BackupError(f"invalid artifact file name {name!r}")
-        fd = os.open(self.directory / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with _disk(self.directory.parent):
+            fd = os.open(self.directory / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         return os.fdopen(fd, "wb")
 
     def write_stream(self, name: str, chunks: Iterator[bytes], meta: dict[str, Any] | None = None) -> ArtifactFile:
         """Compress ``chunks`` into ``name``; memory stays at one chunk whatever the size."""
         with self._open(name) as raw:
-            sink = _HashingWriter(raw)
+            sink = _HashingWriter(raw, self.directory.parent)
             # Level 1 in the calling thread: measured faster than multi-threaded level 3 and smaller
             # (threaded mode compresses independent jobs), and the other core serves the database.
             compressor = zstandard.ZstdCompressor(level=1, write_checksum=True)
             with compressor.stream_writer(sink, closefd=False) as zw:
                 for chunk in chunks:
                     zw.write(chunk)
-            raw.flush()
-            os.fsync(raw.fileno())
+            with _disk(self.directory.parent):
+                raw.flush()
+                os.fsync(raw.fileno())
         entry = ArtifactFile(name, sink.size, sink.digest.hexdigest(), dict(meta or {}))
         self.files.append(entry)
         return entry
 
     def write_bytes(self, name: str, data: bytes, meta: dict[str, Any] | None = None) -> ArtifactFile:
         return self.write_stream(name, iter([data]), meta)
+
+    def unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing drops the flock
+            self._lock_fd = None
 
 
 class ArtifactStore:
@@ -154,40 +198,92 @@ class ArtifactStore:
         self.index = index
 
     def _ensure_root(self) -> None:
-        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
-        os.chmod(self.root, 0o700)
+        with _disk(self.root):
+            private_dir(self.root)
+            os.chmod(self.root, 0o700)
+
+    def check_usable(self) -> None:
+        """Preflight: the directory exists (or is created) and takes a file; BackupError otherwise."""
+        self._ensure_root()
+        probe = self.root / f".probe-{pysecrets.token_hex(4)}"
+        with _disk(self.root):
+            os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+            probe.unlink()
 
     def new_writer(self, *, store: str, kind: str, version: str | None, scope: tuple[str, ...], reason: str) -> ArtifactWriter:
         self._ensure_root()
+        self.remove_abandoned()
         now = datetime.now(UTC)
         artifact_id = f"{now:%Y%m%dT%H%M%SZ}-{store}-{pysecrets.token_hex(3)}"
-        directory = self.root / artifact_id
-        directory.mkdir(mode=0o700)
-        return ArtifactWriter(directory, {
+        # Created under a name no cleanup looks at, locked, then renamed to .<id>.partial: a
+        # cleanup running meanwhile never sees a partial directory before its writer holds it.
+        fresh, partial = self.root / f".{artifact_id}.new", self.root / f".{artifact_id}.partial"
+        with _disk(self.root):
+            fresh.mkdir(mode=0o700)
+            lock_fd = os.open(fresh, os.O_RDONLY | os.O_DIRECTORY)
+            fcntl.flock(lock_fd, fcntl.LOCK_EX)
+            os.rename(fresh, partial)
+        return ArtifactWriter(partial, {
             "id": artifact_id, "store": store, "kind": kind, "version": version, "scope": scope,
             "created_at": now.isoformat(timespec="microseconds"), "reason": reason,
-        })
+        }, lock_fd)
+
+    def remove_abandoned(self) -> list[str]:
+        """Remove partial directories whose writer is gone (its flock is free); never a sealed backup."""
+        removed = []
+        for child in self.root.iterdir():
+            if not _PARTIAL.match(child.name) or child.is_symlink() or not child.is_dir():
+                continue
+            try:
+                fd = os.open(child, os.O_RDONLY | os.O_DIRECTORY)
+            except OSError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # a live writer
+            else:
+                shutil.rmtree(child, ignore_errors=True)
+                removed.append(child.name)
+                log.info("removed %s, left by a backup whose writer stopped", child.name)
+            finally:
+                os.close(fd)
+        return removed
 
     def seal(self, writer: ArtifactWriter, meta: dict[str, Any]) -> Manifest:
-        """Write the manifest, then read every file back and verify it."""
+        """Write the manifest, rename the partial directory to the backup's id, then read every file back and verify it."""
         b = writer.base
         manifest = Manifest(b["id"], b["store"], b["kind"], b["version"], tuple(b["scope"]), b["created_at"],
                             tuple(writer.files), meta, b["reason"])
         body = json.dumps(manifest.to_json(), indent=2, sort_keys=True).encode()
-        fd = os.open(writer.directory / MANIFEST, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(body)
-            fh.flush()
-            os.fsync(fh.fileno())
+        sealed = self.root / manifest.id
+        with _disk(self.root):
+            fd = os.open(writer.directory / MANIFEST, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(body)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.rename(writer.directory, sealed)
+            root_fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(root_fd)  # the rename itself survives a crash
+            finally:
+                os.close(root_fd)
+        writer.directory = sealed
+        writer.unlock()
         digest = hashlib.sha256(body).hexdigest()
         # Not on record yet (the caller records it once this returns): check against what we wrote.
         read_back = self.verify(manifest.id, expected_digest=digest)
         return replace(manifest, digest=read_back.digest, on_record=True)
 
     def discard(self, writer: ArtifactWriter) -> None:
-        for path in writer.directory.glob("*"):
-            path.unlink()
-        writer.directory.rmdir()
+        """Remove a backup that failed before or during sealing. Called while another error is
+        on its way out, so it never raises; what it cannot remove, the next backup does."""
+        try:
+            shutil.rmtree(writer.directory)
+        except OSError as exc:
+            log.warning("could not remove %s: %s", writer.directory, exc)
+        writer.unlock()
 
     def path(self, artifact_id: str) -> Path:
         if not _ID.match(artifact_id):

@@ -11,12 +11,13 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import typer
-from rich.markup import escape
 from rich.text import Text
 
 from feature_flags.cli import flags_app
 from framework import errors, output, progress, secrets, templates
+from framework.config import DURATION_BOUNDS, parse_duration
 from framework.loader import SCRIPT_LANG, next_version, split_names
+from framework.migration import check_version
 from framework.output import emit_json, say, table
 from framework.pipeline import Pipeline
 from framework.project import Project, open_project
@@ -32,69 +33,86 @@ app.add_typer(backup_app, name="backup")
 app.add_typer(flags_app, name="flags")
 app.add_typer(sandbox_app, name="sandbox")
 
+def _version(value: str | None, option: str) -> str | None:
+    return None if value is None else check_version(value, option)
+
+
 def project() -> Project:
     return open_project(output.opts["config"], progress.for_output(output.opts["json"]))
+
+
+def _stages(stages: list[float]) -> str:
+    return " → ".join(f"{p:g}%" for p in stages)
 
 
 def _event(kind: str, data: dict[str, Any]) -> None:
     if output.opts["json"]:
         return
-    d = {k: escape(str(v)) if isinstance(v, str) else v for k, v in data.items()}
     if kind == "migration":
-        scope = escape(", ".join(data["scope"])) or "nothing to back up"
-        say(f"[bold]{d['store']}[/] {d['version']}_{d['slug']}  risk {d['risk']}  backup: {scope}")
+        say("[bold]{store}[/] {version}_{slug}  risk {risk}  backup: {scope}", store=data["store"], version=data["version"],
+            slug=data["slug"], risk=data["risk"], scope=", ".join(data["scope"]) or "nothing to back up")
     elif kind == "backup":
-        say(f"  backup {d['backup']} verified ({d['bytes']:,} bytes)")
+        say("  backup {backup} verified ({bytes:,} bytes)", backup=data["backup"], bytes=data["bytes"])
     elif kind == "applied":
-        say(f"  [green]applied[/] in {d['duration_ms']} ms")
+        say("  [green]applied[/] in {ms} ms", ms=data["duration_ms"])
     elif kind == "figures":
-        say("  " + ", ".join(f"{escape(k)} = {v:g}" for k, v in data["figures"].items()))
+        say("  {figures}", figures=", ".join(f"{k} = {v:g}" for k, v in data["figures"].items()))
     elif kind == "data-at-risk":
         output.warn(f"{data['store']}: {data['warning']}")
     elif kind == "restore":
-        say(f"  [yellow]restoring[/] {d['backup']}: {d['why']}")
+        say("  [yellow]restoring[/] {backup}: {why}", backup=data["backup"], why=data["why"])
     elif kind == "rolled-back":
-        say(f"[bold]{d['store']}[/] {d['version']} [green]rolled back[/]")
-        if d.get("hint"):
-            say(f"  {d['hint']}")
+        say("[bold]{store}[/] {version} [green]rolled back[/]", store=data["store"], version=data["version"])
+        if data.get("hint"):
+            say("  {hint}", hint=data["hint"])
     elif kind == "would-release":
-        cutover = (f"; then flag {d['flag']} through {' → '.join(f'{p:g}%' for p in data['stages'])}, baking "
-                   f"{data['bake_seconds']:g} s, gates: {escape(', '.join(data['gates'])) or 'none'}") if data["flag"] else "; no cutover"
-        say(f"release {d['release']}: {escape(', '.join(data['stores']))}{cutover}")
+        if data["flag"]:
+            say("release {release}: {stores}; then flag {flag} through {stages}, baking {bake:g} s, gates: {gates}",
+                release=data["release"], stores=", ".join(data["stores"]), flag=data["flag"], stages=_stages(data["stages"]),
+                bake=data["bake_seconds"], gates=", ".join(data["gates"]) or "none")
+        else:
+            say("release {release}: {stores}; no cutover", release=data["release"], stores=", ".join(data["stores"]))
     elif kind == "bake":
-        say(f"    baking {data['seconds']:g} s at {data['percent']:g}%")
+        say("    baking {seconds:g} s at {percent:g}%", seconds=data["seconds"], percent=data["percent"])
     elif kind == "gates":
         for g in data["results"]:
-            mark = "[green]✓[/]" if g["ok"] else "[red]✗[/]"
-            say(f"    gate {escape(g['gate'])} {mark} {escape(g['detail'])}")
+            if g["ok"]:
+                say("    gate {gate} [green]✓[/] {detail}", gate=g["gate"], detail=g["detail"])
+            else:
+                say("    gate {gate} [red]✗[/] {detail}", gate=g["gate"], detail=g["detail"])
     elif kind.startswith("release.") or kind == "hook-failed":
         _release_event(kind, data)
 
 
 def _release_event(kind: str, data: dict[str, Any]) -> None:
-    v = escape(str(data.get("release", "")))
+    v = data.get("release", "")
+    stores = ", ".join(data.get("stores", ()))
     if kind == "release.started":
-        flag = f", flag {escape(str(data['flag']))} through {' → '.join(f'{p:g}%' for p in data['stages'])}" if data.get("flag") else ""
-        say(f"[bold magenta]release {v}[/]: {escape(', '.join(data['stores']))}{flag}")
+        if data.get("flag"):
+            say("[bold magenta]release {v}[/]: {stores}, flag {flag} through {stages}", v=v, stores=stores, flag=data["flag"],
+                stages=_stages(data["stages"]))
+        else:
+            say("[bold magenta]release {v}[/]: {stores}", v=v, stores=stores)
     elif kind == "release.stage_advanced":
-        say(f"  [cyan]cutover[/] flag {escape(data['flag'])} at {data['percent']:g}%")
+        say("  [cyan]cutover[/] flag {flag} at {percent:g}%", flag=data["flag"], percent=data["percent"])
     elif kind == "release.gate_failed":
         for g in data["gates"]:
-            say(f"  [red]gate failed[/] {escape(g['gate'])} at {data['percent']:g}%: {escape(g['detail'])}")
+            say("  [red]gate failed[/] {gate} at {percent:g}%: {detail}", gate=g["gate"], percent=data["percent"], detail=g["detail"])
     elif kind == "release.rollback_initiated":
-        say(f"[bold yellow]release {v}: undoing[/] ({escape(data['cause'])})")
+        say("[bold yellow]release {v}: undoing[/] ({cause})", v=v, cause=data["cause"])
     elif kind == "release.flag_killed":
-        say(f"  flag {escape(data['flag'])} [yellow]killed[/]: traffic back on blue")
+        say("  flag {flag} [yellow]killed[/]: traffic back on blue", flag=data["flag"])
     elif kind == "release.integrity_warning":
         output.warn(f"{data['store']}: {data['warning']}")
     elif kind == "release.completed":
-        say(f"[bold green]release {v} completed[/]")
+        say("[bold green]release {v} completed[/]", v=v)
     elif kind == "release.rolled_back":
-        say(f"[bold]release {v}[/] rolled back in {escape(', '.join(data['stores']))}: every store verified")
+        say("[bold]release {v}[/] rolled back in {stores}: every store verified", v=v, stores=stores)
     elif kind == "release.rollback_failed":
-        say(f"[bold red]release {v}: undo NOT verified[/] in {escape(', '.join(data['stores']))}")
+        say("[bold red]release {v}: undo NOT verified[/] in {stores}", v=v, stores=stores)
     elif kind == "release.recovered":
-        say(f"[bold]recovering release {v}[/]: {data['action']} (the runner stopped after '{escape(data['stopped_after'])}')")
+        say("[bold]recovering release {v}[/]: {action} (the runner stopped after '{step}')", v=v, action=data["action"],
+            step=data["stopped_after"])
     elif kind == "hook-failed":
         output.warn(f"on_event command failed for {data['event']}: {data['why']}")
 
@@ -119,9 +137,14 @@ def init() -> None:
     path: Path = output.opts["config"]
     if path.exists():
         raise errors.UsageError(f"{path} already exists; not overwriting it")
-    path.write_text(templates.CONFIG)
-    (path.parent / "migrations" / "main").mkdir(parents=True, exist_ok=True)
-    say(f"created {path} and migrations/main/; set DATABASE_URL or edit [stores.main]")
+    if not path.parent.is_dir():
+        raise errors.UsageError(f"directory {path.parent} does not exist; create it first")
+    try:
+        path.write_text(templates.CONFIG)
+        (path.parent / "migrations" / "main").mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise errors.UsageError(f"cannot write in {path.parent}: {exc.strerror}") from None
+    say("created {path} and migrations/main/; set DATABASE_URL or edit {table}", path=path, table="[stores.main]")
     if output.opts["json"]:
         emit_json({"config": str(path), "migrations": str(path.parent / "migrations")})
 
@@ -133,8 +156,8 @@ def new(store: str, slug: str, python: bool = typer.Option(False, "--python", he
         raise errors.UsageError(f"slug {slug!r}: use lowercase letters, digits and '_'")
     proj = project()
     cfg = proj.config.store(store)
-    version = next_version(proj.migrations[store])
     directory = proj.config.migrations_dir / store
+    version = next_version(directory)
     directory.mkdir(parents=True, exist_ok=True)
     ident = f"{version}_{slug}"
     lang = SCRIPT_LANG.get(cfg.kind)
@@ -150,7 +173,7 @@ def new(store: str, slug: str, python: bool = typer.Option(False, "--python", he
     if output.opts["json"]:
         emit_json({"version": version, "files": [str(p) for p in files]})
     for path in files:
-        say(f"created {path}")
+        say("created {path}", path=path)
 
 
 # -- inspection ----------------------------------------------------------------------------
@@ -180,6 +203,7 @@ def status(store: str | None = typer.Option(None, "--store", "-s")) -> None:
 @app.command()
 def plan(store: str | None = typer.Option(None, "--store", "-s"), to: str | None = typer.Option(None, "--to")) -> None:
     """What 'up' would do: risk, backup scope, non-transactional statements.  Example: polyshift plan"""
+    to = _version(to, "--to")
     proj = project()
     runner = Runner(proj)
     rows = []
@@ -244,6 +268,7 @@ def up(
     allow_irreversible: bool = typer.Option(False, "--allow-irreversible", help="Also run migrations without a rollback."),
 ) -> None:
     """Apply pending releases: preflight, verified backups, forward, validate, staged flag cutover.  Example: polyshift up --to 0003"""
+    to, release = _version(to, "--to"), _version(release, "--release")
     with Pipeline(project(), _event) as pipeline:
         outcomes = pipeline.up(store=store, to=to, release=release, dry_run=dry_run, allow_irreversible=allow_irreversible)
     if output.opts["json"]:
@@ -252,7 +277,8 @@ def up(
         say("nothing to apply")
     elif dry_run:
         for o in outcomes:
-            say(f"would apply {o.store} {o.version}_{o.slug} (risk {o.risk}, backup: {', '.join(o.scope) or 'none'})")
+            say("would apply {store} {version}_{slug} (risk {risk}, backup: {scope})", store=o.store, version=o.version,
+                slug=o.slug, risk=o.risk, scope=", ".join(o.scope) or "none")
 
 
 @app.command()
@@ -265,7 +291,7 @@ def recover() -> None:
     elif not results:
         say("nothing to recover: every run finished")
     for r in results:
-        say(f"run {r.run_id[:8]}: {r.detail}")
+        say("run {run}: {detail}", run=r.run_id[:8], detail=r.detail)
 
 
 @app.command("emergency-rollback")
@@ -274,11 +300,13 @@ def emergency_rollback(
     wait: float = typer.Option(120.0, "--wait", help="Seconds to wait for a running release to let go of its locks."),
 ) -> None:
     """Kill the release's flag now, then undo the release in every store.  Example: polyshift emergency-rollback 0003"""
+    check_version(version, "emergency-rollback")
+    parse_duration(wait, what="--wait", bounds=DURATION_BOUNDS["wait"])
     with Recovery(project(), _event) as recovery:
         message = recovery.emergency_rollback(version, wait=wait)
     if output.opts["json"]:
         emit_json({"release": version, "rolled_back": True, "detail": message})
-    say(message)
+    say("{message}", message=message)
 
 
 @app.command()
@@ -303,11 +331,16 @@ def rollback(
     dry_run: bool = typer.Option(False, "--dry-run"),
 ) -> None:
     """Run rollback steps, newest first, each after a verified backup.  Example: polyshift rollback --steps 1 --store main"""
+    to = _version(to, "--to")
     outcomes = Runner(project(), _event).rollback(store=store, to=to, steps=steps, dry_run=dry_run)
     if output.opts["json"]:
         emit_json([o.to_json() for o in outcomes])
     elif not outcomes:
         say("nothing to roll back")
+    elif dry_run:
+        for o in outcomes:
+            say("would roll back {store} {version}_{slug} (risk {risk}, backup: {scope})", store=o.store, version=o.version,
+                slug=o.slug, risk=o.risk, scope=", ".join(o.scope) or "none")
 
 
 @app.command()
@@ -329,8 +362,12 @@ def validate(store: str | None = typer.Option(None, "--store", "-s")) -> None:
         emit_json(report)
     else:
         for r in report:
-            mark = "[red]FAIL[/]" if r["failures"] else "[green]ok[/]"
-            say(f"{mark} {r['store']} {r['version']}" + "".join(f"\n     {f}" for f in r["failures"]))
+            if r["failures"]:
+                say("[red]FAIL[/] {store} {version}", store=r["store"], version=r["version"])
+            else:
+                say("[green]ok[/] {store} {version}", store=r["store"], version=r["version"])
+            for failure in r["failures"]:
+                say("     {failure}", failure=failure)
     if failed:
         raise errors.ChecksFailed(f"{len(failed)} migration(s) failed validation")
 
@@ -344,7 +381,7 @@ def audit(verify: bool = typer.Option(False, "--verify", help="Check the hash ch
         count = proj.state.verify_audit()
         if output.opts["json"]:
             emit_json({"verified": True, "entries": count})
-        say(f"audit chain verified: {count} entries")
+        say("audit chain verified: {count} entries", count=count)
         return
     entries = list(proj.state.audit_entries(subject=subject))
     if output.opts["json"]:
@@ -379,9 +416,9 @@ def backup_show(backup_id: str) -> None:
         emit_json(manifest.to_json())
         return
     for key, value in _manifest_row(manifest).items():
-        say(f"{key:>10}: {value}")
+        say("{key:>10}: {value}", key=key, value=value)
     for f in manifest.files:
-        say(f"      file: {f.name}  {f.bytes:,} bytes  sha256 {f.sha256}")
+        say("      file: {name}  {bytes:,} bytes  sha256 {sha}", name=f.name, bytes=f.bytes, sha=f.sha256)
 
 
 def _warn_unrecorded(manifest: Any) -> None:
@@ -403,7 +440,7 @@ def backup_verify(backup_id: str) -> None:
     _warn_unrecorded(manifest)
     if output.opts["json"]:
         emit_json({"id": manifest.id, "verified": True, "files": len(manifest.files), "manifest_on_record": manifest.on_record})
-    say(f"backup {manifest.id}: {len(manifest.files)} files verified")
+    say("backup {id}: {files} files verified", id=manifest.id, files=len(manifest.files))
 
 
 @backup_app.command("restore")
@@ -427,9 +464,9 @@ def backup_restore(backup_id: str, yes: bool = typer.Option(False, "--yes", help
         emit_json({"id": report.artifact_id, "verified": report.verified, "rows": report.items, "notes": list(report.notes),
                    "discarded_writes_since": manifest.created_at})
         return
-    say(f"restored {report.artifact_id}: " + ", ".join(f"{k} ({v:,})" for k, v in report.items.items()) + " — verified")
+    say("restored {id}: {items} — verified", id=report.artifact_id, items=", ".join(f"{k} ({v:,})" for k, v in report.items.items()))
     for note in report.notes:
-        say(f"  note: {note}")
+        say("  note: {note}", note=note)
 
 
 @backup_app.command("create")
@@ -440,7 +477,7 @@ def backup_create(store: str, scope: str = typer.Option(..., "--scope", help="Co
     if output.opts["json"]:
         emit_json(_manifest_row(manifest))
         return
-    say(f"backup {manifest.id} of {', '.join(manifest.scope)}: {manifest.size:,} bytes, verified")
+    say("backup {id} of {scope}: {size:,} bytes, verified", id=manifest.id, scope=", ".join(manifest.scope), size=manifest.size)
 
 
 @app.command()
@@ -455,12 +492,12 @@ def demo() -> None:
 def _fail(exc: errors.PolyshiftError) -> NoReturn:
     message = secrets.redact(str(exc))
     hint = secrets.redact(exc.hint) if exc.hint else None
-    if output.opts["json"]:
+    if output.opts["json"] and not output.opts["emitted"]:
         emit_json({"error": message, "hint": hint, "exit_code": exc.exit_code, "type": type(exc).__name__} | exc.details)
-    else:
-        output.err.print(f"[red]error:[/] {escape(message)}")
+    else:  # a command that already wrote its JSON document (validate) writes no second one
+        output.err.print(output.render("[red]error:[/] {message}", message=message))
         if hint:
-            output.err.print(f"hint: {escape(hint)}")
+            output.err.print(output.render("hint: {hint}", hint=hint))
     raise SystemExit(exc.exit_code)
 
 
@@ -470,6 +507,7 @@ def main(argv: list[str] | None = None) -> None:
     # --json is global but users write it after the command too ("polyshift status --json").
     if "--json" in args:
         args = ["--json"] + [a for a in args if a != "--json"]
+    output.opts["emitted"] = False
     try:
         app(args=args, prog_name="polyshift")
     except errors.PolyshiftError as exc:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, unquote
 
 from framework import secrets
 from framework.errors import ConfigError
@@ -19,20 +22,52 @@ _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, None: 1.0, "min": 60.0, "m": 60.0, "h": 
 _STORE_NAME = re.compile(r"^[a-z][a-z0-9_-]*$")
 
 
-def parse_duration(value: Any, *, what: str) -> float:
-    """Seconds from ``5``, ``"5s"``, ``"250ms"``, ``"2min"``."""
+MINUTE, HOUR, DAY = 60.0, 3600.0, 86400.0
+# (minimum, maximum) seconds for every duration setting. Below the minimum a value means "no
+# limit" to the server or a busy loop to us; above the maximum it is a typo ("1000000h").
+DURATION_BOUNDS: dict[str, tuple[float, float]] = {
+    "lock_timeout": (0.001, HOUR),
+    "statement_timeout": (0.001, 7 * DAY),
+    "retry_deadline": (0.0, DAY),
+    "lock_wait": (0.0, DAY),
+    "lock_ttl": (1.0, HOUR),
+    "bake_seconds": (0.0, DAY),
+    "timeout": (0.001, HOUR),          # a gate's
+    "refresh_interval": (0.1, HOUR),   # [flags]
+    "wait": (0.0, DAY),                # emergency-rollback --wait
+}
+
+
+def human_duration(seconds: float) -> str:
+    if seconds < 1:
+        return f"{seconds * 1000:g} ms"
+    for unit, size in (("days", DAY), ("h", HOUR), ("min", MINUTE)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds / size:g} {unit}"
+    return f"{seconds:g} s"
+
+
+def parse_duration(value: Any, *, what: str, bounds: tuple[float, float] = (0.0, 7 * DAY)) -> float:
+    """Seconds from ``5``, ``"5s"``, ``"250ms"``, ``"2min"``, within ``bounds`` (inclusive).
+
+    NaN and infinities are refused, whatever the bounds: a NaN deadline never passes."""
     if isinstance(value, bool):
         raise ConfigError(f"{what}: expected a duration like '5s', got {value!r}")
     if isinstance(value, (int, float)):
         seconds = float(value)
-    else:
-        m = _DURATION.match(str(value))
-        if not m:
-            raise ConfigError(f"{what}: expected a duration like '5s' or '250ms', got {value!r}")
+    elif isinstance(value, str) and (m := _DURATION.match(value)):
         seconds = float(m.group(1)) * _UNIT_SECONDS[m.group(2)]
-    if seconds < 0:
-        raise ConfigError(f"{what}: duration must not be negative")
+    else:
+        raise ConfigError(f"{what}: expected a duration like '5s' or '250ms', got {value!r}")
+    low, high = bounds
+    if not math.isfinite(seconds) or not low <= seconds <= high:
+        raise ConfigError(f"{what}: must be between {human_duration(low)} and {human_duration(high)}, got {value!r}")
     return seconds
+
+
+def setting_duration(value: Any, setting: str, *, where: str) -> float:
+    """A duration setting named in DURATION_BOUNDS, checked against its bounds."""
+    return parse_duration(value, what=f"{where} {setting}", bounds=DURATION_BOUNDS[setting])
 
 
 def interpolate(value: Any, where: str) -> Any:
@@ -92,14 +127,72 @@ class Config:
 
 
 _STORE_KEYS = {"kind", "url", "password", "lock_timeout", "statement_timeout", "retry_deadline", "lock_wait"}
-# Settings only some kinds understand; anything else in a store table is a typo worth stopping for.
-KIND_OPTIONS: dict[str, set[str]] = {
-    "postgres": set(),
-    "pgvector": {"maintenance_work_mem", "ef_search"},
-    "redis": {"prefix", "cluster", "lock_ttl"},
-    "neo4j": {"user", "database", "lock_ttl"},
-    "falkordb": {"graph", "lock_ttl"},
+
+
+def _text(where: str, key: str, value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{where} {key}: expected a non-empty string, got {value!r}")
+    return value
+
+
+def _flag(where: str, key: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{where} {key}: expected true or false, got {value!r}")
+    return value
+
+
+def _ef_search(where: str, key: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 1000:
+        raise ConfigError(f"{where} {key}: expected a whole number from 1 to 1000 (pgvector's range), got {value!r}")
+    return value
+
+
+def _memory(where: str, key: str, value: Any) -> str:
+    if isinstance(value, bool) or not isinstance(value, (str, int)) or not re.fullmatch(r"\d+\s*(kB|MB|GB|TB)?", str(value)):
+        raise ConfigError(f"{where} {key}: expected a PostgreSQL memory size like '256MB', got {value!r}")
+    return str(value)
+
+
+def _ttl(where: str, key: str, value: Any) -> float:
+    return setting_duration(value, key, where=where)
+
+
+# Settings only some kinds understand, each with its check; anything else in a store table is a
+# typo worth stopping for.
+KIND_OPTIONS: dict[str, dict[str, Callable[[str, str, Any], Any]]] = {
+    "postgres": {},
+    "pgvector": {"maintenance_work_mem": _memory, "ef_search": _ef_search},
+    "redis": {"prefix": _text, "cluster": _flag, "lock_ttl": _ttl},
+    "neo4j": {"user": _text, "database": _text, "lock_ttl": _ttl},
+    "falkordb": {"graph": _text, "lock_ttl": _ttl},
 }
+_URL_USERINFO = re.compile(r"^(?P<scheme>[^:/]+://)(?P<netloc>[^/?#]*)(?P<tail>.*)$", re.S)
+
+
+def _store_url(where: str, kind: str, url: str, password: Any, options: dict[str, Any]) -> str:
+    """The URL drivers get: one password, in the userinfo, whether it was written there, in the
+    query string (``?password=``, which libpq accepts) or as ``password =``. Every form is
+    registered for redaction."""
+    if password is not None:
+        password = _text(where, "password", password)
+    m = _URL_USERINFO.match(url)
+    if m is None:
+        return url
+    userinfo, _, hostpart = m["netloc"].rpartition("@")
+    user, colon, in_userinfo = userinfo.partition(":")
+    tail, in_query = secrets.pop_query_password(m["tail"])
+    given = [p for p in (unquote(in_userinfo) if colon else None, in_query, password) if p is not None]
+    if not given:
+        return url
+    if len(set(given)) > 1:
+        raise ConfigError(f"{where}: two different passwords (in the url and in password =, or in the url's userinfo "
+                          "and its query string); keep one")
+    if kind == "neo4j" and not unquote(user) and not options.get("user"):
+        raise ConfigError(f"{where}: a neo4j password needs a user: bolt://neo4j@host:7687, or user = \"...\"")
+    secrets.register(given[0])
+    normalised = f"{m['scheme']}{user}:{quote(given[0], safe='')}@{hostpart}{tail}"
+    secrets.register_url(normalised)
+    return normalised
 
 
 def _store(name: str, table: Any) -> StoreConfig:
@@ -114,66 +207,48 @@ def _store(name: str, table: Any) -> StoreConfig:
     url = table.get("url")
     if not isinstance(url, str) or "://" not in url:
         raise ConfigError(f"{where}: url is required, e.g. postgresql://user@host:5432/db")
-    password = table.get("password")
-    if password is not None:
-        secrets.register(str(password))
-        if "@" in url:
-            scheme, rest = url.split("://", 1)
-            userinfo, hostpart = rest.rsplit("@", 1)
-            user = userinfo.split(":", 1)[0]
-            from urllib.parse import quote
-
-            url = f"{scheme}://{user}:{quote(str(password), safe='')}@{hostpart}"
-    m = re.match(r"^[^:]+://[^:/@]*:([^@/]*)@", url)
-    if m:
-        from urllib.parse import unquote
-
-        secrets.register(m.group(1))
-        secrets.register(unquote(m.group(1)))
-    options = {k: v for k, v in table.items() if k not in _STORE_KEYS}
-    unknown = set(options) - KIND_OPTIONS[kind]
+    raw_options = {k: v for k, v in table.items() if k not in _STORE_KEYS}
+    unknown = set(raw_options) - set(KIND_OPTIONS[kind])
     if unknown:
-        allowed = sorted(_STORE_KEYS | KIND_OPTIONS[kind])
+        allowed = sorted(_STORE_KEYS | set(KIND_OPTIONS[kind]))
         raise ConfigError(f"{where}: unknown key(s) {', '.join(sorted(unknown))} for kind {kind!r} (known: {', '.join(allowed)})")
-    return StoreConfig(
-        name=name,
-        kind=kind,
-        url=url,
-        lock_timeout=parse_duration(table.get("lock_timeout", 5), what=f"{where} lock_timeout"),
-        statement_timeout=parse_duration(table.get("statement_timeout", 300), what=f"{where} statement_timeout"),
-        retry_deadline=parse_duration(table.get("retry_deadline", 60), what=f"{where} retry_deadline"),
-        lock_wait=parse_duration(table.get("lock_wait", 0), what=f"{where} lock_wait"),
-        options=options,
-    )
+    options = {k: KIND_OPTIONS[kind][k](where, k, v) for k, v in raw_options.items()}
+    url = _store_url(where, kind, url, table.get("password"), options)
+    durations = {key: setting_duration(table.get(key, default), key, where=where)
+                 for key, default in (("lock_timeout", 5), ("statement_timeout", 300), ("retry_deadline", 60), ("lock_wait", 0))}
+    return StoreConfig(name=name, kind=kind, url=url, options=options, **durations)
+
+
+PROJECT_KEYS = ("migrations", "state_url", "backups", "name", "on_event", "events_log")
+TOP_LEVEL_TABLES = ("project", "stores", "flags")
 
 
 def load_config(path: str | Path) -> Config:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {path} not found (run 'polyshift init' to create one)")
-    try:
-        raw = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
-    raw = interpolate(raw, path.name)
+    raw = interpolate(read_toml(path), path.name)
     root = path.resolve().parent
+    unknown_tables = sorted(set(raw) - set(TOP_LEVEL_TABLES))
+    if unknown_tables:
+        raise ConfigError(f"{path}: unknown table(s) {', '.join(f'[{t}]' for t in unknown_tables)} "
+                          f"(known: {', '.join(f'[{t}]' for t in TOP_LEVEL_TABLES)})")
     project = raw.get("project", {})
     if not isinstance(project, dict):
         raise ConfigError(f"{path}: [project] must be a table")
-    unknown = set(project) - {"migrations", "state_url", "backups", "name", "on_event", "events_log"}
+    unknown = set(project) - set(PROJECT_KEYS)
     if unknown:
-        raise ConfigError(f"{path}: unknown key(s) in [project]: {', '.join(sorted(unknown))}")
+        raise ConfigError(f"{path}: unknown key(s) in [project]: {', '.join(sorted(unknown))} (known: {', '.join(PROJECT_KEYS)})")
+    for key, value in project.items():
+        if not isinstance(value, str) or not value.strip():
+            raise ConfigError(f"{path}: [project] {key}: expected a non-empty string, got {value!r}")
     stores_raw = raw.get("stores", {})
     if not isinstance(stores_raw, dict) or not stores_raw:
         raise ConfigError(f"{path}: define at least one [stores.<name>] table")
     stores = {name: _store(name, table) for name, table in stores_raw.items()}
-    state_url = str(project.get("state_url", "sqlite:///.polyshift/state.db"))
-    state_url = _resolve_sqlite(state_url, root)
-    for url in (state_url,):
-        m = re.match(r"^[^:]+://[^:/@]*:([^@/]*)@", url)
-        if m:
-            secrets.register(m.group(1))
-    return Config(
+    state_url = _resolve_sqlite(_store_url("[project] state_url", "state", project.get("state_url", "sqlite:///.polyshift/state.db"),
+                                           None, {}), root)
+    config = Config(
         path=path,
         root=root,
         migrations_dir=(root / project.get("migrations", "migrations")).resolve(),
@@ -181,17 +256,26 @@ def load_config(path: str | Path) -> Config:
         backups_dir=(root / project.get("backups", ".polyshift/backups")).resolve(),
         stores=stores,
         raw=raw,
-        on_event=_on_event(project.get("on_event"), path),
+        on_event=project.get("on_event"),
         events_log=(root / project.get("events_log", ".polyshift/events.jsonl")).resolve(),
     )
+    from feature_flags.settings import flag_settings  # [flags] is the feature_flags package's; checked here, at load
+
+    flag_settings(config)
+    return config
 
 
-def _on_event(value: Any, path: Path) -> str | None:
-    if value is None:
-        return None
-    if not isinstance(value, str) or not value.strip():
-        raise ConfigError(f"{path}: [project] on_event must be a shell command (a non-empty string)")
-    return value
+def read_toml(path: Path) -> dict[str, Any]:
+    """A TOML file: UTF-8 as TOML requires, a byte-order mark ignored, mistakes named."""
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8").removeprefix("\ufeff")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 (byte 0x{data[exc.start]:02x} at offset {exc.start}); save it as UTF-8") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
 
 
 def _resolve_sqlite(url: str, root: Path) -> str:

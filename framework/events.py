@@ -17,6 +17,7 @@ from typing import Any
 
 from framework.config import Config
 from framework.errors import StoreError
+from framework.localfiles import append_private
 from framework.secrets import redact, redact_obj
 from framework.state import ControlPlane, actor
 
@@ -60,8 +61,7 @@ class Events:
         if path is None:
             return
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with path.open("a", encoding="utf-8") as f:
+            with append_private(path) as f:
                 f.write(json.dumps(record, default=str, separators=(",", ":")) + "\n")
         except OSError as exc:
             log.error("cannot append to %s: %s", path, exc)

@@ -1,10 +1,15 @@
 """Health gates read at each cutover stage. A gate that cannot be evaluated (timeout, error,
-unreachable target) counts as failing: the cutover only advances on positive evidence."""
+unreachable target) counts as failing: the cutover only advances on positive evidence.
+
+What can be known about a gate without running it is checked in preflight (``check``), so a
+gate that could never pass stops the release before any store changes rather than after the
+forward and a flag move."""
 
 from __future__ import annotations
 
 import importlib
 import os
+import shlex
 import subprocess
 import sys
 import threading
@@ -14,9 +19,11 @@ import urllib.request
 from dataclasses import dataclass
 from typing import Any
 
+import pglast
 import psycopg
 
 from framework.config import Config
+from framework.errors import ConfigError
 from framework.migration import call_user_code, describe_failure
 from framework.releases import Gate
 from framework.secrets import redact
@@ -70,11 +77,16 @@ def _shell(gate: Gate, ctx: GateContext) -> tuple[bool, str]:
     return done.returncode == 0, f"exit {done.returncode}" + (f": {tail[0][:200]}" if tail[0] else "")
 
 
-def _python(gate: Gate, ctx: GateContext) -> tuple[bool, str]:
+def _gate_function(gate: Gate, config: Config) -> Any:
+    """The python gate's function, imported from the project root."""
     module_name, _, function_name = gate.spec["callable"].partition(":")
-    if str(ctx.config.root) not in sys.path:
-        sys.path.insert(0, str(ctx.config.root))
-    function = getattr(call_user_code(importlib.import_module, module_name), function_name)
+    if str(config.root) not in sys.path:
+        sys.path.insert(0, str(config.root))
+    return getattr(call_user_code(importlib.import_module, module_name), function_name)
+
+
+def _python(gate: Gate, ctx: GateContext) -> tuple[bool, str]:
+    function = _gate_function(gate, ctx.config)
     outcome: dict[str, Any] = {}
 
     def call() -> None:
@@ -97,6 +109,38 @@ def _python(gate: Gate, ctx: GateContext) -> tuple[bool, str]:
 
 
 _EVALUATORS = {"sql": _sql, "http": _http, "shell": _shell, "python": _python}
+
+
+def check(gate: Gate, release: str, config: Config) -> None:
+    """Refuse (ConfigError, exit 2) a gate that could never be evaluated: a python gate whose
+    module does not import or whose function is missing or not callable, a sql gate whose query
+    does not parse, a shell gate whose program is a path that is not an executable file. Its
+    store's kind was checked when releases.toml was read."""
+    where = f"release {release}: {gate.describe()}"
+    if gate.kind == "python":
+        module_name, _, function_name = gate.spec["callable"].partition(":")
+        try:
+            function = _gate_function(gate, config)
+        except AttributeError:
+            raise ConfigError(f"{where}: module {module_name} has no {function_name}") from None
+        except Exception as exc:  # whatever the module raises while importing: the gate cannot work
+            raise ConfigError(f"{where}: module {module_name} cannot be imported from {config.root}: "
+                              f"{type(exc).__name__}: {redact(str(exc))}") from None
+        if not callable(function):
+            raise ConfigError(f"{where}: {gate.spec['callable']} is not callable")
+    elif gate.kind == "sql":
+        try:
+            pglast.parse_sql(gate.spec["query"])
+        except pglast.parser.ParseError as exc:
+            raise ConfigError(f"{where}: SQL syntax error: {exc}") from None
+    elif gate.kind == "shell":
+        try:
+            program = shlex.split(gate.spec["command"])[0]
+        except (ValueError, IndexError):
+            raise ConfigError(f"{where}: the command does not parse as a shell command line") from None
+        path = config.root / program
+        if "/" in program and not (path.is_file() and os.access(path, os.X_OK)):
+            raise ConfigError(f"{where}: {program} is not an executable file (relative to {config.root})")
 
 
 def evaluate(gate: Gate, ctx: GateContext) -> GateResult:

@@ -8,6 +8,11 @@ Layout per store directory:
 where <ext> is the store's script language (sql, cypher). Header comment lines of the
 forward script carry directives: ``-- polyshift: backup=users,orders``. A rollback script's
 header may carry ``backup=`` only: the scope its own step destroys.
+
+Scripts are UTF-8 (a byte-order mark is ignored; the checksum covers the bytes on disk). A
+forward or rollback script with no statement is refused unless its header says
+``-- polyshift: noop`` (a line the checksum leaves out); a validate script with no statement
+means no checks.
 """
 
 from __future__ import annotations
@@ -32,8 +37,9 @@ SCRIPT_LANG: dict[str, tuple[str, str] | None] = {
     "redis": None,
 }
 _NAME = re.compile(r"^(?P<version>\d+(?:\.\d+)*)_(?P<slug>[a-z0-9][a-z0-9_]*)(?:\.(?P<step>forward|rollback|validate))?\.(?P<ext>[a-z]+)$")
-_DIRECTIVE_KEYS = {"backup", "irreversible", "flag", "risk", "vector"}
-_ROLLBACK_DIRECTIVE_KEYS = {"backup"}
+_DIRECTIVE_KEYS = {"backup", "irreversible", "flag", "risk", "vector", "noop"}
+_ROLLBACK_DIRECTIVE_KEYS = {"backup", "noop"}
+_BOM = "\ufeff"
 _FLAG_NAME = re.compile(r"^[a-z0-9_.-]+$")
 _IGNORED = {"README.md", ".gitkeep", "__pycache__", "__init__.py"}
 
@@ -91,6 +97,65 @@ def split_names(text: str) -> list[str]:
     return [n.strip() for n in _split_outside_quotes(text, lambda ch: ch == ",")]
 
 
+def _checksummed(data: bytes, comment: str) -> bytes:
+    """A script's bytes as its checksum sees them: without a line that is only the noop marker.
+    The marker says an empty step is meant and changes nothing that runs, so marking a step that
+    an earlier version applied while it accepted empty steps is not drift."""
+    marker = re.compile(rb"^[ \t]*" + re.escape(comment.encode()) + rb"[ \t]*polyshift:[ \t]*noop[ \t]*(?:\r?\n|$)",
+                        re.IGNORECASE | re.MULTILINE)
+    return marker.sub(b"", data)
+
+
+def read_script(path: Path, origin: str) -> str:
+    """A script's text: UTF-8, without a byte-order mark."""
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise MigrationLoadError(f"{origin}: not UTF-8 (byte 0x{data[exc.start]:02x} at offset {exc.start}); "
+                                 "save it as UTF-8") from None
+    return text.removeprefix(_BOM)
+
+
+def has_statements(script: str, comment: str) -> bool:
+    """Whether anything but whitespace, ``;`` and comments is left: the first such character is
+    outside every comment, so no string literal needs reading to find it."""
+    nested = comment == "--"  # PostgreSQL nests /* */ comments; Cypher does not
+    i, n = 0, len(script)
+    while i < n:
+        if script[i].isspace() or script[i] == ";":
+            i += 1
+        elif script.startswith(comment, i):
+            end = script.find("\n", i)
+            i = n if end == -1 else end + 1
+        elif script.startswith("/*", i):
+            depth, i = 1, i + 2
+            while depth and i < n:
+                if nested and script.startswith("/*", i):
+                    depth, i = depth + 1, i + 2
+                elif script.startswith("*/", i):
+                    depth, i = depth - 1, i + 2
+                else:
+                    i += 1
+            if depth:
+                return True  # unterminated: the parser names that mistake
+        else:
+            return True
+    return False
+
+
+def _check_not_empty(store: str, path: Path, script: str, comment: str) -> None:
+    """An empty forward or rollback is a step someone forgot to write, unless it says it is empty."""
+    noop = "noop" in parse_directives(script, comment, path)
+    filled = has_statements(script, comment)
+    if filled and noop:
+        raise MigrationLoadError(f"{store}/{path.name}: marked '{comment} polyshift: noop' but has statements; "
+                                 "remove one or the other")
+    if not filled and not noop:
+        raise MigrationLoadError(f"{store}/{path.name}: has no statements (only comments or whitespace); write the step, "
+                                 f"or mark an intentionally empty one with '{comment} polyshift: noop' in its header")
+
+
 def _scope(value: object, path: Path) -> tuple[str, ...]:
     if isinstance(value, str):
         items = split_names(value)
@@ -125,7 +190,7 @@ def _load_script_migration(store: str, version: str, slug: str, files: dict[str,
     if forward_path is None:
         present = ", ".join(p.name for p in files.values())
         raise MigrationLoadError(f"{store}/{version}_{slug}: no forward script (found only {present})")
-    texts = {step: path.read_text(encoding="utf-8") for step, path in files.items()}
+    texts = {step: read_script(path, f"{store}/{path.name}") for step, path in files.items()}
     directives = parse_directives(texts["forward"], comment, forward_path)
     rollback_directives = parse_directives(texts["rollback"], comment, files["rollback"]) if "rollback" in files else {}
     misplaced = sorted(set(rollback_directives) - _ROLLBACK_DIRECTIVE_KEYS)
@@ -138,15 +203,21 @@ def _load_script_migration(store: str, version: str, slug: str, files: dict[str,
             f"{store}/{forward_path.name}: no rollback script; add {version}_{slug}.rollback.{forward_path.suffix[1:]} "
             "or mark the forward with '-- polyshift: irreversible'",
         )
+    for step in ("forward", "rollback"):
+        if step in files:
+            _check_not_empty(store, files[step], texts[step], comment)
     steps = {step: Step(name=step, path=path, script=texts[step]) for step, path in files.items()}
+    # A validate script without statements checks nothing: the same as having none.
+    validate = steps.get("validate") if has_statements(texts.get("validate", ""), comment) else None
     return Migration(
         version=version,
         slug=slug,
         store=store,
         forward=steps["forward"],
         rollback=steps.get("rollback"),
-        validate=steps.get("validate"),
-        checksum=checksum([(s, files[s].read_bytes()) for s in ("forward", "rollback", "validate") if s in files]),
+        validate=validate,
+        checksum=checksum([(s, _checksummed(files[s].read_bytes(), comment)) for s in ("forward", "rollback", "validate")
+                           if s in files]),
         declared_scope=_scope(directives["backup"], forward_path) if "backup" in directives else None,
         rollback_scope=_scope(rollback_directives["backup"], files["rollback"]) if "backup" in rollback_directives else None,
         flag=_flag(directives.get("flag"), forward_path),
@@ -250,12 +321,15 @@ def load_all(migrations_dir: Path, stores: dict[str, str]) -> dict[str, list[Mig
     return {name: load_store_migrations(migrations_dir / name, name, kind) for name, kind in stores.items()}
 
 
-def next_version(existing: list[Migration]) -> str:
-    if not existing:
+def next_version(directory: Path) -> str:
+    """The version after the highest one named in ``directory``, read from file names only, so
+    scaffolding works while another scaffolded migration is still empty."""
+    versions = [m["version"] for p in directory.iterdir() if (m := _NAME.match(p.name))] if directory.is_dir() else []
+    if not versions:
         return "0001"
-    last = max(existing, key=lambda m: m.version_key)
-    head = last.version.split(".")[0]
+    head = max(versions, key=version_key).split(".")[0]
     return str(int(head) + 1).zfill(max(4, len(head)))
 
 
-__all__ = ["checksum", "load_all", "load_store_migrations", "next_version", "parse_directives", "split_names", "version_key"]
+__all__ = ["checksum", "has_statements", "load_all", "load_store_migrations", "next_version", "parse_directives",
+           "read_script", "split_names", "version_key"]

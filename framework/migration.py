@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -10,7 +11,10 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Protocol, TypeVar
 
+from framework.errors import UsageError
+
 T = TypeVar("T")
+_VERSION = re.compile(r"^\d+(?:\.\d+)*$")
 
 
 class Risk(StrEnum):
@@ -126,6 +130,13 @@ class Migration:
 
 def version_key(version: str) -> tuple[int, ...]:
     return tuple(int(part) for part in version.split("."))
+
+
+def check_version(text: str, what: str) -> str:
+    """A version given on the command line, refused (exit 2) unless it reads as one."""
+    if not _VERSION.match(text):
+        raise UsageError(f"{what} {text!r} is not a version: digits, dots allowed (0003, 1.2)")
+    return text
 
 
 class MigrationSource(Protocol):

@@ -11,6 +11,7 @@ import shutil
 from typing import Any
 
 from feature_flags.admin import FlagAdmin
+from framework import gates
 from framework.bluegreen import ReleaseRun, open_flags
 from framework.errors import (
     BackupError,
@@ -85,6 +86,9 @@ class Pipeline:
                 if dry_run:
                     return self.would_apply(pending, analyses)
                 self.check_disk(pending, by_name, analyses)
+                # The first change to any store, and only once every check above has passed.
+                for name in dict.fromkeys(m.store for rel in pending for m in rel.ordered()):
+                    by_name[name].ensure_ledger()
                 self.project.state.journal(run_id, "preflight", "done", detail={"releases": [r.version for r in pending]})
                 flags = self.flags() if any(r.settings.flag for r in pending) else None
                 for rel in pending:
@@ -116,10 +120,10 @@ class Pipeline:
             self.project.state.finish_run(run_id, status, {"outcomes": [o.to_json() for o in outcomes]})
 
     def pending(self, every: list[Release], adapters: dict[str, Adapter], to: str | None, only: str | None) -> list[Release]:
-        """Releases with at least one unapplied migration among the locked stores, oldest first."""
+        """Releases with at least one unapplied migration among the locked stores, oldest first.
+        Reads the ledgers without creating them: nothing changes before preflight has passed."""
         todo: dict[str, set[str]] = {}
         for name, adapter in adapters.items():
-            adapter.ensure_ledger()
             status = self.runner.status(adapter)
             self.runner._check_status(status)
             for m in self.runner._targets(status, to):
@@ -153,6 +157,8 @@ class Pipeline:
             for m in rel.ordered():
                 analyses[m.store, m.version] = adapters[m.store].analyze(m, "up")
                 self.runner._refuse_irreversible(m, allow_irreversible)
+            for gate in rel.settings.gates:
+                gates.check(gate, rel.version, self.project.config)
             flag = rel.settings.flag
             if flag is None or dry_run:
                 continue
@@ -192,7 +198,7 @@ class Pipeline:
                     scope = adapter.resolve_scope(analyses[m.store, m.version].scope, missing_ok=True)
                     needed += adapter.estimate_backup_bytes(scope)
         directory = self.project.config.backups_dir
-        directory.mkdir(parents=True, exist_ok=True)
+        self.project.artifacts.check_usable()  # a file in its place, or no write permission: exit 2 here
         free = shutil.disk_usage(directory).free
         if free < needed:
             raise BackupError(f"backups need about {needed / 2**20:,.0f} MiB but {directory} has {free / 2**20:,.0f} MiB free",

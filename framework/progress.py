@@ -16,6 +16,8 @@ from rich.progress import (
 )
 from rich.progress import Progress as RichProgress
 
+from framework.secrets import redact
+
 
 class Progress(Protocol):
     def start(self, description: str, total: int | None = None) -> None: ...
@@ -37,8 +39,9 @@ class NullProgress:
 class TerminalProgress:
     """A rich bar on stderr that appears only once a task has taken more than ``delay`` seconds."""
 
-    def __init__(self, delay: float = 0.5) -> None:
+    def __init__(self, delay: float = 0.5, console: Console | None = None) -> None:
         self.delay = delay
+        self.console = console or Console(file=sys.stderr)
         self._bar: RichProgress | None = None
         self._task: int | None = None
         self._started = 0.0
@@ -55,11 +58,12 @@ class TerminalProgress:
         self._done += amount
         if self._bar is None and time.monotonic() - self._started > self.delay:
             self._bar = RichProgress(
-                TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                TimeElapsedColumn(), console=Console(file=sys.stderr), transient=True,
+                # The description names scopes (tables, key patterns): text, never markup.
+                TextColumn("{task.description}", markup=False), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                TimeElapsedColumn(), console=self.console, transient=True,
             )
             self._bar.start()
-            self._task = self._bar.add_task(self._description, total=self._total, completed=self._done)
+            self._task = self._bar.add_task(redact(self._description), total=self._total, completed=self._done)
         elif self._bar is not None and self._task is not None:
             self._bar.update(self._task, completed=self._done)
 

@@ -16,13 +16,12 @@ Every error here is found before any store is touched (exit 2).
 from __future__ import annotations
 
 import re
-import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from feature_flags.model import validate_name
-from framework.config import Config, interpolate, parse_duration
+from framework.config import Config, interpolate, read_toml, setting_duration
 from framework.errors import ConfigError, PolyshiftError
 from framework.migration import Migration, version_key
 
@@ -103,9 +102,7 @@ def _gate(raw: Any, version: str, index: int, config: Config) -> Gate:
         raise ConfigError(f"{where}: url must start with http:// or https://")
     if kind == "python" and not _CALLABLE.match(raw["callable"]):
         raise ConfigError(f"{where}: callable must look like 'package.module:function', got {raw['callable']!r}")
-    timeout = parse_duration(raw.get("timeout", 5), what=f"{where} timeout")
-    if timeout <= 0:
-        raise ConfigError(f"{where}: timeout must be positive")
+    timeout = setting_duration(raw.get("timeout", 5), "timeout", where=where)
     spec = {k: v for k, v in raw.items() if k in required}
     return Gate(kind, str(raw.get("name") or f"{kind}-{index + 1}"), timeout, spec)
 
@@ -159,7 +156,7 @@ def _settings(version: str, raw: Any, config: Config) -> ReleaseSettings:
         version=version,
         flag=flag,
         stages=_stages(raw["stages"], version) if "stages" in raw else DEFAULT_STAGES,
-        bake_seconds=parse_duration(raw.get("bake_seconds", 0), what=f"{where} bake_seconds"),
+        bake_seconds=setting_duration(raw.get("bake_seconds", 0), "bake_seconds", where=where),
         gates=gates,
         order=order,
     )
@@ -169,11 +166,7 @@ def load_settings(config: Config) -> dict[str, ReleaseSettings]:
     path: Path = config.migrations_dir / "releases.toml"
     if not path.is_file():
         return {}
-    try:
-        raw = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
-    raw = interpolate(raw, path.name)
+    raw = interpolate(read_toml(path), path.name)
     unknown = set(raw) - {"release"}
     if unknown:
         raise ConfigError(f"{path}: unknown table(s) {', '.join(sorted(unknown))}; releases are [release.\"VERSION\"]")

@@ -326,7 +326,7 @@ class Runner:
         status = "failed"
         try:
             with self._locked(names, run_id, lock=not dry_run) as adapters:
-                plan = self._plan_rollback(adapters, to, steps)
+                plan = self._plan_rollback(adapters, to, steps, dry_run=dry_run)
                 if dry_run:
                     status = "succeeded"
                     return [Outcome(m.store, m.version, m.slug, "would-roll-back", a.risk.value, list(a.scope)) for _, m, a in plan]
@@ -359,12 +359,14 @@ class Runner:
         finally:
             self.state.finish_run(run_id, status, {"outcomes": [o.to_json() for o in outcomes]})
 
-    def _plan_rollback(self, adapters: list[Adapter], to: str | None, steps: int | None) -> list[tuple[Adapter, Migration, Analysis]]:
+    def _plan_rollback(self, adapters: list[Adapter], to: str | None, steps: int | None,
+                       *, dry_run: bool) -> list[tuple[Adapter, Migration, Analysis]]:
         """Every step to run, newest first and stores in reverse order, each refused here (nothing
         changed yet) if it is irreversible, does not parse, or destroys what could not be backed up."""
         per_store: dict[str, list[tuple[Adapter, Migration, Analysis]]] = {}
         for adapter in adapters:
-            adapter.ensure_ledger()
+            if not dry_run:  # a dry run changes nothing, not even an empty ledger
+                adapter.ensure_ledger()
             self._check_status(self.status(adapter))
             applied = sorted(applied_entries(adapter.ledger()), key=version_key, reverse=True)
             targets = [v for v in applied if version_key(v) > version_key(to)] if to is not None else applied[: steps or 1]

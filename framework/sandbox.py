@@ -172,6 +172,7 @@ class EmbeddedRedis:
     extra_args: tuple[str, ...] = ()
     process: subprocess.Popen[bytes] | None = None
     detach: bool = False  # own session: keeps running after the starting process exits (sandbox)
+    password: str | None = None  # requirepass; clients must AUTH (the URL does not carry it)
 
     @property
     def url(self) -> str:
@@ -181,7 +182,8 @@ class EmbeddedRedis:
         log = open(self.root / "redis.log", "wb")  # noqa: SIM115 - lives as long as the server
         self.process = subprocess.Popen(
             [redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(self.root), "--protected-mode", "no", *self.extra_args],
+             "--dir", str(self.root), "--protected-mode", "no", *self.extra_args,
+             *(("--requirepass", self.password) if self.password else ())],
             stdout=log, stderr=subprocess.STDOUT, start_new_session=self.detach,
         )
         deadline = time.monotonic() + 20
@@ -190,6 +192,10 @@ class EmbeddedRedis:
                 raise RuntimeError(f"redis-server exited: {(self.root / 'redis.log').read_text()[-2000:]}")
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
+                    if self.password:
+                        secret = self.password.encode()
+                        s.sendall(b"*2\r\n$4\r\nAUTH\r\n$%d\r\n%s\r\n" % (len(secret), secret))
+                        s.recv(16)  # +OK, or an error that makes the PING below fail too
                     s.sendall(b"PING\r\n")
                     if s.recv(16).startswith(b"+PONG"):
                         return self

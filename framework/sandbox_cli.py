@@ -61,7 +61,7 @@ def _show(state: dict[str, Any]) -> None:
         emit_json(urls)
         return
     for key, value in urls.items():
-        say(f"export {key}={value}")
+        say("export {key}={value}", key=key, value=value)
 
 
 @sandbox_app.command("up")

@@ -2,7 +2,9 @@
 
 Every configured secret is registered here when the config is loaded; ``redact`` is applied
 at each boundary where text leaves the process (CLI output, log handler, audit writer).
-URL userinfo passwords are masked even when they were never registered.
+URL passwords are masked even when they were never registered: in the userinfo
+(``scheme://user:pw@host``) and in the query string (``?password=pw``, ``&sslpassword=pw``,
+both accepted by libpq and redis-py).
 """
 
 from __future__ import annotations
@@ -10,10 +12,13 @@ from __future__ import annotations
 import logging
 import re
 from typing import Any
+from urllib.parse import unquote
 
 _MASK = "***"
 _secrets: set[str] = set()
 _URL_PASSWORD = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^:/@\s]*):(?P<pw>[^@\s/]*)@")
+# A query parameter whose name ends in "password", after "?" or "&" (or ";" in old-style queries).
+_QUERY_PASSWORD = re.compile(r"(?P<key>[?&;][A-Za-z_]*password=)(?P<pw>[^&#\s]*)", re.IGNORECASE)
 
 
 def register(secret: str | None) -> None:
@@ -23,8 +28,34 @@ def register(secret: str | None) -> None:
         _secrets.add(secret)
 
 
+def register_url(url: str) -> None:
+    """Register every password a URL carries, as written and percent-decoded."""
+    found = [m["pw"] for m in _URL_PASSWORD.finditer(url)] + [m["pw"] for m in _QUERY_PASSWORD.finditer(url)]
+    for secret in found:
+        register(secret)
+        register(unquote(secret))
+
+
+def pop_query_password(tail: str) -> tuple[str, str | None]:
+    """(the URL's path and query without its ``password=`` parameter, that password decoded or None)."""
+    path, mark, query = tail.partition("?")
+    if not mark:
+        return tail, None
+    query, hash_mark, fragment = query.partition("#")
+    kept, found = [], None
+    for item in query.split("&"):
+        key, _, value = item.partition("=")
+        if key.lower() == "password":
+            found = unquote(value)
+        else:
+            kept.append(item)
+    rest = "&".join(kept)
+    return path + (f"?{rest}" if rest else "") + hash_mark + fragment, found
+
+
 def redact(text: str) -> str:
     text = _URL_PASSWORD.sub(lambda m: f"{m['scheme']}{m['user']}:{_MASK}@", text)
+    text = _QUERY_PASSWORD.sub(lambda m: f"{m['key']}{_MASK}", text)
     for secret in sorted(_secrets, key=len, reverse=True):
         text = text.replace(secret, _MASK)
     return text
@@ -42,7 +73,9 @@ def redact_obj(value: Any) -> Any:
 
 
 def url_without_password(url: str) -> str:
-    return _URL_PASSWORD.sub(lambda m: f"{m['scheme']}{m['user']}@", url)
+    """The URL to show: no userinfo password, and any password in the query string masked."""
+    url = _URL_PASSWORD.sub(lambda m: f"{m['scheme']}{m['user']}@" if m["user"] else m["scheme"], url)
+    return _QUERY_PASSWORD.sub(lambda m: f"{m['key']}{_MASK}", url)
 
 
 class RedactingFilter(logging.Filter):

@@ -23,6 +23,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 
 from framework import failpoints
 from framework.errors import AuditChainBroken, ConfigError, StoreError
+from framework.localfiles import private_file
 from framework.secrets import redact, redact_obj, url_without_password
 
 metadata = sa.MetaData()
@@ -119,9 +120,10 @@ class AuditEntry:
 
 def make_engine(url: str) -> sa.Engine:
     """An engine for the control-plane database (sqlite file or PostgreSQL), tables created."""
-    if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
-        Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
     try:
+        if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
+            # Created 0600 before SQLite opens it; SQLite gives its journal files the same mode.
+            private_file(Path(url[len("sqlite:///"):]))
         if url.startswith("sqlite"):
             # BEGIN IMMEDIATE takes the write lock up front, so two processes appending to the
             # audit chain (or changing a flag) queue instead of failing on lock upgrade.
@@ -137,6 +139,8 @@ def make_engine(url: str) -> sa.Engine:
         return engine
     except (SQLAlchemyError, ImportError) as exc:
         raise ConfigError(f"state database {url_without_password(url)} is unusable: {redact(str(exc).splitlines()[0])}") from None
+    except OSError as exc:
+        raise ConfigError(f"state database {url_without_password(url)} is unusable: {exc.strerror or exc}") from None
 
 
 def _add_missing_columns(engine: sa.Engine) -> None:

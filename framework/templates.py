@@ -20,7 +20,8 @@ lock_wait = "0s"             # how long to wait for another run's lock before ex
 SQL_FORWARD = """\
 -- Forward step of {id}. Runs in one transaction with the store's lock_timeout.
 -- Directives are header lines of the form  -- polyshift: backup=users,orders
--- (backup scope, inferred when omitted), flag=name, risk=A|B|C, irreversible.
+-- (backup scope, inferred when omitted), flag=name, risk=A|B|C, irreversible, noop
+-- (a step empty on purpose; a step with no statements is refused otherwise).
 
 """
 

@@ -122,20 +122,28 @@ def test_unknown_key_type_is_refused_with_a_clear_message(tmp_path) -> None:  # 
         server.stop()
 
 
-def test_memory_stays_bounded_while_backing_up_many_keys(rws: RedisWorkspace) -> None:
+def _peak_rss_mib(rws: RedisWorkspace, *args: str) -> float:
     import os
 
+    proc = rws.spawn(*args)
+    _, status, usage = os.wait4(proc.pid, 0)  # peak RSS of that process alone
+    assert os.waitstatus_to_exitcode(status) == 0
+    return usage.ru_maxrss / 1024
+
+
+def test_memory_stays_bounded_while_backing_up_many_keys(rws: RedisWorkspace) -> None:
     pipe = rws.r.pipeline(transaction=False)
     for i in range(200_000):
-        pipe.set(f"bulk:{i}", "v" * 100)
+        pipe.set(f"bulk:{i}", "v" * 500)
         if i % 10_000 == 0:
             pipe.execute()
     pipe.execute()
-    proc = rws.spawn("--json", "backup", "create", "cache", "--scope", "bulk:*")
-    _, status, usage = os.wait4(proc.pid, 0)  # peak RSS of that process alone
-    assert os.waitstatus_to_exitcode(status) == 0
-    peak_mib = usage.ru_maxrss / 1024
-    assert peak_mib < 150, peak_mib  # 200k keys of ~100 bytes (40 MB with overhead) are never held at once
+    # Measured against the same command's start-up footprint in this run, not an absolute figure
+    # that moves with every import: 200k keys of 500 bytes (about 100 MiB in Python) held at once
+    # would add far more than the bound.
+    baseline = _peak_rss_mib(rws, "--json", "backup", "list")
+    peak = _peak_rss_mib(rws, "--json", "backup", "create", "cache", "--scope", "bulk:*")
+    assert peak - baseline < 64, (peak, baseline)
     assert json.loads(rws.run("backup", "list", "--json").stdout)[0]["scope"] == ["bulk:*"]
 
 

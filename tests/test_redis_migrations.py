@@ -144,10 +144,10 @@ def test_a_helper_interrupted_mid_way_resumes_from_its_saved_cursor(rws: RedisWo
             helpers.transform_hash_field("profile:*", "lang", flaky)
         except ConnectionError:
             pass
-        assert rws.r.exists("polyshift:progress:0001_x:htransform:profile:*:lang") == 1
+        assert rws.r.exists("polyshift:progress:cache:0001_x:htransform:profile:*:lang") == 1
         done_first = calls["n"]
         changed = helpers.transform_hash_field("profile:*", "lang", flaky)
-        assert rws.r.exists("polyshift:progress:0001_x:htransform:profile:*:lang") == 0
+        assert rws.r.exists("polyshift:progress:cache:0001_x:htransform:profile:*:lang") == 0
         # The resumed walk did not start over: together the two runs touched each key about once.
         assert done_first - 1 + changed < 5000 + 2000
         assert all(v == b"EN" for v in (rws.r.hget(f"profile:{i}", "lang") for i in range(5000)))
@@ -176,16 +176,16 @@ def test_a_live_lock_is_renewed_and_never_released_by_another(rws: RedisWorkspac
     try:
         owner.acquire_lock("owner", wait=0)
         time.sleep(2.5)  # well past the TTL: renewal keeps it
-        token = rws.r.get("polyshift:lock")
+        token = rws.r.get("polyshift:lock:cache")
         assert token is not None and b"owner" in token
         assert rws.r.eval("if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end",
-                          1, "polyshift:lock", b"somebody else's token") == 0
+                          1, "polyshift:lock:cache", b"somebody else's token") == 0
         other.release_lock()  # holds no token: must not touch the owner's lock
-        assert rws.r.get("polyshift:lock") == token
+        assert rws.r.get("polyshift:lock:cache") == token
     finally:
         owner.close()
         other.close()
-    assert rws.r.exists("polyshift:lock") == 0
+    assert rws.r.exists("polyshift:lock:cache") == 0
 
 
 def test_a_crashed_runners_lock_expires_and_can_be_taken(rws: RedisWorkspace) -> None:
@@ -206,7 +206,7 @@ def test_a_crashed_runners_lock_expires_and_can_be_taken(rws: RedisWorkspace) ->
     taker = rws.adapter()
     try:
         taker.acquire_lock("next-runner", wait=5)  # the dead runner's lock expires within its TTL
-        assert b"next-runner" in rws.r.get("polyshift:lock")
+        assert b"next-runner" in rws.r.get("polyshift:lock:cache")
     finally:
         taker.close()
 

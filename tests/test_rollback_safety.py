@@ -10,8 +10,6 @@ import signal
 import textwrap
 from typing import Any
 
-import pytest
-
 from tests.conftest import GraphWorkspace, RedisWorkspace, Workspace
 from tests.test_up_failures import ORDERS
 
@@ -257,19 +255,26 @@ def test_sys_exit_in_a_graph_python_forward_is_a_failed_step(gws: GraphWorkspace
     assert gws.fingerprint("Doc") == before
 
 
-@pytest.mark.parametrize("module, body", [
-    ("gate_that_exits", "import sys\n\ndef check(ctx):\n    sys.exit(0)\n"),
-    ("gate_that_exits_at_import", "import sys\nsys.exit(0)\n\ndef check(ctx):\n    return True\n"),
-], ids=["when-called", "when-imported"])
-def test_sys_exit_in_a_python_gate_fails_the_gate(app: Any, module: str, body: str) -> None:
-    # Module names are unique per case: the suite runs the CLI in-process, where imports are cached.
-    (app.root / f"{module}.py").write_text(body)
-    app.write_release(gates=f'{{ kind = "python", name = "exits", callable = "{module}:check" }}')
+def test_sys_exit_in_a_python_gate_fails_the_gate(app: Any) -> None:
+    # Module names are unique per test: the suite runs the CLI in-process, where imports are cached.
+    (app.root / "gate_that_exits.py").write_text("import sys\n\ndef check(ctx):\n    sys.exit(0)\n")
+    app.write_release(gates='{ kind = "python", name = "exits", callable = "gate_that_exits:check" }')
     blue = app.state()
     result = app.run("up")
     assert result.exit_code == 3, result.output
     assert "exits" in result.stderr and "SystemExit" in result.stderr
     assert app.state() == blue
+
+
+def test_a_python_gate_that_exits_when_imported_is_refused_before_anything_changes(app: Any) -> None:
+    (app.root / "gate_that_exits_at_import.py").write_text("import sys\nsys.exit(0)\n\ndef check(ctx):\n    return True\n")
+    app.write_release(gates='{ kind = "python", name = "exits", callable = "gate_that_exits_at_import:check" }')
+    blue = app.state()
+    result = app.run("up")
+    assert result.exit_code == 2, result.output
+    assert "exits" in result.stderr and "SystemExit" in result.stderr
+    assert app.state() == blue
+    assert app.backups() == []
 
 
 # -- item 8: no rollback or restore underneath an unfinished release -------------------------------

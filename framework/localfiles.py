@@ -1,0 +1,54 @@
+"""polyshift's own files on the local disk are private: directories it creates are 0700, the
+control-plane database and the events log are 0600 (backups: see ``framework.artifacts``).
+
+A directory that already exists keeps its mode: it may be the user's (``state_url =
+"sqlite:///state.db"`` puts the database in the project root). A file that already exists is
+tightened to 0600, so files an earlier version left readable by everyone are fixed by the next run.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+from pathlib import Path
+from typing import IO
+
+log = logging.getLogger("polyshift.files")
+
+
+def private_dir(path: Path) -> None:
+    """``path`` and its missing parents, each created 0700 (whatever the umask)."""
+    missing = []
+    while not path.exists():
+        missing.append(path)
+        path = path.parent
+    for directory in reversed(missing):
+        directory.mkdir(mode=0o700, exist_ok=True)
+        os.chmod(directory, 0o700)
+
+
+def _tighten(fd: int, path: Path) -> None:
+    if stat.S_IMODE(os.fstat(fd).st_mode) & 0o077:
+        try:
+            os.fchmod(fd, 0o600)
+        except OSError as exc:  # another user's file that we may write through its group: say so, go on
+            log.warning("%s is readable by others and cannot be made private: %s", path, exc.strerror)
+
+
+def private_file(path: Path) -> None:
+    """Create ``path`` empty and 0600 if it is missing; make it 0600 if it exists."""
+    private_dir(path.parent)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        _tighten(fd, path)
+    finally:
+        os.close(fd)
+
+
+def append_private(path: Path) -> IO[str]:
+    """``path`` opened for appending text, created 0600 (and made 0600 if it exists)."""
+    private_dir(path.parent)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    _tighten(fd, path)
+    return os.fdopen(fd, "a", encoding="utf-8")
