@@ -8,10 +8,12 @@ SQL, and then the statement under test, observed from a second session:
   backend holds in ``pg_locks`` before the transaction commits (relation locks are kept to the end
   of the transaction, so this is every lock it took). Method ``first-request`` is used when the
   statement must run outside a transaction (SQLSTATE 25001 in a transaction block) or fails, so
-  nothing can be held open: a ladder of blockers, each in a fresh database, holds the table in
-  ACCESS SHARE, ROW SHARE, ROW EXCLUSIVE, SHARE UPDATE EXCLUSIVE, then ACCESS EXCLUSIVE mode while
-  the statement runs in autocommit; the first blocker it queues behind shows, in ``pg_locks``, the
-  strongest mode it asks for (a weaker blocker conflicts only with stronger modes).
+  nothing can be held open: a ladder of blockers, each in a fresh database, holds the table (then
+  each partition alone) in ACCESS SHARE, ROW SHARE, ROW EXCLUSIVE, SHARE UPDATE EXCLUSIVE, then
+  ACCESS EXCLUSIVE mode while the statement runs in autocommit; the first blocker it queues behind
+  shows, in ``pg_locks``, the strongest mode it asks for (a weaker blocker conflicts only with
+  stronger modes). A CONCURRENTLY statement that waits for the blocker's own transaction gives no
+  answer for that blocker; what it takes after such a wait on the table itself is not seen.
 - **index_lock** / **other_locks** (method ``held`` only): the strongest lock on any pre-existing
   index of the table, and on the other pre-existing tables.
 - **rewrite**: a pre-existing table's file changed (``pg_relation_filenode``).
@@ -479,26 +481,39 @@ class Measurer:
     def _ladder(self, case: Case) -> str:
         """The strongest lock a statement that cannot be held open asks for on the case's table.
 
-        For each blocker mode of ``LADDER``, in a fresh database: a session holds the table in
-        that mode, the statement runs in autocommit, and the observer waits until it either queues
-        for a lock on the table (the answer: the mode it asks for), waits for something else (a
-        CONCURRENTLY build waiting for the blocker's transaction) or finishes.
+        For the table and, one at a time, each of its partitions, and for each blocker mode of
+        ``LADDER``, in a fresh database: a session holds that relation alone (``LOCK TABLE ONLY``)
+        in that mode, the statement runs in autocommit, and the observer waits until it either
+        queues for a lock on the relation (the answer for it: the mode it asks for), waits for
+        something else (a CONCURRENTLY statement waiting for the blocker's transaction to end:
+        no answer from this blocker) or finishes. Blocking a partition alone lets a statement
+        that first waits out the parent's lockers show what it takes on the partition afterwards.
         """
-        for blocker_mode in LADDER:
-            with self._database(case) as url:
-                mode = self._queued_mode(url, case, blocker_mode)
-            if mode:
-                return mode
-        return ""
+        with self._database(case) as url, _connect(url) as conn:
+            relations = [str(r[0]) for r in conn.execute(
+                "SELECT relid::regclass::text FROM pg_partition_tree(%s::regclass) ORDER BY level, relid", (case.table,))]
+            relations = relations or [case.table]  # a table that is not partitioned has no tree
+        strongest = ""
+        for relation in relations:
+            for blocker_mode in LADDER:
+                with self._database(case) as url:
+                    mode = self._queued_mode(url, case, relation, blocker_mode)
+                if mode:
+                    if strength(mode) > strength(strongest):
+                        strongest = mode
+                    break
+        return strongest
 
-    def _queued_mode(self, url: str, case: Case, blocker_mode: str) -> str:
+    def _queued_mode(self, url: str, case: Case, relation: str, blocker_mode: str) -> str:
         with _connect(url) as stmt_conn, _connect(url) as observer, _connect(url, autocommit=False) as blocker:
             stmt_conn.execute("SET statement_timeout = '60s'")
             for stmt in _statements(case.session):
                 stmt_conn.execute(stmt)
-            target = self._target(observer, case)
+            row = observer.execute("SELECT %s::regclass::oid", (relation,)).fetchone()
+            assert row is not None
+            blocked = int(row[0])
             pid = stmt_conn.info.backend_pid
-            blocker.execute(pgsql.SQL("LOCK TABLE {} IN {} MODE").format(pgsql.SQL(case.table), pgsql.SQL(blocker_mode)))
+            blocker.execute(pgsql.SQL("LOCK TABLE ONLY {} IN {} MODE").format(pgsql.SQL(relation), pgsql.SQL(blocker_mode)))
 
             def run() -> None:
                 try:
@@ -515,8 +530,8 @@ class Measurer:
                 waits = observer.execute(
                     "SELECT locktype, relation::bigint, mode FROM pg_locks WHERE pid = %s AND NOT granted", (pid,)).fetchall()
                 if waits:
-                    locktype, relation, requested = waits[0]
-                    if locktype == "relation" and relation in target:
+                    locktype, waited, requested = waits[0]
+                    if locktype == "relation" and waited == blocked:
                         mode = LOCK_MODES[requested][1]
                     break
                 time.sleep(0.005)
