@@ -6,7 +6,7 @@ SQL, and then the statement under test, observed from a second session:
 - **lock**: the strongest lock the statement takes on the case's pre-existing table (``table``).
   Method ``held``: the statement runs in an open transaction and the observer reads the locks its
   backend holds in ``pg_locks`` before the transaction commits (relation locks are kept to the end
-  of the transaction, so this is every lock it took). Method ``first-request`` is used when the
+  of the transaction, so this is every lock it took). Method ``ladder`` is used when the
   statement must run outside a transaction (SQLSTATE 25001 in a transaction block) or fails, so
   nothing can be held open: a ladder of blockers, each in a fresh database, holds the table (then
   each partition alone) in ACCESS SHARE, ROW SHARE, ROW EXCLUSIVE, SHARE UPDATE EXCLUSIVE, then
@@ -62,7 +62,7 @@ sys.path.insert(0, str(REPO))
 CORPUS = REPO / "tests" / "data" / "lock_hazards.toml"
 
 Kind = Literal["lock", "data-loss", "breaking", "fails", "none"]
-Method = Literal["held", "first-request"]
+Method = Literal["held", "ladder"]
 
 # pg_locks mode -> (strength, the name the documentation and LOCK TABLE use)
 LOCK_MODES: dict[str, tuple[int, str]] = {
@@ -404,7 +404,7 @@ class Measurer:
     def measure(self, case: Case) -> Measured:
         with self._database(case) as url:
             m = self._measure_in(url, case)
-        if m.method == "first-request" and case.table:
+        if m.method == "ladder" and case.table:
             m.lock = self._ladder(case)
         return m
 
@@ -429,7 +429,7 @@ class Measurer:
                 state = exc.sqlstate or "?????"
                 m.outside_transaction = state == "25001"
                 m.error = "" if m.outside_transaction else state
-                m.method = "first-request"
+                m.method = "ladder"
             else:
                 held = _held_locks(observer, stmt_conn.info.backend_pid)
                 stmt_conn.commit()

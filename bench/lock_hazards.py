@@ -201,10 +201,15 @@ def report(corpus: Corpus, contenders: dict[str, dict[str, Verdict]], polyshift_
         + (f", predicted wrongly for {', '.join(wrongly)}" if wrongly else "") + ".",
         "",
     ]
+    safe_ids = [c.id for c in corpus.cases if corpus.recorded[c.id]["kind"] == "none"]
     for name, s in scores.items():
+        # Whichever list is shorter: the default configurations flag nearly every DDL statement
+        # through their timeout rules, so the few safe statements they pass say more.
+        passed = [case_id for case_id in safe_ids if case_id not in s.alarms]
+        alarms = (f"false alarms: {', '.join(s.alarms) or 'none'}" if len(s.alarms) <= len(passed)
+                  else f"false alarms on every safe statement but: {', '.join(passed) or 'none'}")
         lines.append(f"{name}: lock hazards missed: {', '.join(s.missed['lock']) or 'none'}; "
-                     f"data losses missed: {', '.join(s.missed['data-loss']) or 'none'}; "
-                     f"false alarms: {', '.join(s.alarms) or 'none'}.")
+                     f"data losses missed: {', '.join(s.missed['data-loss']) or 'none'}; {alarms}.")
         lines.append("")
     if show_cases:
         names = list(contenders)
