@@ -230,7 +230,7 @@ def _with_db(url: str, dbname: str) -> str:
 
 
 def _statements(script: str) -> list[str]:
-    return [s for s in pglast.split(script)] if script.strip() else []
+    return list(pglast.split(script)) if script.strip() else []
 
 
 def _flush_stats(conn: psycopg.Connection[Any]) -> None:
