@@ -139,10 +139,10 @@ class Runner:
     def _require_backup(m: Migration, analysis: Analysis, scope: tuple[str, ...]) -> None:
         if m.irreversible and not scope:
             raise RefusedError(f"{m.store}/{m.id} is irreversible but has nothing to back up; declare its scope "
-                               "(-- polyshift: backup=...) so a verified backup exists before it runs")
+                               f"({m.directive_hint('backup')}) so a verified backup exists before it runs")
         if analysis.risk == Risk.C and not scope and not m.is_python:
             raise RefusedError(f"{m.store}/{m.id} is destructive (risk C) but no backup scope could be inferred; "
-                               "declare one with '-- polyshift: backup=table,...'")
+                               f"declare one with '{m.directive_hint('backup')}'")
 
     @contextmanager
     def _locked(self, names: list[str], run_id: str, *, lock: bool, wait: float | None = None,
