@@ -32,7 +32,8 @@ def encode(value: Any) -> Any:
     """A property value as JSON-ready data; raises BackupError for a type nothing here can restore."""
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
-    if isinstance(value, (list, tuple)):
+    # A driver Point is a tuple subclass: only plain lists and tuples are lists.
+    if type(value) in (list, tuple):
         return [encode(v) for v in value]
     if isinstance(value, dict):
         return {_TAG: "map", "v": {str(k): encode(v) for k, v in value.items()}}
@@ -101,7 +102,12 @@ def _decode_typed(kind: Any, value: dict[str, Any]) -> Any:
         return fixed.astimezone(pytz.timezone(value["zone"]))
     if kind in ("localtime", "time"):
         t = ntime.Time.from_ticks(value["ns"])
-        return t if kind == "localtime" else t.replace(tzinfo=timezone(timedelta(seconds=value["offset"])))
+        if kind == "localtime":
+            return t
+        import pytz
+
+        # The driver's Time takes the pytz offsets it hydrates with (whole minutes, as Neo4j's are in practice).
+        return pytz.FixedOffset(value["offset"] // 60).localize(t)
     if kind == "duration":
         return ntime.Duration(months=value["months"], days=value["days"], seconds=value["seconds"],
                               nanoseconds=value["nanoseconds"])

@@ -471,7 +471,7 @@ def neo4j_servers() -> Iterator[Neo4jServers]:
 
 def clean_neo4j(ws: GraphWorkspace) -> None:
     """Every node, relationship, constraint and index (but the built-in token lookups) gone."""
-    ws.q("MATCH (n) CALL { WITH n DETACH DELETE n } IN TRANSACTIONS OF 10000 ROWS")
+    ws.q("MATCH (n) CALL (n) { DETACH DELETE n } IN TRANSACTIONS OF 10000 ROWS")
     for (name,) in ws.q("SHOW CONSTRAINTS YIELD name RETURN name"):
         ws.q(f"DROP CONSTRAINT `{name}`")
     for (name,) in ws.q("SHOW INDEXES YIELD name, type WHERE type <> 'LOOKUP' RETURN name"):

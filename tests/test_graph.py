@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import threading
 
+import pytest
+
 from tests.conftest import GraphWorkspace
 
 # Separate statements on purpose: FalkorDB applies `WITH … WHERE` placed after a CREATE to the
@@ -205,3 +207,64 @@ def test_a_scope_larger_than_one_page_fingerprints_and_backs_up(gws: GraphWorksp
     assert fingerprint.counts == {"Topic": 5, "relationships": 2500}
     assert gws.run("backup", "create", "graph", "--scope", "Topic").exit_code == 0
     assert gws.q("MATCH (n) RETURN count(n)") == [[2505]]
+
+
+def test_a_label_refactor_is_backed_up_by_the_scope_inferred_from_its_cypher(gws: GraphWorkspace) -> None:
+    _seed(gws)
+    before = gws.fingerprint("Doc", "Document")
+    gws.migration("0001_rename_label", "MATCH (d:Doc) SET d:Document REMOVE d:Doc;",
+                  "MATCH (d:Document) SET d:Doc REMOVE d:Document;", "MATCH (d:Doc) RETURN count(d) = 0;")
+    result = gws.run("up", "--json")
+    assert result.exit_code == 0, result.output
+    outcome = json.loads(result.stdout)[0]
+    assert outcome["scope"] == ["Doc", "Document"] and outcome["backup"]
+    assert gws.q("MATCH (d:Document) RETURN count(d)") == [[300]]
+    assert gws.run("rollback").exit_code == 0
+    assert gws.fingerprint("Doc", "Document") == before
+
+
+def test_a_declared_scope_is_combined_with_the_inferred_one(gws: GraphWorkspace) -> None:
+    _seed(gws)
+    gws.migration("0001_prune", """
+        // polyshift: backup=Topic
+        MATCH (d:Doc) WHERE d.id > 290 DETACH DELETE d;
+        MATCH ()-[c:CITES]->() SET c.checked = true;
+    """, "RETURN 1;")
+    result = gws.run("up", "--dry-run", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)[0]["scope"] == ["Topic", "Doc", ":CITES"]
+
+
+def test_a_change_whose_targets_cannot_be_read_is_refused_with_a_hint_in_cypher_syntax(gws: GraphWorkspace) -> None:
+    _seed(gws)
+    before = gws.fingerprint("Doc", "Topic")
+    gws.migration("0001_wipe", "MATCH (n) WHERE n.id > 100 DETACH DELETE n;", "RETURN 1;")
+    result = gws.run("up")
+    assert result.exit_code == 2, result.output
+    assert "cannot tell which nodes or relationships `MATCH (n) WHERE n.id > 100 DETACH DELETE n` changes" in result.stderr
+    assert "// polyshift: backup=Label,:TYPE" in result.stderr and "-- polyshift" not in result.stderr
+    assert gws.fingerprint("Doc", "Topic") == before
+
+
+@pytest.mark.parametrize(("statement", "risk", "scope", "unproven"), [
+    ("MATCH (d:Doc) SET d:Document REMOVE d:Doc", "C", ["Doc", "Document"], False),
+    ("MATCH (d:Doc)-[r]->(t:Topic) DELETE r", "C", ["Doc", "Topic"], False),
+    ("MATCH ()-[m:MENTIONS]->() DELETE m", "C", [":MENTIONS"], False),
+    ("MATCH (t:`odd label`) SET t.name = 'x'", "C", ["odd label"], False),
+    ("MERGE (k:Key {id: 1}) ON CREATE SET k.new = true ON MATCH SET k.seen = true", "C", ["Key"], False),
+    ("MERGE (k:Key {id: 1}) ON CREATE SET k.new = true", "B", [], False),
+    ("MATCH (d:Doc) CREATE (d)-[:MENTIONS]->(n:Note) SET n.text = 'x'", "A", [], False),
+    ("MATCH (d:Doc) CALL (d) { DETACH DELETE d } IN TRANSACTIONS OF 100 ROWS", "C", ["Doc"], False),
+    ("MATCH (n:A) CALL { MATCH (n) DELETE n }", "C", [], True),
+    ("MATCH (n) DETACH DELETE n", "C", [], True),
+    ("MATCH (n:!Doc) DELETE n", "C", [], True),
+    ("MATCH (d:Doc) WITH collect(d) AS ds UNWIND ds AS x DELETE x", "C", [], True),
+    ("CALL apoc.periodic.iterate('MATCH (n) RETURN n', 'DETACH DELETE n', {})", "C", [], True),
+    ("CREATE INDEX FOR (t:Topic) ON (t.name)", "A", [], False),
+    ("DROP INDEX topic_name", "B", [], False),
+])
+def test_cypher_analysis_reads_what_a_statement_changes(statement: str, risk: str, scope: list[str], unproven: bool) -> None:
+    from adapters.cypher import analyze
+
+    (result,) = analyze([statement])
+    assert (result.risk.value, result.touches, bool(result.unproven)) == (risk, scope, unproven)
