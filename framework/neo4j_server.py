@@ -86,9 +86,11 @@ def _jdk_candidates() -> list[Path]:
     javac = shutil.which("javac")
     if javac:
         homes.append(Path(javac).resolve().parent.parent)
-    jvm = Path("/usr/lib/jvm")
-    if jvm.is_dir():
-        homes.extend(sorted(p for p in jvm.iterdir() if p.is_dir() and not p.is_symlink()))
+    # Where distributions install JDKs; POLYSHIFT_NEO4J_JDK_DIRS (os.pathsep-separated) replaces it.
+    for parent in os.environ.get("POLYSHIFT_NEO4J_JDK_DIRS", "/usr/lib/jvm").split(os.pathsep):
+        jvm = Path(parent)
+        if jvm.is_dir():
+            homes.extend(sorted(p for p in jvm.iterdir() if p.is_dir() and not p.is_symlink()))
     return list(dict.fromkeys(h.resolve() for h in homes))
 
 
