@@ -469,13 +469,14 @@ def neo4j_servers() -> Iterator[Neo4jServers]:
     servers.stop()
 
 
-def clean_neo4j(ws: GraphWorkspace) -> None:
-    """Every node, relationship, constraint and index (but the built-in token lookups) gone."""
-    ws.q("MATCH (n) CALL (n) { DETACH DELETE n } IN TRANSACTIONS OF 10000 ROWS")
-    for (name,) in ws.q("SHOW CONSTRAINTS YIELD name RETURN name"):
-        ws.q(f"DROP CONSTRAINT `{name}`")
-    for (name,) in ws.q("SHOW INDEXES YIELD name, type WHERE type <> 'LOOKUP' RETURN name"):
-        ws.q(f"DROP INDEX `{name}`")
+def clean_neo4j(run: Any) -> None:
+    """Every node, relationship, constraint and index (but the built-in token lookups) gone;
+    ``run`` runs one Cypher statement and returns its rows."""
+    run("MATCH (n) CALL (n) { DETACH DELETE n } IN TRANSACTIONS OF 10000 ROWS")
+    for (name,) in run("SHOW CONSTRAINTS YIELD name RETURN name"):
+        run(f"DROP CONSTRAINT `{name}`")
+    for (name,) in run("SHOW INDEXES YIELD name, type WHERE type <> 'LOOKUP' RETURN name"):
+        run(f"DROP INDEX `{name}`")
 
 
 GRAPH_SERVERS = ["falkordb", "neo4j-5.26", "neo4j-2026"]
@@ -486,7 +487,7 @@ def graph_workspace(request: pytest.FixtureRequest, tmp_path: Path, server: str,
         return GraphWorkspace(tmp_path, "falkordb", request.getfixturevalue("falkordb_server").url, extra=extra)
     servers: Neo4jServers = request.getfixturevalue("neo4j_servers")
     ws = GraphWorkspace(tmp_path, "neo4j", servers.url(server.removeprefix("neo4j-")), extra=extra)
-    clean_neo4j(ws)
+    clean_neo4j(ws.q)
     return ws
 
 

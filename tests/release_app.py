@@ -22,7 +22,7 @@ import psycopg
 import redis
 from psycopg.conninfo import conninfo_to_dict
 
-from tests.conftest import SENTINEL_PASSWORD, CliProject
+from tests.conftest import SENTINEL_PASSWORD, CliProject, clean_neo4j
 
 SCOPES = {
     "main": ("documents",),
@@ -185,11 +185,7 @@ class ReleaseApp(CliProject):
         graph = self.graph()
         try:
             if self.graph_kind == "neo4j":
-                graph.t.run("MATCH (n) DETACH DELETE n")
-                for (name,) in graph.t.run("SHOW CONSTRAINTS YIELD name RETURN name"):
-                    graph.t.run(f"DROP CONSTRAINT `{name}`")
-                for (name,) in graph.t.run("SHOW INDEXES YIELD name, type WHERE type <> 'LOOKUP' RETURN name"):
-                    graph.t.run(f"DROP INDEX `{name}`")
+                clean_neo4j(graph.t.run)
             elif graph.t.db.connection.exists(graph.t.graph_name):  # a FalkorDB graph is one key: its schema goes with it
                 graph.t.graph.delete()
             graph.t.run("UNWIND range(1, 10) AS i CREATE (:Topic {name: 'topic ' + toString(i), area: 'area ' + toString(i % 3)})")
