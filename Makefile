@@ -1,5 +1,7 @@
 # Everything installs into .venv from the package registries; nothing is assumed on the machine
-# beyond python3 (>= 3.11) with venv.
+# beyond python3 (>= 3.11) with venv. Where a JDK and Maven are present, install also fetches
+# Neo4j Community (5.26 LTS, and the newest line on Java 21+) from Maven Central and builds the
+# launcher the sandbox and the tests start it with (jars in ~/.m2, launcher in ~/.cache/polyshift).
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -7,10 +9,11 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: install test demo bench lint clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml framework/neo4j_launcher/pom.xml framework/neo4j_launcher/src/main/java/polyshift/neo4j/Launcher.java
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m framework.neo4j_server build
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -2,15 +2,18 @@
 
 The native protocol handles quotes, backslashes, unicode and map parameters correctly; every
 query is atomic on its own (FalkorDB serialises writes per graph), and there are no
-multi-statement transactions, which the graph adapter never relies on anyway.
+multi-statement transactions: each statement of a migration commits on its own. Results come
+back whole, so scans page by id (``WHERE id(n) > $last ORDER BY id(n) LIMIT``), never SKIP.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from typing import Any
 from urllib.parse import unquote, urlparse
 
+from adapters import cypher
 from adapters.graph import GraphAdapter, GraphQueryError
 from framework.config import setting_duration
 from framework.errors import BackupError, StoreError
@@ -46,8 +49,8 @@ class FalkorTransport:
             raise GraphQueryError(str(exc)) from None
         return [list(row) for row in result.result_set]
 
-    def run_schema(self, statement: str) -> None:
-        self.run(statement)
+    def stream(self, statement: str, params: dict[str, Any] | None = None) -> Iterator[list[Any]]:
+        yield from self.run(statement, params)
 
     def command(self, *args: Any) -> Any:
         try:
@@ -69,9 +72,50 @@ class FalkorDialect:
     """Indexes and constraints through ``CALL db.indexes()`` / ``db.constraints()`` and ``GRAPH.CONSTRAINT``."""
 
     name = "falkordb"
+    id_function = "id"
+    page = 2000
 
     def __init__(self, transport: FalkorTransport) -> None:
         self.t = transport
+
+    def scan_nodes(self, labels: list[str]) -> Iterator[tuple[str, Any, list[str], dict[str, Any]]]:
+        for index, label in enumerate(labels):
+            last = -1
+            query = (f"MATCH (n:{cypher.name(label)}) WHERE id(n) > $last AND NONE(x IN labels(n) WHERE x IN $earlier) "
+                     "RETURN id(n), labels(n), properties(n) ORDER BY id(n) LIMIT $batch")
+            while True:
+                rows = self.t.run(query, {"last": last, "earlier": labels[:index], "batch": self.page})
+                for node_id, node_labels, props in rows:
+                    yield label, node_id, list(node_labels), dict(props)
+                if len(rows) < self.page:
+                    break
+                last = rows[-1][0]
+
+    def scan_relationships(self, labels: list[str], types: list[str]) -> Iterator[list[Any]]:
+        """Paged by source node id, then expanded: paging on id(r) itself made FalkorDB traverse every
+        relationship for every page (quadratic), whereas node id ranges and id seeks are direct."""
+        last = -1
+        page = "MATCH (a) WHERE id(a) > $last RETURN id(a) ORDER BY id(a) LIMIT $batch"
+        expand = ("UNWIND $ids AS x MATCH (a) WHERE id(a) = x MATCH (a)-[r]->(b) WHERE type(r) IN $types "
+                  "OR any(l IN labels(a) WHERE l IN $labels) OR any(l IN labels(b) WHERE l IN $labels) "
+                  "RETURN id(r), type(r), properties(r), id(a), labels(a), properties(a), id(b), labels(b), properties(b)")
+        while True:
+            ids = [row[0] for row in self.t.run(page, {"last": last, "batch": self.page})]
+            if not ids:
+                return
+            yield from self.t.run(expand, {"ids": ids, "types": types, "labels": labels})
+            if len(ids) < self.page:
+                return
+            last = ids[-1]
+
+    def delete_scope(self, labels: list[str], types: list[str], batch: int) -> None:
+        """Batched deletes keep each write small."""
+        while self.t.run("MATCH (n) WHERE any(x IN labels(n) WHERE x IN $labels) WITH n LIMIT $batch DETACH DELETE n "
+                         "RETURN count(*)", {"labels": labels, "batch": batch})[0][0]:
+            pass
+        while types and self.t.run("MATCH ()-[r]->() WHERE type(r) IN $types WITH r LIMIT $batch DELETE r RETURN count(*)",
+                                   {"types": types, "batch": batch})[0][0]:
+            pass
 
     def capture(self, labels: set[str], types: set[str]) -> list[dict[str, Any]]:
         items: list[dict[str, Any]] = []
@@ -118,7 +162,8 @@ class FalkorDialect:
                        [f"{w} is still being built after {SCHEMA_SETTLE_SECONDS:g} s" for w in building]
             time.sleep(0.2)
 
-    def restore(self, items: list[dict[str, Any]]) -> None:
+    def restore(self, items: list[dict[str, Any]], labels: set[str], types: set[str]) -> None:
+        """Re-create the backed-up indexes and constraints that are missing."""
         from adapters.cypher import name
 
         for item in items:
@@ -131,9 +176,6 @@ class FalkorDialect:
                 else:
                     self._ignore_exists(f"CREATE INDEX FOR ()-[r:{label}]-() ON (r.{name(item['property'])})")
             else:
-                if not hasattr(self.t, "command"):
-                    raise BackupError(f"{self.t.description}: FalkorDB constraints can only be created over its native "
-                                      f"protocol; restore {item['kind']} on {item['label']} with kind = \"falkordb\"")
                 try:
                     self.t.command("GRAPH.CONSTRAINT", "CREATE", self.t.graph_name, item["kind"], item["entity"], item["label"],
                                    "PROPERTIES", len(item["properties"]), *item["properties"])
@@ -145,8 +187,6 @@ class FalkorDialect:
         """A uniqueness constraint on the lock node's name, so two lock nodes can never coexist."""
         from adapters.cypher import name
 
-        if not hasattr(self.t, "command"):
-            return False  # over Bolt there is no GRAPH.CONSTRAINT; FalkorDB serialises writes, so MERGE still decides
         try:
             self._ignore_exists(f"CREATE INDEX FOR (n:{name(label)}) ON (n.name)")
             self.t.command("GRAPH.CONSTRAINT", "CREATE", self.t.graph_name, "UNIQUE", "NODE", label, "PROPERTIES", 1, "name")

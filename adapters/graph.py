@@ -1,4 +1,4 @@
-"""Graph stores (Neo4j over Bolt, FalkorDB natively): one adapter over a transport and a schema dialect.
+"""Graph stores (Neo4j over Bolt, FalkorDB natively): one adapter over a transport and a dialect.
 
 - Lock: a single ``:__PolyshiftLock`` node (guarded by a uniqueness constraint where the server
   supports one) holding an owner token and an expiry kept alive by a renewal thread. A crashed
@@ -6,9 +6,13 @@
   every write to it is conditioned on the token.
 - Ledger: ``:__PolyshiftMigration`` nodes, like neo4j-migrations' history.
 - Migrations: ``.forward.cypher`` / ``.rollback.cypher`` / ``.validate.cypher`` (statements split on
-  ``;``) or Python modules whose ``ctx.client`` runs statements. Statements commit one by one, so
-  safety never rests on transaction rollback: a failed forward is undone by the rollback step,
-  then by restore, and verified by a content fingerprint.
+  ``;``) or Python modules whose ``ctx.client`` runs statements. Where the server has transactions
+  (Neo4j), consecutive data statements share one, with the ledger entry when nothing else runs:
+  a failed forward leaves no trace. Schema statements and ``CALL { … } IN TRANSACTIONS`` commit on
+  their own, and FalkorDB commits every statement on its own; there a failed forward is undone
+  by the rollback step, then by restore, and verified by a content fingerprint either way.
+- Backup scope: declared (``// polyshift: backup=Label,:TYPE``) and inferred from the Cypher
+  (see ``adapters.cypher.analyze``); a statement whose effect cannot be read needs a declared scope.
 """
 
 from __future__ import annotations
@@ -16,8 +20,10 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from adapters import cypher, graph_backup
 from framework.concurrency import Renewer
@@ -46,23 +52,54 @@ _HOLDER = f"MATCH (l:{cypher.name(LOCK)} {{name: 'migrations'}}) RETURN l.holder
 
 
 class GraphQueryError(Exception):
-    """The server refused a statement; the adapter turns it into a StepFailed or StoreError."""
+    """The server refused a statement; the adapter turns it into a StepFailed or StoreError.
+    ``code`` is the server's status code where it has one (Neo4j's ``Neo.ClientError…``)."""
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
 
 
-class Transport(Protocol):
+class Runs(Protocol):
+    def run(self, statement: str, params: dict[str, Any] | None = None) -> list[list[Any]]: ...
+
+
+@runtime_checkable
+class Transport(Runs, Protocol):
+    """``run`` is one auto-commit statement; ``stream`` yields rows as the server sends them."""
+
     description: str
 
-    def run(self, statement: str, params: dict[str, Any] | None = None) -> list[list[Any]]: ...
-    def run_schema(self, statement: str) -> None: ...
+    def stream(self, statement: str, params: dict[str, Any] | None = None) -> Iterator[list[Any]]: ...
     def close(self) -> None: ...
 
 
-class Dialect(Protocol):
-    name: str
+@runtime_checkable
+class Transactional(Protocol):
+    """Optional: a transport whose statements can share one transaction (committed on a clean exit)."""
 
+    def transaction(self) -> AbstractContextManager[Runs]: ...
+
+
+class Dialect(Protocol):
+    """What differs between graph servers: how entities are addressed and scanned, and the schema."""
+
+    name: str
+    id_function: str    # the Cypher function giving an entity's id ("elementId" or "id")
+
+    def scan_nodes(self, labels: list[str]) -> Iterator[tuple[str, Any, list[str], dict[str, Any]]]:
+        """(scope label it counts under, id, labels, properties) of each node carrying a scope label, once."""
+        ...
+
+    def scan_relationships(self, labels: list[str], types: list[str]) -> Iterator[list[Any]]:
+        """(id, type, properties, start id, labels, properties, end id, labels, properties) of each
+        relationship of a scope type or touching a scope node, once."""
+        ...
+
+    def delete_scope(self, labels: list[str], types: list[str], batch: int) -> None: ...
     def capture(self, labels: set[str], types: set[str]) -> list[dict[str, Any]]: ...
     def signature(self) -> list[Any]: ...
-    def restore(self, items: list[dict[str, Any]]) -> None: ...
+    def restore(self, items: list[dict[str, Any]], labels: set[str], types: set[str]) -> None: ...
     def ensure_lock_constraint(self, label: str) -> bool: ...
     def problems(self) -> list[str]:
         """Indexes or constraints that are not serving: FAILED, or still being built after a wait."""
@@ -83,14 +120,12 @@ def split_scope(scope: tuple[str, ...]) -> tuple[list[str], list[str]]:
 
 class GraphAdapter:
     kind = "graph"
+    transactional = False   # data statements can share one transaction (the transport is Transactional)
 
     def __init__(self, config: StoreConfig) -> None:
         self.config = config
         self.name = config.name
         self.lock_ttl_ms = 30_000
-        # Upper bound on one statement's parameters, in JSON bytes (None: no bound). Set where a
-        # server cannot take large parameters (FalkorDB's Bolt endpoint crashes past about 4 KB).
-        self.max_param_bytes: int | None = None
         self._t: Transport | None = None
         self._dialect: Dialect | None = None
         self._token: str | None = None
@@ -182,8 +217,10 @@ class GraphAdapter:
         return [LedgerEntry(int(r[0]), r[1], r[2], r[3], r[4], r[5], datetime.fromisoformat(r[6]), int(r[7]), True, True, r[8])
                 for r in rows]
 
-    def _record(self, migration: Migration, direction: Direction, *, run_id: str, actor: str, duration_ms: int) -> None:
-        self.run(f"MATCH (m:{cypher.name(LEDGER)}) WITH count(m) AS n CREATE (:{cypher.name(LEDGER)} {{rank: n + 1, "
+    def _record(self, migration: Migration, direction: Direction, *, run_id: str, actor: str, started: float | None = None,
+                client: Runs | None = None) -> None:
+        duration_ms = int((time.monotonic() - started) * 1000) if started is not None else 0
+        (client or self).run(f"MATCH (m:{cypher.name(LEDGER)}) WITH count(m) AS n CREATE (:{cypher.name(LEDGER)} {{rank: n + 1, "
                  "store: $store, version: $version, slug: $slug, checksum: $checksum, direction: $direction, "
                  "applied_by: $actor, applied_at: $at, duration_ms: $ms, run_id: $run})",
                  {"store": self.name, "version": migration.version, "slug": migration.slug, "checksum": migration.checksum,
@@ -191,7 +228,7 @@ class GraphAdapter:
                   "run": run_id})
 
     def record_reverted(self, migration: Migration, *, run_id: str, actor: str) -> None:
-        self._record(migration, "down", run_id=run_id, actor=actor, duration_ms=0)
+        self._record(migration, "down", run_id=run_id, actor=actor)
 
     # -- migrations -------------------------------------------------------------------
     def _statements(self, migration: Migration, direction: str) -> list[str]:
@@ -200,25 +237,62 @@ class GraphAdapter:
             return []
         return cypher.split(step.script, origin=f"{self.name}/{step.path.name}")
 
+    def _plan(self, statements: list[str]) -> list[list[str]]:
+        """Statements grouped into transactions: consecutive data statements share one where the
+        server has transactions; schema statements and IN TRANSACTIONS batches stand alone."""
+        groups: list[list[str]] = []
+        for statement in statements:
+            if self._alone(statement) or not groups or self._alone(groups[-1][-1]):
+                groups.append([statement])
+            else:
+                groups[-1].append(statement)
+        return groups
+
+    def _alone(self, statement: str) -> bool:
+        return not self.transactional or cypher.is_schema(statement) or cypher.in_transactions(statement)
+
+    def _non_transactional(self, migration: Migration, statements: list[str]) -> tuple[str, ...]:
+        """Why a failed forward may leave part of its work behind (empty: one transaction or one statement)."""
+        if migration.is_python:
+            if not self.transactional:
+                return (f"{self.kind} commits each statement of a Python step on its own",)
+            return ("Python step with TRANSACTION = False",) if migration.extra("TRANSACTION", True) is False else ()
+        reasons = [f"CALL {{ … }} IN TRANSACTIONS commits batch by batch: {' '.join(s.split())[:80]}"
+                   for s in statements if cypher.in_transactions(s)]
+        groups = self._plan(statements)
+        if len(groups) > 1:
+            if self.transactional:
+                reasons.append(f"{len(groups)} transactions: schema statements commit on their own")
+            else:
+                reasons.append(f"{self.kind} commits each of the {len(statements)} statements on its own")
+        return tuple(reasons)
+
     def parse(self, migration: Migration) -> None:
         split_scope(tuple(migration.declared_scope or ()) + tuple(migration.rollback_scope or ()))
         for direction in ("up", "down", "validate"):
             self._statements(migration, direction)
 
     def analyze(self, migration: Migration, direction: Direction = "up") -> Analysis:
-        # Nothing is inferred from Cypher: the forward's declared scope, and for the rollback step
-        # also what its own header declares.
+        # Declared: the forward's scope; for the rollback step also what its own header declares.
         own = tuple(migration.rollback_scope or ()) if direction == "down" else ()
-        scope = tuple(dict.fromkeys(own + tuple(migration.declared_scope or ())))
-        split_scope(scope)
+        declared = tuple(dict.fromkeys(own + tuple(migration.declared_scope or ())))
+        split_scope(declared)
         if migration.is_python:
-            risk = migration.declared_risk or Risk.C
-            count = 0
-        else:
-            statements = self._statements(migration, direction)
-            risk = Risk.highest([cypher.risk(statements)] + ([migration.declared_risk] if migration.declared_risk else []))
-            count = len(statements)
-        return Analysis(risk, scope, "declared" if scope else "none", ("graph statements commit one by one",), count)
+            return Analysis(migration.declared_risk or Risk.C, declared, "declared" if declared else "none",
+                            self._non_transactional(migration, []), 0)
+        statements = self._statements(migration, direction)
+        analysed = cypher.analyze(statements)
+        risk = Risk.highest([a.risk for a in analysed] + ([migration.declared_risk] if migration.declared_risk else []))
+        # What cannot be read is left to the runner's backup rule: refused unless a scope is declared.
+        unproven = tuple(f"cannot tell which nodes or relationships `{' '.join(a.text.split())[:100]}` changes: {why}"
+                         for a in analysed for why in a.unproven)
+        inferred = tuple(cypher.inferred_scope(analysed))
+        extra = tuple(e for e in inferred if e not in declared)
+        scope = declared + extra
+        source = ("declared+inferred" if extra else "declared") if declared else ("inferred" if inferred else "none")
+        split_scope(scope)
+        return Analysis(risk, scope, source, self._non_transactional(migration, statements), len(statements),
+                        unproven=unproven)
 
     def resolve_scope(self, scope: tuple[str, ...], *, missing_ok: bool) -> tuple[str, ...]:
         labels, types = split_scope(scope)
@@ -232,8 +306,8 @@ class GraphAdapter:
                 log.warning("store %s: relationship type %r in the backup scope has no relationships", self.name, rel)
         return tuple(scope)
 
-    def _context(self, migration: Migration) -> MigrationContext:
-        return MigrationContext(client=self.t, store=self.name, migration=migration,
+    def _context(self, migration: Migration, client: Any = None) -> MigrationContext:
+        return MigrationContext(client=client or self.t, store=self.name, migration=migration,
                                 log=logging.getLogger(f"polyshift.migration.{migration.id}"))
 
     def apply(self, migration: Migration, direction: Direction, *, run_id: str, actor: str) -> StepResult:
@@ -242,27 +316,48 @@ class GraphAdapter:
             raise StepFailed(f"{self.name} {migration.id} has no rollback step", step="rollback")
         started = time.monotonic()
         statements = [] if step.is_python else self._statements(migration, direction)
+        groups = self._plan(statements)
+        if step.is_python:
+            atomic = self.transactional and not self._non_transactional(migration, [])
+        else:
+            atomic = self.transactional and len(groups) == 1 and not self._alone(groups[0][0])
         current = ""
         try:
             if step.function is not None:
-                step.call(self._context(migration))
-            for current in statements:
-                # Schema statements run on their own (Neo4j refuses them beside data writes).
-                if cypher.is_schema(current):
-                    self.t.run_schema(current)
+                if atomic:
+                    with self._transaction() as tx:
+                        step.call(self._context(migration, tx))
+                        self._record(migration, direction, run_id=run_id, actor=actor, started=started, client=tx)
                 else:
-                    self.t.run(current)
+                    step.call(self._context(migration))
+            else:
+                for number, group in enumerate(groups, 1):
+                    if self._alone(group[0]):
+                        current = group[0]
+                        self.t.run(current)
+                        continue
+                    with self._transaction() as tx:
+                        for current in group:
+                            tx.run(current)
+                        if atomic and number == len(groups):
+                            # The ledger entry commits with the data: both or neither.
+                            self._record(migration, direction, run_id=run_id, actor=actor, started=started, client=tx)
         except GraphQueryError as exc:
             where = f" at `{' '.join(current.split())[:120]}`" if current else ""
             raise StepFailed(f"{self.name} {migration.id} {step.name} failed{where}: {redact(str(exc))}", step=step.name) from None
-        except StepFailed:
+        except (StepFailed, StoreError):
             raise
         except Exception as exc:  # a Python step's own bug is a failed step, not a crash
             raise StepFailed(f"{self.name} {migration.id} {step.name} raised {redact(describe_failure(exc))}",
                              step=step.name) from exc
-        duration = int((time.monotonic() - started) * 1000)
-        self._record(migration, direction, run_id=run_id, actor=actor, duration_ms=duration)
-        return StepResult(duration, len(statements) or 1, True)
+        if not atomic:
+            self._record(migration, direction, run_id=run_id, actor=actor, started=started)
+        return StepResult(int((time.monotonic() - started) * 1000), len(statements) or 1, not atomic)
+
+    def _transaction(self) -> AbstractContextManager[Runs]:
+        if not isinstance(self.t, Transactional):
+            raise StoreError(f"store {self.name}: {self.t.description} has no multi-statement transactions")
+        return self.t.transaction()
 
     def validate(self, migration: Migration) -> list[str]:
         if migration.validate is None:

@@ -1,8 +1,9 @@
 """Scoped graph backups: nodes carrying the scope's labels, and relationships of the scope's types
-or touching those nodes, streamed as JSONL (paged by node id, never SKIP) with the indexes and
-constraints on those labels. Internal ids change on restore, so fingerprints are by content:
-a node is its labels and properties, a relationship its type, properties and both endpoints'
-content.
+or touching those nodes, streamed as JSONL (as the dialect scans them: streamed by label on Neo4j,
+paged by id on FalkorDB, never SKIP) with the indexes and constraints on those labels. Property
+values keep their types (``adapters.graph_values``). Ids change on restore, so fingerprints are by
+content: a node is its labels and properties, a relationship its type, properties and both
+endpoints' content.
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from adapters import cypher
+from adapters.graph_values import decode_props, encode
 from framework.concurrency import batched
-from framework.errors import BackupCorruptError, BackupError
+from framework.errors import BackupCorruptError
 from framework.protocol import Fingerprint, RestoreReport
 
 if TYPE_CHECKING:
@@ -27,15 +29,8 @@ BATCH = 2000
 RELATIONSHIPS = "relationships"
 
 
-def _plain(value: Any) -> Any:
-    """Property values as JSON; anything else (points, temporal types) is refused by name."""
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    raise BackupError(f"property value of type {type(value).__name__} cannot be backed up yet: {value!r}")
+def _plain(props: dict[str, Any]) -> dict[str, Any]:
+    return {str(k): encode(v) for k, v in props.items()}
 
 
 def _dumps(value: Any) -> str:
@@ -48,45 +43,6 @@ def node_digest(labels: list[str], props: dict[str, Any]) -> str:
 
 def rel_digest(kind: str, props: dict[str, Any], start: str, end: str) -> str:
     return hashlib.sha256(_dumps([kind, _plain(props), start, end]).encode()).hexdigest()
-
-
-def scope_nodes(g: GraphAdapter, labels: list[str]) -> Iterator[tuple[str, int, list[str], dict[str, Any]]]:
-    """(label it is counted under, id, labels, properties), each node once, paged by id."""
-    for index, label in enumerate(labels):
-        last = -1
-        query = (f"MATCH (n:{cypher.name(label)}) WHERE id(n) > $last AND NONE(x IN labels(n) WHERE x IN $earlier) "
-                 "RETURN id(n), labels(n), properties(n) ORDER BY id(n) LIMIT $batch")
-        while True:
-            rows = g.run(query, {"last": last, "earlier": labels[:index], "batch": BATCH})
-            for node_id, node_labels, props in rows:
-                yield label, node_id, list(node_labels), dict(props)
-            if len(rows) < BATCH:
-                break
-            last = rows[-1][0]
-
-
-def scope_relationships(g: GraphAdapter, labels: list[str], types: list[str]) -> Iterator[list[Any]]:
-    """Relationships of the scope's types or touching a scope node, with both endpoints.
-
-    Paged by source node id, then expanded: paging on id(r) itself made FalkorDB traverse every
-    relationship for every page (quadratic), whereas node id ranges and id seeks are direct.
-    """
-    last = -1
-    # The ids go back as a parameter: bounded where the server cannot take large ones (FalkorDB
-    # over Bolt crashes above ~4 KB); a PackStream integer takes at most 9 bytes.
-    batch = min(BATCH, g.max_param_bytes // 9) if g.max_param_bytes else BATCH
-    page = ("MATCH (a) WHERE id(a) > $last RETURN id(a) ORDER BY id(a) LIMIT $batch")
-    expand = ("UNWIND $ids AS x MATCH (a) WHERE id(a) = x MATCH (a)-[r]->(b) WHERE type(r) IN $types "
-              "OR any(l IN labels(a) WHERE l IN $labels) OR any(l IN labels(b) WHERE l IN $labels) "
-              "RETURN id(r), type(r), properties(r), id(a), labels(a), properties(a), id(b), labels(b), properties(b)")
-    while True:
-        ids = [row[0] for row in g.run(page, {"last": last, "batch": batch})]
-        if not ids:
-            return
-        yield from g.run(expand, {"ids": ids, "types": types, "labels": labels})
-        if len(ids) < batch:
-            return
-        last = ids[-1]
 
 
 class _Tally:
@@ -115,9 +71,9 @@ def _rel_entry(kind: str, types: list[str]) -> str:
 
 def fingerprint(g: GraphAdapter, labels: list[str], types: list[str]) -> Fingerprint:
     tally = _Tally(_entries(labels, types))
-    for label, _id, node_labels, props in scope_nodes(g, labels):
+    for label, _id, node_labels, props in g.dialect.scan_nodes(labels):
         tally.add(label, node_digest(node_labels, props))
-    for _rid, kind, props, _a, a_labels, a_props, _b, b_labels, b_props in scope_relationships(g, labels, types):
+    for _rid, kind, props, _a, a_labels, a_props, _b, b_labels, b_props in g.dialect.scan_relationships(labels, types):
         tally.add(_rel_entry(kind, types), rel_digest(kind, props, node_digest(a_labels, a_props), node_digest(b_labels, b_props)))
     return tally.fingerprint(g.dialect.signature())
 
@@ -129,13 +85,13 @@ def backup(g: GraphAdapter, labels: list[str], types: list[str], writer: Artifac
     progress.start(f"backup {', '.join(labels + [':' + t for t in types])[:60]}")
 
     def nodes() -> Iterator[bytes]:
-        for label, node_id, node_labels, props in scope_nodes(g, labels):
+        for label, node_id, node_labels, props in g.dialect.scan_nodes(labels):
             tally.add(label, node_digest(node_labels, props))
             progress.advance(1)
             yield (_dumps({"id": node_id, "labels": node_labels, "props": _plain(props)}) + "\n").encode()
 
     def relationships() -> Iterator[bytes]:
-        for rid, kind, props, a, a_labels, a_props, b, b_labels, b_props in scope_relationships(g, labels, types):
+        for rid, kind, props, a, a_labels, a_props, b, b_labels, b_props in g.dialect.scan_relationships(labels, types):
             tally.add(_rel_entry(kind, types), rel_digest(kind, props, node_digest(a_labels, a_props), node_digest(b_labels, b_props)))
             progress.advance(1)
             yield (_dumps({"id": rid, "type": kind, "props": _plain(props), "start": a, "end": b,
@@ -170,47 +126,24 @@ def _lines(artifacts: ArtifactStore, manifest: Manifest, name: str) -> Iterator[
                 yield json.loads(line)
 
 
-def _bounded(rows: list[dict[str, Any]], max_bytes: int | None) -> Iterator[list[dict[str, Any]]]:
-    """Rows split so each statement's parameters stay under ``max_bytes`` of JSON."""
-    if max_bytes is None:
-        yield rows
-        return
-    chunk: list[dict[str, Any]] = []
-    size = 0
-    for row in rows:
-        row_size = len(_dumps(row).encode())
-        if chunk and size + row_size > max_bytes:
-            yield chunk
-            chunk, size = [], 0
-        chunk.append(row)
-        size += row_size
-    if chunk:
-        yield chunk
-
-
 def restore(g: GraphAdapter, manifest: Manifest, artifacts: ArtifactStore, progress: Progress) -> RestoreReport:
     """Delete the scope, recreate nodes by label set (old id → new id), then relationships, then schema."""
     labels, types = manifest.meta.get("labels"), manifest.meta.get("types")
     if labels is None or types is None:
         raise BackupCorruptError(f"backup {manifest.id}: manifest lists no labels/types")
     progress.start(f"restore {manifest.id}", total=sum(manifest.meta.get("counts", {}).values()) or None)
-    # Batched deletes keep each write small; DETACH removes the relationships touching scope nodes.
-    while g.run("MATCH (n) WHERE any(x IN labels(n) WHERE x IN $labels) WITH n LIMIT $batch DETACH DELETE n RETURN count(*)",
-                {"labels": labels, "batch": BATCH})[0][0]:
-        pass
-    while types and g.run("MATCH ()-[r]->() WHERE type(r) IN $types WITH r LIMIT $batch DELETE r RETURN count(*)",
-                          {"types": types, "batch": BATCH})[0][0]:
-        pass
-    new_ids: dict[int, int] = {}
+    # DETACH removes the relationships touching scope nodes too.
+    g.dialect.delete_scope(labels, types, BATCH)
+    id_of = g.dialect.id_function
+    new_ids: dict[Any, Any] = {}
     for batch in batched(_lines(artifacts, manifest, "nodes.jsonl.zst"), BATCH):
         groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
         for node in batch:
-            groups.setdefault(tuple(sorted(node["labels"])), []).append({"id": node["id"], "p": node["props"]})
+            groups.setdefault(tuple(sorted(node["labels"])), []).append({"id": node["id"], "p": decode_props(node["props"])})
         for label_set, rows in groups.items():
-            for part in _bounded(rows, g.max_param_bytes):
-                created = g.run(f"UNWIND $rows AS row CREATE (n{cypher.labels(label_set)}) SET n = row.p RETURN row.id, id(n)",
-                                {"rows": part})
-                new_ids.update({old: new for old, new in created})
+            created = g.run(f"UNWIND $rows AS row CREATE (n{cypher.labels(label_set)}) SET n = row.p RETURN row.id, {id_of}(n)",
+                            {"rows": rows})
+            new_ids.update({old: new for old, new in created})
         progress.advance(len(batch))
     missing = 0
     for batch in batched(_lines(artifacts, manifest, "relationships.jsonl.zst"), BATCH):
@@ -221,17 +154,16 @@ def restore(g: GraphAdapter, manifest: Manifest, artifacts: ArtifactStore, progr
             if start is None or end is None:
                 missing += 1
                 continue
-            groups_r.setdefault(rel["type"], []).append({"s": start, "e": end, "p": rel["props"]})
+            groups_r.setdefault(rel["type"], []).append({"s": start, "e": end, "p": decode_props(rel["props"])})
         for kind, rows in groups_r.items():
-            for part in _bounded(rows, g.max_param_bytes):
-                # Endpoints are projected to plain variables first: FalkorDB turns `id(a) = s` into an id
-                # seek, but `id(a) = row.s` into a scan of every node per row (quadratic restores).
-                created = g.run(f"UNWIND $rows AS row WITH row.s AS s, row.e AS e, row.p AS p "
-                                f"MATCH (a) WHERE id(a) = s MATCH (b) WHERE id(b) = e "
-                                f"CREATE (a)-[r:{cypher.name(kind)}]->(b) SET r = p RETURN count(r)", {"rows": part})
-                missing += len(part) - int(created[0][0] if created else 0)
+            # Endpoints are projected to plain variables first: FalkorDB turns `id(a) = s` into an id
+            # seek, but `id(a) = row.s` into a scan of every node per row (quadratic restores).
+            created = g.run(f"UNWIND $rows AS row WITH row.s AS s, row.e AS e, row.p AS p "
+                            f"MATCH (a) WHERE {id_of}(a) = s MATCH (b) WHERE {id_of}(b) = e "
+                            f"CREATE (a)-[r:{cypher.name(kind)}]->(b) SET r = p RETURN count(r)", {"rows": rows})
+            missing += len(rows) - int(created[0][0] if created else 0)
         progress.advance(len(batch))
-    g.dialect.restore(json.loads(b"".join(artifacts.iter_chunks(manifest, "schema.json.zst"))))
+    g.dialect.restore(json.loads(b"".join(artifacts.iter_chunks(manifest, "schema.json.zst"))), set(labels), set(types))
     progress.finish()
     now = fingerprint(g, labels, types)
     expected = Fingerprint.from_json(manifest.meta["fingerprint"])

@@ -1,44 +1,66 @@
-"""Neo4j over Bolt (the official ``neo4j`` driver), the production path for graph stores.
+"""Neo4j 5 and newer over Bolt (the official ``neo4j`` driver): transport, schema and data dialect.
 
-The schema dialect is chosen by probing what the server answers, never by its agent string
-(FalkorDB's Bolt endpoint calls itself Neo4j 5.13): ``SHOW INDEXES`` means Neo4j 5, and
-``CALL db.indexes()`` means FalkorDB, whose constraints can only be created natively.
+- Entities are addressed by ``elementId()`` (``id()`` is deprecated since Neo4j 5): scans stream
+  one query per label or type through the driver's lazy record fetching, so memory stays flat
+  and no page is ever re-read.
+- Data statements of a migration share one transaction (a failure leaves nothing behind); schema
+  statements and ``CALL { … } IN TRANSACTIONS`` run on their own, as Neo4j requires.
+- Indexes and constraints are captured and re-created from ``SHOW … YIELD createStatement``,
+  which carries every kind Community has (range, text, point, full-text, vector with its
+  options, lookup, uniqueness) and the Enterprise ones too.
+- ``database = "…"`` selects the database for every session; ``system`` is refused.
 """
 
 from __future__ import annotations
 
 import atexit
-import logging
+import contextlib
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
-from adapters.falkordb import SCHEMA_SETTLE_SECONDS, FalkorDialect
-from adapters.graph import Dialect, GraphAdapter, GraphQueryError
+from adapters import cypher
+from adapters.graph import GraphAdapter, GraphQueryError
 from framework.config import setting_duration
-from framework.errors import StoreError
+from framework.errors import ConfigError, StoreError
 from framework.secrets import redact, url_without_password
 
-# id() is deprecated in Neo4j 5 (elementId is not portable to FalkorDB): keep its notices out of logs.
-logging.getLogger("neo4j.notifications").setLevel(logging.ERROR)
-
-
-# One driver per server for the whole process, closed at exit. A driver is meant to live long and
-# pool its connections; opening one per command also made FalkorDB's Bolt endpoint hang for 60 s
-# on the handshake of every other new connection after a client disconnected.
+# One driver per server for the whole process, closed at exit: a driver is meant to live long
+# and pool its connections, and every CLI command of a test run shares it.
 _DRIVERS: dict[tuple[str, str | None, str | None], Any] = {}
 _DRIVERS_LOCK = threading.Lock()
+SCHEMA_SETTLE_SECONDS = 10.0
+_RETRY_SECONDS = 10.0
+_REL_COLUMNS = ("elementId(r), type(r), properties(r), elementId(a), labels(a), properties(a), "
+                "elementId(b), labels(b), properties(b)")
 
 
 def _close_drivers() -> None:
     for driver in _DRIVERS.values():
-        try:
+        with contextlib.suppress(Exception):  # at exit: nothing left to report to
             driver.close()
-        except Exception:  # at exit: nothing left to report to
-            pass
 
 
 atexit.register(_close_drivers)
+
+
+class BoltTransaction:
+    """An explicit transaction: ``run`` as on the transport; committed by the transport's context manager."""
+
+    def __init__(self, tx: Any, errors: Any) -> None:
+        self._tx = tx
+        self._errors = errors
+
+    def run(self, statement: str, params: dict[str, Any] | None = None) -> list[list[Any]]:
+        try:
+            return [list(record.values()) for record in self._tx.run(statement, params or {})]
+        except self._errors.Neo4jError as exc:
+            raise GraphQueryError(_message(exc), code=exc.code) from None
+
+
+def _message(exc: Any) -> str:
+    return f"{exc.code}: {exc.message}" if getattr(exc, "message", None) else str(exc)
 
 
 class BoltTransport:
@@ -47,6 +69,8 @@ class BoltTransport:
 
         self.description = f"neo4j {url_without_password(url)}" + (f" database {database!r}" if database else "")
         self.database = database
+        self.timeout = timeout
+        self._neo4j = neo4j
         auth = (user, password or "") if user else None
         key = (url, user, password)
         try:
@@ -58,72 +82,139 @@ class BoltTransport:
                 self.driver = _DRIVERS[key]
         except (neo4j.exceptions.DriverError, neo4j.exceptions.Neo4jError, OSError, ValueError) as exc:
             raise StoreError(f"cannot connect to {self.description}: {redact(str(exc))}") from None
-        self._neo4j = neo4j
+
+    def _session(self) -> Any:
+        return self.driver.session(database=self.database)
 
     def run(self, statement: str, params: dict[str, Any] | None = None) -> list[list[Any]]:
-        """One auto-commit transaction per statement (schema and data writes never share one)."""
+        """One auto-commit transaction. A transient failure (deadlock, leader switch) rolled the
+        statement back whole, so it is retried within a deadline, as the driver's managed
+        transactions do; batches of ``IN TRANSACTIONS`` may have committed and are not retried."""
         errors = self._neo4j.exceptions
-        for attempt in (1, 2):
+        deadline = time.monotonic() + _RETRY_SECONDS
+        delay = 0.05
+        while True:
             try:
-                with self.driver.session(database=self.database) as session:
+                with self._session() as session:
                     return [list(record.values()) for record in session.run(statement, params or {})]
             except errors.Neo4jError as exc:
-                raise GraphQueryError(f"{exc.code}: {exc.message}" if getattr(exc, "message", None) else str(exc)) from None
-            except (errors.SessionExpired, errors.ServiceUnavailable) as exc:
-                # A pooled connection the server had already dropped (FalkorDB's endpoint drops one after
-                # every error): the statement never reached the server, so one retry on a fresh
-                # connection is safe. The driver's own managed transactions retry these errors too.
-                if attempt == 2 or "defunct" not in str(exc):
-                    raise StoreError(f"{self.description}: {redact(str(exc))}") from None
+                if exc.is_retryable() and time.monotonic() < deadline and not cypher.in_transactions(statement):
+                    time.sleep(delay)
+                    delay = min(delay * 2, 1.0)
+                    continue
+                raise GraphQueryError(_message(exc), code=exc.code) from None
             except (errors.DriverError, OSError) as exc:
                 raise StoreError(f"{self.description}: {redact(str(exc))}") from None
-        raise AssertionError("unreachable")
 
-    def run_schema(self, statement: str) -> None:
-        self.run(statement)
+    def stream(self, statement: str, params: dict[str, Any] | None = None) -> Iterator[list[Any]]:
+        """Rows as the driver fetches them (1,000 a round trip), in one read transaction."""
+        errors = self._neo4j.exceptions
+        try:
+            with self._session() as session:
+                for record in session.run(statement, params or {}):
+                    yield list(record.values())
+        except errors.Neo4jError as exc:
+            raise GraphQueryError(_message(exc), code=exc.code) from None
+        except (errors.DriverError, OSError) as exc:
+            raise StoreError(f"{self.description}: {redact(str(exc))}") from None
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[BoltTransaction]:
+        """Commits when the block ends cleanly; any exception rolls everything back."""
+        errors = self._neo4j.exceptions
+        try:
+            with self._session() as session, session.begin_transaction(timeout=self.timeout) as tx:
+                yield BoltTransaction(tx, errors)
+                tx.commit()
+        except errors.Neo4jError as exc:
+            raise GraphQueryError(_message(exc), code=exc.code) from None
+        except (errors.DriverError, OSError) as exc:
+            raise StoreError(f"{self.description}: {redact(str(exc))}") from None
 
     def close(self) -> None:
         """The shared driver stays open for the next command in this process (closed at exit)."""
 
 
 class Neo4jDialect:
-    """Indexes and constraints through SHOW INDEXES / SHOW CONSTRAINTS and their createStatement."""
+    """Schema through SHOW INDEXES / SHOW CONSTRAINTS and their createStatement; data by elementId."""
 
     name = "neo4j"
+    id_function = "elementId"
 
     def __init__(self, transport: BoltTransport) -> None:
         self.t = transport
 
+    # -- data ---------------------------------------------------------------------------
+    def scan_nodes(self, labels: list[str]) -> Iterator[tuple[str, Any, list[str], dict[str, Any]]]:
+        """Each node carrying a scope label once, under the first of its labels in the scope."""
+        for index, label in enumerate(labels):
+            query = (f"MATCH (n:{cypher.name(label)}) WHERE NONE(x IN labels(n) WHERE x IN $earlier) "
+                     "RETURN elementId(n), labels(n), properties(n)")
+            for node_id, node_labels, props in self.t.stream(query, {"earlier": labels[:index]}):
+                yield label, node_id, node_labels, props
+
+    def scan_relationships(self, labels: list[str], types: list[str]) -> Iterator[list[Any]]:
+        """Relationships of the scope's types, then those touching a scope node, each exactly once:
+        a relationship of another type is read from its start node's first scope label, or, when
+        that node has none, from its end node's."""
+        for kind in types:
+            yield from self.t.stream(f"MATCH (a)-[r:{cypher.name(kind)}]->(b) RETURN {_REL_COLUMNS}")
+        for index, label in enumerate(labels):
+            params = {"types": types, "labels": labels, "earlier": labels[:index]}
+            yield from self.t.stream(f"MATCH (a:{cypher.name(label)})-[r]->(b) WHERE NOT type(r) IN $types "
+                                     f"AND NONE(x IN labels(a) WHERE x IN $earlier) RETURN {_REL_COLUMNS}", params)
+            yield from self.t.stream(f"MATCH (a)-[r]->(b:{cypher.name(label)}) WHERE NOT type(r) IN $types "
+                                     "AND NONE(x IN labels(a) WHERE x IN $labels) AND NONE(x IN labels(b) WHERE x IN $earlier) "
+                                     f"RETURN {_REL_COLUMNS}", params)
+
+    def delete_scope(self, labels: list[str], types: list[str], batch: int) -> None:
+        """In batches of their own transactions, so a large scope never needs one huge transaction."""
+        for label in labels:
+            self.t.run(f"MATCH (n:{cypher.name(label)}) CALL (n) {{ DETACH DELETE n }} IN TRANSACTIONS OF {batch} ROWS")
+        for kind in types:
+            self.t.run(f"MATCH ()-[r:{cypher.name(kind)}]->() CALL (r) {{ DELETE r }} IN TRANSACTIONS OF {batch} ROWS")
+
+    # -- schema -------------------------------------------------------------------------
     def _indexes(self) -> list[list[Any]]:
         return self.t.run("SHOW INDEXES YIELD name, type, labelsOrTypes, owningConstraint, createStatement")
 
     def _constraints(self) -> list[list[Any]]:
         return self.t.run("SHOW CONSTRAINTS YIELD name, labelsOrTypes, createStatement")
 
-    def capture(self, labels: set[str], types: set[str]) -> list[dict[str, Any]]:
-        scope = labels | types
-        items = [{"what": "index", "statement": r[4]} for r in self._indexes()
-                 if r[1] != "LOOKUP" and r[3] is None and scope & set(r[2] or [])]
-        items += [{"what": "constraint", "statement": r[2]} for r in self._constraints() if scope & set(r[1] or [])]
+    def _schema(self, scope: set[str] | None) -> list[dict[str, Any]]:
+        """Indexes (but the built-in token lookups and those a constraint owns) and constraints on
+        the scope's labels and types (every one when ``scope`` is None), polyshift's own left out."""
+        def wanted(names: list[str] | None) -> bool:
+            names = names or []
+            if any(str(n).startswith("__Polyshift") for n in names):
+                return False
+            return scope is None or bool(scope & set(names))
+
+        items = [{"what": "index", "name": r[0], "statement": r[4]} for r in self._indexes()
+                 if r[1] != "LOOKUP" and r[3] is None and wanted(r[2])]
+        items += [{"what": "constraint", "name": r[0], "statement": r[2]} for r in self._constraints() if wanted(r[1])]
         return items
 
+    def capture(self, labels: set[str], types: set[str]) -> list[dict[str, Any]]:
+        return self._schema(labels | types)
+
     def signature(self) -> list[Any]:
-        def ours(names: list[str] | None) -> bool:
-            return any(str(n).startswith("__Polyshift") for n in names or [])
+        return sorted(i["statement"] for i in self._schema(None))
 
-        return [sorted(r[4] for r in self._indexes() if r[1] != "LOOKUP" and r[3] is None and not ours(r[2])),
-                sorted(r[2] for r in self._constraints() if not ours(r[1]))]
-
-    def restore(self, items: list[dict[str, Any]]) -> None:
-        for item in sorted(items, key=lambda i: i["what"] != "constraint"):  # constraints bring their own indexes
-            try:
-                self.t.run_schema(item["statement"])
-            except GraphQueryError as exc:
-                if "EquivalentSchemaRuleAlreadyExists" not in str(exc) and "already exists" not in str(exc).lower():
-                    raise
+    def restore(self, items: list[dict[str, Any]], labels: set[str], types: set[str]) -> None:
+        """Make the scope's indexes and constraints exactly the backed-up ones: drop what is not in
+        the backup (or differs), then create what is missing, constraints first (they bring their own index)."""
+        wanted = {i["statement"] for i in items}
+        for item in self._schema(labels | types):
+            if item["statement"] not in wanted:
+                self.t.run(f"DROP {item['what'].upper()} {cypher.name(item['name'])} IF EXISTS")
+        present = {i["statement"] for i in self._schema(None)}
+        for item in sorted(items, key=lambda i: i["what"] != "constraint"):
+            if item["statement"] not in present:
+                self.t.run(item["statement"])
 
     def ensure_lock_constraint(self, label: str) -> bool:
-        self.t.run_schema(f"CREATE CONSTRAINT polyshift_lock_name IF NOT EXISTS FOR (l:`{label}`) REQUIRE l.name IS UNIQUE")
+        self.t.run(f"CREATE CONSTRAINT polyshift_lock_name IF NOT EXISTS FOR (l:{cypher.name(label)}) REQUIRE l.name IS UNIQUE")
         return True
 
     def problems(self) -> list[str]:
@@ -137,43 +228,51 @@ class Neo4jDialect:
             time.sleep(0.2)
 
 
-def probe_dialect(transport: BoltTransport) -> Dialect:
+def _check_server(transport: BoltTransport) -> str:
+    """The server's version; refuses what is not Neo4j 5 or newer, and a database it does not have."""
     try:
-        transport.run("SHOW INDEXES YIELD name RETURN name LIMIT 1")
-        return Neo4jDialect(transport)
-    except GraphQueryError:
-        pass
-    try:
-        transport.run("CALL db.indexes()")
-    except GraphQueryError:
-        raise StoreError(f"{transport.description}: answers neither SHOW INDEXES nor CALL db.indexes(); "
-                         "cannot capture its schema") from None
-    return FalkorDialect(transport)  # type: ignore[arg-type]
+        rows = transport.run("CALL dbms.components() YIELD name, versions RETURN name, versions[0]")
+    except GraphQueryError as exc:
+        if exc.code == "Neo.ClientError.Database.DatabaseNotFound":
+            raise StoreError(f"{transport.description}: the server has no database {transport.database!r}",
+                             hint="check [stores] database; SHOW DATABASES lists them (Community has neo4j and system)") from None
+        raise StoreError(f"{transport.description}: not a Neo4j server ({exc})",
+                         hint='for FalkorDB use kind = "falkordb" (its native protocol)') from None
+    version = str(rows[0][1]) if rows else ""
+    major = version.split(".")[0]
+    if not major.isdigit() or int(major) < 5:
+        raise StoreError(f"{transport.description}: Neo4j {version or '(unknown version)'} is not supported; "
+                         "polyshift needs Neo4j 5 or newer")
+    return version
 
 
 class Neo4jAdapter(GraphAdapter):
-    """``kind = "neo4j"``: url bolt:// or neo4j://, user, password, database."""
+    """``kind = "neo4j"``: url bolt:// or neo4j://, user (or in the URL), password, database."""
 
     kind = "neo4j"
+    transactional = True
 
     def __init__(self, config: Any) -> None:
         super().__init__(config)
         if "lock_ttl" in config.options:
             self.lock_ttl_ms = int(setting_duration(config.options["lock_ttl"], "lock_ttl", where=f"[stores.{config.name}]") * 1000)
+        database = config.options.get("database")
+        if database is not None and (not isinstance(database, str) or not database):
+            raise ConfigError(f"[stores.{config.name}] database must be a database name, got {database!r}")
+        if isinstance(database, str) and database.lower() == "system":
+            raise ConfigError(f"[stores.{config.name}] database = \"system\" is Neo4j's own catalogue of users and "
+                              "databases; polyshift migrates user databases", hint='use "neo4j" or a database you created')
+        self.server_version = ""
 
-    def open_transport(self) -> tuple[BoltTransport, Dialect]:
+    def open_transport(self) -> tuple[BoltTransport, Neo4jDialect]:
         from urllib.parse import unquote, urlparse
 
         parsed = urlparse(self.config.url)
         user = self.config.options.get("user") or (unquote(parsed.username) if parsed.username else None)
-        password = unquote(parsed.password) if parsed.password else None
+        password = self.config.options.get("password") or (unquote(parsed.password) if parsed.password else None)
         # Credentials go to the driver as auth, never inside the URL it may log.
         url = parsed._replace(netloc=f"{parsed.hostname}:{parsed.port}" if parsed.port else str(parsed.hostname)).geturl()
         transport = BoltTransport(url, user=user, password=password, database=self.config.options.get("database"),
                                   timeout=self.config.statement_timeout)
-        dialect = probe_dialect(transport)
-        if isinstance(dialect, FalkorDialect):
-            # FalkorDB 4.16's Bolt endpoint segfaults on a message whose parameters pass about 4 KB
-            # (measured: 50 map rows, 400 short strings); keep every batch well under that.
-            self.max_param_bytes = 3000
-        return transport, dialect
+        self.server_version = _check_server(transport)
+        return transport, Neo4jDialect(transport)

@@ -1,8 +1,10 @@
-"""Scoped graph backup and restore: 100k nodes and 500k relationships on FalkorDB (native protocol).
+"""Scoped graph backup and restore on real Neo4j Community: 100k nodes and 500k relationships.
 
-Reports entities per second and peak RSS for polyshift's backup and restore (each its own process,
-peak RSS from wait4), and, in the same run, reading the scope's nodes with id-keyed paging
-(``WHERE id(n) > $last ORDER BY id(n) LIMIT``, what polyshift does) against SKIP/LIMIT paging.
+In the same run and on the same graph: polyshift's backup and restore (each its own process, peak
+RSS from wait4, both verified by content fingerprint), APOC core's ``apoc.export.json.all`` and
+``apoc.import.json`` (the procedure the seed documents use; it runs inside the server, so its
+memory is the server's), and reading every node three ways: one streamed query (what polyshift
+does), keyset paging on an indexed property, and SKIP/LIMIT paging.
 
     python bench/graph_backup_restore.py [--nodes 100000] [--rels 500000] [--write bench/GRAPH_RESULTS.md]
 """
@@ -22,98 +24,140 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench.common import measure, write_results  # noqa: E402
-from framework.sandbox import EmbeddedRedis, falkordb_args  # noqa: E402
+from framework.neo4j_server import Neo4jServer  # noqa: E402
 
 PAGE = 2000
 
 
-def load(graph, nodes: int, rels: int) -> None:  # type: ignore[no-untyped-def]
+def load(session, nodes: int, rels: int) -> None:  # type: ignore[no-untyped-def]
+    session.run("CREATE CONSTRAINT doc_id IF NOT EXISTS FOR (d:Doc) REQUIRE d.id IS UNIQUE").consume()
     for start in range(0, nodes, 20_000):
-        graph.query("UNWIND range($a, $b) AS i CREATE (:Doc {id: i, title: 'doc ' + toString(i), score: i % 100})",
-                    {"a": start, "b": min(start + 20_000, nodes) - 1})
-    graph.query("CREATE INDEX FOR (d:Doc) ON (d.id)")
+        session.run("UNWIND range($a, $b) AS i CREATE (:Doc {id: i, title: 'doc ' + toString(i), score: i % 100, "
+                    "created: date('2024-01-01') + duration({days: i % 365})})",
+                    {"a": start, "b": min(start + 20_000, nodes) - 1}).consume()
     per_node = max(rels // nodes, 1)
     for start in range(0, nodes, 10_000):
-        # A fresh graph numbers nodes 0..n-1 in creation order; targets are found by id seek.
-        graph.query("MATCH (a:Doc) WHERE a.id >= $a AND a.id < $b UNWIND range(1, $k) AS j "
-                    "WITH a, j, (id(a) * 7 + j * 13) % $n AS target MATCH (b) WHERE id(b) = target "
-                    "CREATE (a)-[:LINKS {w: j}]->(b)",
-                    {"a": start, "b": start + 10_000, "k": per_node, "n": nodes})
+        session.run("MATCH (a:Doc) WHERE a.id >= $a AND a.id < $b UNWIND range(1, $k) AS j "
+                    "MATCH (b:Doc {id: (a.id * 7 + j * 13) % $n}) CREATE (a)-[:LINKS {w: j}]->(b)",
+                    {"a": start, "b": start + 10_000, "k": per_node, "n": nodes}).consume()
 
 
-def page_by_id(graph) -> tuple[float, int]:  # type: ignore[no-untyped-def]
-    started, last, seen = time.perf_counter(), -1, 0
+def count(session, query: str) -> int:  # type: ignore[no-untyped-def]
+    return int(session.run(query).single()[0])
+
+
+def timed(fn) -> tuple[float, object]:  # type: ignore[no-untyped-def]
+    started = time.perf_counter()
+    result = fn()
+    return time.perf_counter() - started, result
+
+
+def read_streamed(session) -> int:  # type: ignore[no-untyped-def]
+    return sum(1 for _ in session.run("MATCH (n:Doc) RETURN elementId(n), labels(n), properties(n)"))
+
+
+def read_keyset(session) -> int:  # type: ignore[no-untyped-def]
+    last, seen = -1, 0
     while True:
-        rows = graph.query("MATCH (n:Doc) WHERE id(n) > $last RETURN id(n), properties(n) ORDER BY id(n) LIMIT $p",
-                           {"last": last, "p": PAGE}).result_set
+        rows = list(session.run("MATCH (n:Doc) WHERE n.id > $last RETURN n.id, labels(n), properties(n) ORDER BY n.id LIMIT $p",
+                                {"last": last, "p": PAGE}))
         seen += len(rows)
         if len(rows) < PAGE:
-            return time.perf_counter() - started, seen
+            return seen
         last = rows[-1][0]
 
 
-def page_by_skip(graph) -> tuple[float, int]:  # type: ignore[no-untyped-def]
-    started, skip, seen = time.perf_counter(), 0, 0
+def read_skip(session) -> int:  # type: ignore[no-untyped-def]
+    skip, seen = 0, 0
     while True:
-        rows = graph.query("MATCH (n:Doc) RETURN id(n), properties(n) ORDER BY id(n) SKIP $s LIMIT $p",
-                           {"s": skip, "p": PAGE}).result_set
+        rows = list(session.run("MATCH (n:Doc) RETURN n.id, labels(n), properties(n) ORDER BY n.id SKIP $s LIMIT $p",
+                                {"s": skip, "p": PAGE}))
         seen += len(rows)
         if len(rows) < PAGE:
-            return time.perf_counter() - started, seen
+            return seen
         skip += PAGE
 
 
+def clear(session) -> None:  # type: ignore[no-untyped-def]
+    session.run("MATCH (n) CALL (n) { DETACH DELETE n } IN TRANSACTIONS OF 5000 ROWS").consume()
+
+
 def main() -> None:
-    from falkordb import FalkorDB
+    import neo4j
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--nodes", type=int, default=100_000)
     parser.add_argument("--rels", type=int, default=500_000)
     parser.add_argument("--write", type=Path)
     args = parser.parse_args()
-    server = EmbeddedRedis(extra_args=falkordb_args()).start()
+    server = Neo4jServer(line="5.26", heap="2g", pagecache="1g").start()
     work = Path(tempfile.mkdtemp(prefix="polyshift-graph-bench-"))
+    rows: list[str] = []
     try:
-        graph = FalkorDB(host="127.0.0.1", port=server.port).select_graph("bench")
-        t0 = time.perf_counter()
-        load(graph, args.nodes, args.rels)
-        nodes = graph.query("MATCH (n:Doc) RETURN count(n)").result_set[0][0]
-        rels = graph.query("MATCH ()-[r:LINKS]->() RETURN count(r)").result_set[0][0]
-        print(f"loaded {nodes:,} nodes and {rels:,} relationships in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
-        (work / "polyshift.toml").write_text(textwrap.dedent(f"""\
-            [project]
-            state_url = "sqlite:///{work}/state.db"
-            backups = "{work}/backups"
-            [stores.graph]
-            kind = "falkordb"
-            url = "{server.url}"
-            graph = "bench"
-            statement_timeout = "30min"
-            """))
-        env = {**os.environ, "PYTHONPATH": str(REPO)}
-        cli = [sys.executable, "-m", "framework.cli", "--config", str(work / "polyshift.toml"), "--json"]
-        backup_s, backup_rss, out = measure([*cli, "backup", "create", "graph", "--scope", "Doc,:LINKS"], env)
-        backup = json.loads(out)
-        id_s, id_n = page_by_id(graph)
-        skip_s, skip_n = page_by_skip(graph)
-        assert id_n == skip_n == nodes
-        graph.query("MATCH (n:Doc) DETACH DELETE n")
-        restore_s, restore_rss, _ = measure([*cli, "backup", "restore", backup["id"], "--yes"], env)
-        assert graph.query("MATCH ()-[r:LINKS]->() RETURN count(r)").result_set[0][0] == rels
+        driver = neo4j.GraphDatabase.driver(server.url, auth=None)
+        with driver.session() as session:
+            t0 = time.perf_counter()
+            load(session, args.nodes, args.rels)
+            nodes = count(session, "MATCH (n:Doc) RETURN count(n)")
+            rels = count(session, "MATCH ()-[r:LINKS]->() RETURN count(r)")
+            print(f"loaded {nodes:,} nodes and {rels:,} relationships in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
+            entities = nodes + rels
+            (work / "polyshift.toml").write_text(textwrap.dedent(f"""\
+                [project]
+                state_url = "sqlite:///{work}/state.db"
+                backups = "{work}/backups"
+                [stores.graph]
+                kind = "neo4j"
+                url = "{server.url}"
+                statement_timeout = "30min"
+                """))
+            env = {**os.environ, "PYTHONPATH": str(REPO)}
+            cli = [sys.executable, "-m", "framework.cli", "--config", str(work / "polyshift.toml"), "--json"]
+            backup_s, backup_rss, out = measure([*cli, "backup", "create", "graph", "--scope", "Doc,:LINKS"], env)
+            backup = json.loads(out)
+            streamed_s, streamed_n = timed(lambda: read_streamed(session))
+            keyset_s, keyset_n = timed(lambda: read_keyset(session))
+            skip_s, skip_n = timed(lambda: read_skip(session))
+            assert streamed_n == keyset_n == skip_n == nodes
+            export_s, export = timed(lambda: session.run("CALL apoc.export.json.all('bench.json', {}) "
+                                                         "YIELD nodes, relationships RETURN nodes, relationships").single())
+            assert export is not None and export[0] + export[1] == entities
+            export_bytes = next(server.root.rglob("bench.json")).stat().st_size  # type: ignore[union-attr]
+            clear(session)
+            restore_s, restore_rss, _ = measure([*cli, "backup", "restore", backup["id"], "--yes"], env)
+            assert count(session, "MATCH ()-[r:LINKS]->() RETURN count(r)") == rels
+            clear(session)
+            session.run("DROP CONSTRAINT doc_id").consume()
+            # APOC requires a uniqueness constraint on its import id; creating it counts as part of the import.
+            import_s, _ = timed(lambda: (
+                session.run("CREATE CONSTRAINT apoc_import FOR (n:Doc) REQUIRE n.neo4jImportId IS UNIQUE").consume(),
+                session.run("CALL apoc.import.json('file:///bench.json')").consume()))
+            assert count(session, "MATCH (n:Doc) RETURN count(n)") == nodes
+            assert count(session, "MATCH ()-[r:LINKS]->() RETURN count(r)") == rels
+            server_rss = server.rss_mib()
+        driver.close()
+        rows = [
+            f"Scoped graph backup/restore, {nodes:,} nodes + {rels:,} relationships, Neo4j {server.version} Community "
+            f"(Java {server.java_version}, heap 2 GiB, page cache 1 GiB), APOC core 5.26.19, same run.",
+            "", "| operation | seconds | entities/s | peak RSS MiB | note |", "|---|---:|---:|---:|---|",
+            f"| polyshift backup (streamed by label/type, JSONL, zstd, sha256 read-back, content fingerprint) | {backup_s:.2f} | "
+            f"{entities / backup_s:,.0f} | {backup_rss:.0f} | {backup['bytes'] / 2**20:.1f} MiB artifact; "
+            f"{backup_s / export_s:.2f}x APOC export |",
+            f"| APOC `apoc.export.json.all` (in the server, to a file) | {export_s:.2f} | {entities / export_s:,.0f} | (server) | "
+            f"{export_bytes / 2**20:.1f} MiB JSON, not verified |",
+            f"| polyshift restore (delete scope, UNWIND by label set, elementId map, relationships, schema, verify) | "
+            f"{restore_s:.2f} | {entities / restore_s:,.0f} | {restore_rss:.0f} | {restore_s / import_s:.2f}x APOC import |",
+            f"| APOC `apoc.import.json` (in the server, from that file) | {import_s:.2f} | {entities / import_s:,.0f} | (server) | "
+            "no delete, no verification |",
+            f"| read all nodes, one streamed query (polyshift) | {streamed_s:.2f} | {nodes / streamed_s:,.0f} | | |",
+            f"| read all nodes, keyset paging on an indexed id (page {PAGE}) | {keyset_s:.2f} | {nodes / keyset_s:,.0f} | | |",
+            f"| read all nodes, SKIP/LIMIT paging (page {PAGE}) | {skip_s:.2f} | {nodes / skip_s:,.0f} | | "
+            f"{skip_s / streamed_s:.1f}x the streamed time |",
+            "", f"Server RSS at the end: {server_rss:.0f} MiB; it started in {server.started_in:.1f} s.",
+        ]
     finally:
-        server.stop()
-    entities = nodes + rels
-    lines = [
-        f"Scoped graph backup/restore, {nodes:,} nodes + {rels:,} relationships, FalkorDB 4.16 (native protocol), same run.",
-        "", "| operation | seconds | entities/s | peak RSS MiB | note |", "|---|---:|---:|---:|---|",
-        f"| polyshift backup (id-paged JSONL, zstd, verify, content fingerprint) | {backup_s:.2f} | {entities / backup_s:,.0f} | "
-        f"{backup_rss:.0f} | {backup['bytes'] / 2**20:.1f} MiB artifact |",
-        f"| polyshift restore (delete scope, UNWIND by label set, id map, relationships, verify) | {restore_s:.2f} | "
-        f"{entities / restore_s:,.0f} | {restore_rss:.0f} | |",
-        f"| read all nodes, id-keyed paging (WHERE id(n) > $last) | {id_s:.2f} | {nodes / id_s:,.0f} | | page {PAGE} |",
-        f"| read all nodes, SKIP/LIMIT paging | {skip_s:.2f} | {nodes / skip_s:,.0f} | | {skip_s / id_s:.1f}x the id-keyed time |",
-    ]
-    table = "\n".join(lines)
+        server.stop(graceful=False)
+    table = "\n".join(rows)
     print(table)
     if args.write:
         write_results(args.write, "Graph backup/restore benchmark",

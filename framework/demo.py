@@ -1,5 +1,6 @@
-"""`make demo`: the sample application's releases across PostgreSQL, pgvector, a Bolt graph and
-Redis, on embedded real servers, through the real CLI.
+"""`make demo`: the sample application's releases across PostgreSQL, pgvector, a graph (real Neo4j
+Community when a JDK is present, FalkorDB otherwise) and Redis, on embedded real servers, through
+the real CLI.
 
 1. sandbox up; 2. release 0001 (the schema) and the application's data; 3. release 0002 with a
 staged cutover whose health gates stay green; 4. release 0003, whose gate fails at 10%: the flag
@@ -68,6 +69,12 @@ def polyshift(config: Path, *args: str, quiet: bool = False) -> tuple[int, str]:
 def write_project(scratch: Path, urls: dict[str, str]) -> Path:
     shutil.copytree(REPO / "migrations", scratch / "migrations")
     pg = urls["POLYSHIFT_SANDBOX_POSTGRES_URL"]
+    if "POLYSHIFT_SANDBOX_NEO4J_URL" in urls:
+        graph = f'kind = "neo4j"                    # Neo4j {urls["POLYSHIFT_SANDBOX_NEO4J_VERSION"]} Community, over Bolt\n' \
+                f'        url = "{urls["POLYSHIFT_SANDBOX_NEO4J_URL"]}"'
+    else:
+        graph = f'kind = "falkordb"                 # no JDK here: FalkorDB, natively\n' \
+                f'        url = "{urls["POLYSHIFT_SANDBOX_FALKORDB_URL"]}"\n        graph = "app"'
     config = scratch / "polyshift.toml"
     config.write_text(textwrap.dedent(f"""\
         [project]
@@ -82,8 +89,7 @@ def write_project(scratch: Path, urls: dict[str, str]) -> Path:
         url = "{pg.rsplit('/', 1)[0]}/vectors"
 
         [stores.graph]
-        kind = "neo4j"                    # FalkorDB's Bolt endpoint here; a real Neo4j 5 in production
-        url = "{urls['POLYSHIFT_SANDBOX_NEO4J_URL']}"
+        {graph}
 
         [stores.cache]
         kind = "redis"
@@ -163,7 +169,7 @@ def run() -> int:
     os.chdir(scratch)
     app: DemoApp | None = None
     try:
-        step("1. Start real servers, no Docker: PostgreSQL 18 + pgvector, Redis, FalkorDB speaking Bolt")
+        step("1. Start real servers, no Docker: PostgreSQL 18 + pgvector, Redis, FalkorDB, Neo4j Community")
         (scratch / "polyshift.toml").write_text("[stores.none]\nkind = 'redis'\nurl = 'redis://127.0.0.1:1'\n")
         code, out = polyshift(scratch / "polyshift.toml", "sandbox", "up", "--dir", str(sandbox), "--json", quiet=True)
         if code:
@@ -173,6 +179,8 @@ def run() -> int:
         os.environ["PGPASSFILE"] = urls["PGPASSFILE"]
         for key, value in urls.items():
             console.print(f"{key}={value}")
+        neo4j = urls.get("POLYSHIFT_SANDBOX_NEO4J_VERSION")
+        console.print(f"[bold]graph store: {f'Neo4j {neo4j} Community (Bolt)' if neo4j else 'FalkorDB (no JDK found for Neo4j)'}[/]")
         with psycopg.connect(urls["POLYSHIFT_SANDBOX_POSTGRES_URL"], autocommit=True) as conn:
             conn.execute("CREATE DATABASE vectors")
         config = write_project(scratch, urls)

@@ -201,7 +201,7 @@ def _load_script_migration(store: str, version: str, slug: str, files: dict[str,
     if "rollback" not in files and not irreversible:
         raise MigrationLoadError(
             f"{store}/{forward_path.name}: no rollback script; add {version}_{slug}.rollback.{forward_path.suffix[1:]} "
-            "or mark the forward with '-- polyshift: irreversible'",
+            f"or mark the forward with '{comment} polyshift: irreversible'",
         )
     for step in ("forward", "rollback"):
         if step in files:

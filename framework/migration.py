@@ -121,11 +121,27 @@ class Migration:
     def is_python(self) -> bool:
         return self.forward.is_python
 
+    def directive_hint(self, key: str) -> str:
+        """How directive ``key`` is written in this migration's own language, e.g.
+        ``// polyshift: backup=Label,:TYPE,...`` in a Cypher file, ``BACKUP = [...]`` in Python."""
+        if self.is_python:
+            return f"{key.upper()} = [...]" if key == "backup" else f"{key.upper()} = True"
+        suffix = self.forward.path.suffix
+        comment = _COMMENT.get(suffix, "--")
+        if key != "backup":
+            return f"{comment} polyshift: {key}"
+        return f"{comment} polyshift: backup={_SCOPE_EXAMPLE.get(suffix, 'name')},..."
+
     def extra(self, name: str, default: Any = None) -> Any:
         """A module-level setting of a Python migration, or a header directive of a script."""
         if self.module is not None and hasattr(self.module, name):
             return getattr(self.module, name)
         return self.directives.get(name.lower(), default)
+
+
+# Line comments and the names a backup scope lists, by script language (file suffix).
+_COMMENT = {".sql": "--", ".cypher": "//"}
+_SCOPE_EXAMPLE = {".sql": "table", ".cypher": "Label,:TYPE"}
 
 
 def version_key(version: str) -> tuple[int, ...]:

@@ -22,8 +22,7 @@ from framework.errors import (
     RefusedError,
     UsageError,
 )
-from framework.loader import SCRIPT_LANG
-from framework.migration import Migration, Risk, Step, version_key
+from framework.migration import Migration, Risk, version_key
 from framework.project import Project
 from framework.protocol import Adapter, Analysis, Direction, ExpiringLock, Fingerprint, RestoreReport
 from framework.runs import RunCommand, refuse_unfinished
@@ -92,14 +91,6 @@ class Settled:
 
 def _quiet(_event: str, _data: dict[str, Any]) -> None:
     pass
-
-
-def _declare_hint(step: Step) -> str:
-    """How a step's file declares its backup scope, in that file's own language."""
-    if step.is_python:
-        return "BACKUP = [...]"
-    comment = next((c for ext, c in filter(None, SCRIPT_LANG.values()) if step.path.suffix == f".{ext}"), "--")
-    return f"{comment} polyshift: backup=name,..."
 
 
 class Runner:
@@ -210,7 +201,7 @@ class Runner:
     def _require_backup(m: Migration, analysis: Analysis, scope: tuple[str, ...]) -> None:
         """A destructive step runs only behind a backup of everything it may change: refuse when
         nothing can be backed up, or when some effect could not be read and no scope was declared."""
-        how = _declare_hint(m.forward)
+        how = m.directive_hint("backup")
         if m.irreversible and not scope:
             raise RefusedError(f"{m.store}/{m.id} is irreversible but has nothing to back up; declare its scope "
                                f"({how}) so a verified backup exists before it runs")
@@ -234,7 +225,7 @@ class Runner:
         if analysis.risk != Risk.C or m.rollback.is_python or analysis.scope or m.declared_scope:
             return
         raise RefusedError(f"{m.store}/{m.id}: its rollback step is destructive (risk C) but no backup scope could be inferred",
-                           hint=f"declare what it destroys in the header of {m.rollback.path.name}: '{_declare_hint(m.rollback)}'")
+                           hint=f"declare what it destroys in the header of {m.rollback.path.name}: '{m.directive_hint('backup')}'")
 
     @staticmethod
     def _refuse_unproven_rollback(m: Migration, analysis: Analysis) -> None:
@@ -245,7 +236,7 @@ class Runner:
             raise RefusedError(f"{m.store}/{m.id}: its rollback step may change data that cannot be read from its statements: "
                                + "; ".join(analysis.unproven),
                                hint=f"declare what it changes in the header of {m.rollback.path.name}: "
-                                    f"'{_declare_hint(m.rollback)}'")
+                                    f"'{m.directive_hint('backup')}'")
 
     @contextmanager
     def _locked(self, names: list[str], run_id: str, *, lock: bool, wait: float | None = None,

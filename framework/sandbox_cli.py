@@ -1,8 +1,10 @@
 """`polyshift sandbox up | down | env`: real servers on this machine for trying polyshift, no Docker.
 
-``up`` starts PostgreSQL 18 + pgvector, Redis and FalkorDB (with its Bolt endpoint) under
+``up`` starts PostgreSQL 18 + pgvector, Redis, FalkorDB and Neo4j Community 5.26 (when a JDK
+and Maven are present; otherwise it says so in one line and the graph is FalkorDB's alone) under
 ``.polyshift/sandbox/`` and leaves them running; ``env`` prints their URLs as shell exports;
-``down`` stops them and removes their data. The PostgreSQL password is never printed: it goes to
+``down`` stops them and removes their data. Neo4j listens on loopback without authentication,
+like the sandbox's Redis. The PostgreSQL password is never printed: it goes to
 a 0600 pgpass file that libpq (psycopg, pg_dump, psql) reads through ``PGPASSFILE``.
 """
 
@@ -19,8 +21,9 @@ import typer
 
 from framework import output
 from framework.errors import StoreError
+from framework.neo4j_server import Neo4jServer, Neo4jUnavailable
 from framework.output import emit_json, say
-from framework.sandbox import EmbeddedPostgres, EmbeddedRedis, falkordb_args, low_free_port, pid_alive, stop_pid
+from framework.sandbox import EmbeddedPostgres, EmbeddedRedis, falkordb_args, pid_alive, stop_pid
 
 sandbox_app = typer.Typer(no_args_is_help=True, help="Embedded real servers for trying polyshift: up, down, env.")
 _DEFAULT = Path(".polyshift/sandbox")
@@ -37,17 +40,24 @@ def _read(directory: Path) -> dict[str, Any] | None:
 
 def _urls(state: dict[str, Any]) -> dict[str, str]:
     pg = state["postgres"]
-    return {
+    urls = {
         "POLYSHIFT_SANDBOX_POSTGRES_URL": f"postgresql://{pg['user']}@127.0.0.1:{pg['port']}/{pg['database']}",
         "PGPASSFILE": pg["pgpass"],
         "POLYSHIFT_SANDBOX_REDIS_URL": f"redis://127.0.0.1:{state['redis']['port']}/0",
         "POLYSHIFT_SANDBOX_FALKORDB_URL": f"redis://127.0.0.1:{state['falkordb']['port']}",
-        "POLYSHIFT_SANDBOX_NEO4J_URL": f"bolt://127.0.0.1:{state['falkordb']['bolt_port']}",
     }
+    if state.get("neo4j"):
+        urls["POLYSHIFT_SANDBOX_NEO4J_URL"] = f"bolt://127.0.0.1:{state['neo4j']['port']}"
+        urls["POLYSHIFT_SANDBOX_NEO4J_VERSION"] = state["neo4j"]["version"]
+    return urls
+
+
+def _servers(state: dict[str, Any]) -> list[str]:
+    return [k for k in ("postgres", "redis", "falkordb", "neo4j") if state.get(k)]
 
 
 def _running(state: dict[str, Any]) -> bool:
-    return all(pid_alive(state[k].get("pid")) for k in ("postgres", "redis", "falkordb"))
+    return all(pid_alive(state[k].get("pid")) for k in _servers(state))
 
 
 def _postgres_pid(root: Path) -> int | None:
@@ -66,7 +76,7 @@ def _show(state: dict[str, Any]) -> None:
 
 @sandbox_app.command("up")
 def sandbox_up(directory: Path = typer.Option(_DEFAULT, "--dir", help="Where the servers keep their data.")) -> None:
-    """Start PostgreSQL 18 + pgvector, Redis and FalkorDB (Bolt too), or show the running ones.  Example: polyshift sandbox up"""
+    """Start PostgreSQL 18 + pgvector, Redis, FalkorDB and Neo4j, or show the running ones.  Example: polyshift sandbox up"""
     state = _read(directory)
     if state is not None and _running(state):
         _show(state)
@@ -87,18 +97,24 @@ def sandbox_up(directory: Path = typer.Option(_DEFAULT, "--dir", help="Where the
         redis = EmbeddedRedis(root=(directory / "redis").resolve(), detach=True)
         redis.root.mkdir(parents=True, exist_ok=True)
         redis.start()
-        bolt = low_free_port()
-        graph = EmbeddedRedis(root=(directory / "falkordb").resolve(), detach=True, extra_args=falkordb_args(bolt))
+        graph = EmbeddedRedis(root=(directory / "falkordb").resolve(), detach=True, extra_args=falkordb_args())
         graph.root.mkdir(parents=True, exist_ok=True)
         graph.start()
     except (OSError, RuntimeError, TimeoutError) as exc:
         raise StoreError(f"sandbox: a server did not start: {exc}", hint=f"see the logs under {directory}") from None
+    neo4j: Neo4jServer | None = Neo4jServer(root=(directory / "neo4j").resolve(), detach=True)
+    try:
+        neo4j.start()
+    except Neo4jUnavailable as exc:
+        output.err.print(f"neo4j: not started ({str(exc).splitlines()[0]}); the graph runs on FalkorDB natively")
+        neo4j = None
     state = {
         "postgres": {"port": pg.port, "user": pg.user, "database": pg.database, "root": str(pg.root), "pgpass": str(pgpass),
                      "pid": _postgres_pid(pg.root)},
         "redis": {"port": redis.port, "pid": redis.process.pid if redis.process else None, "root": str(redis.root)},
-        "falkordb": {"port": graph.port, "bolt_port": bolt, "pid": graph.process.pid if graph.process else None,
-                     "root": str(graph.root)},
+        "falkordb": {"port": graph.port, "pid": graph.process.pid if graph.process else None, "root": str(graph.root)},
+        "neo4j": {"port": neo4j.port, "pid": neo4j.pid, "root": str(neo4j.root), "version": neo4j.version,
+                  "java": neo4j.java_version} if neo4j else None,
     }
     _state_file(directory).write_text(json.dumps(state, indent=2))
     _show(state)
@@ -106,9 +122,9 @@ def sandbox_up(directory: Path = typer.Option(_DEFAULT, "--dir", help="Where the
 
 def _stop(state: dict[str, Any]) -> None:
     EmbeddedPostgres(root=Path(state["postgres"]["root"]), port=state["postgres"]["port"]).stop(remove=False)
-    for key in ("redis", "falkordb"):
-        if state[key].get("pid"):
-            stop_pid(state[key]["pid"])
+    for key in ("redis", "falkordb", "neo4j"):
+        if state.get(key) and state[key].get("pid"):
+            stop_pid(state[key]["pid"], timeout=60 if key == "neo4j" else 10)
 
 
 @sandbox_app.command("down")

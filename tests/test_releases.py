@@ -279,8 +279,8 @@ def test_recover_refuses_when_a_migration_changed_on_disk_since_the_run(app: Any
     assert app.run("recover").exit_code == 3
 
 
-@pytest.mark.bolt
-def test_a_release_with_the_graph_over_bolt_is_undone_then_completes(app: Any) -> None:
+@pytest.mark.neo4j
+def test_a_release_with_the_graph_on_neo4j_is_undone_then_completes(app: Any) -> None:
     app.write_release(gates='{ kind = "shell", command = "test $POLYSHIFT_PERCENT -lt 100" }')
     blue = app.state()
     failed = app.run("up")

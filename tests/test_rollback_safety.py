@@ -52,14 +52,27 @@ def test_rollback_dry_run_refuses_the_same_step(ws: Workspace) -> None:
     assert "0001_invoice_numbers" in result.stderr
 
 
-def test_rollback_refuses_a_destructive_cypher_step_without_a_declared_scope(gws: GraphWorkspace) -> None:
+def test_rollback_backs_up_what_a_cypher_step_deletes_before_it_runs(gws: GraphWorkspace) -> None:
     gws.migration("0001_tags", "CREATE (:Tag {name: 'seed'});", "MATCH (t:Tag) DETACH DELETE t;")
     assert gws.run("up").exit_code == 0
     gws.q("UNWIND range(1, 40) AS i CREATE (:Tag {name: 'tag ' + toString(i)})")
-    result = gws.run("rollback")
+    result = gws.run("rollback", "--json")
+    assert result.exit_code == 0, result.output
+    [outcome] = json.loads(result.stdout)
+    assert outcome["scope"] == ["Tag"] and outcome["backup"]
+    assert gws.q("MATCH (t:Tag) RETURN count(t)") == [[0]]
+
+
+def test_up_refuses_a_release_whose_cypher_rollback_step_cannot_be_read_without_a_declared_scope(gws: GraphWorkspace) -> None:
+    # No label: which nodes the rollback step would delete cannot be told from the statement, so
+    # no backup could be sure to hold them; refused before anything changes.
+    gws.q("UNWIND range(1, 40) AS i CREATE (:Tag {name: 'tag ' + toString(i)})")
+    gws.migration("0001_tags", "CREATE (:Tag {name: 'seed'});", "MATCH (t) WHERE t.name IS NOT NULL DETACH DELETE t;")
+    result = gws.run("up")
     assert result.exit_code == 2, result.output
     assert "0001_tags.rollback.cypher" in result.stderr and "// polyshift: backup=" in result.stderr
-    assert gws.q("MATCH (t:Tag) RETURN count(t)") == [[41]]
+    assert gws.q("MATCH (t:Tag) RETURN count(t)") == [[40]]
+    assert gws.backups() == []
 
 
 def test_a_scope_declared_in_the_rollback_header_is_backed_up_before_the_step(ws: Workspace) -> None:

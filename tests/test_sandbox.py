@@ -44,7 +44,9 @@ def test_sandbox_up_env_down(tmp_path: Path) -> None:
         from neo4j import GraphDatabase
 
         with GraphDatabase.driver(urls["POLYSHIFT_SANDBOX_NEO4J_URL"], auth=None) as driver, driver.session() as session:
-            assert session.run("RETURN 1").single()[0] == 1
+            # Real Neo4j Community, not a stand-in: its own version and edition.
+            row = session.run("CALL dbms.components() YIELD versions, edition RETURN versions[0], edition").single()
+            assert (row[0], row[1]) == (urls["POLYSHIFT_SANDBOX_NEO4J_VERSION"], "community")
         again = _cli(tmp_path, "--json", "sandbox", "up")
         assert json.loads(again.stdout) == urls  # idempotent: the running sandbox is reused
         env = _cli(tmp_path, "sandbox", "env")
@@ -54,5 +56,21 @@ def test_sandbox_up_env_down(tmp_path: Path) -> None:
     assert down.returncode == 0
     assert not (tmp_path / ".polyshift" / "sandbox").exists()
     assert not _port_open(int(urls["POLYSHIFT_SANDBOX_REDIS_URL"].rsplit(":", 1)[1].split("/")[0]))
+    assert not _port_open(int(urls["POLYSHIFT_SANDBOX_NEO4J_URL"].rsplit(":", 1)[1]))
     gone = _cli(tmp_path, "sandbox", "env")
     assert gone.returncode == 2 and "no sandbox is running" in gone.stderr
+
+
+def test_sandbox_without_java_says_so_in_one_line_and_keeps_the_graph_on_falkordb(tmp_path: Path) -> None:
+    bare = {"PATH": str(tmp_path), "JAVA_HOME": str(tmp_path / "no-jdk"), "POLYSHIFT_NEO4J_JDK_DIRS": str(tmp_path)}
+    up = _cli(tmp_path, "--json", "sandbox", "up", env=bare)
+    try:
+        assert up.returncode == 0, up.stderr
+        urls = json.loads(up.stdout)
+        assert "POLYSHIFT_SANDBOX_NEO4J_URL" not in urls
+        notes = [line for line in up.stderr.splitlines() if line.startswith("neo4j:")]
+        assert len(notes) == 1 and "the graph runs on FalkorDB natively" in notes[0]
+        graph = redis.Redis.from_url(urls["POLYSHIFT_SANDBOX_FALKORDB_URL"])
+        assert graph.execute_command("GRAPH.QUERY", "g", "RETURN 1")
+    finally:
+        assert _cli(tmp_path, "sandbox", "down", env=bare).returncode == 0
