@@ -9,11 +9,11 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: install test demo bench lint clean
 
-$(STAMP): pyproject.toml framework/neo4j_launcher/pom.xml framework/neo4j_launcher/src/main/java/polyshift/neo4j/Launcher.java
+$(STAMP): pyproject.toml framework/sandbox/neo4j_launcher/pom.xml framework/sandbox/neo4j_launcher/src/main/java/polyshift/neo4j/Launcher.java
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
-	$(BIN)/python -m framework.neo4j_server build
+	$(BIN)/python -m polyshift.framework.sandbox.neo4j build
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -4,32 +4,32 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from framework.errors import ConfigError
+from polyshift.framework.core.errors import ConfigError
 
 if TYPE_CHECKING:
-    from framework.config import StoreConfig
-    from framework.protocol import Adapter
+    from polyshift.framework.core.config import StoreConfig
+    from polyshift.framework.core.protocol import Adapter
 
 
 def adapter_for(store: StoreConfig) -> Adapter:
     if store.kind == "postgres":
-        from adapters.postgres import PostgresAdapter
+        from polyshift.adapters.postgres.adapter import PostgresAdapter
 
         return PostgresAdapter(store)
     if store.kind == "pgvector":
-        from adapters.pgvector import PgvectorAdapter
+        from polyshift.adapters.postgres.pgvector import PgvectorAdapter
 
         return PgvectorAdapter(store)
     if store.kind == "neo4j":
-        from adapters.neo4j import Neo4jAdapter
+        from polyshift.adapters.graph.neo4j import Neo4jAdapter
 
         return Neo4jAdapter(store)
     if store.kind == "falkordb":
-        from adapters.falkordb import FalkorAdapter
+        from polyshift.adapters.graph.falkordb import FalkorAdapter
 
         return FalkorAdapter(store)
     if store.kind == "redis":
-        from adapters.redis import RedisAdapter
+        from polyshift.adapters.redis.adapter import RedisAdapter
 
         return RedisAdapter(store)
     raise ConfigError(f"[stores.{store.name}]: kind {store.kind!r} has no adapter in this version of polyshift")

@@ -23,8 +23,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from polyshift.framework.sandbox.neo4j import Neo4jServer  # noqa: E402
+
 from bench.common import measure, write_results  # noqa: E402
-from framework.neo4j_server import Neo4jServer  # noqa: E402
 
 PAGE = 2000
 
@@ -112,7 +113,7 @@ def main() -> None:
                 statement_timeout = "30min"
                 """))
             env = {**os.environ, "PYTHONPATH": str(REPO)}
-            cli = [sys.executable, "-m", "framework.cli", "--config", str(work / "polyshift.toml"), "--json"]
+            cli = [sys.executable, "-m", "polyshift.framework.cli.main", "--config", str(work / "polyshift.toml"), "--json"]
             backup_s, backup_rss, out = measure([*cli, "backup", "create", "graph", "--scope", "Doc,:LINKS"], env)
             backup = json.loads(out)
             streamed_s, streamed_n = timed(lambda: read_streamed(session))

@@ -560,7 +560,7 @@ def server_url() -> Iterator[str]:
     if explicit:
         yield explicit
         return
-    from framework.sandbox import EmbeddedPostgres
+    from polyshift.framework.sandbox.servers import EmbeddedPostgres
 
     server = EmbeddedPostgres().start()
     try:

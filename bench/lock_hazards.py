@@ -33,11 +33,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from adapters.sql_analysis import analyze_sql  # noqa: E402
+from polyshift.adapters.postgres.analysis import analyze_sql  # noqa: E402
+from polyshift.framework.core.errors import MigrationLoadError  # noqa: E402
+from polyshift.framework.core.migration import Risk  # noqa: E402
+
 from bench.common import write_results  # noqa: E402
 from bench.lock_corpus_measure import Case, Corpus, load_corpus  # noqa: E402
-from framework.errors import MigrationLoadError  # noqa: E402
-from framework.migration import Risk  # noqa: E402
 
 PG_VERSION = "18.0"
 # squawk's rules by subject (names as squawk 2.x spells them; see https://squawkhq.com/docs/rules).

@@ -25,8 +25,9 @@ import psycopg
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from polyshift.framework.sandbox.servers import EmbeddedPostgres, pg_tool  # noqa: E402
+
 from bench.common import measure, write_results  # noqa: E402
-from framework.sandbox import EmbeddedPostgres, pg_tool  # noqa: E402
 
 
 def main() -> None:
@@ -74,7 +75,7 @@ def main() -> None:
             statement_timeout = "30min"
             """))
         env = {**os.environ, "BENCH_PW": pg.password, "PGPASSWORD": pg.password, "PYTHONPATH": str(REPO)}
-        polyshift = [sys.executable, "-m", "framework.cli", "--config", str(work / "polyshift.toml"), "--json"]
+        polyshift = [sys.executable, "-m", "polyshift.framework.cli.main", "--config", str(work / "polyshift.toml"), "--json"]
         conninfo = f"host=127.0.0.1 port={pg.port} user={pg.user} dbname={pg.database}"
 
         results = []

@@ -26,8 +26,9 @@ import redis
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from polyshift.framework.sandbox.servers import EmbeddedRedis  # noqa: E402
+
 from bench.common import measure, write_results  # noqa: E402
-from framework.sandbox import EmbeddedRedis  # noqa: E402
 
 NAIVE_SLICE = 50_000
 
@@ -101,7 +102,7 @@ def main() -> None:
             statement_timeout = "30min"
             """))
         env = {**os.environ, "PYTHONPATH": str(REPO)}
-        polyshift = [sys.executable, "-m", "framework.cli", "--config", str(work / "polyshift.toml"), "--json"]
+        polyshift = [sys.executable, "-m", "polyshift.framework.cli.main", "--config", str(work / "polyshift.toml"), "--json"]
 
         backup_s, backup_rss, out = measure([*polyshift, "backup", "create", "cache", "--scope", "k:*"], env)
         backup = json.loads(out)

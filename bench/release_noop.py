@@ -31,8 +31,9 @@ import redis
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from polyshift.framework.sandbox.servers import EmbeddedPostgres, EmbeddedRedis, falkordb_args  # noqa: E402
+
 from bench.common import measure, write_results  # noqa: E402
-from framework.sandbox import EmbeddedPostgres, EmbeddedRedis, falkordb_args  # noqa: E402
 
 PHASES = [  # (label, journal entry that ends the phase)
     ("preflight (4 locks, drift, disk)", ("preflight", "done")),
@@ -162,7 +163,7 @@ def main() -> None:
             breakdown.append(phases(root / "p"))
             os.chdir(root / "a")
             theirs.append(measure([str(bin_dir / "alembic"), "upgrade", "head"], env)[0])
-        startup = statistics.median(measure([sys.executable, "-c", "import framework.cli"], env)[0] for _ in range(3))
+        startup = statistics.median(measure([sys.executable, "-c", "import polyshift.framework.cli.main"], env)[0] for _ in range(3))
     finally:
         os.chdir(cwd)
         graph_server.stop()
@@ -174,7 +175,7 @@ def main() -> None:
              f"| `alembic upgrade head`, one `SELECT 1` revision (baseline) | {base:.2f} s | 1.00x |",
              f"| `polyshift up`, guarded no-op release across 4 stores | {mine:.2f} s | {mine / base:.2f}x |",
              "", "| polyshift phase | median |", "|---|---:|",
-             f"| interpreter + imports (`import framework.cli`) | {startup:.2f} s |"]
+             f"| interpreter + imports (`import polyshift.framework.cli.main`) | {startup:.2f} s |"]
     for label, _ in PHASES:
         lines.append(f"| {label} | {statistics.median(b[label] for b in breakdown) * 1000:.0f} ms |")
     table = "\n".join(lines)

@@ -10,10 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from feature_flags.model import Flag, validate_name, validate_percent
-from feature_flags.stores import ConflictError, FlagStore
-from framework.errors import PolyshiftError, StoreError, UsageError
-from framework.state import ControlPlane, actor
+from polyshift.feature_flags.model import Flag, validate_name, validate_percent
+from polyshift.feature_flags.stores import ConflictError, FlagStore
+from polyshift.framework.control.state import ControlPlane, actor
+from polyshift.framework.core.errors import PolyshiftError, StoreError, UsageError
 
 _ANY = object()  # no compare-and-set
 

@@ -5,16 +5,15 @@ from __future__ import annotations
 import json
 
 import typer
-
-from feature_flags.admin import Change, FlagAdmin
-from feature_flags.client import FlagClient
-from feature_flags.model import validate_name
-from feature_flags.settings import flag_settings, open_store
-from framework import output
-from framework.config import load_config
-from framework.errors import StoreError, UsageError
-from framework.output import emit_json, say, table
-from framework.state import ControlPlane
+from polyshift.feature_flags.admin import Change, FlagAdmin
+from polyshift.feature_flags.client import FlagClient
+from polyshift.feature_flags.model import validate_name
+from polyshift.feature_flags.settings import flag_settings, open_store
+from polyshift.framework.cli import output
+from polyshift.framework.cli.output import emit_json, say, table
+from polyshift.framework.control.state import ControlPlane
+from polyshift.framework.core.config import load_config
+from polyshift.framework.core.errors import StoreError, UsageError
 
 flags_app = typer.Typer(no_args_is_help=True, help="Feature flags that switch traffic between blue and green.")
 

@@ -13,10 +13,10 @@ import threading
 import time
 from pathlib import Path
 
-from feature_flags.model import CompiledFlag, Evaluation, Flag
-from feature_flags.settings import open_store, settings_from_path
-from feature_flags.stores import FlagStore
-from framework.errors import PolyshiftError
+from polyshift.feature_flags.model import CompiledFlag, Evaluation, Flag
+from polyshift.feature_flags.settings import open_store, settings_from_path
+from polyshift.feature_flags.stores import FlagStore
+from polyshift.framework.core.errors import PolyshiftError
 
 log = logging.getLogger("polyshift.flags")
 

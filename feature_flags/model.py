@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from framework.errors import UsageError
+from polyshift.framework.core.errors import UsageError
 
 NAME = re.compile(r"^[a-z0-9_.-]{1,100}$")
 BUCKETS = 10_000

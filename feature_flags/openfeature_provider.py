@@ -22,8 +22,7 @@ from openfeature.evaluation_context import EvaluationContext
 from openfeature.exception import FlagNotFoundError, TypeMismatchError
 from openfeature.flag_evaluation import FlagResolutionDetails, Reason
 from openfeature.provider import AbstractProvider, Metadata
-
-from feature_flags.client import FlagClient
+from polyshift.feature_flags.client import FlagClient
 
 
 class PolyshiftProvider(AbstractProvider):

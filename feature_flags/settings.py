@@ -13,10 +13,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from feature_flags.stores import FlagStore, RedisFlagStore, SqlFlagStore
-from framework import secrets
-from framework.config import Config, load_config, setting_duration
-from framework.errors import ConfigError
+from polyshift.feature_flags.stores import FlagStore, RedisFlagStore, SqlFlagStore
+from polyshift.framework.core import secrets
+from polyshift.framework.core.config import Config, load_config, setting_duration
+from polyshift.framework.core.errors import ConfigError
 
 
 @dataclass(frozen=True)

@@ -11,12 +11,11 @@ import json
 from typing import Protocol
 
 import sqlalchemy as sa
+from polyshift.feature_flags.model import Flag
+from polyshift.framework.control.state import make_engine
+from polyshift.framework.core.errors import StoreError
+from polyshift.framework.core.secrets import redact, url_without_password
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
-
-from feature_flags.model import Flag
-from framework.errors import StoreError
-from framework.secrets import redact, url_without_password
-from framework.state import make_engine
 
 _meta = sa.MetaData()
 flags_table = sa.Table(

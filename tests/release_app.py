@@ -197,8 +197,8 @@ class ReleaseApp(CliProject):
 
     def graph(self) -> Any:
         """The graph store's adapter, connected (its ``t.run`` runs Cypher)."""
-        from adapters import adapter_for
-        from framework.config import load_config
+        from polyshift.adapters import adapter_for
+        from polyshift.framework.core.config import load_config
 
         adapter = adapter_for(load_config(self.config).store("graph"))
         adapter.connect()
@@ -206,8 +206,8 @@ class ReleaseApp(CliProject):
 
     # -- what the stores hold, independent of polyshift ------------------------------------------
     def state(self) -> dict[str, Any]:
-        from adapters import adapter_for
-        from framework.config import load_config
+        from polyshift.adapters import adapter_for
+        from polyshift.framework.core.config import load_config
 
         config = load_config(self.config)
         result = {}
@@ -231,8 +231,8 @@ class ReleaseApp(CliProject):
         return row[0] if row else None
 
     def flag(self) -> Any:
-        from feature_flags.settings import flag_settings, open_store
-        from framework.config import load_config
+        from polyshift.feature_flags.settings import flag_settings, open_store
+        from polyshift.framework.core.config import load_config
 
         store = open_store(flag_settings(load_config(self.config)))
         try:

@@ -43,7 +43,7 @@ def test_deleted_entry_is_named(ws: Workspace) -> None:
 
 
 def test_rewritten_tail_with_recomputed_hash_still_breaks_the_link(ws: Workspace) -> None:
-    from framework.state import _entry_hash
+    from polyshift.framework.control.state import _entry_hash
 
     db = _with_entries(ws)
     row = db.execute("SELECT seq, at, actor, action, subject, detail, prev_hash FROM polyshift_audit WHERE seq = 2").fetchone()

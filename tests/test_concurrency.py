@@ -28,8 +28,8 @@ def test_two_concurrent_up_processes_never_both_apply(ws: Workspace) -> None:
 
 def test_lock_held_by_another_runner_exits_2_naming_it_and_changes_nothing(ws: Workspace) -> None:
     ws.migration("0001_t", "CREATE TABLE t (id int);", "DROP TABLE t;")
-    from adapters.postgres import PostgresAdapter
-    from framework.config import load_config
+    from polyshift.adapters.postgres.adapter import PostgresAdapter
+    from polyshift.framework.core.config import load_config
 
     holder = PostgresAdapter(load_config(ws.config).store("main"))
     holder.connect()

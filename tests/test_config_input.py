@@ -105,7 +105,7 @@ def test_a_nan_or_absurd_bake_is_refused_before_anything_runs(ws: Workspace, bak
     ws.migration("0001_t", *TABLE_T)
     (ws.migrations / "releases.toml").write_text(f'[release."0001"]\nflag = "t_v2"\nstages = [100]\nbake_seconds = {bake}\n')
     # Run as its own process with a bound: before the fix, a NaN bake spun forever.
-    proc = subprocess.Popen([sys.executable, "-m", "framework.cli", "--config", str(ws.config), "up"], cwd=ws.root,
+    proc = subprocess.Popen([sys.executable, "-m", "polyshift.framework.cli.main", "--config", str(ws.config), "up"], cwd=ws.root,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, **ws.env, "PYTHONPATH": str(REPO)})
     try:

@@ -9,7 +9,8 @@ import textwrap
 import threading
 import time
 
-from feature_flags.admin import Change
+from polyshift.feature_flags.admin import Change
+
 from tests.conftest import REPO, FlagProject
 
 
@@ -88,7 +89,7 @@ def test_a_change_reaches_another_process_within_the_refresh_interval(flags: Fla
     watcher = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
         import sys, time
         sys.path.insert(0, {str(REPO)!r})
-        from feature_flags import FlagClient
+        from polyshift.feature_flags import FlagClient
         client = FlagClient.from_config({str(flags.config)!r})
         print("ready", flush=True)
         deadline = time.monotonic() + 30

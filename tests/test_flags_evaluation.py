@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 
-from feature_flags.admin import Change
+from polyshift.feature_flags.admin import Change
+
 from tests.conftest import FlagProject
 
 SUBJECTS = [f"user-{i}" for i in range(100_000)]

@@ -117,7 +117,7 @@ def test_names_with_quotes_spaces_and_unicode_round_trip(gws: GraphWorkspace) ->
 
 
 def test_cypher_names_are_escaped_not_injected() -> None:
-    from adapters.cypher import labels, name
+    from polyshift.adapters.graph.cypher import labels, name
 
     assert name("a`) DETACH DELETE (n") == "`a``) DETACH DELETE (n`"
     assert labels(["A", "b c"]) == ":`A`:`b c`"
@@ -264,7 +264,7 @@ def test_a_change_whose_targets_cannot_be_read_is_refused_with_a_hint_in_cypher_
     ("DROP INDEX topic_name", "B", [], False),
 ])
 def test_cypher_analysis_reads_what_a_statement_changes(statement: str, risk: str, scope: list[str], unproven: bool) -> None:
-    from adapters.cypher import analyze
+    from polyshift.adapters.graph.cypher import analyze
 
     (result,) = analyze([statement])
     assert (result.risk.value, result.touches, bool(result.unproven)) == (risk, scope, unproven)

@@ -39,7 +39,7 @@ def test_a_config_file_that_is_not_utf8_is_named(ws: Workspace) -> None:
 
 
 def test_a_byte_order_mark_is_accepted_and_the_checksum_stays_the_files(ws: Workspace) -> None:
-    from framework.loader import checksum
+    from polyshift.framework.core.loader import checksum
 
     ws.migration("0001_t", "CREATE TABLE t (id int);", "DROP TABLE t;", "SELECT count(*) = 0 FROM t;")
     for step in ("forward", "rollback", "validate"):
@@ -138,7 +138,7 @@ def test_a_cypher_step_marked_noop_is_applied(graph: GraphWorkspace) -> None:
 
 
 def test_marking_an_applied_empty_step_noop_is_not_drift(ws: Workspace) -> None:
-    from framework.loader import checksum
+    from polyshift.framework.core.loader import checksum
 
     forward, rollback = b"CREATE TABLE t (id int);\n", b"-- nothing to undo\n"
     # What an earlier version recorded when it applied this migration with its empty rollback.

@@ -163,7 +163,7 @@ def test_every_index_and_constraint_kind_of_community_is_captured_and_recreated_
 
 def test_property_type_constraints_are_refused_by_community_as_enterprise_only(nws: GraphWorkspace) -> None:
     # Documents why the schema test has none: Community refuses to create one at all.
-    from adapters.graph import GraphQueryError
+    from polyshift.adapters.graph.adapter import GraphQueryError
 
     with pytest.raises(GraphQueryError, match="Enterprise"):
         nws.q("CREATE CONSTRAINT doc_id_type FOR (d:Doc) REQUIRE d.id IS :: INTEGER")

@@ -159,8 +159,7 @@ def test_backfill_with_the_wrong_dimension_is_refused_and_undone_exit_3(vws: Wor
 def test_backfill_resumes_where_it_stopped(vws: Workspace) -> None:
     _docs(vws)
     import psycopg
-
-    from adapters.pgvector_helpers import VectorHelpers
+    from polyshift.adapters.postgres.pgvector_helpers import VectorHelpers
 
     with psycopg.connect(vws.url, autocommit=True) as conn:
         helpers = VectorHelpers(conn, lock_timeout=2, maintenance_work_mem="64MB")

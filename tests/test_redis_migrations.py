@@ -136,7 +136,7 @@ def test_a_helper_interrupted_mid_way_resumes_from_its_saved_cursor(rws: RedisWo
 
     adapter = rws.adapter()
     try:
-        from framework.migration import Migration, Step
+        from polyshift.framework.core.migration import Migration, Step
 
         mig = Migration("0001", "x", "cache", Step("forward", rws.root), None, None, "c")
         helpers = adapter._context(mig, "run").helpers
@@ -193,8 +193,8 @@ def test_a_crashed_runners_lock_expires_and_can_be_taken(rws: RedisWorkspace) ->
     holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
         import sys, time
         sys.path.insert(0, {str(REPO)!r})
-        from adapters.redis import RedisAdapter
-        from framework.config import load_config
+        from polyshift.adapters.redis.adapter import RedisAdapter
+        from polyshift.framework.core.config import load_config
         a = RedisAdapter(load_config({str(rws.config)!r}).store("cache"))
         a.acquire_lock("doomed-runner", wait=0)
         print("locked", flush=True)

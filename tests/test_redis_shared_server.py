@@ -63,8 +63,8 @@ def test_two_stores_on_one_redis_keep_their_own_ledger(rws: RedisWorkspace) -> N
 
 def test_two_stores_on_one_redis_have_separate_locks(rws: RedisWorkspace) -> None:
     _two_stores(rws)
-    from adapters.redis import RedisAdapter
-    from framework.config import load_config
+    from polyshift.adapters.redis.adapter import RedisAdapter
+    from polyshift.framework.core.config import load_config
 
     config = load_config(rws.config)
     cache, sessions = RedisAdapter(config.store("cache")), RedisAdapter(config.store("sessions"))
@@ -146,7 +146,7 @@ def test_a_pattern_redis_cannot_match_is_refused_by_name(rws: RedisWorkspace, pa
 ])
 def test_glob_regex_matches_what_redis_matches(redis_server: Any, pattern: str, matches: list[bytes],
                                                misses: list[bytes]) -> None:
-    from adapters.redis_keys import glob_regex
+    from polyshift.adapters.redis.keys import glob_regex
 
     client = redis.Redis.from_url(redis_server.url)
     for key in matches + misses:
@@ -163,7 +163,7 @@ ENCODED = "p%40ss%3Aw%2Frd%25-Sentinel-9c"
 
 @pytest.fixture
 def locked_redis() -> Iterator[Any]:
-    from framework.sandbox import EmbeddedRedis
+    from polyshift.framework.sandbox.servers import EmbeddedRedis
 
     server = EmbeddedRedis(password=PASSWORD).start()
     yield server
@@ -172,7 +172,7 @@ def locked_redis() -> Iterator[Any]:
 
 @pytest.fixture
 def locked_falkordb() -> Iterator[Any]:
-    from framework.sandbox import EmbeddedRedis, falkordb_args
+    from polyshift.framework.sandbox.servers import EmbeddedRedis, falkordb_args
 
     server = EmbeddedRedis(extra_args=falkordb_args(), password=PASSWORD).start()
     yield server

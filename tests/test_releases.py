@@ -221,7 +221,7 @@ def test_an_invalid_index_left_by_a_release_fails_the_store_invariants_and_the_r
 
 def test_a_kill_while_the_gates_run_is_never_undone_by_the_next_stage(app: Any) -> None:
     # The gate itself plays the operator: it kills the flag while the runner waits for gates.
-    kill = f"{sys.executable} -m framework.cli --config polyshift.toml flags kill docs_v2 --reason oncall"
+    kill = f"{sys.executable} -m polyshift.framework.cli.main --config polyshift.toml flags kill docs_v2 --reason oncall"
     app.write_release(gates=f'{{ kind = "shell", command = "{kill}" }}')
     blue = app.state()
     result = app.run_process("up")

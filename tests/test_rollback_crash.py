@@ -194,7 +194,7 @@ def test_a_rollback_killed_under_an_older_polyshift_is_closed_by_recover_and_rep
     import subprocess
     import sys
 
-    from framework.state import ControlPlane
+    from polyshift.framework.control.state import ControlPlane
 
     ws.migration("0001_orders", ORDERS, "DROP TABLE orders;")
     assert ws.run("up").exit_code == 0

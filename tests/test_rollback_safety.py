@@ -140,8 +140,8 @@ def test_an_undo_whose_rollback_cannot_be_parsed_restores_the_backup(ws: Workspa
     # A rollback that escaped the checks before the release (here by switching off the preflight
     # parse and the release's reading of its rollback scope) is a failed rollback step at undo
     # time: the ladder goes on to restore the verified backup.
-    from framework.pipeline import Pipeline
-    from framework.runner import Runner
+    from polyshift.framework.engine.pipeline import Pipeline
+    from polyshift.framework.engine.runner import Runner
 
     _orders(ws)
     before = ws.fingerprint("orders")

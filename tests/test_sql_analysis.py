@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import pytest
-
-from adapters.sql_analysis import analyze_sql, inferred_scope
-from framework.errors import MigrationLoadError
-from framework.migration import Risk
+from polyshift.adapters.postgres.analysis import analyze_sql, inferred_scope
+from polyshift.framework.core.errors import MigrationLoadError
+from polyshift.framework.core.migration import Risk
 
 CASES = [
     ("CREATE TABLE t (id int)", Risk.A, []),

@@ -25,17 +25,18 @@ from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from adapters import cypher, graph_backup
-from framework.concurrency import Renewer
-from framework.errors import LockHeldError, MigrationLoadError, StepFailed, StoreError
-from framework.migration import Migration, MigrationContext, Risk, describe_failure
-from framework.protocol import Analysis, Direction, Fingerprint, LedgerEntry, RestoreReport, StepResult
-from framework.secrets import redact
+from polyshift.adapters.graph import backup as graph_backup
+from polyshift.adapters.graph import cypher
+from polyshift.framework.core.concurrency import Renewer
+from polyshift.framework.core.errors import LockHeldError, MigrationLoadError, StepFailed, StoreError
+from polyshift.framework.core.migration import Migration, MigrationContext, Risk, describe_failure
+from polyshift.framework.core.protocol import Analysis, Direction, Fingerprint, LedgerEntry, RestoreReport, StepResult
+from polyshift.framework.core.secrets import redact
 
 if TYPE_CHECKING:
-    from framework.artifacts import ArtifactStore, ArtifactWriter, Manifest
-    from framework.config import StoreConfig
-    from framework.progress import Progress
+    from polyshift.framework.control.artifacts import ArtifactStore, ArtifactWriter, Manifest
+    from polyshift.framework.core.config import StoreConfig
+    from polyshift.framework.core.progress import Progress
 
 log = logging.getLogger("polyshift.graph")
 LEDGER = "__PolyshiftMigration"

@@ -1,7 +1,7 @@
 """Scoped graph backups: nodes carrying the scope's labels, and relationships of the scope's types
 or touching those nodes, streamed as JSONL (as the dialect scans them: streamed by label on Neo4j,
 paged by id on FalkorDB, never SKIP) with the indexes and constraints on those labels. Property
-values keep their types (``adapters.graph_values``). Ids change on restore, so fingerprints are by
+values keep their types (``polyshift.adapters.graph.values``). Ids change on restore, so fingerprints are by
 content: a node is its labels and properties, a relationship its type, properties and both
 endpoints' content.
 """
@@ -14,16 +14,16 @@ import json
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from adapters import cypher
-from adapters.graph_values import decode_props, encode
-from framework.concurrency import batched
-from framework.errors import BackupCorruptError
-from framework.protocol import Fingerprint, RestoreReport
+from polyshift.adapters.graph import cypher
+from polyshift.adapters.graph.values import decode_props, encode
+from polyshift.framework.core.concurrency import batched
+from polyshift.framework.core.errors import BackupCorruptError
+from polyshift.framework.core.protocol import Fingerprint, RestoreReport
 
 if TYPE_CHECKING:
-    from adapters.graph import GraphAdapter
-    from framework.artifacts import ArtifactStore, ArtifactWriter, Manifest
-    from framework.progress import Progress
+    from polyshift.adapters.graph.adapter import GraphAdapter
+    from polyshift.framework.control.artifacts import ArtifactStore, ArtifactWriter, Manifest
+    from polyshift.framework.core.progress import Progress
 
 BATCH = 2000
 RELATIONSHIPS = "relationships"

@@ -19,8 +19,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from framework.errors import MigrationLoadError
-from framework.migration import Risk
+from polyshift.framework.core.errors import MigrationLoadError
+from polyshift.framework.core.migration import Risk
 
 _SCHEMA = re.compile(r"^\s*(CREATE|DROP)\s+(INDEX|CONSTRAINT|RANGE\s+INDEX|TEXT\s+INDEX|POINT\s+INDEX|FULLTEXT\s+INDEX|"
                      r"VECTOR\s+INDEX|LOOKUP\s+INDEX)\b", re.I)

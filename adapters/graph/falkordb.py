@@ -13,11 +13,11 @@ from collections.abc import Iterator
 from typing import Any
 from urllib.parse import unquote, urlparse
 
-from adapters import cypher
-from adapters.graph import GraphAdapter, GraphQueryError
-from framework.config import setting_duration
-from framework.errors import BackupError, StoreError
-from framework.secrets import redact, url_without_password
+from polyshift.adapters.graph import cypher
+from polyshift.adapters.graph.adapter import GraphAdapter, GraphQueryError
+from polyshift.framework.core.config import setting_duration
+from polyshift.framework.core.errors import BackupError, StoreError
+from polyshift.framework.core.secrets import redact, url_without_password
 
 
 class FalkorTransport:
@@ -164,7 +164,7 @@ class FalkorDialect:
 
     def restore(self, items: list[dict[str, Any]], labels: set[str], types: set[str]) -> None:
         """Re-create the backed-up indexes and constraints that are missing."""
-        from adapters.cypher import name
+        from polyshift.adapters.graph.cypher import name
 
         for item in items:
             label = name(item["label"])
@@ -185,7 +185,7 @@ class FalkorDialect:
 
     def ensure_lock_constraint(self, label: str) -> bool:
         """A uniqueness constraint on the lock node's name, so two lock nodes can never coexist."""
-        from adapters.cypher import name
+        from polyshift.adapters.graph.cypher import name
 
         try:
             self._ignore_exists(f"CREATE INDEX FOR (n:{name(label)}) ON (n.name)")

@@ -20,11 +20,11 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from adapters import cypher
-from adapters.graph import GraphAdapter, GraphQueryError
-from framework.config import setting_duration
-from framework.errors import ConfigError, StoreError
-from framework.secrets import redact, url_without_password
+from polyshift.adapters.graph import cypher
+from polyshift.adapters.graph.adapter import GraphAdapter, GraphQueryError
+from polyshift.framework.core.config import setting_duration
+from polyshift.framework.core.errors import ConfigError, StoreError
+from polyshift.framework.core.secrets import redact, url_without_password
 
 # One driver per server for the whole process, closed at exit: a driver is meant to live long
 # and pool its connections, and every CLI command of a test run shares it.

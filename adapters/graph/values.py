@@ -23,7 +23,7 @@ import base64
 from datetime import timedelta, timezone
 from typing import Any
 
-from framework.errors import BackupError
+from polyshift.framework.core.errors import BackupError
 
 _TAG = "$"
 

@@ -13,6 +13,14 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import psycopg
+from polyshift.adapters.postgres import backup as pg_backup
+from polyshift.adapters.postgres import catalog as cat
+from polyshift.adapters.postgres.analysis import Statement, analyze_sql
+from polyshift.adapters.postgres.scope import ScopeExpander
+from polyshift.framework.core.errors import BackupError, LockHeldError, StepFailed, StoreError, StoreUnavailable
+from polyshift.framework.core.migration import Migration, MigrationContext, Risk, Step, describe_failure
+from polyshift.framework.core.protocol import Analysis, Direction, Fingerprint, LedgerEntry, RestoreReport, StepResult
+from polyshift.framework.core.secrets import redact
 from psycopg import sql
 from tenacity import (
     Retrying,
@@ -21,26 +29,10 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from adapters import pg_backup
-from adapters import pg_catalog as cat
-from adapters.pg_scope import ScopeExpander
-from adapters.sql_analysis import Statement, analyze_sql
-from framework.errors import BackupError, LockHeldError, StepFailed, StoreError, StoreUnavailable
-from framework.migration import Migration, MigrationContext, Risk, Step, describe_failure
-from framework.protocol import (
-    Analysis,
-    Direction,
-    Fingerprint,
-    LedgerEntry,
-    RestoreReport,
-    StepResult,
-)
-from framework.secrets import redact
-
 if TYPE_CHECKING:
-    from framework.artifacts import ArtifactStore, ArtifactWriter, Manifest
-    from framework.config import StoreConfig
-    from framework.progress import Progress
+    from polyshift.framework.control.artifacts import ArtifactStore, ArtifactWriter, Manifest
+    from polyshift.framework.core.config import StoreConfig
+    from polyshift.framework.core.progress import Progress
 
 log = logging.getLogger("polyshift.postgres")
 

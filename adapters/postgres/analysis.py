@@ -4,7 +4,7 @@ statements that must run outside a transaction.
 This module knows only the text. It walks the whole parse tree of every statement, so a DELETE
 inside a data-modifying CTE, a MERGE action, an ``ON CONFLICT DO UPDATE`` or a DO block counts as
 what it is; what the catalog adds (foreign-key actions, triggers, rules, function bodies) is
-``adapters.pg_scope``'s job.
+``polyshift.adapters.postgres.scope``'s job.
 """
 
 from __future__ import annotations
@@ -16,10 +16,9 @@ from typing import Any
 
 import pglast
 from pglast import ast, enums, visitors
-
-from adapters.pg_names import RelName
-from framework.errors import MigrationLoadError
-from framework.migration import Risk
+from polyshift.adapters.postgres.names import RelName
+from polyshift.framework.core.errors import MigrationLoadError
+from polyshift.framework.core.migration import Risk
 
 _A, _B, _C = Risk.A, Risk.B, Risk.C
 AT = enums.AlterTableType
@@ -444,7 +443,7 @@ def analyze_sql(script: str, *, origin: str = "") -> list[Statement]:
 
 def inferred_scope(statements: list[Statement]) -> list[str]:
     """Existing tables the script names as changing: altered, renamed, dropped, or written to (the
-    text alone; ``adapters.pg_scope`` adds what the catalog says they set off).
+    text alone; ``polyshift.adapters.postgres.scope`` adds what the catalog says they set off).
 
     Tables created earlier in the same script are left out: they have nothing to back up.
     """

@@ -16,18 +16,17 @@ from typing import TYPE_CHECKING, Any
 
 import pglast
 import psycopg
+from polyshift.adapters.postgres import catalog as cat
+from polyshift.framework.core.errors import BackupCorruptError, BackupError, StoreError
+from polyshift.framework.core.protocol import RestoreReport
+from polyshift.framework.core.secrets import redact
+from polyshift.framework.sandbox.servers import pg_tool
 from psycopg import pq, sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from adapters import pg_catalog as cat
-from framework.errors import BackupCorruptError, BackupError, StoreError
-from framework.protocol import RestoreReport
-from framework.sandbox import pg_tool
-from framework.secrets import redact
-
 if TYPE_CHECKING:
-    from framework.artifacts import ArtifactStore, ArtifactWriter, Manifest
-    from framework.progress import Progress
+    from polyshift.framework.control.artifacts import ArtifactStore, ArtifactWriter, Manifest
+    from polyshift.framework.core.progress import Progress
 
 _SAFE = re.compile(r"[^A-Za-z0-9_.-]")
 

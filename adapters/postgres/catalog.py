@@ -10,9 +10,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import psycopg
+from polyshift.adapters.postgres.names import quote_ident
 from psycopg import sql
-
-from adapters.pg_names import quote_ident
 
 LEDGER_SCHEMA = "_polyshift"  # leading underscore: never a role name, so never on "$user" search paths
 

@@ -21,13 +21,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import psycopg
+from polyshift.adapters.postgres.adapter import PostgresAdapter, _describe
+from polyshift.adapters.postgres.catalog import Table, resolve
+from polyshift.adapters.postgres.pgvector_helpers import VectorHelpers
+from polyshift.framework.core.errors import MigrationLoadError
+from polyshift.framework.core.migration import Migration
 from psycopg import sql
-
-from adapters.pg_catalog import Table, resolve
-from adapters.pgvector_helpers import VectorHelpers
-from adapters.postgres import PostgresAdapter, _describe
-from framework.errors import MigrationLoadError
-from framework.migration import Migration
 
 # Distance operator of each pgvector operator class: the ANN query must use the index's own.
 _OPERATORS = {"l2": "<->", "ip": "<#>", "cosine": "<=>", "l1": "<+>", "hamming": "<~>", "jaccard": "<%>"}

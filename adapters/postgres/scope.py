@@ -1,7 +1,7 @@
 """What a script really changes, from the catalog: the backup scope follows foreign-key actions,
 triggers, rules, updatable views and function bodies, not only the tables the text names.
 
-``adapters.sql_analysis`` reads what each statement does by itself; this module follows it
+``polyshift.adapters.postgres.analysis`` reads what each statement does by itself; this module follows it
 through the database as it is now:
 
 - ``ON DELETE/UPDATE CASCADE``, ``SET NULL`` and ``SET DEFAULT`` foreign keys, transitively,
@@ -23,10 +23,8 @@ from dataclasses import dataclass, field
 import pglast
 import psycopg
 from pglast import ast
-
-from adapters import pg_catalog as cat
-from adapters.pg_names import RelName, quote_ident
-from adapters.sql_analysis import (
+from polyshift.adapters.postgres import catalog as cat
+from polyshift.adapters.postgres.analysis import (
     CascadeDrop,
     Effects,
     Routine,
@@ -37,7 +35,8 @@ from adapters.sql_analysis import (
     plpgsql_effects,
     sql_effects,
 )
-from framework.migration import Risk
+from polyshift.adapters.postgres.names import RelName, quote_ident
+from polyshift.framework.core.migration import Risk
 
 _MAX_DEPTH = 12  # nested functions and triggers followed before giving up (and calling it unproven)
 _ACTIONS = {"c": "CASCADE", "n": "SET NULL", "d": "SET DEFAULT"}

@@ -17,22 +17,21 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import redis
+from polyshift.adapters.redis import keys as rk
+from polyshift.adapters.redis.helpers import RedisHelpers
+from polyshift.framework.control import failpoints
+from polyshift.framework.core.concurrency import Renewer
+from polyshift.framework.core.config import setting_duration
+from polyshift.framework.core.errors import BackupCorruptError, BackupError, LockHeldError, StepFailed, StoreError
+from polyshift.framework.core.migration import Migration, MigrationContext, Risk, describe_failure
+from polyshift.framework.core.protocol import Analysis, Direction, Fingerprint, LedgerEntry, RestoreReport, StepResult
+from polyshift.framework.core.secrets import redact
 from redis.cluster import RedisCluster
 
-from adapters import redis_keys as rk
-from adapters.redis_helpers import RedisHelpers
-from framework import failpoints
-from framework.concurrency import Renewer
-from framework.config import setting_duration
-from framework.errors import BackupCorruptError, BackupError, LockHeldError, StepFailed, StoreError
-from framework.migration import Migration, MigrationContext, Risk, describe_failure
-from framework.protocol import Analysis, Direction, Fingerprint, LedgerEntry, RestoreReport, StepResult
-from framework.secrets import redact
-
 if TYPE_CHECKING:
-    from framework.artifacts import ArtifactStore, ArtifactWriter, Manifest
-    from framework.config import StoreConfig
-    from framework.progress import Progress
+    from polyshift.framework.control.artifacts import ArtifactStore, ArtifactWriter, Manifest
+    from polyshift.framework.core.config import StoreConfig
+    from polyshift.framework.core.progress import Progress
 
 log = logging.getLogger("polyshift.redis")
 _BATCH = 1000

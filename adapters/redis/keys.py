@@ -8,8 +8,8 @@ import struct
 from collections.abc import Iterable, Iterator
 from typing import IO, Any
 
-from framework.concurrency import batched  # noqa: F401 - re-exported for the Redis adapter
-from framework.errors import BackupError, UsageError
+from polyshift.framework.core.concurrency import batched  # noqa: F401 - re-exported for the Redis adapter
+from polyshift.framework.core.errors import BackupError, UsageError
 
 SCAN_COUNT = 1000
 HASHED_TYPES = ("string", "hash", "list", "set", "zset", "stream")

@@ -11,20 +11,20 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import typer
+from polyshift.feature_flags.cli import flags_app
+from polyshift.framework.cli import output, templates
+from polyshift.framework.cli.output import emit_json, say, table
+from polyshift.framework.cli.sandbox import sandbox_app
+from polyshift.framework.control.runs import interruptions, refuse_unfinished
+from polyshift.framework.core import errors, progress, secrets
+from polyshift.framework.core.config import DURATION_BOUNDS, parse_duration
+from polyshift.framework.core.loader import SCRIPT_LANG, next_version, split_names
+from polyshift.framework.core.migration import check_version
+from polyshift.framework.engine.pipeline import Pipeline
+from polyshift.framework.engine.project import Project, open_project
+from polyshift.framework.engine.recovery import Recovery
+from polyshift.framework.engine.runner import Runner
 from rich.text import Text
-
-from feature_flags.cli import flags_app
-from framework import errors, output, progress, secrets, templates
-from framework.config import DURATION_BOUNDS, parse_duration
-from framework.loader import SCRIPT_LANG, next_version, split_names
-from framework.migration import check_version
-from framework.output import emit_json, say, table
-from framework.pipeline import Pipeline
-from framework.project import Project, open_project
-from framework.recovery import Recovery
-from framework.runner import Runner
-from framework.runs import interruptions, refuse_unfinished
-from framework.sandbox_cli import sandbox_app
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Safe, reversible migrations across PostgreSQL, pgvector, Neo4j and Redis.")
@@ -483,9 +483,9 @@ def backup_create(store: str, scope: str = typer.Option(..., "--scope", help="Co
 @app.command()
 def demo() -> None:
     """The sample releases across PostgreSQL, pgvector, a Bolt graph and Redis, on embedded servers.  Example: polyshift demo"""
-    from framework.demo import run
+    from polyshift.framework.sandbox.demo import run
 
-    raise SystemExit(run())
+    raise SystemExit(run(main))
 
 
 # -- the one error boundary ----------------------------------------------------------------

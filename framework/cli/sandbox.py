@@ -18,12 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import typer
-
-from framework import output
-from framework.errors import StoreError
-from framework.neo4j_server import Neo4jServer, Neo4jUnavailable
-from framework.output import emit_json, say
-from framework.sandbox import EmbeddedPostgres, EmbeddedRedis, falkordb_args, pid_alive, stop_pid
+from polyshift.framework.cli import output
+from polyshift.framework.cli.output import emit_json, say
+from polyshift.framework.core.errors import StoreError
+from polyshift.framework.sandbox.neo4j import Neo4jServer, Neo4jUnavailable
+from polyshift.framework.sandbox.servers import EmbeddedPostgres, EmbeddedRedis, falkordb_args, pid_alive, stop_pid
 
 sandbox_app = typer.Typer(no_args_is_help=True, help="Embedded real servers for trying polyshift: up, down, env.")
 _DEFAULT = Path(".polyshift/sandbox")

@@ -34,10 +34,9 @@ from pathlib import Path
 from typing import IO, Any, Protocol
 
 import zstandard
-
-from framework import __version__
-from framework.errors import BackupCorruptError, BackupError, UsageError
-from framework.localfiles import private_dir
+from polyshift.framework import __version__
+from polyshift.framework.control.localfiles import private_dir
+from polyshift.framework.core.errors import BackupCorruptError, BackupError, UsageError
 
 log = logging.getLogger("polyshift.artifacts")
 _CHUNK = 1 << 20

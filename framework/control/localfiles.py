@@ -1,5 +1,5 @@
 """polyshift's own files on the local disk are private: directories it creates are 0700, the
-control-plane database and the events log are 0600 (backups: see ``framework.artifacts``).
+control-plane database and the events log are 0600 (backups: see ``polyshift.framework.control.artifacts``).
 
 A directory that already exists keeps its mode: it may be the user's (``state_url =
 "sqlite:///state.db"`` puts the database in the project root). A file that already exists is

@@ -12,9 +12,9 @@ import socket
 from enum import StrEnum
 from typing import Any
 
-from framework.errors import LockHeldError, RefusedError
-from framework.sandbox import pid_alive
-from framework.state import ControlPlane
+from polyshift.framework.control.state import ControlPlane
+from polyshift.framework.core.errors import LockHeldError, RefusedError
+from polyshift.framework.sandbox.servers import pid_alive
 
 
 class RunCommand(StrEnum):

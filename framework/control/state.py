@@ -19,12 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
+from polyshift.framework.control import failpoints
+from polyshift.framework.control.localfiles import private_file
+from polyshift.framework.core.errors import AuditChainBroken, ConfigError, StoreError
+from polyshift.framework.core.secrets import redact, redact_obj, url_without_password
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
-
-from framework import failpoints
-from framework.errors import AuditChainBroken, ConfigError, StoreError
-from framework.localfiles import private_file
-from framework.secrets import redact, redact_obj, url_without_password
 
 metadata = sa.MetaData()
 

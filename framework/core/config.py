@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote
 
-from framework import secrets
-from framework.errors import ConfigError
+from polyshift.framework.core import secrets
+from polyshift.framework.core.errors import ConfigError
 
 KNOWN_KINDS = ("postgres", "pgvector", "redis", "neo4j", "falkordb")
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -259,7 +259,7 @@ def load_config(path: str | Path) -> Config:
         on_event=project.get("on_event"),
         events_log=(root / project.get("events_log", ".polyshift/events.jsonl")).resolve(),
     )
-    from feature_flags.settings import flag_settings  # [flags] is the feature_flags package's; checked here, at load
+    from polyshift.feature_flags.settings import flag_settings  # [flags] is the feature_flags package's; checked here, at load
 
     flag_settings(config)
     return config

@@ -24,8 +24,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from framework.errors import MigrationLoadError
-from framework.migration import Migration, Risk, Step, call_user_code, describe_failure, version_key
+from polyshift.framework.core.errors import MigrationLoadError
+from polyshift.framework.core.migration import Migration, Risk, Step, call_user_code, describe_failure, version_key
 
 # Script language per store kind: (file extension, line-comment prefix). Redis has none:
 # its migrations are Python modules only.

@@ -11,7 +11,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Protocol, TypeVar
 
-from framework.errors import UsageError
+from polyshift.framework.core.errors import UsageError
 
 T = TypeVar("T")
 _VERSION = re.compile(r"^\d+(?:\.\d+)*$")

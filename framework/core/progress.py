@@ -6,6 +6,7 @@ import sys
 import time
 from typing import Protocol
 
+from polyshift.framework.core.secrets import redact
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -15,8 +16,6 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 from rich.progress import Progress as RichProgress
-
-from framework.secrets import redact
 
 
 class Progress(Protocol):

@@ -1,7 +1,7 @@
 """Contracts every store adapter implements, and the records they exchange with the runner.
 
 The runner only ever talks to adapters through ``Adapter``; an adapter translates its
-driver's exceptions into ``framework.errors`` at this boundary.
+driver's exceptions into ``polyshift.framework.core.errors`` at this boundary.
 """
 
 from __future__ import annotations
@@ -10,11 +10,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
-from framework.migration import Migration, Risk
+from polyshift.framework.core.migration import Migration, Risk
 
 if TYPE_CHECKING:
-    from framework.artifacts import ArtifactWriter, Manifest
-    from framework.progress import Progress
+    from polyshift.framework.control.artifacts import ArtifactWriter, Manifest
+    from polyshift.framework.core.progress import Progress
 
 Direction = Literal["up", "down"]
 

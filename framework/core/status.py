@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from framework.migration import Migration, version_key
-from framework.protocol import LedgerEntry
+from polyshift.framework.core.migration import Migration, version_key
+from polyshift.framework.core.protocol import LedgerEntry
 
 
 @dataclass

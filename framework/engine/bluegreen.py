@@ -2,7 +2,7 @@
 
 Each step is journaled as ``intent`` before it happens and ``done``/``failed`` after, in the
 control plane, so a runner that dies at any point leaves enough for ``polyshift recover`` to
-finish the release or undo it (see ``framework.recovery``).
+finish the release or undo it (see ``polyshift.framework.engine.recovery``).
 
 Expand/contract: forward steps only add the green shape while blue keeps serving; traffic moves
 with the release flag, stage by stage, and only after every store validated. Any failure kills
@@ -14,21 +14,21 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from feature_flags.admin import FlagAdmin, FlagChanged
-from feature_flags.settings import flag_settings, open_store
-from framework.errors import MigrationFailedRestored, MigrationFailedUnverified, PolyshiftError, StepFailed
-from framework.events import Events
-from framework.gates import GateContext, evaluate_all
-from framework.migration import Migration
-from framework.protocol import Adapter, ChecksInvariants, ReportsFigures
-from framework.releases import Release
-from framework.runner import Outcome
-from framework.saga import StoreCompensation, StoreStep, StoreUndo
-from framework.state import actor
-from framework.status import applied_entries
+from polyshift.feature_flags.admin import FlagAdmin, FlagChanged
+from polyshift.feature_flags.settings import flag_settings, open_store
+from polyshift.framework.control.state import actor
+from polyshift.framework.core.errors import MigrationFailedRestored, MigrationFailedUnverified, PolyshiftError, StepFailed
+from polyshift.framework.core.migration import Migration
+from polyshift.framework.core.protocol import Adapter, ChecksInvariants, ReportsFigures
+from polyshift.framework.core.status import applied_entries
+from polyshift.framework.engine.events import Events
+from polyshift.framework.engine.gates import GateContext, evaluate_all
+from polyshift.framework.engine.releases import Release
+from polyshift.framework.engine.runner import Outcome
+from polyshift.framework.engine.saga import StoreCompensation, StoreStep, StoreUndo
 
 if TYPE_CHECKING:
-    from framework.runner import Runner
+    from polyshift.framework.engine.runner import Runner
 
 FLAG_POLL_SECONDS = 0.25
 

@@ -15,11 +15,11 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from framework.config import Config
-from framework.errors import StoreError
-from framework.localfiles import append_private
-from framework.secrets import redact, redact_obj
-from framework.state import ControlPlane, actor
+from polyshift.framework.control.localfiles import append_private
+from polyshift.framework.control.state import ControlPlane, actor
+from polyshift.framework.core.config import Config
+from polyshift.framework.core.errors import StoreError
+from polyshift.framework.core.secrets import redact, redact_obj
 
 log = logging.getLogger("polyshift.events")
 

@@ -21,12 +21,11 @@ from typing import Any
 
 import pglast
 import psycopg
-
-from framework.config import Config
-from framework.errors import ConfigError
-from framework.migration import call_user_code, describe_failure
-from framework.releases import Gate
-from framework.secrets import redact
+from polyshift.framework.core.config import Config
+from polyshift.framework.core.errors import ConfigError
+from polyshift.framework.core.migration import call_user_code, describe_failure
+from polyshift.framework.core.secrets import redact
+from polyshift.framework.engine.releases import Gate
 
 
 @dataclass(frozen=True)

@@ -10,10 +10,9 @@ from __future__ import annotations
 import shutil
 from typing import Any
 
-from feature_flags.admin import FlagAdmin
-from framework import gates
-from framework.bluegreen import ReleaseRun, open_flags
-from framework.errors import (
+from polyshift.feature_flags.admin import FlagAdmin
+from polyshift.framework.control.runs import RunCommand, refuse_unfinished
+from polyshift.framework.core.errors import (
     BackupError,
     MigrationFailedRestored,
     MigrationFailedUnverified,
@@ -21,13 +20,14 @@ from framework.errors import (
     RefusedError,
     UsageError,
 )
-from framework.events import Display, Events
-from framework.migration import version_key
-from framework.project import Project
-from framework.protocol import Adapter, Analysis, EstimatesBackup
-from framework.releases import Release, group, load_settings
-from framework.runner import Outcome, Runner
-from framework.runs import RunCommand, refuse_unfinished
+from polyshift.framework.core.migration import version_key
+from polyshift.framework.core.protocol import Adapter, Analysis, EstimatesBackup
+from polyshift.framework.engine import gates
+from polyshift.framework.engine.bluegreen import ReleaseRun, open_flags
+from polyshift.framework.engine.events import Display, Events
+from polyshift.framework.engine.project import Project
+from polyshift.framework.engine.releases import Release, group, load_settings
+from polyshift.framework.engine.runner import Outcome, Runner
 
 DISK_HEADROOM = 64 * 1024 * 1024
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from framework.artifacts import ArtifactStore
-from framework.config import Config, load_config
-from framework.loader import load_all
-from framework.migration import Migration
-from framework.progress import NullProgress, Progress
-from framework.state import ControlPlane
+from polyshift.framework.control.artifacts import ArtifactStore
+from polyshift.framework.control.state import ControlPlane
+from polyshift.framework.core.config import Config, load_config
+from polyshift.framework.core.loader import load_all
+from polyshift.framework.core.migration import Migration
+from polyshift.framework.core.progress import NullProgress, Progress
 
 
 @dataclass

@@ -16,9 +16,18 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from feature_flags.admin import Change
-from framework.bluegreen import ReleaseRun
-from framework.errors import (
+from polyshift.feature_flags.admin import Change
+from polyshift.framework.control.runs import (
+    CHANGING_COMMANDS,
+    RELEASE_COMMANDS,
+    STORE_COMMANDS,
+    RunCommand,
+    describe_run,
+    midway,
+    run_is_alive,
+)
+from polyshift.framework.control.state import actor
+from polyshift.framework.core.errors import (
     ConfigError,
     LockHeldError,
     MigrationFailedRestored,
@@ -27,15 +36,14 @@ from framework.errors import (
     RefusedError,
     UsageError,
 )
-from framework.migration import Migration, version_key
-from framework.pipeline import Pipeline
-from framework.protocol import Adapter, Fingerprint
-from framework.releases import DEFAULT_STAGES, Release, ReleaseSettings
-from framework.runner import RollbackSnapshot
-from framework.runs import CHANGING_COMMANDS, RELEASE_COMMANDS, STORE_COMMANDS, RunCommand, describe_run, midway, run_is_alive
-from framework.saga import StoreStep
-from framework.state import actor
-from framework.status import applied_entries
+from polyshift.framework.core.migration import Migration, version_key
+from polyshift.framework.core.protocol import Adapter, Fingerprint
+from polyshift.framework.core.status import applied_entries
+from polyshift.framework.engine.bluegreen import ReleaseRun
+from polyshift.framework.engine.pipeline import Pipeline
+from polyshift.framework.engine.releases import DEFAULT_STAGES, Release, ReleaseSettings
+from polyshift.framework.engine.runner import RollbackSnapshot
+from polyshift.framework.engine.saga import StoreStep
 
 _ENDINGS = {("complete", "done"), ("undo", "done"), ("release", "abandoned")}
 

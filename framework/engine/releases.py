@@ -20,10 +20,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from feature_flags.model import validate_name
-from framework.config import Config, interpolate, read_toml, setting_duration
-from framework.errors import ConfigError, PolyshiftError
-from framework.migration import Migration, version_key
+from polyshift.feature_flags.model import validate_name
+from polyshift.framework.core.config import Config, interpolate, read_toml, setting_duration
+from polyshift.framework.core.errors import ConfigError, PolyshiftError
+from polyshift.framework.core.migration import Migration, version_key
 
 DEFAULT_STAGES = (1.0, 10.0, 50.0, 100.0)
 GATE_KINDS = {

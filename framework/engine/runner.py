@@ -1,6 +1,6 @@
 """Store-level operations shared by every command: connect and lock, verified backups and
-restores, explicit rollbacks. Releases (``up``) are driven by ``framework.pipeline`` and
-``framework.bluegreen`` on top of these; their undo ladder is ``framework.saga``.
+restores, explicit rollbacks. Releases (``up``) are driven by ``polyshift.framework.engine.pipeline`` and
+``polyshift.framework.engine.bluegreen`` on top of these; their undo ladder is ``polyshift.framework.engine.saga``.
 """
 
 from __future__ import annotations
@@ -12,9 +12,11 @@ from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from adapters import adapter_for
-from framework.artifacts import ArtifactStore, Manifest
-from framework.errors import (
+from polyshift.adapters import adapter_for
+from polyshift.framework.control.artifacts import ArtifactStore, Manifest
+from polyshift.framework.control.runs import RunCommand, refuse_unfinished
+from polyshift.framework.control.state import actor
+from polyshift.framework.core.errors import (
     DriftError,
     MigrationFailedRestored,
     MigrationFailedUnverified,
@@ -22,12 +24,10 @@ from framework.errors import (
     RefusedError,
     UsageError,
 )
-from framework.migration import Migration, Risk, version_key
-from framework.project import Project
-from framework.protocol import Adapter, Analysis, Direction, ExpiringLock, Fingerprint, RestoreReport
-from framework.runs import RunCommand, refuse_unfinished
-from framework.state import actor
-from framework.status import StoreStatus, applied_entries, store_status
+from polyshift.framework.core.migration import Migration, Risk, version_key
+from polyshift.framework.core.protocol import Adapter, Analysis, Direction, ExpiringLock, Fingerprint, RestoreReport
+from polyshift.framework.core.status import StoreStatus, applied_entries, store_status
+from polyshift.framework.engine.project import Project
 
 Emit = Callable[[str, dict[str, Any]], None]
 

@@ -15,15 +15,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from framework.errors import MigrationLoadError, PolyshiftError, StepFailed, StoreUnavailable
-from framework.migration import Migration, Risk
-from framework.protocol import Adapter, Fingerprint
-from framework.state import actor
-from framework.status import applied_entries
+from polyshift.framework.control.state import actor
+from polyshift.framework.core.errors import MigrationLoadError, PolyshiftError, StepFailed, StoreUnavailable
+from polyshift.framework.core.migration import Migration, Risk
+from polyshift.framework.core.protocol import Adapter, Fingerprint
+from polyshift.framework.core.status import applied_entries
 
 if TYPE_CHECKING:
-    from framework.artifacts import Manifest
-    from framework.runner import Runner
+    from polyshift.framework.control.artifacts import Manifest
+    from polyshift.framework.engine.runner import Runner
 
 
 @dataclass

@@ -10,6 +10,7 @@ stores' ledgers and the audit chain.
 
 from __future__ import annotations
 
+import importlib
 import io
 import json
 import logging
@@ -18,22 +19,22 @@ import shutil
 import tempfile
 import textwrap
 import time
+from collections.abc import Callable
 from contextlib import redirect_stdout
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import redis
+from polyshift.adapters import adapter_for
+from polyshift.framework.core.config import load_config
+from polyshift.framework.sandbox.demo_app import DemoApp
 from rich.console import Console
 from rich.rule import Rule
 from rich.table import Table
 
-from adapters import adapter_for
-from framework import cli
-from framework.config import load_config
-from framework.demo_app import DemoApp
-
-REPO = Path(__file__).resolve().parent.parent
+# The CLI's own entry point, handed in by the CLI's demo command (the demo never imports the CLI).
+Invoke = Callable[[list[str]], None]
 SCOPES = {
     "main": ("documents", "authors", "legacy_notes"),
     "vectors": ("document_chunks",),
@@ -48,7 +49,13 @@ def step(title: str) -> None:
     console.print(Rule(f"[bold cyan]{title}", align="left"))
 
 
-def polyshift(config: Path, *args: str, quiet: bool = False) -> tuple[int, str]:
+def samples_dir() -> Path:
+    """The sample application's migrations, shipped with the package (``polyshift.samples``)."""
+    samples = importlib.import_module("polyshift.samples")
+    return Path(str(samples.__file__)).parent
+
+
+def polyshift(invoke: Invoke, config: Path, *args: str, quiet: bool = False) -> tuple[int, str]:
     if not quiet:
         console.print(f"[dim]$ polyshift {' '.join(args)}[/]")
     buffer = io.StringIO()
@@ -56,9 +63,9 @@ def polyshift(config: Path, *args: str, quiet: bool = False) -> tuple[int, str]:
     try:
         if quiet:
             with redirect_stdout(buffer):
-                cli.main(["--config", str(config), *args])
+                invoke(["--config", str(config), *args])
         else:
-            cli.main(["--config", str(config), *args])
+            invoke(["--config", str(config), *args])
     except SystemExit as exc:
         code = int(exc.code or 0)
     if code and not quiet:
@@ -67,7 +74,7 @@ def polyshift(config: Path, *args: str, quiet: bool = False) -> tuple[int, str]:
 
 
 def write_project(scratch: Path, urls: dict[str, str]) -> Path:
-    shutil.copytree(REPO / "migrations", scratch / "migrations")
+    shutil.copytree(samples_dir(), scratch / "migrations", ignore=shutil.ignore_patterns("__pycache__", "__init__.py"))
     pg = urls["POLYSHIFT_SANDBOX_POSTGRES_URL"]
     if "POLYSHIFT_SANDBOX_NEO4J_URL" in urls:
         graph = f'kind = "neo4j"                    # Neo4j {urls["POLYSHIFT_SANDBOX_NEO4J_VERSION"]} Community, over Bolt\n' \
@@ -161,7 +168,7 @@ def compare(before: dict[str, Any], after: dict[str, Any]) -> bool:
     return same
 
 
-def run() -> int:
+def run(invoke: Invoke) -> int:
     started = time.monotonic()
     scratch = Path(tempfile.mkdtemp(prefix="polyshift-demo-"))
     sandbox = scratch / ".polyshift" / "sandbox"
@@ -171,7 +178,7 @@ def run() -> int:
     try:
         step("1. Start real servers, no Docker: PostgreSQL 18 + pgvector, Redis, FalkorDB, Neo4j Community")
         (scratch / "polyshift.toml").write_text("[stores.none]\nkind = 'redis'\nurl = 'redis://127.0.0.1:1'\n")
-        code, out = polyshift(scratch / "polyshift.toml", "sandbox", "up", "--dir", str(sandbox), "--json", quiet=True)
+        code, out = polyshift(invoke, scratch / "polyshift.toml", "sandbox", "up", "--dir", str(sandbox), "--json", quiet=True)
         if code:
             console.print(out)
             return code
@@ -188,19 +195,19 @@ def run() -> int:
         os.environ.update({"APP_HEALTH_URL": app.health_url, "RELEASE_BAKE": "1s"})
 
         step("2. The releases: one version across four stores is one release")
-        polyshift(config, "releases")
-        polyshift(config, "up", "--release", "0001")
+        polyshift(invoke, config, "releases")
+        polyshift(invoke, config, "up", "--release", "0001")
         seed(config)
 
         step("3. Release 0002: forward everywhere, validate everywhere, then docs_v2 goes 1% → 10% → 50% → 100%")
-        code, _ = polyshift(config, "up", "--release", "0002")
+        code, _ = polyshift(invoke, config, "up", "--release", "0002")
         if code:
             return code
-        polyshift(config, "flags", "check", "docs_v2", "--subject", "user-7")
+        polyshift(invoke, config, "flags", "check", "docs_v2", "--subject", "user-7")
         before = fingerprints(config)
 
         step("4. Release 0003: the application's health gate fails at 10%: flag killed, all four stores undone")
-        code, _ = polyshift(config, "up", "--release", "0003")
+        code, _ = polyshift(invoke, config, "up", "--release", "0003")
         if code != 3:
             console.print(f"[red]expected exit 3 (rolled back and verified), got {code}[/]")
             return 1
@@ -209,10 +216,10 @@ def run() -> int:
             return 1
 
         step("5. Where everything stands: releases, the stores' own ledgers, the audit chain")
-        polyshift(config, "releases")
-        polyshift(config, "history", "--store", "graph")
-        polyshift(config, "flags", "list")
-        polyshift(config, "audit", "--verify")
+        polyshift(invoke, config, "releases")
+        polyshift(invoke, config, "history", "--store", "graph")
+        polyshift(invoke, config, "flags", "list")
+        polyshift(invoke, config, "audit", "--verify")
         events = (scratch / ".polyshift" / "events.jsonl").read_text().splitlines()
         console.print(f"{len(events)} release events in .polyshift/events.jsonl, e.g.: {events[-1][:160]}")
         console.print(f"\n[bold green]demo finished in {time.monotonic() - started:.1f} s[/]  (scratch project: {scratch})")
@@ -220,7 +227,7 @@ def run() -> int:
     finally:
         if app is not None:
             app.stop()
-        polyshift(scratch / "polyshift.toml", "sandbox", "down", "--dir", str(sandbox), quiet=True)
+        polyshift(invoke, scratch / "polyshift.toml", "sandbox", "down", "--dir", str(sandbox), quiet=True)
         os.chdir(cwd)
 
 

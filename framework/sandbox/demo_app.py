@@ -15,7 +15,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from feature_flags.client import FlagClient
+from polyshift.feature_flags.client import FlagClient
 
 USERS = 2_000
 ERROR_BUDGET = 0.002

@@ -13,7 +13,7 @@ A server started here binds 127.0.0.1 only, with bounded heap and page cache, an
 its starter unless ``detach`` is set (the sandbox): it runs in its own process group, is stopped
 at interpreter exit, and watches its standard input, whose other end only the starter holds.
 
-    python -m framework.neo4j_server build [LINE ...]   # fetch and compile ahead of time (make install)
+    python -m polyshift.framework.sandbox.neo4j build [LINE ...]   # fetch and compile ahead of time (make install)
 """
 
 from __future__ import annotations
@@ -165,7 +165,7 @@ def build(line_name: str = DEFAULT_LINE, *, quiet: bool = True) -> Build:
 
 
 def _free_port() -> int:
-    from framework.sandbox import free_port
+    from polyshift.framework.sandbox.servers import free_port
 
     return free_port()
 
@@ -332,7 +332,7 @@ def _cause(output: str) -> str:
 def main(argv: list[str]) -> int:
     """``build [LINE ...]``: fetch and compile every line this machine has a JDK for."""
     if not argv or argv[0] != "build":
-        print("usage: python -m framework.neo4j_server build [LINE ...]", file=sys.stderr)
+        print("usage: python -m polyshift.framework.sandbox.neo4j build [LINE ...]", file=sys.stderr)
         return 2
     for name in argv[1:] or list(LINES):
         try:

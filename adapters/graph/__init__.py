@@ -1,0 +1,1 @@
+"""Graphs (Neo4j over Bolt, FalkorDB natively): logic written once over a transport and a dialect."""

@@ -1,0 +1,1 @@
+"""Redis (standalone or Cluster): the adapter, key scripts and data helpers."""

@@ -1,0 +1,1 @@
+"""What defines a migration: records, contracts, configuration and the files on disk."""

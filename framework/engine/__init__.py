@@ -1,0 +1,1 @@
+"""What changes stores: releases, the undo ladder, recovery, explicit rollbacks and restores."""
