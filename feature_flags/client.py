@@ -11,10 +11,11 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from polyshift.feature_flags.model import CompiledFlag, Evaluation, Flag
-from polyshift.feature_flags.settings import open_store, settings_from_path
+from polyshift.feature_flags.settings import FlagSettings, open_store, settings_from_path, settings_from_url
 from polyshift.feature_flags.stores import FlagStore
 from polyshift.framework.core.errors import PolyshiftError
 
@@ -45,10 +46,24 @@ class FlagClient:
             self._thread.start()
 
     @classmethod
-    def from_config(cls, path: str | Path = "polyshift.toml", **kwargs: object) -> FlagClient:
+    def from_config(cls, path: str | Path = "polyshift.toml", *, refresh_interval: float | None = None,
+                    background: bool = True) -> FlagClient:
+        """A client from polyshift.toml's ``[flags]`` table alone: the stores' tables and their
+        secrets are never read, so an application needs none of the migrator's credentials."""
         settings = settings_from_path(path)
-        kwargs.setdefault("refresh_interval", settings.refresh_interval)
-        return cls(open_store(settings), **kwargs)  # type: ignore[arg-type]
+        if refresh_interval is not None:
+            settings = replace(settings, refresh_interval=refresh_interval)
+        return cls.from_settings(settings, background=background)
+
+    @classmethod
+    def from_url(cls, url: str, *, prefix: str = "polyshift:", refresh_interval: float = 1.0,
+                 background: bool = True) -> FlagClient:
+        """A client from the flags' store URL (``redis://…``, or the control plane's database URL)."""
+        return cls.from_settings(settings_from_url(url, prefix=prefix, refresh_interval=refresh_interval), background=background)
+
+    @classmethod
+    def from_settings(cls, settings: FlagSettings, *, background: bool = True) -> FlagClient:
+        return cls(open_store(settings), refresh_interval=settings.refresh_interval, background=background)
 
     # -- hot path ---------------------------------------------------------------------
     def is_enabled(self, name: str, subject: str | None = None, default: bool = False) -> bool:

@@ -1,4 +1,6 @@
-"""Where flags live: the control-plane database (default) or Redis for shared low-latency reads.
+"""Where flags live: the control-plane database (default, ``sql_store``) or Redis for shared
+low-latency reads. Each store's driver is imported only when that store is opened, so an
+application reading flags from Redis never imports SQLAlchemy or the control plane.
 
 Both keep a global version number that every change increments in the same transaction, so a
 client learns that anything changed with one cheap read, and reloads only then. Writes are
@@ -10,25 +12,9 @@ from __future__ import annotations
 import json
 from typing import Protocol
 
-import sqlalchemy as sa
 from polyshift.feature_flags.model import Flag
-from polyshift.framework.control.state import make_engine
 from polyshift.framework.core.errors import StoreError
 from polyshift.framework.core.secrets import redact, url_without_password
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
-
-_meta = sa.MetaData()
-flags_table = sa.Table(
-    "polyshift_flags", _meta,
-    sa.Column("name", sa.String(100), primary_key=True),
-    sa.Column("version", sa.Integer, nullable=False),
-    sa.Column("data", sa.Text, nullable=False),
-)
-flags_version = sa.Table(
-    "polyshift_flags_version", _meta,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
-    sa.Column("version", sa.BigInteger, nullable=False),
-)
 
 
 class ConflictError(Exception):
@@ -50,65 +36,6 @@ class FlagStore(Protocol):
         """Write ``flag`` if the stored one still has ``expected_version`` (None: must not exist yet)."""
 
     def close(self) -> None: ...
-
-
-class SqlFlagStore:
-    def __init__(self, url: str, engine: sa.Engine | None = None) -> None:
-        self.description = f"state database {url_without_password(url)}"
-        self.engine = engine or make_engine(url)
-        _meta.create_all(self.engine)
-
-    def _fail(self, exc: Exception) -> StoreError:
-        return StoreError(f"flags: {self.description} is unreachable: {redact(str(exc).splitlines()[0])}")
-
-    def version(self) -> int:
-        try:
-            with self.engine.connect() as conn:
-                return int(conn.execute(sa.select(flags_version.c.version).where(flags_version.c.id == 1)).scalar() or 0)
-        except SQLAlchemyError as exc:
-            raise self._fail(exc) from None
-
-    def load(self) -> tuple[int, dict[str, Flag]]:
-        try:
-            with self.engine.connect() as conn:
-                version = int(conn.execute(sa.select(flags_version.c.version).where(flags_version.c.id == 1)).scalar() or 0)
-                rows = conn.execute(sa.select(flags_table.c.data)).scalars().all()
-        except SQLAlchemyError as exc:
-            raise self._fail(exc) from None
-        flags = [Flag.from_json(json.loads(r)) for r in rows]
-        return version, {f.name: f for f in flags}
-
-    def get(self, name: str) -> Flag | None:
-        try:
-            with self.engine.connect() as conn:
-                row = conn.execute(sa.select(flags_table.c.data).where(flags_table.c.name == name)).scalar()
-        except SQLAlchemyError as exc:
-            raise self._fail(exc) from None
-        return Flag.from_json(json.loads(row)) if row else None
-
-    def save(self, flag: Flag, *, expected_version: int | None) -> None:
-        data = json.dumps(flag.to_json(), sort_keys=True)
-        try:
-            with self.engine.begin() as conn:
-                if expected_version is None:
-                    conn.execute(flags_table.insert().values(name=flag.name, version=flag.version, data=data))
-                else:
-                    done = conn.execute(flags_table.update().where(
-                        flags_table.c.name == flag.name, flags_table.c.version == expected_version,
-                    ).values(version=flag.version, data=data))
-                    if done.rowcount != 1:
-                        raise ConflictError(flag.name)
-                bumped = conn.execute(flags_version.update().where(flags_version.c.id == 1)
-                                      .values(version=flags_version.c.version + 1))
-                if bumped.rowcount == 0:
-                    conn.execute(flags_version.insert().values(id=1, version=1))
-        except IntegrityError:
-            raise ConflictError(flag.name) from None
-        except SQLAlchemyError as exc:
-            raise self._fail(exc) from None
-
-    def close(self) -> None:
-        self.engine.dispose()
 
 
 class RedisFlagStore:

@@ -15,6 +15,7 @@ from urllib.parse import quote, unquote
 from polyshift.framework.core import secrets
 from polyshift.framework.core.errors import ConfigError
 
+DEFAULT_STATE_URL = "sqlite:///.polyshift/state.db"
 KNOWN_KINDS = ("postgres", "pgvector", "redis", "neo4j", "falkordb")
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|min|m|h)?\s*$")
@@ -246,7 +247,7 @@ def load_config(path: str | Path) -> Config:
     if not isinstance(stores_raw, dict) or not stores_raw:
         raise ConfigError(f"{path}: define at least one [stores.<name>] table")
     stores = {name: _store(name, table) for name, table in stores_raw.items()}
-    state_url = _resolve_sqlite(_store_url("[project] state_url", "state", project.get("state_url", "sqlite:///.polyshift/state.db"),
+    state_url = resolve_sqlite(_store_url("[project] state_url", "state", project.get("state_url", DEFAULT_STATE_URL),
                                            None, {}), root)
     config = Config(
         path=path,
@@ -278,7 +279,7 @@ def read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: invalid TOML: {exc}") from None
 
 
-def _resolve_sqlite(url: str, root: Path) -> str:
+def resolve_sqlite(url: str, root: Path) -> str:
     """Relative sqlite paths are relative to the config file, not the working directory."""
     prefix = "sqlite:///"
     if url.startswith(prefix) and not url.startswith("sqlite:////") and url != "sqlite:///:memory:":
