@@ -17,10 +17,10 @@ from typing import TYPE_CHECKING, Any
 import pglast
 import psycopg
 from polyshift.adapters.postgres import catalog as cat
+from polyshift.adapters.postgres.tools import pg_tool
 from polyshift.framework.core.errors import BackupCorruptError, BackupError, StoreError
 from polyshift.framework.core.protocol import RestoreReport
 from polyshift.framework.core.secrets import redact
-from polyshift.framework.sandbox.servers import pg_tool
 from psycopg import pq, sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 

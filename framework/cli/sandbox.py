@@ -21,8 +21,10 @@ import typer
 from polyshift.framework.cli import output
 from polyshift.framework.cli.output import emit_json, say
 from polyshift.framework.core.errors import StoreError
-from polyshift.framework.sandbox.neo4j import Neo4jServer, Neo4jUnavailable
-from polyshift.framework.sandbox.servers import EmbeddedPostgres, EmbeddedRedis, falkordb_args, pid_alive, stop_pid
+from polyshift.framework.core.processes import pid_alive
+
+# The servers themselves (framework/sandbox, a leaf of the package) are imported by the commands
+# that start or stop them, so no other command pays for it.
 
 sandbox_app = typer.Typer(no_args_is_help=True, help="Embedded real servers for trying polyshift: up, down, env.")
 _DEFAULT = Path(".polyshift/sandbox")
@@ -83,6 +85,9 @@ def sandbox_up(directory: Path = typer.Option(_DEFAULT, "--dir", help="Where the
     if state is not None:
         _stop(state)  # a half-dead sandbox from an earlier run: clear it before starting afresh
         shutil.rmtree(directory, ignore_errors=True)
+    from polyshift.framework.sandbox.neo4j import Neo4jServer, Neo4jUnavailable
+    from polyshift.framework.sandbox.servers import EmbeddedPostgres, EmbeddedRedis, falkordb_args
+
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     password = pysecrets.token_urlsafe(18)
     try:
@@ -120,6 +125,8 @@ def sandbox_up(directory: Path = typer.Option(_DEFAULT, "--dir", help="Where the
 
 
 def _stop(state: dict[str, Any]) -> None:
+    from polyshift.framework.sandbox.servers import EmbeddedPostgres, stop_pid
+
     EmbeddedPostgres(root=Path(state["postgres"]["root"]), port=state["postgres"]["port"]).stop(remove=False)
     for key in ("redis", "falkordb", "neo4j"):
         if state.get(key) and state[key].get("pid"):

@@ -14,7 +14,7 @@ from typing import Any
 
 from polyshift.framework.control.state import ControlPlane
 from polyshift.framework.core.errors import LockHeldError, RefusedError
-from polyshift.framework.sandbox.servers import pid_alive
+from polyshift.framework.core.processes import pid_alive
 
 
 class RunCommand(StrEnum):

