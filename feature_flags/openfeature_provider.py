@@ -51,20 +51,20 @@ class PolyshiftProvider(AbstractProvider):
                 metadata["release"] = flag.release
         return FlagResolutionDetails(value=evaluation.value, reason=reason, variant=evaluation.variant, flag_metadata=metadata)
 
-    def _not_boolean(self, flag_key: str) -> Any:
+    def _not_boolean(self, flag_key: str) -> FlagResolutionDetails[Any]:
         raise TypeMismatchError(f"polyshift flag {flag_key!r} is a boolean")
 
     def resolve_string_details(self, flag_key: str, default_value: str,
                                evaluation_context: EvaluationContext | None = None) -> FlagResolutionDetails[str]:
-        return self._not_boolean(flag_key)  # type: ignore[no-any-return]
+        return self._not_boolean(flag_key)
 
     def resolve_integer_details(self, flag_key: str, default_value: int,
                                 evaluation_context: EvaluationContext | None = None) -> FlagResolutionDetails[int]:
-        return self._not_boolean(flag_key)  # type: ignore[no-any-return]
+        return self._not_boolean(flag_key)
 
     def resolve_float_details(self, flag_key: str, default_value: float,
                               evaluation_context: EvaluationContext | None = None) -> FlagResolutionDetails[float]:
-        return self._not_boolean(flag_key)  # type: ignore[no-any-return]
+        return self._not_boolean(flag_key)
 
     def resolve_object_details(self, flag_key: str, default_value: Sequence[Any] | Mapping[str, Any],
                                evaluation_context: EvaluationContext | None = None) -> FlagResolutionDetails[Any]:

@@ -10,7 +10,7 @@ compare-and-set on the flag's own version: two operators changing one flag never
 from __future__ import annotations
 
 import json
-from typing import Protocol
+from typing import Protocol, cast
 
 from polyshift.feature_flags.model import Flag
 from polyshift.framework.core.errors import StoreError
@@ -86,7 +86,7 @@ class RedisFlagStore:
         try:
             with self.redis.pipeline(transaction=True) as pipe:
                 pipe.watch(self.key)  # EXEC fails if anyone wrote a flag since we read it
-                raw = pipe.hget(self.key, flag.name)
+                raw = cast("bytes | None", pipe.hget(self.key, flag.name))  # immediate while watching
                 current = Flag.from_json(json.loads(raw)).version if raw else None
                 if current != expected_version:
                     raise ConflictError(flag.name)

@@ -117,7 +117,18 @@ class Statement:
     triggers: list[TriggerDef] = field(default_factory=list)
 
 
-def rel(rv: ast.RangeVar) -> RelName:
+def _seq(nodes: Any) -> tuple[Any, ...]:
+    """A node list pglast may leave as None."""
+    return tuple(nodes) if nodes is not None else ()
+
+
+def _name_parts(nodes: Any) -> tuple[str, ...]:
+    return tuple(str(s.sval) for s in _seq(nodes))
+
+
+def rel(rv: ast.RangeVar | None) -> RelName:
+    if rv is None or rv.relname is None:
+        raise ValueError("a statement that names no relation where PostgreSQL's grammar requires one")
     return RelName(rv.schemaname or None, rv.relname)
 
 
@@ -129,7 +140,7 @@ def _list_name(obj: Any) -> RelName:
 
 def _type_name(obj: Any) -> tuple[str, ...]:
     names = obj.names if isinstance(obj, ast.TypeName) else obj
-    return tuple(s.sval for s in names)
+    return _name_parts(names)
 
 
 def _column_not_null(coldef: ast.ColumnDef) -> tuple[bool, bool]:
@@ -150,7 +161,7 @@ def _alter_table(stmt: ast.AlterTableStmt, out: Statement) -> None:
         out.risk = _B
         return
     risks = []
-    for cmd in stmt.cmds:
+    for cmd in _seq(stmt.cmds):
         sub = cmd.subtype
         if sub == AT.AT_AddColumn:
             not_null, has_default = _column_not_null(cmd.def_)
@@ -177,16 +188,16 @@ def _drop(node: ast.DropStmt, out: Statement) -> None:
     kind, cascade = node.removeType, node.behavior == _CASCADE
     if kind == OT.OBJECT_TABLE:
         out.risk = _C
-        out.touches.extend(_list_name(obj) for obj in node.objects)
+        out.touches.extend(_list_name(obj) for obj in _seq(node.objects))
     elif kind in (OT.OBJECT_TYPE, OT.OBJECT_DOMAIN):
         # Without CASCADE the drop fails while any column still uses the type: nothing to lose.
         out.risk = _C if cascade else _B
         if cascade:
-            out.drops.append(CascadeDrop("type", tuple(_type_name(obj) for obj in node.objects)))
+            out.drops.append(CascadeDrop("type", tuple(_type_name(obj) for obj in _seq(node.objects))))
     elif kind == OT.OBJECT_SCHEMA:
         out.risk = _C if cascade else _B
         if cascade:
-            out.drops.append(CascadeDrop("schema", tuple((obj.sval,) for obj in node.objects)))
+            out.drops.append(CascadeDrop("schema", tuple((str(obj.sval),) for obj in _seq(node.objects))))
     elif kind == OT.OBJECT_SEQUENCE:
         out.risk = _C
     else:
@@ -203,7 +214,7 @@ def _classify(node: ast.Node, out: Statement) -> None:
     if isinstance(node, ast.CreateStmt):
         out.risk, out.creates = _A, [rel(node.relation)]
     elif isinstance(node, ast.CreateTableAsStmt):
-        out.risk, out.creates = _A, [rel(node.into.rel)]
+        out.risk, out.creates = _A, [rel(node.into.rel if node.into is not None else None)]
     elif isinstance(node, ast.SelectStmt) and node.intoClause is not None:
         out.risk, out.creates = _A, [rel(node.intoClause.rel)]
     elif isinstance(node, ast.IndexStmt):
@@ -220,7 +231,7 @@ def _classify(node: ast.Node, out: Statement) -> None:
         _drop(node, out)
     elif isinstance(node, ast.TruncateStmt):
         out.risk = _C
-        out.touches.extend(rel(rv) for rv in node.relations)
+        out.touches.extend(rel(rv) for rv in _seq(node.relations))
     elif isinstance(node, (ast.UpdateStmt, ast.DeleteStmt)):
         out.risk = _C
     elif isinstance(node, ast.ReindexStmt):
@@ -237,11 +248,11 @@ def _classify(node: ast.Node, out: Statement) -> None:
         out.non_transactional = type(node).__name__
     elif isinstance(node, ast.CreateFunctionStmt):
         out.risk = _A
-        out.defines[tuple(s.sval for s in node.funcname)] = routine_effects(node, out.sql)
+        out.defines[_name_parts(node.funcname)] = routine_effects(node, out.sql)
     elif isinstance(node, ast.CreateTrigStmt):
         out.risk = _B
-        out.triggers.append(TriggerDef(rel(node.relation), _trigger_events(node.events),
-                                       Routine(tuple(s.sval for s in node.funcname)), node.trigname))
+        out.triggers.append(TriggerDef(rel(node.relation), _trigger_events(node.events or 0),
+                                       Routine(_name_parts(node.funcname)), node.trigname or ""))
     elif isinstance(node, _ADDITIVE):
         out.risk = _A
     else:
@@ -258,7 +269,7 @@ def _trigger_events(bits: int) -> frozenset[RowOp]:
     return frozenset(op for bit, op in _TRIGGER_EVENT_BITS.items() if bits & bit)
 
 
-class _EffectsVisitor(visitors.Visitor):  # type: ignore[misc]
+class _EffectsVisitor(visitors.Visitor):
     """Every row change and call anywhere in a statement's tree, CTEs and MERGE actions included."""
 
     def __init__(self) -> None:
@@ -290,13 +301,13 @@ class _EffectsVisitor(visitors.Visitor):  # type: ignore[misc]
                     e.rows.append(RowChange(RowOp.INSERT, target, via="MERGE … THEN INSERT"))
         elif isinstance(node, ast.TruncateStmt):
             cascade = node.behavior == _CASCADE
-            for rv in node.relations:
+            for rv in _seq(node.relations):
                 e.rows.append(RowChange(RowOp.TRUNCATE, rel(rv), cascade=cascade,
                                         via="TRUNCATE … CASCADE" if cascade else "TRUNCATE"))
         elif isinstance(node, ast.CopyStmt) and node.is_from and node.relation is not None:
             e.rows.append(RowChange(RowOp.INSERT, rel(node.relation), via="COPY FROM"))
         elif isinstance(node, ast.FuncCall):
-            routine = Routine(tuple(s.sval for s in node.funcname))
+            routine = Routine(_name_parts(node.funcname))
             if routine not in e.calls:
                 e.calls.append(routine)
         elif isinstance(node, ast.DoStmt):
@@ -337,7 +348,7 @@ def _do_block(node: ast.DoStmt) -> Effects:
 def routine_effects(node: ast.CreateFunctionStmt, definition: str) -> Effects:
     """What a function would write when called, from its ``CREATE FUNCTION`` statement (node and text)."""
     language = (_option(node.options, "language") or "sql").lower()
-    name = ".".join(s.sval for s in node.funcname)
+    name = ".".join(_name_parts(node.funcname))
     if node.sql_body is not None:
         out = Effects()
         for part in node.sql_body:
@@ -366,7 +377,8 @@ def sql_effects(script: str, where: str) -> Effects:
         return Effects(opaque=[f"{where} could not be parsed ({exc})"])
     out = Effects()
     for raw in parsed:
-        out.add(effects_of(raw.stmt))
+        if raw.stmt is not None:
+            out.add(effects_of(raw.stmt))
     return out
 
 
@@ -432,6 +444,8 @@ def analyze_sql(script: str, *, origin: str = "") -> list[Statement]:
     # pglast.split gives each statement's exact text (its offsets are character-correct for
     # non-ASCII scripts); parse_sql gives the nodes, in the same order.
     for raw, sql in zip(parsed, pglast.split(script), strict=True):
+        if raw.stmt is None:
+            continue
         out = Statement(sql=sql, node=type(raw.stmt).__name__, risk=_B)
         try:
             _classify(raw.stmt, out)

@@ -45,10 +45,11 @@ def _pg_dump_ddl(url: str, tables: list[cat.Table], section: str, snapshot: str)
     cmd = [pg_tool("pg_dump"), "--schema-only", f"--section={section}", "--no-owner", f"--snapshot={snapshot}"]
     for table in tables:
         cmd += ["--table", f'"{table.schema.replace(chr(34), chr(34) * 2)}"."{table.name.replace(chr(34), chr(34) * 2)}"']
-    proc = subprocess.run([*cmd, "--dbname", make_conninfo(**params)], capture_output=True, text=True, env=env)
+    conninfo = make_conninfo("", **{k: v for k, v in params.items() if v is not None})
+    proc = subprocess.run([*cmd, "--dbname", conninfo], capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         raise BackupError(f"pg_dump could not capture the DDL of {tables[0].qualified}: {redact(proc.stderr.strip())}")
-    return proc.stdout
+    return str(proc.stdout)
 
 
 def _ddl_statements(ddl: str) -> list[str]:
@@ -232,7 +233,7 @@ def _add_fk(conn: psycopg.Connection, fk: dict[str, str]) -> None:
 
 
 def _exists(conn: psycopg.Connection, probe: str) -> bool:
-    row = conn.execute(probe).fetchone()  # type: ignore[call-overload]
+    row = conn.execute(sql.SQL(probe)).fetchone()  # probes come from our own manifest, checked by its digest
     return row is not None and row[0] is not None
 
 

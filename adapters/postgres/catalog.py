@@ -69,7 +69,7 @@ class Table:
         return f"{quote_ident(self.schema)}.{quote_ident(self.name)}"
 
     @property
-    def ident(self) -> sql.Composed:
+    def ident(self) -> sql.Identifier:
         return sql.Identifier(self.schema, self.name)
 
 

@@ -47,7 +47,7 @@ class VectorHelpers:
         if self.conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
             raise RuntimeError(f"{what} must run outside a transaction: set TRANSACTION = False in the migration")
 
-    def _ddl(self, statement: sql.Composable) -> None:
+    def _ddl(self, statement: sql.Composed) -> None:
         with self.conn.transaction():
             self.conn.execute("SELECT set_config('lock_timeout', %s, true)", (f"{int(self.lock_timeout * 1000)}ms",))
             self.conn.execute(statement)
@@ -109,7 +109,7 @@ class VectorHelpers:
             if throttle:
                 time.sleep(throttle)  # leave room for the application between batches
 
-    def _build_index(self, name: str, definition: sql.Composable) -> None:
+    def _build_index(self, name: str, definition: sql.Composed) -> None:
         self._outside_transaction("building an index CONCURRENTLY")
         self.conn.execute("SELECT set_config('maintenance_work_mem', %s, false)", (self.maintenance_work_mem,))
         try:

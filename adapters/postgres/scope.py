@@ -181,9 +181,9 @@ class ScopeExpander:
                 self._effects(sql_effects(definition, f"rule {rule_name} on {item.table.qualified}"), cov,
                               reason=f"by rule {rule_name} on {item.table.qualified}", depth=item.depth + 1,
                               search_path=None)
-            for tg in self._script_triggers:
-                if item.op in tg.events and self._relation(tg.relation) == rel:
-                    self._call(tg.function, cov, reason=f"by trigger {tg.name} (created by the script) on "
+            for created in self._script_triggers:
+                if item.op in created.events and self._relation(created.relation) == rel:
+                    self._call(created.function, cov, reason=f"by trigger {created.name} (created by the script) on "
                                f"{item.table.qualified}", depth=item.depth + 1, search_path=None)
 
     # -- foreign keys ------------------------------------------------------------------------
@@ -292,7 +292,7 @@ class ScopeExpander:
         source = query.fromClause[0]
         if not isinstance(source, ast.RangeVar):
             return None
-        return self._relation(RelName(source.schemaname or None, source.relname))
+        return self._relation(RelName(source.schemaname or None, source.relname or ""))
 
     # -- functions -------------------------------------------------------------------------------
     def _call(self, routine: Routine, cov: Coverage, *, reason: str, depth: int, search_path: list[str] | None) -> None:

@@ -27,6 +27,7 @@ from typing import Any
 import psycopg
 import redis
 from polyshift.adapters import adapter_for
+from polyshift.adapters.graph.adapter import GraphAdapter
 from polyshift.framework.core.config import load_config
 from polyshift.framework.sandbox.demo_app import DemoApp
 from rich.console import Console
@@ -125,6 +126,7 @@ def seed(config: Path) -> None:
         pipe.expire(f"session:{i}", 1800)
     pipe.execute()
     graph = adapter_for(cfg.store("graph"))
+    assert isinstance(graph, GraphAdapter)  # the sample's graph store: seeded through its transport
     graph.connect()
     try:
         graph.t.run("UNWIND range(1, 30) AS i CREATE (:Topic {name: 'topic ' + toString(i), area: 'area ' + toString(i % 4)})")
@@ -230,6 +232,3 @@ def run(invoke: Invoke) -> int:
         polyshift(invoke, scratch / "polyshift.toml", "sandbox", "down", "--dir", str(sandbox), quiet=True)
         os.chdir(cwd)
 
-
-if __name__ == "__main__":
-    raise SystemExit(run())

@@ -17,6 +17,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from polyshift.adapters.postgres.tools import pg_bin_dir
 
@@ -52,7 +53,7 @@ class EmbeddedPostgres:
         auth = f"{self.user}:{self.password}" if with_password else self.user
         return f"postgresql://{auth}@127.0.0.1:{self.port}/{database or self.database}"
 
-    def _run_as(self) -> dict[str, object]:
+    def _run_as(self) -> dict[str, Any]:
         if os.geteuid() != 0:
             return {}
         import pwd
@@ -87,7 +88,7 @@ class EmbeddedPostgres:
                 [str(pg_bin_dir() / "initdb"), "-D", str(self.data_dir), "-U", self.user,
                  "--auth-host=scram-sha-256", "--auth-local=trust", f"--pwfile={pwfile}",
                  "--encoding=UTF8", "--no-sync"],
-                check=True, capture_output=True, **run_as,  # type: ignore[arg-type]
+                check=True, capture_output=True, **run_as,
             )
         pwfile.unlink()
         opts = (f"-h 127.0.0.1 -p {self.port} -k {self.root} -c fsync=off "
@@ -95,7 +96,7 @@ class EmbeddedPostgres:
         subprocess.run(
             [str(pg_bin_dir() / "pg_ctl"), "-D", str(self.data_dir), "-w", "-t", "60",
              "-l", str(self.root / "server.log"), "-o", opts, "start"],
-            check=True, capture_output=True, **run_as,  # type: ignore[arg-type]
+            check=True, capture_output=True, **run_as,
         )
         self._create_database()
         return self
@@ -115,7 +116,7 @@ class EmbeddedPostgres:
         if (self.data_dir / "postmaster.pid").exists():
             subprocess.run(
                 [str(pg_bin_dir() / "pg_ctl"), "-D", str(self.data_dir), "-m", "fast", "-w", "stop"],
-                capture_output=True, **run_as,  # type: ignore[arg-type]
+                capture_output=True, **run_as,
             )
         if remove:
             shutil.rmtree(self.root, ignore_errors=True)
