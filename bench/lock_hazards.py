@@ -8,7 +8,8 @@ given, alone (its setup is the pre-existing database, not part of the migration)
   - squawk with every rule, opt-in rules included;
   - squawk with only its lock rules, and with its lock, data-loss and breaking-change rules (the
     style and timeout rules excluded with ``--exclude``);
-  - polyshift's analyzer, through ``polyshift_verdict`` below.
+  - polyshift's lock-hazard analysis, on the text alone and with the catalog of the case's database
+    (set up as the corpus measured it), as `plan` and `up` run it.
 
 A contender flags a case when it reports anything for it. Counted per measured kind: lock hazards
 caught, data losses caught, breaking changes and failing statements caught, and false alarms on
@@ -26,7 +27,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,11 +34,13 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from polyshift.adapters.postgres.analysis import analyze_sql  # noqa: E402
+from polyshift.adapters.postgres.catalog import CatalogFacts  # noqa: E402
+from polyshift.adapters.postgres.hazards import Facts  # noqa: E402
 from polyshift.framework.core.errors import MigrationLoadError  # noqa: E402
 from polyshift.framework.core.migration import Risk  # noqa: E402
 
 from bench.common import write_results  # noqa: E402
-from bench.lock_corpus_measure import Case, Corpus, load_corpus  # noqa: E402
+from bench.lock_corpus_measure import Case, Corpus, Measurer, load_corpus, server_url  # noqa: E402
 
 PG_VERSION = "18.0"
 # squawk's rules by subject (names as squawk 2.x spells them; see https://squawkhq.com/docs/rules).
@@ -73,22 +75,34 @@ class Verdict:
     outside_transaction: bool = False  # polyshift only: predicted to need running outside a transaction
 
 
-def polyshift_verdict(sql: str) -> Verdict:
-    """polyshift's analysis of one migration script.
-
-    CURRENT ANALYZER: ``adapters.sql_analysis.analyze_sql``, flagged when a statement is rated
-    above A or carries a note. This is the function to wire to the lock-hazard findings
-    (flag on a finding; keep ``rating`` and ``outside_transaction``).
-    """
+def polyshift_verdict(sql: str, facts: Facts | None = None) -> Verdict:
+    """polyshift's analysis of one migration script: flagged when it raises any finding (lock,
+    data-loss, breaking, fails). ``facts``: the catalog of the case's database (None: text only)."""
     try:
-        statements = analyze_sql(sql, origin="corpus")
+        statements = analyze_sql(sql, origin="corpus", facts=facts)
     except MigrationLoadError as exc:
         return Verdict(True, f"refused: {exc}", "C")
     rating = Risk.highest([st.risk for st in statements])
-    notes = [note for st in statements for note in st.notes]
+    findings = [f for st in statements for f in st.findings]
     outside = any(st.non_transactional for st in statements)
-    detail = rating.value + (f" ({'; '.join(notes)})" if notes else "")
-    return Verdict(rating != Risk.A or bool(notes), detail, rating.value, outside)
+    detail = rating.value + (f" ({', '.join(sorted({f.code for f in findings}))})" if findings else "")
+    return Verdict(bool(findings), detail, rating.value, outside)
+
+
+def polyshift_with_catalog(corpus: Corpus) -> dict[str, Verdict]:
+    """Each case analysed against a real PostgreSQL 18 database set up as the corpus measured it."""
+    import psycopg
+
+    out = {}
+    with server_url() as url:
+        measurer = Measurer(url, corpus.fixtures)
+        for case in corpus.cases:
+            with measurer._database(case) as db, psycopg.connect(db, autocommit=True) as conn:
+                for stmt in case.session.split(";"):
+                    if stmt.strip():
+                        conn.execute(stmt)
+                out[case.id] = polyshift_verdict(case.sql, CatalogFacts(conn))
+    return out
 
 
 def squawk_binary() -> str:
@@ -224,11 +238,12 @@ def report(corpus: Corpus, contenders: dict[str, dict[str, Verdict]], polyshift_
     return "\n".join(lines).rstrip() + "\n"
 
 
-def evaluate(corpus: Corpus, verdict: Callable[[str], Verdict] = polyshift_verdict) -> tuple[dict[str, dict[str, Verdict]], str, str]:
+def evaluate(corpus: Corpus) -> tuple[dict[str, dict[str, Verdict]], str, str]:
     binary = squawk_binary()
     contenders = {name: run_squawk(binary, corpus.cases, extra) for name, extra in squawk_configurations(binary).items()}
-    label = "polyshift, current analyzer (risk above A or a note)"
-    contenders[label] = {case.id: verdict(case.sql) for case in corpus.cases}
+    contenders["polyshift, the text alone"] = {case.id: polyshift_verdict(case.sql) for case in corpus.cases}
+    label = "polyshift, text and catalog (as `plan` and `up` run it)"
+    contenders[label] = polyshift_with_catalog(corpus)
     return contenders, label, squawk_version(binary)
 
 

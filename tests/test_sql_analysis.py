@@ -10,10 +10,17 @@ from polyshift.framework.core.migration import Risk
 CASES = [
     ("CREATE TABLE t (id int)", Risk.A, []),
     ("ALTER TABLE users ADD COLUMN nickname text", Risk.A, []),
-    ("CREATE INDEX users_email_idx ON users (email)", Risk.A, []),
-    ("ALTER TABLE users ADD COLUMN active bool NOT NULL DEFAULT true", Risk.B, ["users"]),
+    # Without the catalog, a table is assumed to exist and hold rows: an index build blocks its writes.
+    ("CREATE INDEX users_email_idx ON users (email)", Risk.B, []),
+    ("CREATE INDEX CONCURRENTLY users_email_idx ON users (email)", Risk.A, []),
+    # A constant default is stored once in the catalog (PostgreSQL 11+): nothing to rewrite, nothing to lose.
+    ("ALTER TABLE users ADD COLUMN active bool NOT NULL DEFAULT true", Risk.A, []),
+    ("ALTER TABLE users ADD COLUMN seen_at timestamptz DEFAULT clock_timestamp()", Risk.B, []),
     ("ALTER TABLE users ALTER COLUMN id TYPE bigint", Risk.B, ["users"]),
-    ("ALTER TABLE users ALTER COLUMN email SET NOT NULL", Risk.B, ["users"]),
+    ("ALTER TABLE users ALTER COLUMN email SET NOT NULL", Risk.B, []),
+    ("ALTER TABLE users ADD CONSTRAINT u_fk FOREIGN KEY (a) REFERENCES t (id) NOT VALID", Risk.A, []),
+    ("ALTER TABLE users ADD CONSTRAINT u_fk FOREIGN KEY (a) REFERENCES t (id)", Risk.B, []),
+    ("ALTER TABLE users VALIDATE CONSTRAINT u_fk", Risk.A, []),
     ("REINDEX TABLE users", Risk.B, []),
     ("ALTER TABLE users RENAME TO people", Risk.B, ["users"]),
     ("ALTER TABLE users DROP COLUMN email", Risk.C, ["users"]),
@@ -66,7 +73,30 @@ def test_analyze_inside_a_transaction_is_not_mistaken_for_vacuum() -> None:
 
 def test_not_null_without_default_is_flagged() -> None:
     [statement] = analyze_sql("ALTER TABLE users ADD COLUMN tenant int NOT NULL")
-    assert "fails on a non-empty table" in statement.notes[0]
+    assert [f.code for f in statement.findings] == ["PS106"]
+    assert "fails on a non-empty table" in statement.findings[0].message
+
+
+def test_a_serial_primary_key_has_a_default_and_is_flagged_for_its_rewrite_and_index() -> None:
+    [statement] = analyze_sql("ALTER TABLE account ADD COLUMN b SERIAL PRIMARY KEY")
+    assert sorted(f.code for f in statement.findings) == ["PS103", "PS104"]
+
+
+@pytest.mark.parametrize("sql", ["REINDEX SCHEMA app", "REINDEX DATABASE", "CLUSTER"])
+def test_utility_statements_postgresql_refuses_in_a_transaction_run_outside_one(sql: str) -> None:
+    assert analyze_sql(sql)[0].non_transactional
+
+
+def test_reindex_with_concurrently_false_runs_in_the_transaction_and_is_a_lock_hazard() -> None:
+    [statement] = analyze_sql("REINDEX (CONCURRENTLY false) TABLE users")
+    assert statement.non_transactional is None
+    assert [f.code for f in statement.findings] == ["PS132"]
+
+
+def test_drop_schema_without_cascade_loses_nothing_and_is_not_refused_for_a_scope() -> None:
+    [statement] = analyze_sql("DROP SCHEMA scratch")
+    assert statement.risk == Risk.B  # fails while the schema holds objects (unknown without the catalog)
+    assert inferred_scope([statement]) == []
 
 
 def test_statement_text_survives_non_ascii() -> None:

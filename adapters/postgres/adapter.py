@@ -212,7 +212,9 @@ class PostgresAdapter:
             scope = migration.declared_scope or ()
             outside = ("Python step with TRANSACTION = False",) if self._python_outside_tx(migration) else ()
             return Analysis(migration.declared_risk or Risk.C, scope, "declared" if scope else "none", non_transactional=outside)
-        statements = self._statements(step)
+        assert step.script is not None
+        with _translated(self.name, "reading the catalog for the lock hazards"):
+            statements = analyze_sql(step.script, origin=f"{self.name}/{step.path.name}", facts=cat.CatalogFacts(self.conn))
         with _translated(self.name, "reading the catalog for the backup scope"):
             coverage = ScopeExpander(self.conn).expand(statements)
         risk = Risk.highest([s.risk for s in statements] + [coverage.risk] +
@@ -225,7 +227,8 @@ class PostgresAdapter:
             scope, source = declared + extra, ("declared+inferred" if extra else "declared")
         else:
             scope, source = inferred, ("inferred" if inferred else "none")
-        notes = tuple(n for s in statements for n in s.notes)
+        notes = tuple([n for s in statements for n in s.notes] +
+                      [f"{f.code} {f.kind.value}: {f.message}; instead: {f.safe}" for s in statements for f in s.findings])
         non_tx = tuple(f"{s.non_transactional}: {s.sql[:80]}" for s in statements if s.non_transactional)
         return Analysis(risk, scope, source, non_tx, len(statements), notes, reasons, tuple(coverage.unproven))
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import pglast
 from pglast import ast, enums, visitors
+from polyshift.adapters.postgres.hazards import Facts, Finding, Kind, Reader, StatementLocks, option_is_true
 from polyshift.adapters.postgres.names import RelName
 from polyshift.framework.core.errors import MigrationLoadError
 from polyshift.framework.core.migration import Risk
@@ -23,6 +24,7 @@ from polyshift.framework.core.migration import Risk
 _A, _B, _C = Risk.A, Risk.B, Risk.C
 AT = enums.AlterTableType
 OT = enums.ObjectType
+RK = enums.ReindexObjectType
 _CASCADE = enums.DropBehavior.DROP_CASCADE
 
 _ADDITIVE = (ast.CreateStmt, ast.CreateTableAsStmt, ast.ViewStmt, ast.CreateSeqStmt, ast.CreateSchemaStmt,
@@ -115,6 +117,8 @@ class Statement:
     drops: list[CascadeDrop] = field(default_factory=list)
     defines: dict[tuple[str, ...], Effects] = field(default_factory=dict)  # routines it creates, by name
     triggers: list[TriggerDef] = field(default_factory=list)
+    findings: list[Finding] = field(default_factory=list)                  # lock hazards, data loss, breaking
+    locks: StatementLocks | None = None                                    # locks and work on existing tables
 
 
 def _seq(nodes: Any) -> tuple[Any, ...]:
@@ -143,44 +147,39 @@ def _type_name(obj: Any) -> tuple[str, ...]:
     return _name_parts(names)
 
 
-def _column_not_null(coldef: ast.ColumnDef) -> tuple[bool, bool]:
-    not_null = has_default = False
-    for con in coldef.constraints or ():
-        if con.contype == enums.ConstrType.CONSTR_NOTNULL:
-            not_null = True
-        elif con.contype in (enums.ConstrType.CONSTR_DEFAULT, enums.ConstrType.CONSTR_IDENTITY,
-                             enums.ConstrType.CONSTR_GENERATED):
-            has_default = True
-        elif con.contype == enums.ConstrType.CONSTR_PRIMARY:
-            not_null = True
-    return not_null, has_default
+# ALTER TABLE subcommands whose hazards (lock, rewrite, scan, breaking) the lock-hazard reader
+# knows: their category follows its findings. Anything else is not assumed safe (B, backed up).
+_KNOWN_ALTERS = {AT.AT_AddColumn, AT.AT_DropColumn, AT.AT_AlterColumnType, AT.AT_SetNotNull, AT.AT_DropNotNull,
+                 AT.AT_ColumnDefault, AT.AT_AddConstraint, AT.AT_ValidateConstraint, AT.AT_DropConstraint,
+                 AT.AT_SetLogged, AT.AT_SetUnLogged, AT.AT_SetTableSpace, AT.AT_SetAccessMethod, AT.AT_AttachPartition,
+                 AT.AT_DetachPartition, AT.AT_SetStatistics, AT.AT_SetOptions, AT.AT_ResetOptions, AT.AT_SetRelOptions,
+                 AT.AT_ResetRelOptions, AT.AT_ClusterOn, AT.AT_DropCluster, AT.AT_SetStorage, AT.AT_SetCompression,
+                 AT.AT_EnableTrig, AT.AT_DisableTrig, AT.AT_EnableAlwaysTrig, AT.AT_EnableReplicaTrig,
+                 AT.AT_EnableTrigAll, AT.AT_DisableTrigAll, AT.AT_EnableTrigUser, AT.AT_DisableTrigUser,
+                 AT.AT_AddIdentity, AT.AT_SetIdentity, AT.AT_DropIdentity, AT.AT_EnableRowSecurity,
+                 AT.AT_DisableRowSecurity, AT.AT_ForceRowSecurity, AT.AT_NoForceRowSecurity, AT.AT_ReplicaIdentity,
+                 AT.AT_AlterConstraint, AT.AT_ChangeOwner}
 
 
 def _alter_table(stmt: ast.AlterTableStmt, out: Statement) -> None:
     if stmt.objtype not in (OT.OBJECT_TABLE, OT.OBJECT_MATVIEW, OT.OBJECT_FOREIGN_TABLE):
-        out.risk = _B
+        out.risk = _A if stmt.objtype == OT.OBJECT_INDEX else _B
         return
-    risks = []
+    risks, touched = [_A], False
     for cmd in _seq(stmt.cmds):
         sub = cmd.subtype
-        if sub == AT.AT_AddColumn:
-            not_null, has_default = _column_not_null(cmd.def_)
-            risks.append(_B if not_null else _A)
-            if not_null and not has_default:
-                out.notes.append(f"ADD COLUMN {cmd.def_.colname} NOT NULL without a default fails on a non-empty table")
-        elif sub == AT.AT_DropColumn:
+        if sub == AT.AT_DropColumn:
             risks.append(_C)
-        elif sub in (AT.AT_DropNotNull, AT.AT_ColumnDefault, AT.AT_SetStatistics, AT.AT_SetStorage):
-            risks.append(_A)
+            touched = True
+        elif sub == AT.AT_AlterColumnType:
+            touched = True  # values are converted, maybe lossily by a USING expression: keep them
         elif sub == AT.AT_DetachPartition and getattr(cmd.def_, "concurrent", False):
             out.non_transactional = "DETACH PARTITION CONCURRENTLY"
+        elif sub not in _KNOWN_ALTERS:
             risks.append(_B)
-        else:
-            risks.append(_B)  # type change, SET NOT NULL, constraints: rewrite or validation under lock
+            touched = True
     out.risk = Risk.highest(risks)
-    # Purely additive changes lose nothing; the rollback that undoes them (DROP COLUMN) is
-    # analysed, and backed up, in its own right when it runs.
-    if out.risk != _A:
+    if touched:
         out.touches.append(rel(stmt.relation))
 
 
@@ -200,10 +199,12 @@ def _drop(node: ast.DropStmt, out: Statement) -> None:
             out.drops.append(CascadeDrop("schema", tuple((str(obj.sval),) for obj in _seq(node.objects))))
     elif kind == OT.OBJECT_SEQUENCE:
         out.risk = _C
+    elif kind in (OT.OBJECT_INDEX, OT.OBJECT_VIEW, OT.OBJECT_MATVIEW, OT.OBJECT_FOREIGN_TABLE):
+        # No stored rows are lost (a materialized view's derive from its query); what breaks is
+        # the lock-hazard reader's to say.
+        out.risk = _A
     else:
-        # Views, materialized views (their rows derive from their query), indexes, functions,
-        # foreign tables: no stored rows are lost; the rollback must re-create them.
-        out.risk = _B
+        out.risk = _B  # functions, triggers, policies, extensions: what depends on them is not read here
     if node.concurrent:
         out.non_transactional = "DROP INDEX CONCURRENTLY"
 
@@ -224,8 +225,8 @@ def _classify(node: ast.Node, out: Statement) -> None:
     elif isinstance(node, ast.AlterTableStmt):
         _alter_table(node, out)
     elif isinstance(node, ast.RenameStmt):
-        out.risk = _B
-        if node.relation is not None:
+        out.risk = _A  # the lock-hazard reader rates renames that break running code
+        if node.relation is not None and node.renameType in (OT.OBJECT_TABLE, OT.OBJECT_COLUMN):
             out.touches.append(rel(node.relation))
     elif isinstance(node, ast.DropStmt):
         _drop(node, out)
@@ -235,9 +236,15 @@ def _classify(node: ast.Node, out: Statement) -> None:
     elif isinstance(node, (ast.UpdateStmt, ast.DeleteStmt)):
         out.risk = _C
     elif isinstance(node, ast.ReindexStmt):
-        out.risk = _B
-        if any(getattr(p, "defname", None) == "concurrently" for p in node.params or ()):
+        out.risk = _A
+        if any(getattr(p, "defname", None) == "concurrently" and option_is_true(p.arg) for p in node.params or ()):
             out.non_transactional = "REINDEX CONCURRENTLY"
+        elif node.kind in (RK.REINDEX_OBJECT_SCHEMA, RK.REINDEX_OBJECT_DATABASE, RK.REINDEX_OBJECT_SYSTEM):
+            out.non_transactional = f"REINDEX {RK(node.kind).name.removeprefix('REINDEX_OBJECT_')}"
+    elif isinstance(node, ast.ClusterStmt):
+        out.risk = _A
+        if node.relation is None:
+            out.non_transactional = "CLUSTER (every clustered table)"
     elif isinstance(node, ast.VacuumStmt):
         out.risk = _A
         if node.is_vacuumcmd:
@@ -250,7 +257,7 @@ def _classify(node: ast.Node, out: Statement) -> None:
         out.risk = _A
         out.defines[_name_parts(node.funcname)] = routine_effects(node, out.sql)
     elif isinstance(node, ast.CreateTrigStmt):
-        out.risk = _B
+        out.risk = _A  # what it sets off is followed by the scope expander
         out.triggers.append(TriggerDef(rel(node.relation), _trigger_events(node.events or 0),
                                        Routine(_name_parts(node.funcname)), node.trigname or ""))
     elif isinstance(node, _ADDITIVE):
@@ -433,14 +440,19 @@ def _expression_effects(query: str, mode: int, where: str) -> Effects:
     return sql_effects(text, where)
 
 
-def analyze_sql(script: str, *, origin: str = "") -> list[Statement]:
-    """Every statement of a script, classified. Raises MigrationLoadError on a syntax error."""
+def analyze_sql(script: str, *, origin: str = "", facts: Facts | None = None) -> list[Statement]:
+    """Every statement of a script, classified, with its lock-hazard findings (``facts``: the
+    catalog before the script runs; without it the findings are the cautious ones). The category
+    follows what the statement does to data (C) and the findings (C for data loss; B for lock
+    hazards, breaking changes, statements that fail on existing data; A otherwise). Raises
+    MigrationLoadError on a syntax error."""
     try:
         parsed = pglast.parse_sql(script)
     except pglast.parser.ParseError as exc:
         where = f"{origin}: " if origin else ""
         raise MigrationLoadError(f"{where}SQL syntax error: {exc}") from None
     statements = []
+    reader = Reader(facts)
     # pglast.split gives each statement's exact text (its offsets are character-correct for
     # non-ASCII scripts); parse_sql gives the nodes, in the same order.
     for raw, sql in zip(parsed, pglast.split(script), strict=True):
@@ -451,8 +463,17 @@ def analyze_sql(script: str, *, origin: str = "") -> list[Statement]:
             _classify(raw.stmt, out)
         except MigrationLoadError as exc:
             raise MigrationLoadError(f"{origin}: {exc}" if origin else str(exc)) from None
+        out.locks = reader.read(raw.stmt, sql)
         statements.append(out)
+    # Findings are settled once the whole script is read: a later statement may withdraw one
+    # (CREATE VIEW under a table's old name keeps the renamed table's readers working).
+    for out, found in zip(statements, reader.per_statement, strict=True):
+        out.findings = found
+        out.risk = Risk.highest([out.risk, *(_FINDING_RISK[f.kind] for f in found)])
     return statements
+
+
+_FINDING_RISK = {Kind.DATA_LOSS: _C, Kind.LOCK: _B, Kind.BREAKING: _B, Kind.FAILS: _B}
 
 
 def inferred_scope(statements: list[Statement]) -> list[str]:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import psycopg
-from polyshift.adapters.postgres.names import quote_ident
+from polyshift.adapters.postgres.names import RelName, quote_ident
 from psycopg import sql
 
 LEDGER_SCHEMA = "_polyshift"  # leading underscore: never a role name, so never on "$user" search paths
@@ -450,3 +451,109 @@ def user_triggers(conn: psycopg.Connection, tables: list[Table]) -> list[dict[st
         {"t": [t.qualified for t in tables]},
     ).fetchall()
     return [{"schema": s, "table": t, "name": n, "enabled": e} for s, t, n, e in rows]
+
+
+class CatalogFacts:
+    """What the lock-hazard analysis asks of the database before a migration runs (read-only)."""
+
+    def __init__(self, conn: psycopg.Connection) -> None:
+        self.conn = conn
+
+    def _one(self, query: str, params: tuple[Any, ...]) -> Any:
+        row = self.conn.execute(query, params).fetchone()  # type: ignore[arg-type]
+        return None if row is None else row[0]
+
+    def _oid(self, table: RelName) -> int | None:
+        return self._one("SELECT to_regclass(%s)::oid", (table.sql,))  # type: ignore[no-any-return]
+
+    def exists(self, table: RelName) -> bool | None:
+        return self._oid(table) is not None
+
+    def rows(self, table: RelName) -> float | None:
+        """0 only when the table is known empty (it has no pages); None when it is not there."""
+        oid = self._oid(table)
+        if oid is None:
+            return None
+        pages = self._one("SELECT pg_relation_size(%s::oid) FROM pg_class WHERE oid = %s", (oid, oid))
+        if pages == 0 and not self._one("SELECT relkind = 'p' FROM pg_class WHERE oid = %s", (oid,)):
+            return 0.0
+        tuples = self._one("SELECT reltuples FROM pg_class WHERE oid = %s", (oid,))
+        return float(tuples) if tuples is not None and tuples >= 0 else float("nan")
+
+    def partitioned(self, table: RelName) -> bool | None:
+        oid = self._oid(table)
+        return None if oid is None else bool(self._one("SELECT relkind = 'p' FROM pg_class WHERE oid = %s", (oid,)))
+
+    def column_type(self, table: RelName, column: str) -> str | None:
+        return self._one(  # type: ignore[no-any-return]
+            "SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = to_regclass(%s) AND attname = %s "
+            "AND NOT attisdropped", (table.sql, column))
+
+    def column_not_null(self, table: RelName, column: str) -> bool | None:
+        return self._one("SELECT attnotnull FROM pg_attribute WHERE attrelid = to_regclass(%s) AND attname = %s "  # type: ignore[no-any-return]
+                         "AND NOT attisdropped", (table.sql, column))
+
+    def proven_not_null(self, table: RelName, column: str) -> bool | None:
+        """A validated CHECK (column IS NOT NULL): SET NOT NULL then skips its scan."""
+        return bool(self._one(
+            "SELECT EXISTS (SELECT 1 FROM pg_constraint co WHERE co.conrelid = to_regclass(%s) AND co.contype = 'c' "
+            "AND co.convalidated AND pg_get_constraintdef(co.oid) = format('CHECK ((%%I IS NOT NULL))', %s::text))",
+            (table.sql, column)))
+
+    def function_volatility(self, name: tuple[str, ...]) -> str | None:
+        schema, fname = (name[0], name[-1]) if len(name) > 1 else (None, name[-1])
+        found = self.conn.execute(
+            "SELECT DISTINCT p.provolatile::text FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace "
+            "WHERE p.proname = %s AND (CASE WHEN %s::text IS NULL THEN pg_function_is_visible(p.oid) ELSE n.nspname = %s END)",
+            (fname, schema, schema)).fetchall()
+        kinds = {r[0] for r in found}
+        return "v" if "v" in kinds else ("s" if "s" in kinds else ("i" if kinds else None))
+
+    def inlinable_constant(self, name: tuple[str, ...]) -> bool | None:
+        """A one-statement SQL function PostgreSQL inlines to a constant (no per-row call)."""
+        schema, fname = (name[0], name[-1]) if len(name) > 1 else (None, name[-1])
+        body = self._one(
+            "SELECT p.prosrc FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace JOIN pg_language l ON l.oid = p.prolang "
+            "WHERE p.proname = %s AND l.lanname = 'sql' AND p.pronargs = 0 AND NOT p.proretset "
+            "AND (CASE WHEN %s::text IS NULL THEN pg_function_is_visible(p.oid) ELSE n.nspname = %s END) LIMIT 1",
+            (fname, schema, schema))
+        return bool(body) and re.fullmatch(r"\s*select\s+[-+]?[\w.' ]+;?\s*", str(body), re.IGNORECASE) is not None
+
+    def timezone_is_utc(self) -> bool | None:
+        return str(self._one("SELECT current_setting('TimeZone')", ())) in ("UTC", "Etc/UTC", "GMT", "Etc/GMT")
+
+    def has_validated_check(self, table: RelName) -> bool | None:
+        return bool(self._one("SELECT EXISTS (SELECT 1 FROM pg_constraint WHERE conrelid = to_regclass(%s) AND contype = 'c' "
+                              "AND convalidated)", (table.sql,)))
+
+    def schema_has_objects(self, schema: str) -> bool | None:
+        return bool(self._one("SELECT EXISTS (SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                              "WHERE n.nspname = %s)", (schema,)))
+
+    def schema_tables(self, schema: str) -> list[RelName]:
+        rows = self.conn.execute("SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                                 "WHERE n.nspname = %s AND c.relkind IN ('r', 'p') ORDER BY 1", (schema,)).fetchall()
+        return [RelName(schema, r[0]) for r in rows]
+
+    def index_table(self, index: RelName) -> RelName | None:
+        row = self.conn.execute("SELECT n.nspname, c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indrelid "
+                                "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE i.indexrelid = to_regclass(%s)",
+                                (index.sql,)).fetchone()
+        return RelName(row[0], row[1]) if row else None
+
+    def index_backs_constraint(self, index: RelName) -> bool | None:
+        return bool(self._one("SELECT EXISTS (SELECT 1 FROM pg_constraint WHERE conindid = to_regclass(%s) "
+                              "AND contype IN ('p', 'u', 'x'))", (index.sql,)))
+
+    def domain_tables(self, domain: tuple[str, ...]) -> list[RelName]:
+        rows = self.conn.execute(
+            "SELECT DISTINCT n.nspname, c.relname FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE a.atttypid = to_regtype(%s) AND c.relkind IN ('r', 'p') "
+            "AND NOT a.attisdropped ORDER BY 1, 2", (".".join(quote_ident(p) for p in domain),)).fetchall()
+        return [RelName(r[0], r[1]) for r in rows]
+
+    def index_columns(self, index: RelName) -> list[str]:
+        rows = self.conn.execute("SELECT a.attname FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid "
+                                 "AND a.attnum = ANY (i.indkey) WHERE i.indexrelid = to_regclass(%s) ORDER BY a.attnum",
+                                 (index.sql,)).fetchall()
+        return [r[0] for r in rows]
