@@ -236,7 +236,7 @@ class EmbeddedRedisCluster:
             node = EmbeddedRedis(port=port, extra_args=("--cluster-enabled", "yes", "--cluster-config-file", f"nodes-{port}.conf",
                                                         "--cluster-node-timeout", "2000"))
             self.nodes.append(node.start())
-        clients = [redis.Redis(host="127.0.0.1", port=n.port) for n in self.nodes]
+        clients: list[Any] = [redis.Redis(host="127.0.0.1", port=n.port) for n in self.nodes]
         step = 16384 // self.size
         for i, client in enumerate(clients):
             last = 16383 if i == self.size - 1 else (i + 1) * step - 1
