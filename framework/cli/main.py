@@ -15,13 +15,14 @@ from polyshift.feature_flags.cli import flags_app
 from polyshift.framework.cli import output, templates
 from polyshift.framework.cli.output import emit_json, say, table
 from polyshift.framework.cli.sandbox import sandbox_app
-from polyshift.framework.control.runs import interruptions, refuse_unfinished
+from polyshift.framework.control.runs import refuse_unfinished
 from polyshift.framework.core import errors, progress, secrets
 from polyshift.framework.core.config import DURATION_BOUNDS, parse_duration
 from polyshift.framework.core.lifecycle import Direction
 from polyshift.framework.core.loader import SCRIPT_LANG, next_version, split_names
 from polyshift.framework.core.migration import check_version
 from polyshift.framework.engine.emergency import EmergencyRollback
+from polyshift.framework.engine.inspection import ledger_history, store_statuses, validation_report
 from polyshift.framework.engine.listing import release_listing
 from polyshift.framework.engine.pipeline import Pipeline
 from polyshift.framework.engine.project import Project, open_project
@@ -184,24 +185,16 @@ def new(store: str, slug: str, python: bool = typer.Option(False, "--python", he
 @app.command()
 def status(store: str | None = typer.Option(None, "--store", "-s")) -> None:
     """Current version, pending and drifted migrations per store.  Example: polyshift status --json"""
-    proj = project()
-    runner = Runner(proj)
-    unfinished = interruptions(proj.state, list(proj.config.stores))
-    result: list[dict[str, Any]] = []
-    for name in runner.stores(store):
-        with runner.adapter(name) as adapter:
-            st = runner.status(adapter)
-            st.interrupted = unfinished.get(name)
-            result.append(st.to_json())
+    result = store_statuses(project(), store)
     if output.opts["json"]:
-        emit_json(result)
+        emit_json([st.to_json() for st in result])
         return
     table("status", ["store", "kind", "current", "pending", "drift", "missing"],
-          [[r["store"], r["kind"], r["current"] or "-", " ".join(r["pending"]) or "-", " ".join(r["drift"]) or "-",
-            " ".join(r["missing"]) or "-"] for r in result])
-    for r in result:
-        if r["interrupted"]:
-            output.warn(f"{r['store']} is {r['interrupted']}")
+          [[st.store, st.kind, st.current or "-", " ".join(st.pending) or "-", " ".join(st.drift) or "-",
+            " ".join(st.missing) or "-"] for st in result])
+    for st in result:
+        if st.interrupted:
+            output.warn(f"{st.store} is {st.interrupted}")
 
 
 @app.command()
@@ -245,15 +238,7 @@ def _scope_lines(row: dict[str, Any]) -> str:
 @app.command()
 def history(store: str | None = typer.Option(None, "--store", "-s")) -> None:
     """The stores' own ledgers, newest last.  Example: polyshift history --store main"""
-    proj = project()
-    runner = Runner(proj)
-    rows: list[dict[str, Any]] = []
-    for name in runner.stores(store):
-        with runner.adapter(name) as adapter:
-            for e in adapter.ledger():
-                rows.append({"store": name, "rank": e.rank, "version": e.version, "slug": e.slug, "direction": e.direction.ledger_word,
-                             "applied_by": e.applied_by, "applied_at": e.applied_at.isoformat(), "duration_ms": e.duration_ms,
-                             "checksum": e.checksum, "non_transactional": e.non_transactional, "run_id": e.run_id})
+    rows = [r.to_json() for r in ledger_history(project(), store)]
     if output.opts["json"]:
         emit_json(rows)
         return
@@ -350,17 +335,7 @@ def rollback(
 @app.command()
 def validate(store: str | None = typer.Option(None, "--store", "-s")) -> None:
     """Re-run the checks of every applied migration and report drift.  Example: polyshift validate"""
-    proj = project()
-    runner = Runner(proj)
-    report: list[dict[str, Any]] = []
-    for name in runner.stores(store):
-        with runner.adapter(name) as adapter:
-            st = runner.status(adapter)
-            for v in st.drift:
-                report.append({"store": name, "version": v, "failures": ["file changed after it was applied (drift)"]})
-            for m in proj.migrations[name]:
-                if m.version in st.applied:
-                    report.append({"store": name, "version": m.version, "failures": adapter.validate(m)})
+    report = [r.to_json() for r in validation_report(project(), store)]
     failed = [r for r in report if r["failures"]]
     if output.opts["json"]:
         emit_json(report)

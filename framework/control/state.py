@@ -220,11 +220,6 @@ class ControlPlane:
         with self.engine.connect() as conn:
             return [dict(r._mapping) | {"detail": json.loads(r.detail)} for r in conn.execute(query)]
 
-    def recent_runs(self, limit: int = 50) -> list[dict[str, Any]]:
-        with self.engine.connect() as conn:
-            rows = conn.execute(sa.select(runs).order_by(runs.c.started_at.desc()).limit(limit))
-            return [dict(r._mapping) | {"detail": json.loads(r.detail)} for r in rows]
-
     # -- audit chain ------------------------------------------------------------------
     def audit(self, action: str, subject: str, detail: dict[str, Any] | None = None, *, who: str | None = None) -> AuditEntry:
         """Append one entry whose hash covers the previous entry's hash."""
