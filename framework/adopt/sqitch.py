@@ -76,7 +76,7 @@ def psql_templating(name: str, text: str) -> list[Problem]:
 def _without_literals(text: str) -> str:
     """Strings, quoted names, dollar-quoted bodies and comments blanked out (same length), so a
     ':' inside them is not read as a psql variable."""
-    pattern = re.compile(r"--[^\n]*|/\*.*?\*/|'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"|(\$[A-Za-z_]*\$).*?\1|::", re.DOTALL)
+    pattern = re.compile(r"--[^\n]*|/\*.*?\*/|(?<!:)'(?:[^']|'')*'|(?<!:)\"(?:[^\"]|\"\")*\"|(\$[A-Za-z_]*\$).*?\1|::", re.DOTALL)
     return pattern.sub(lambda m: re.sub(r"[^\n]", " ", m.group(0)), text)
 
 
