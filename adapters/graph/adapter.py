@@ -231,6 +231,11 @@ class GraphAdapter:
     def record_reverted(self, migration: Migration, *, run_id: str, actor: str) -> None:
         self._record(migration, "down", run_id=run_id, actor=actor)
 
+    def record_baseline(self, migrations: list[Migration], *, run_id: str, actor: str) -> None:
+        """Rows saying ``migrations`` are applied (``polyshift baseline``), one write each."""
+        for migration in migrations:
+            self._record(migration, "up", run_id=run_id, actor=actor)
+
     # -- migrations -------------------------------------------------------------------
     def _statements(self, migration: Migration, direction: str) -> list[str]:
         step = {"up": migration.forward, "down": migration.rollback, "validate": migration.validate}[direction]

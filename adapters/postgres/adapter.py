@@ -187,6 +187,15 @@ class PostgresAdapter:
              non_transactional, run_id),
         )
 
+    def record_baseline(self, migrations: list[Migration], *, run_id: str, actor: str) -> None:
+        """Rows saying ``migrations`` are applied (``polyshift baseline``), all in one transaction."""
+        try:
+            with self.conn.transaction():
+                for migration in migrations:
+                    self._record(migration, "up", run_id=run_id, actor=actor, duration_ms=0, non_transactional=False)
+        except psycopg.Error as exc:
+            raise StoreError(f"store {self.name}: cannot write the ledger: {_describe(exc)}") from None
+
     def record_reverted(self, migration: Migration, *, run_id: str, actor: str) -> None:
         try:
             with self.conn.transaction():

@@ -76,5 +76,51 @@ def import_command(
     say("wrote {files} file(s) for {n} migration(s) in {target}", files=len(written), n=len(plan.migrations), target=target)
 
 
+def baseline_command(
+    store: str = typer.Option(..., "--store", "-s", help="The store that is already at a version."),
+    to: str | None = typer.Option(None, "--to", help="Every migration up to this version is applied "
+                                                     "(default: read the other tool's history)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Show what would be recorded; change nothing."),
+    force: bool = typer.Option(False, "--force", help="Also when polyshift's ledger has entries already."),
+    ignore_checksums: bool = typer.Option(False, "--ignore-checksums",
+                                          help="Accept imported files whose checksum differs from the other tool's record."),
+) -> None:
+    """Record that a store is already at a version, without running anything (Flyway's baseline).
+    Example: polyshift baseline --store main"""
+    from polyshift.framework.adopt.baseline import Baseline
+    from polyshift.framework.cli.main import project
+    from polyshift.framework.core.migration import check_version
+    from polyshift.framework.engine.runner import Runner
+
+    if to is not None:
+        check_version(to, "--to")
+    plan = Baseline(Runner(project())).run(store, to, force=force, dry_run=dry_run, ignore_checksums=ignore_checksums)
+    if output.opts["json"]:
+        emit_json(plan.to_json() | {"dry_run": dry_run})
+        return
+    verb = "would record" if dry_run else "recorded"
+    say("{store}: {verb} {n} migration(s) as applied, {first} … {last}, from {source}", store=store, verb=verb,
+        n=len(plan.migrations), first=plan.migrations[0].id, last=plan.migrations[-1].id, source=plan.source)
+    if plan.compared:
+        say("  {n} checksum(s) compared with the other tool's record", n=plan.compared)
+    for mismatch in plan.mismatched:
+        output.warn(f"checksum differs (accepted with --ignore-checksums): {mismatch}")
+    for note in plan.notes:
+        say("  {note}", note=note)
+
+
+def warn_unadopted(adapter: Any, status: Any) -> str | None:
+    """For ``status``: the other tool's history a store has while polyshift's ledger is empty."""
+    from polyshift.framework.adopt.history import unadopted
+
+    history = unadopted(adapter, status)
+    if history is None:
+        return None
+    output.warn(f"{adapter.name} has {history.describe()} and an empty polyshift ledger: "
+                f"run 'polyshift baseline --store {adapter.name}' before 'up'")
+    return history.describe()
+
+
 def register(app: typer.Typer) -> None:
     app.command("import")(import_command)
+    app.command("baseline")(baseline_command)

@@ -189,7 +189,7 @@ def status(store: str | None = typer.Option(None, "--store", "-s")) -> None:
         with runner.adapter(name) as adapter:
             st = runner.status(adapter)
             st.interrupted = unfinished.get(name)
-            result.append(st.to_json())
+            result.append(st.to_json() | {"unadopted": adopt.warn_unadopted(adapter, st)})
     if output.opts["json"]:
         emit_json(result)
         return

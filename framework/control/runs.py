@@ -25,6 +25,7 @@ class RunCommand(StrEnum):
     EMERGENCY_ROLLBACK = "emergency-rollback"
     ROLLBACK = "rollback"
     RESTORE = "restore"
+    BASELINE = "baseline"
 
 
 RELEASE_COMMANDS: tuple[str, ...] = (RunCommand.UP, RunCommand.RECOVER, RunCommand.EMERGENCY_ROLLBACK)

@@ -11,6 +11,7 @@ import shutil
 from typing import Any
 
 from polyshift.feature_flags.admin import FlagAdmin
+from polyshift.framework.adopt.history import refuse_unadopted
 from polyshift.framework.control.runs import RunCommand, refuse_unfinished
 from polyshift.framework.core.errors import (
     BackupError,
@@ -126,6 +127,7 @@ class Pipeline:
         for name, adapter in adapters.items():
             status = self.runner.status(adapter)
             self.runner._check_status(status)
+            refuse_unadopted(adapter, status)
             for m in self.runner._targets(status, to):
                 todo.setdefault(m.version, set()).add(name)
         releases = []
