@@ -82,6 +82,7 @@ class PostgresAdapter:
         self._conn: psycopg.Connection | None = None
         self._lock_conn: psycopg.Connection | None = None
         self._lock_key = (_LOCK_CLASS, zlib.crc32(config.name.encode()) & 0x7FFFFFFF)
+        self._notices: list[str] = []
 
     # -- connection -------------------------------------------------------------------
     def _open(self, purpose: str) -> psycopg.Connection:
@@ -96,6 +97,11 @@ class PostgresAdapter:
     def connect(self) -> None:
         if self._conn is None or self._conn.closed:
             self._conn = self._open(f"{self.name} pid={os.getpid()}")
+            self._conn.add_notice_handler(self._notice)
+
+    def _notice(self, diag: psycopg.errors.Diagnostic) -> None:
+        """NOTICE and WARNING messages: a `DROP … IF EXISTS` that did nothing says so only here."""
+        self._notices.append(redact(f"{diag.severity_nonlocalized or diag.severity}: {diag.message_primary}"))
 
     @property
     def conn(self) -> psycopg.Connection:
@@ -289,6 +295,7 @@ class PostgresAdapter:
         if step is None:
             raise StepFailed(f"{migration.id} has no rollback step (irreversible)", step="rollback")
         started = time.monotonic()
+        self._notices.clear()
         if step.is_python:
             segments: list[tuple[bool, list[Statement]]] = [(not self._python_outside_tx(migration), [])]
         else:
@@ -323,7 +330,8 @@ class PostgresAdapter:
             with self.conn.transaction():
                 self._record(migration, direction, run_id=run_id, actor=actor,
                              duration_ms=int((time.monotonic() - started) * 1000), non_transactional=non_tx)
-        return StepResult(int((time.monotonic() - started) * 1000), sum(len(s) for _, s in segments), non_tx, attempts)
+        return StepResult(int((time.monotonic() - started) * 1000), sum(len(s) for _, s in segments), non_tx, attempts,
+                          tuple(self._notices))
 
     def _run_transaction(self, migration: Migration, step: Step, statements: list[Statement], direction: Direction,
                          run_id: str, actor: str, started: float, *, record: bool, non_tx: bool) -> None:

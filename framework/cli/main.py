@@ -56,6 +56,9 @@ def _event(kind: str, data: dict[str, Any]) -> None:
         say("  backup {backup} verified ({bytes:,} bytes)", backup=data["backup"], bytes=data["bytes"])
     elif kind == "applied":
         say("  [green]applied[/] in {ms} ms", ms=data["duration_ms"])
+    elif kind == "notices":
+        for notice in data["notices"]:
+            say("  [yellow]{step} said[/] {notice}", step=data["step"], notice=notice)
     elif kind == "figures":
         say("  {figures}", figures=", ".join(f"{k} = {v:g}" for k, v in data["figures"].items()))
     elif kind == "data-at-risk":

@@ -131,10 +131,13 @@ class ReleaseRun:
                 self.runner.state.audit("migration.failed", m.store, {"version": m.version, "step": "forward", "error": str(exc)})
                 raise ReleaseAborted(str(exc) if isinstance(exc, StepFailed) else f"{m.store}/{m.id} forward failed: {exc}") from None
             step.forwarded = True
-            self.journal("forward", "done", m, duration_ms=result.duration_ms, non_transactional=result.non_transactional)
+            self.journal("forward", "done", m, duration_ms=result.duration_ms, non_transactional=result.non_transactional,
+                         notices=list(result.notices))
             self.runner.emit("applied", {"store": m.store, "version": m.version, "duration_ms": result.duration_ms})
+            self.runner.emit_notices(m, "forward", result.notices)
             self.outcomes.append(Outcome(m.store, m.version, m.slug, "applied", step.risk, list(step.scope),
-                                         step.manifest.id if step.manifest else None, result.duration_ms, result.non_transactional))
+                                         step.manifest.id if step.manifest else None, result.duration_ms, result.non_transactional,
+                                         notices=list(result.notices)))
 
     # -- phase 4 ----------------------------------------------------------------------
     def validate(self) -> None:
