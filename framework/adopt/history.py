@@ -57,7 +57,7 @@ def _pg_query(adapter: Adapter) -> Query:
         try:
             with conn.transaction(force_rollback=True):
                 conn.execute("SET TRANSACTION READ ONLY")
-                return conn.execute(sql, params).fetchall()  # type: ignore[arg-type]
+                return conn.execute(sql, params).fetchall()
         except psycopg.Error as exc:
             diag = getattr(exc, "diag", None)
             primary = (diag.message_primary if diag is not None else None) or str(exc).splitlines()[0]

@@ -29,6 +29,12 @@ def _after_semicolon(data: bytes, end: int) -> int:
     return match.end() if match else end
 
 
+def _span(data: bytes, raw: ast.RawStmt) -> tuple[int, int]:
+    """Byte offsets of a statement without its ';' (a length of 0 means: to the end of the text)."""
+    start = raw.stmt_location or 0
+    return start, start + (raw.stmt_len or len(data) - start)
+
+
 def check_script(m: ImportedMigration, step: str, script: Script, language: Language) -> None:
     """Prepare ``script`` (one step of ``m``) in place, adding notes and problems to ``m``."""
     if not has_statements(script.text, language.comment):
@@ -62,20 +68,21 @@ def _check_sql(m: ImportedMigration, step: str, script: Script) -> None:
     wrapped = (len(control) == 2 and control[0][0] == 0 and control[1][0] == len(statements) - 1
                and first.stmt.kind in _OPENERS and last.stmt.kind in _CLOSERS)  # type: ignore[union-attr]
     if wrapped:
-        begin_end = _after_semicolon(data, first.stmt_location + first.stmt_len)
-        close_end = _after_semicolon(data, last.stmt_location + (last.stmt_len or len(data) - last.stmt_location))
-        kept = data[:first.stmt_location] + data[begin_end:last.stmt_location] + data[close_end:]
-        closer = data[last.stmt_location:close_end].decode().strip()
+        (begin_start, begin_stop), (close_start, close_stop) = _span(data, first), _span(data, last)
+        begin_end, close_end = _after_semicolon(data, begin_stop), _after_semicolon(data, close_stop)
+        kept = data[:begin_start] + data[begin_end:close_start] + data[close_end:]
+        closer = data[close_start:close_end].decode().strip()
         script.text = kept.decode()
-        m.notes.append(f"{script.source}: the wrapping '{data[first.stmt_location:begin_end].decode().strip()}' … "
+        m.notes.append(f"{script.source}: the wrapping '{data[begin_start:begin_end].decode().strip()}' … "
                        f"'{closer}' removed (polyshift runs the {step} step in one transaction)")
         if not has_statements(script.text, "--"):
             script.noop = True
         return
-    for _, s in control:
-        text = data[s.stmt_location:s.stmt_location + (s.stmt_len or len(data) - s.stmt_location)].decode().strip()
+    for _, raw in control:
+        start, stop = _span(data, raw)
+        text = data[start:stop].decode().strip()
         m.problems.append(Problem(script.source, Issue.TRANSACTION_CONTROL,
-                                  f"line {_line(data, s.stmt_location)}: '{text}' controls the transaction inside the script; "
+                                  f"line {_line(data, start)}: '{text}' controls the transaction inside the script; "
                                   "polyshift runs each step in one transaction (split the migration where it commits)"))
 
 
