@@ -192,7 +192,8 @@ def status(store: str | None = typer.Option(None, "--store", "-s")) -> None:
         with runner.adapter(name) as adapter:
             st = runner.status(adapter)
             st.interrupted = unfinished.get(name)
-            result.append(st.to_json() | {"unadopted": adopt.warn_unadopted(adapter, st)})
+            result.append(st.to_json())
+            adopt.warn_unadopted(adapter, st)
     if output.opts["json"]:
         emit_json(result)
         return
