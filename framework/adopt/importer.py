@@ -18,7 +18,7 @@ from polyshift.framework.adopt.flyway import Flyway
 from polyshift.framework.adopt.golang_migrate import GolangMigrate
 from polyshift.framework.adopt.goose import Goose
 from polyshift.framework.adopt.liquibase import Liquibase
-from polyshift.framework.adopt.model import Format, ImportedMigration, ImportPlan, Issue, Language, Problem, Script
+from polyshift.framework.adopt.model import Format, ImportedMigration, ImportPlan, Issue, Language, Problem, Script, SourceReader
 from polyshift.framework.adopt.neo4j_migrations import Neo4jMigrations
 from polyshift.framework.adopt.scripts import check_migration
 from polyshift.framework.adopt.sources import migration_files
@@ -27,12 +27,13 @@ from polyshift.framework.core.errors import MigrationLoadError, RefusedError, Us
 from polyshift.framework.core.loader import SCRIPT_LANG, load_store_migrations
 from polyshift.framework.core.migration import version_key
 
-READERS = {r.format: r for r in (GolangMigrate(), Goose(), Dbmate(), Flyway(), Sqitch(), Liquibase(), Neo4jMigrations())}
+READERS: dict[Format, SourceReader] = {
+    r.format: r for r in (GolangMigrate(), Goose(), Dbmate(), Flyway(), Sqitch(), Liquibase(), Neo4jMigrations())}
 # Formats whose tool has no undo at all: their migrations are irreversible unless a rollback is supplied.
 _NO_UNDO = {Format.NEO4J_MIGRATIONS}
 
 
-def reader_for(name: str) -> Flyway | GolangMigrate | Goose | Dbmate | Sqitch | Liquibase | Neo4jMigrations:
+def reader_for(name: str) -> SourceReader:
     try:
         return READERS[Format(name)]
     except ValueError:

@@ -35,7 +35,7 @@ _ATTRIBUTE = re.compile(r"(?P<key>[A-Za-z]+):(?P<value>\"[^\"]*\"|\S*)")
 # Attributes that decide whether (or how often) a changeset runs: polyshift runs every migration once.
 _CONDITIONAL = {"context", "contextfilter", "labels", "runalways", "runonchange", "dbms", "failonerror", "ignore"}
 _NEUTRAL = {"runintransaction", "splitstatements", "stripcomments", "logicalfilepath", "rollbacksplitstatements",
-            "rollbackenddelimiter", "endDelimiter".lower(), "created", "runwith", "runwithspoolfile"}
+            "rollbackenddelimiter", "enddelimiter", "created", "runwith", "runwithspoolfile"}
 _NO_ROLLBACK = {"empty", "not required"}
 
 
