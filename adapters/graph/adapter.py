@@ -232,6 +232,11 @@ class GraphAdapter:
     def record_reverted(self, migration: Migration, *, run_id: str, actor: str) -> None:
         self._record(migration, Direction.ROLLBACK, run_id=run_id, actor=actor)
 
+    def record_baseline(self, migrations: list[Migration], *, run_id: str, actor: str) -> None:
+        """Rows saying ``migrations`` are applied (``polyshift baseline``), one write each."""
+        for migration in migrations:
+            self._record(migration, Direction.FORWARD, run_id=run_id, actor=actor)
+
     # -- migrations -------------------------------------------------------------------
     def _statements(self, migration: Migration, which: Direction | None) -> list[str]:
         """The statements of the forward or rollback script, or of the validate script (None)."""

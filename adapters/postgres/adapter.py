@@ -83,6 +83,7 @@ class PostgresAdapter:
         self._conn: psycopg.Connection | None = None
         self._lock_conn: psycopg.Connection | None = None
         self._lock_key = (_LOCK_CLASS, zlib.crc32(config.name.encode()) & 0x7FFFFFFF)
+        self._notices: list[str] = []
 
     # -- connection -------------------------------------------------------------------
     def _open(self, purpose: str) -> psycopg.Connection:
@@ -97,6 +98,11 @@ class PostgresAdapter:
     def connect(self) -> None:
         if self._conn is None or self._conn.closed:
             self._conn = self._open(f"{self.name} pid={os.getpid()}")
+            self._conn.add_notice_handler(self._notice)
+
+    def _notice(self, diag: psycopg.errors.Diagnostic) -> None:
+        """NOTICE and WARNING messages: a `DROP … IF EXISTS` that did nothing says so only here."""
+        self._notices.append(redact(f"{diag.severity_nonlocalized or diag.severity}: {diag.message_primary}"))
 
     @property
     def conn(self) -> psycopg.Connection:
@@ -187,6 +193,15 @@ class PostgresAdapter:
             (self.name, migration.version, migration.slug, migration.checksum, direction.ledger_word, actor, duration_ms,
              non_transactional, run_id),
         )
+
+    def record_baseline(self, migrations: list[Migration], *, run_id: str, actor: str) -> None:
+        """Rows saying ``migrations`` are applied (``polyshift baseline``), all in one transaction."""
+        try:
+            with self.conn.transaction():
+                for migration in migrations:
+                    self._record(migration, Direction.FORWARD, run_id=run_id, actor=actor, duration_ms=0, non_transactional=False)
+        except psycopg.Error as exc:
+            raise StoreError(f"store {self.name}: cannot write the ledger: {_describe(exc)}") from None
 
     def record_reverted(self, migration: Migration, *, run_id: str, actor: str) -> None:
         try:
@@ -281,6 +296,7 @@ class PostgresAdapter:
         if step is None:
             raise StepFailed(f"{migration.id} has no rollback step (irreversible)", step="rollback")
         started = time.monotonic()
+        self._notices.clear()
         if step.is_python:
             segments: list[tuple[bool, list[Statement]]] = [(not self._python_outside_tx(migration), [])]
         else:
@@ -315,7 +331,8 @@ class PostgresAdapter:
             with self.conn.transaction():
                 self._record(migration, direction, run_id=run_id, actor=actor,
                              duration_ms=int((time.monotonic() - started) * 1000), non_transactional=non_tx)
-        return StepResult(int((time.monotonic() - started) * 1000), sum(len(s) for _, s in segments), non_tx, attempts)
+        return StepResult(int((time.monotonic() - started) * 1000), sum(len(s) for _, s in segments), non_tx, attempts,
+                          tuple(self._notices))
 
     def _run_transaction(self, migration: Migration, step: Step, statements: list[Statement], direction: Direction,
                          run_id: str, actor: str, started: float, *, record: bool, non_tx: bool) -> None:

@@ -224,6 +224,11 @@ class RedisAdapter:
     def record_reverted(self, migration: Migration, *, run_id: str, actor: str) -> None:
         self._record(migration, Direction.ROLLBACK, run_id=run_id, actor=actor, duration_ms=0)
 
+    def record_baseline(self, migrations: list[Migration], *, run_id: str, actor: str) -> None:
+        """Rows saying ``migrations`` are applied (``polyshift baseline``), one write each."""
+        for migration in migrations:
+            self._record(migration, Direction.FORWARD, run_id=run_id, actor=actor, duration_ms=0)
+
     # -- migrations -------------------------------------------------------------------
     def parse(self, migration: Migration) -> None:
         """Redis migrations are Python modules, imported when loaded: only the scope is left to check."""

@@ -85,6 +85,7 @@ class RunCommand(StrEnum):
     EMERGENCY_ROLLBACK = "emergency-rollback"
     ROLLBACK = "rollback"
     RESTORE = "restore"
+    BASELINE = "baseline"
 
 
 RELEASE_COMMANDS: tuple[RunCommand, ...] = (RunCommand.UP, RunCommand.RECOVER, RunCommand.EMERGENCY_ROLLBACK)
@@ -161,3 +162,4 @@ class Progress(StrEnum):
     BAKE = "bake"
     GATES = "gates"
     HOOK_FAILED = "hook-failed"
+    NOTICES = "notices"          # what a store said while a step ran (PostgreSQL NOTICE/WARNING)

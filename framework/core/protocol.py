@@ -101,6 +101,7 @@ class StepResult:
     statements: int
     non_transactional: bool
     attempts: int = 1
+    notices: tuple[str, ...] = ()   # what the store said while the step ran (PostgreSQL NOTICE/WARNING)
 
 
 @dataclass(frozen=True)

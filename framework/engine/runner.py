@@ -47,6 +47,7 @@ class Outcome:
     non_transactional: bool = False
     error: str | None = None
     hint: str | None = None
+    notices: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -133,6 +134,11 @@ class Runner:
                                                           "bytes": manifest.size, "reason": reason, "run": run_id})
         self.emit(Progress.BACKUP, {"store": adapter.name, "backup": manifest.id, "scope": list(scope), "bytes": manifest.size})
         return manifest
+
+    def emit_notices(self, m: Migration, direction: Direction, notices: tuple[str, ...]) -> None:
+        """What the store said while a step ran: a statement that did nothing says so only there."""
+        if notices:
+            self.emit(Progress.NOTICES, {"store": m.store, "version": m.version, "step": direction, "notices": list(notices)})
 
     def _journal(self, run_id: str, step: Step, phase: Phase, m: Migration | None = None, **detail: Any) -> None:
         self.state.journal(run_id, step, phase, store=m.store if m else None, version=m.version if m else None, detail=detail)
@@ -411,13 +417,15 @@ class Runner:
             self._step_open = settled.action is Action.FAILED_UNVERIFIED
             return Outcome(m.store, m.version, m.slug, settled.action, analysis.risk.value, list(scope),
                            manifest.id if manifest else None, error=settled.how, hint=settled.hint)
-        self._journal(run_id, Step.ROLLBACK, Phase.DONE, m)
+        self._journal(run_id, Step.ROLLBACK, Phase.DONE, m, notices=list(result.notices))
+        self.emit_notices(m, Direction.ROLLBACK, result.notices)
         self._step_open = False
         self.state.audit("migration.rolled_back", m.store, {"version": m.version, "slug": m.slug, "run": run_id,
                                                              "backup": manifest.id if manifest else None})
         self.emit(Progress.ROLLED_BACK, {"store": m.store, "version": m.version, "hint": self._backup_hint(m)})
         return Outcome(m.store, m.version, m.slug, Action.ROLLED_BACK, analysis.risk.value, list(scope),
-                       manifest.id if manifest else None, result.duration_ms, result.non_transactional)
+                       manifest.id if manifest else None, result.duration_ms, result.non_transactional,
+                       notices=list(result.notices))
 
     def settle_rollback(self, adapter: Adapter, m: Migration, snap: RollbackSnapshot, run_id: str, *, cause: str) -> Settled:
         """A rollback step failed or its run was killed: end with the store where the step began, verified.
