@@ -92,10 +92,14 @@ def schema_descriptions(conn: psycopg.Connection, only: list[Table] | None = Non
     return out
 
 
+def user_types(conn: psycopg.Connection) -> list[tuple[str, str, list[str] | None]]:
+    """Every user enum and domain: its qualified name, ``e`` or ``d``, an enum's labels in order."""
+    return [(str(name), str(kind), labels) for name, kind, labels in conn.execute(_TYPES_SQL, {"ledger": LEDGER_SCHEMA}).fetchall()]
+
+
 def schema_hash(conn: psycopg.Connection) -> str:
     relations = schema_descriptions(conn)
-    types = conn.execute(_TYPES_SQL, {"ledger": LEDGER_SCHEMA}).fetchall()
-    return _digest([relations, [list(t) for t in types]])
+    return _digest([relations, [list(t) for t in user_types(conn)]])
 
 
 def partitions(conn: psycopg.Connection, table: Table) -> list[Table]:

@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import redis
+from polyshift.adapters.redis import inventory as redis_inventory
 from polyshift.adapters.redis import keys as rk
 from polyshift.adapters.redis.helpers import RedisHelpers
 from polyshift.framework.control import failpoints
@@ -476,6 +477,13 @@ class RedisAdapter:
         except redis.RedisError as exc:
             raise self._fail("cannot read the cluster state", exc) from None
         return problems
+
+    def inventory(self, scope: tuple[str, ...]) -> dict[str, str]:
+        patterns = rk.validate_patterns(scope)
+        try:
+            return redis_inventory.account(patterns, self._walk(patterns, dump=False))
+        except redis.RedisError as exc:
+            raise self._fail("inventory failed", exc) from None
 
     def fingerprint(self, scope: tuple[str, ...]) -> Fingerprint:
         """Order-independent sum of per-key content digests (key, type, has-TTL, value), per pattern."""
