@@ -165,7 +165,7 @@ class Progress(StrEnum):
 
 class RehearsalCheck(StrEnum):
     """What ``polyshift rehearse`` proves of each release in each of its stores, in the order it
-    proves it; each is one JUnit test case (``release × store × check``). ``GATES`` belongs to the
+    proves it; each is one JUnit test case (release by store by check). ``GATES`` belongs to the
     release as a whole."""
 
     PREFLIGHT = "preflight"                    # what `up` checks before changing anything would pass
