@@ -738,9 +738,13 @@ class Rehearsal:
         if source is DataSource.SCHEMA:
             return _DATA_WORDS[source]
         loaded = copies if source is DataSource.PRODUCTION else {backup.store: backup} if backup is not None else {}
+        if source is DataSource.BACKUP:
+            # The rollback point lives in the project's backups (verified when the input was read);
+            # restoring it there records nothing in the project's control plane.
+            runner = Runner(replace(runner.project, artifacts=self.project.artifacts))
         parts = []
         for name, manifest in loaded.items():
-            restored = runner.restore_into(adapters[name], manifest, None, verified=False, safety=False)
+            restored = runner.restore_into(adapters[name], manifest, None, verified=source is DataSource.BACKUP, safety=False)
             if not restored.verified:
                 # Content hashes of extension types (pgvector) name type OIDs, which differ between
                 # databases: such a copy verifies by its files' sha256 and its row counts only.
