@@ -102,7 +102,8 @@ def test_a_forward_that_is_not_idempotent_is_caught(rws_pg: Workspace) -> None:
 
 def test_a_restore_that_leaves_what_the_forward_created_is_caught(rws_pg: Workspace) -> None:
     # The backup covers documents; the table the forward creates survives a restore of it.
-    rws_pg.migration("0002_archive", "CREATE TABLE archive AS SELECT * FROM documents WHERE id > 290; DELETE FROM documents WHERE id > 290;",
+    rws_pg.migration("0002_archive",
+                     "CREATE TABLE archive AS SELECT * FROM documents WHERE id > 290; DELETE FROM documents WHERE id > 290;",
                      "INSERT INTO documents SELECT * FROM archive; DROP TABLE archive;")
     result = rws_pg.run("rehearse", "--release", "0002", "--json")
     assert result.exit_code == 1, result.output
@@ -140,7 +141,8 @@ def test_a_rehearsal_from_a_backup_runs_on_that_backup_s_rows(rws_pg: Workspace)
     result = rws_pg.run("rehearse", "--from-backup", manual, "--release", "0002", "--json")
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
-    assert report["data"].startswith(f"an existing rollback point: main: public.documents, public.tags (40 rows/keys/nodes, backup {manual})")
+    assert report["data"].startswith(
+        f"an existing rollback point: main: public.documents, public.tags (40 rows/keys/nodes, backup {manual})")
     forward = next(s for s in report["steps"] if s["step"] == "forward")
     assert forward["rows"] == {"public.documents": 40}
 
@@ -285,7 +287,8 @@ def test_a_graph_rollback_that_loses_a_relationship_property_is_caught(tmp_path:
                                                                        second_falkordb: Any) -> None:
     project = Project(tmp_path, "graph", "falkordb", falkordb_server.url, second_falkordb.url, 'graph = "app"')
     project.write("0001_areas.forward.cypher", """\
-        UNWIND range(1, 6) AS i CREATE (:Topic {name: 'topic ' + toString(i)})-[:IN_AREA {since: 2020 + i}]->(:Area {name: 'area ' + toString(i)});
+        UNWIND range(1, 6) AS i
+        CREATE (:Topic {name: 'topic ' + toString(i)})-[:IN_AREA {since: 2020 + i}]->(:Area {name: 'area ' + toString(i)});
         """)
     project.write("0001_areas.rollback.cypher", "MATCH (n) WHERE n:Topic OR n:Area DETACH DELETE n;\n")
     project.write("0002_weights.forward.cypher", """\
