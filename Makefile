@@ -35,6 +35,7 @@ typecheck: install
 
 test: install lint typecheck
 	$(BIN)/python -m pytest
+	mkdir -p build && $(BIN)/polyshift --config compose/polyshift.toml rehearse --junit build/rehearsal.xml
 
 demo: install
 	$(BIN)/polyshift demo

@@ -144,4 +144,4 @@ def junit_xml(report: RehearsalReport) -> bytes:
             elif detail:
                 ET.SubElement(case, "system-out").text = detail
     ET.indent(root)
-    return ET.tostring(root, encoding="utf-8", xml_declaration=True) + b"\n"
+    return bytes(ET.tostring(root, encoding="utf-8", xml_declaration=True)) + b"\n"
