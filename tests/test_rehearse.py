@@ -147,6 +147,25 @@ def test_a_rehearsal_from_a_backup_runs_on_that_backup_s_rows(rws_pg: Workspace)
     assert forward["rows"] == {"public.documents": 40}
 
 
+def test_a_sampled_copy_of_production_holds_at_most_n_rows_of_each_table(rws_pg: Workspace) -> None:
+    assert rws_pg.run("up").exit_code == 0  # production has release 0001 and its 300 documents
+    rws_pg.migration("0002_status", "ALTER TABLE documents ADD COLUMN status text;", "ALTER TABLE documents DROP COLUMN status;")
+    result = rws_pg.run("rehearse", "--from-production", "--sample", "50", "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["releases"] == ["0002"] and report["applied_first"] == ["0001"]
+    assert "main: public.documents (50 rows/keys/nodes, a sample of at most 50 per table" in report["data"]
+    assert next(s for s in report["steps"] if s["step"] == "forward")["rows"] == {"public.documents": 50}
+    assert rws_pg.value("SELECT count(*) FROM documents") == 300
+
+
+def test_a_sample_without_a_copy_of_production_is_refused(rws_pg: Workspace) -> None:
+    result = rws_pg.run("rehearse", "--sample", "50")
+    assert result.exit_code == 2
+    assert "use it with --from-production" in result.stderr
+    assert not has_ledger(rws_pg.rehearsal_url)  # type: ignore[attr-defined]
+
+
 def test_the_junit_report_validates_against_the_schema_ci_systems_read(rws_pg: Workspace, tmp_path: Path) -> None:
     from lxml import etree
 

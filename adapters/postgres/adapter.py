@@ -454,8 +454,14 @@ class PostgresAdapter:
         return cat.without_covered_partitions(self.conn, tables)
 
     def backup(self, scope: tuple[str, ...], writer: ArtifactWriter, progress: Progress) -> dict[str, Any]:
+        return self._backup(scope, writer, progress, None)
+
+    def backup_sample(self, scope: tuple[str, ...], writer: ArtifactWriter, progress: Progress, *, limit: int) -> dict[str, Any]:
+        return self._backup(scope, writer, progress, limit)
+
+    def _backup(self, scope: tuple[str, ...], writer: ArtifactWriter, progress: Progress, limit: int | None) -> dict[str, Any]:
         try:
-            return pg_backup.backup(self.conn, self.config.url, self._tables(scope), writer, progress)
+            return pg_backup.backup(self.conn, self.config.url, self._tables(scope), writer, progress, limit=limit)
         except psycopg.Error as exc:
             raise BackupError(f"store {self.name}: backup failed: {_describe(exc)}") from None
 

@@ -141,7 +141,15 @@ def table_schema_hash(conn: psycopg.Connection, table: Table) -> str | None:
     return _digest([described[t.qualified] for t in [table, *family] if t.qualified in described])
 
 
-def table_data_hash(conn: psycopg.Connection, table: Table) -> tuple[int, str]:
+def sampled(table: Table, limit: int | None) -> sql.Composable:
+    """The table, or its first ``limit`` rows in physical order: within one snapshot, the same rows
+    for every reader (a COPY and the hash of what it copies)."""
+    if limit is None:
+        return table.ident
+    return sql.SQL("(SELECT * FROM {} ORDER BY tableoid, ctid LIMIT {})").format(table.ident, sql.Literal(limit))
+
+
+def table_data_hash(conn: psycopg.Connection, table: Table, limit: int | None = None) -> tuple[int, str]:
     """Row count and an order-independent hash of a table's rows, computed in the server.
 
     Each row is hashed as ``record_send(ROW(columns in name order))``: one binary encoding per
@@ -171,7 +179,7 @@ def table_data_hash(conn: psycopg.Connection, table: Table) -> tuple[int, str]:
     row = sql.SQL("record_send(ROW({}))").format(sql.SQL(", ").join(fields))
     query = sql.SQL(
         "SELECT count(*), coalesce(sum(('x' || left(md5({}), 16))::bit(64)::bigint::numeric), 0)::text FROM {} AS t",
-    ).format(row, table.ident)
+    ).format(row, sampled(table, limit))
     count, total = conn.execute(query).fetchone()  # type: ignore[misc]
     return int(count), str(total)
 

@@ -52,6 +52,8 @@ def rehearse(
     from_production: bool = typer.Option(False, "--from-production",
                                          help="Rehearse on a verified read-only backup of the pending releases' scopes in production."),
     from_backup: str | None = typer.Option(None, "--from-backup", help="Rehearse on the data of this backup (a rollback point)."),
+    sample: int | None = typer.Option(None, "--sample", help="With --from-production: copy at most N rows (keys) per table "
+                                                             "(pattern) of the scope; graphs are copied whole."),
     gate_url: str | None = typer.Option(None, "--gate-url", help="Run the release gates, http ones against this rehearsal endpoint."),
     junit: Path | None = typer.Option(None, "--junit", help="Write a JUnit XML report here (one test case per release, store, check)."),
 ) -> None:
@@ -65,7 +67,7 @@ def rehearse(
     if junit is not None:
         _writable(junit)
     source = DataSource.PRODUCTION if from_production else DataSource.BACKUP if from_backup is not None else DataSource.SCHEMA
-    options = RehearsalOptions(source=source, backup_id=from_backup, release=release, gate_url=gate_url)
+    options = RehearsalOptions(source=source, backup_id=from_backup, release=release, gate_url=gate_url, sample=sample)
     project = open_project(output.opts["config"], progress.for_output(output.json_mode()))
     from polyshift.framework.sandbox.rehearsal_stores import EmbeddedStores  # the servers, only for this command
 

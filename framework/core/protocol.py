@@ -209,6 +209,15 @@ class TakesInventory(Protocol):
 
 
 @runtime_checkable
+class SamplesBackup(Protocol):
+    """Optional: a backup of part of a scope (the first ``limit`` rows of each table, keys of each
+    pattern), for rehearsing on a huge production scope. Such a backup is never a rollback point."""
+
+    def backup_sample(self, scope: tuple[str, ...], writer: ArtifactWriter, progress: Progress, *, limit: int) -> dict[str, Any]:
+        """Like ``backup``, of at most ``limit`` rows (keys) per table (pattern)."""
+
+
+@runtime_checkable
 class FollowsReferences(Protocol):
     """Optional: what a scope's content refers to outside it (the tables its foreign keys point
     at), which a copy of the scope into an empty store needs too."""

@@ -44,6 +44,7 @@ from polyshift.framework.core.protocol import (
     Fingerprint,
     FollowsReferences,
     ReportsFigures,
+    SamplesBackup,
     StatementTiming,
     TakesInventory,
     TimesStatements,
@@ -134,6 +135,7 @@ class RehearsalOptions:
     source: DataSource = DataSource.SCHEMA
     backup_id: str | None = None        # with DataSource.BACKUP
     release: str | None = None          # only this release (every earlier one is applied plainly first)
+    sample: int | None = None           # with DataSource.PRODUCTION: at most this many rows (keys) per table (pattern)
     gate_url: str | None = None         # run the gates, http ones against this URL; None: gates skipped
 
 
@@ -531,6 +533,8 @@ class Rehearsal:
             raise UsageError(f"--release {o.release}: no migration has that version (releases: {known})")
         if (o.source is DataSource.BACKUP) != (o.backup_id is not None):
             raise UsageError("--from-backup needs a backup id")
+        if o.sample is not None and (o.source is not DataSource.PRODUCTION or o.sample < 1):
+            raise UsageError("--sample N (N at least 1) samples the copy --from-production makes; use it with --from-production")
         missing = [name for name in self.config.stores if name not in self.config.rehearsal_stores]
         if missing and self.fresh is None:
             raise UsageError(f"no rehearsal store for {', '.join(missing)}: add [rehearsal.stores.<name>] tables")
@@ -581,10 +585,13 @@ class Rehearsal:
             raise
         return pending, adapters
 
-    def copy_production(self, adapters: dict[str, Adapter], rehearse: list[Release], runner: Runner) -> dict[str, Manifest]:
+    def copy_production(self, adapters: dict[str, Adapter], rehearse: list[Release], runner: Runner) -> dict[str, list[Manifest]]:
         """A verified backup, into the scratch directory, of what the rehearsed releases may change in
-        each production store (and what its foreign keys lead to)."""
-        copies = {}
+        each production store, and of what its foreign keys lead to; with ``sample``, of the first
+        rows (keys) of each table (pattern) of the scope, the tables it refers to whole, so that
+        the sampled rows find what they reference."""
+        copies: dict[str, list[Manifest]] = {}
+        sample = self.options.sample
         for name, adapter in adapters.items():
             names: list[str] = []
             for rel in rehearse:
@@ -597,10 +604,13 @@ class Rehearsal:
                     names += adapter.analyze(m, direction).scope
                 names += [*(m.declared_scope or ()), *(m.rollback_scope or ())]
             scope = adapter.resolve_scope(tuple(dict.fromkeys(names)), missing_ok=True)
-            if scope and isinstance(adapter, FollowsReferences):
-                scope += adapter.referenced(scope)
-            if scope:
-                copies[name] = runner.take_backup(adapter, scope, version=None, reason="rehearsal copy of production", run_id=None)
+            referenced = adapter.referenced(scope) if scope and isinstance(adapter, FollowsReferences) else ()
+            if sample is not None and isinstance(adapter, SamplesBackup):
+                parts = [(referenced, None), (scope, sample)]
+            else:
+                parts = [(scope + referenced, None)]
+            copies[name] = [runner.take_backup(adapter, part, version=None, reason="rehearsal copy of production",
+                                               run_id=None, sample=limit) for part, limit in parts if part]
         return copies
 
     # -- the run ----------------------------------------------------------------------------
@@ -612,7 +622,7 @@ class Rehearsal:
         plane = self._scratch_plane = ControlPlane(f"sqlite:///{self.scratch / 'state.db'}")
         artifacts = ArtifactStore(self.scratch / "backups", plane)
         provisional = Runner(Project(self.config, plane, artifacts, self.project.progress))
-        copies: dict[str, Manifest] = {}
+        copies: dict[str, list[Manifest]] = {}
         precedes = self.backup_precedes(backup, every) if backup is not None else None
         production_pending: set[str] | None = None
         if self.options.source is DataSource.PRODUCTION:
@@ -670,7 +680,7 @@ class Rehearsal:
         return every
 
     def _rehearse(self, project: Project, every: list[Release], report: RehearsalReport, production_pending: set[str] | None,
-                  precedes: str | None, copies: dict[str, Manifest], backup: Manifest | None) -> None:
+                  precedes: str | None, copies: dict[str, list[Manifest]], backup: Manifest | None) -> None:
         runner = Runner(project)
         names = list(project.config.stores)
         with runner.locked(names, self.run_id, lock=True) as connected:
@@ -730,28 +740,30 @@ class Rehearsal:
             adapter.ensure_ledger()
         return True
 
-    def _load_data(self, runner: Runner, adapters: dict[str, Adapter], copies: dict[str, Manifest], backup: Manifest | None,
+    def _load_data(self, runner: Runner, adapters: dict[str, Adapter], copies: dict[str, list[Manifest]], backup: Manifest | None,
                    report: RehearsalReport) -> str:
         """Restores the production copies or the chosen backup into the rehearsal stores; returns
         what data the rehearsal runs on, in plain words."""
         source = self.options.source
         if source is DataSource.SCHEMA:
             return _DATA_WORDS[source]
-        loaded = copies if source is DataSource.PRODUCTION else {backup.store: backup} if backup is not None else {}
+        loaded = copies if source is DataSource.PRODUCTION else {backup.store: [backup]} if backup is not None else {}
         if source is DataSource.BACKUP:
             # The rollback point lives in the project's backups (verified when the input was read);
             # restoring it there records nothing in the project's control plane.
             runner = Runner(replace(runner.project, artifacts=self.project.artifacts))
         parts = []
-        for name, manifest in loaded.items():
-            restored = runner.restore_into(adapters[name], manifest, None, verified=source is DataSource.BACKUP, safety=False)
-            if not restored.verified:
-                # Content hashes of extension types (pgvector) name type OIDs, which differ between
-                # databases: such a copy verifies by its files' sha256 and its row counts only.
-                report.notes.append(f"{name}: the copy of {manifest.id} restored, but its content hash did not verify here: "
-                                    + "; ".join(restored.mismatches))
-            rows = sum(restored.items.values())
-            parts.append(f"{name}: {', '.join(manifest.scope)} ({rows:,} rows/keys/nodes, backup {manifest.id})")
+        for name, manifests in loaded.items():
+            for manifest in manifests:
+                restored = runner.restore_into(adapters[name], manifest, None, verified=source is DataSource.BACKUP, safety=False)
+                if not restored.verified:
+                    # Content hashes of extension types (pgvector) name type OIDs, which differ between
+                    # databases: such a copy verifies by its files' sha256 and its row counts only.
+                    report.notes.append(f"{name}: the copy of {manifest.id} restored, but its content hash did not verify here: "
+                                        + "; ".join(restored.mismatches))
+                rows = sum(restored.items.values())
+                sampled = f", a sample of at most {manifest.meta['sample']:,} per table" if manifest.meta.get("sample") else ""
+                parts.append(f"{name}: {', '.join(manifest.scope)} ({rows:,} rows/keys/nodes{sampled}, backup {manifest.id})")
         others = [n for n in adapters if n not in loaded]
         what = _DATA_WORDS[source] + ": "
         rest = f"; {', '.join(others)}: the migrations' own history alone" if others else ""
