@@ -221,6 +221,34 @@ def test_a_junit_file_in_a_missing_directory_is_refused_before_anything_starts(r
     assert not has_ledger(rws_pg.rehearsal_url)  # type: ignore[attr-defined]
 
 
+def config_project(tmp_path: Path, rehearsal: str) -> CliProject:
+    project = CliProject()
+    project.root, project.config, project.env = tmp_path, tmp_path / "polyshift.toml", {}
+    project.config.write_text(textwrap.dedent("""\
+        [stores.main]
+        kind = "postgres"
+        url = "postgresql://app@db.internal:5432/app"
+        [stores.cache]
+        kind = "redis"
+        url = "redis://cache.internal:6379/0"
+        """) + textwrap.dedent(rehearsal))
+    return project
+
+
+@pytest.mark.parametrize(("table", "named"), [
+    ('[rehearsal.stores.mian]\nurl = "postgresql://app@staging:5432/app"\n', "[rehearsal.stores.mian]: no store 'mian' in [stores]"),
+    ('[rehearsal.stores.main]\nkind = "redis"\nurl = "redis://staging:6379/0"\n',
+     "[rehearsal.stores.main]: kind 'redis' differs from the store's own kind 'postgres'"),
+    ('[rehearsal.stores.cache]\nurl = "redis://CACHE.internal/0"\n', "is production store 'cache'"),
+    ('[rehearsal.stores.main]\nurl = "postgresql://ci:pw@db.internal/app"\n', "is production store 'main'"),
+    ('[rehearsal]\nstore = 1\n', "[rehearsal] holds only [rehearsal.stores.<name>] tables"),
+])
+def test_a_rehearsal_table_the_loader_cannot_accept_is_refused_naming_it(tmp_path: Path, table: str, named: str) -> None:
+    result = config_project(tmp_path, table).run("rehearse")
+    assert result.exit_code == 2
+    assert named in result.stderr
+
+
 # -- Redis and graphs ------------------------------------------------------------------------------
 class Project(CliProject):
     """One store of ``kind`` at ``url``, rehearsed at ``rehearsal_url``."""
