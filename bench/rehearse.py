@@ -107,8 +107,12 @@ def contenders(config: Path, env: dict[str, str], first: str, last: str) -> dict
     up, _ = run(config, env, "up", "--to", last)
     rollback, _ = run(config, env, "rollback", "--to", first)
     held = max((t["held_ms"] for s in report["steps"] if s["step"] == "forward" for t in s["statements"]), default=0.0)
+    phases: dict[str, float] = {}
+    for step in report["steps"]:
+        kind = "forward (all three)" if step["step"].startswith("forward") else step["step"]
+        phases[kind] = phases.get(kind, 0.0) + step["seconds"]
     return {"rehearsal": rehearsal, "up": up, "rollback": rollback, "checks": len(report["checks"]),
-            "failed": len(report["failed"]), "held_ms": held, "inside": report["seconds"]}
+            "failed": len(report["failed"]), "held_ms": held, "inside": report["seconds"], "phases": phases}
 
 
 def main() -> None:
@@ -149,6 +153,14 @@ def main() -> None:
         baseline = r["up"] + r["rollback"]
         lines.append(f"| {name} | {baseline:.2f} s ({r['up']:.2f} + {r['rollback']:.2f}) | {r['rehearsal']:.2f} s | "
                      f"{r['rehearsal'] / baseline:.2f}x | {r['checks']} ({r['failed']} failed) | {r['held_ms']:,.0f} ms |")
+    lines += ["", "| where the rehearsal's time goes | " + " | ".join(results) + " |", "|---|" + "---:|" * len(results)]
+    kinds = list(dict.fromkeys(k for r in results.values() for k in r["phases"]))
+    for kind in kinds:
+        lines.append(f"| {kind} steps | " + " | ".join(f"{r['phases'].get(kind, 0.0):.2f} s" for r in results.values()) + " |")
+    lines.append("| servers, production copy, fingerprints before/after each step, checks | " + " | ".join(
+        f"{r['inside'] - sum(r['phases'].values()):.2f} s" for r in results.values()) + " |")
+    lines.append("| interpreter start and imports | "
+                 + " | ".join(f"{r['rehearsal'] - r['inside']:.2f} s" for r in results.values()) + " |")
     table = "\n".join(lines)
     print(table)
     if args.write:
