@@ -134,6 +134,24 @@ def test_the_terminal_report_names_the_data_source_and_the_lock_held(rws_pg: Wor
     assert "applied first (history): 0001" in result.stdout
 
 
+def test_gates_pointed_at_a_rehearsal_endpoint_that_fails_are_named(rws_pg: Workspace) -> None:
+    rws_pg.migration("0002_status", "ALTER TABLE documents ADD COLUMN status text;", "ALTER TABLE documents DROP COLUMN status;")
+    (rws_pg.migrations / "releases.toml").write_text(textwrap.dedent("""\
+        [release."0002"]
+        flag = "status_column"
+        gates = [
+          { kind = "sql", name = "documents-kept", store = "main", query = "SELECT count(*) = 300 FROM documents" },
+          { kind = "http", name = "app-health", url = "https://app.example/health", timeout = "1s" },
+        ]
+        """))
+    result = rws_pg.run("rehearse", "--release", "0002", "--gate-url", "http://127.0.0.1:1/health", "--json")
+    assert result.exit_code == 1, result.output
+    gate = checks(result)["0002", "*", "gates"]
+    assert gate["status"] == "failed"
+    assert gate["detail"].startswith("app-health: could not be evaluated")
+    assert "documents-kept" not in gate["detail"]  # the sql gate read the rehearsal store, and held
+
+
 def test_a_rehearsal_from_a_backup_runs_on_that_backup_s_rows(rws_pg: Workspace) -> None:
     rws_pg.sql(DOCUMENTS.replace("300)", "40)"))
     manual = json.loads(rws_pg.run("backup", "create", "main", "--scope", "documents,tags", "--json").stdout)["id"]
