@@ -35,6 +35,7 @@ typecheck: install
 
 test: install lint typecheck
 	$(BIN)/python -m pytest
+	mkdir -p build && $(BIN)/polyshift --config compose/polyshift.toml rehearse --junit build/rehearsal.xml
 
 demo: install
 	$(BIN)/polyshift demo
@@ -47,6 +48,7 @@ bench: install
 	$(BIN)/python bench/flags_eval.py --write bench/FLAGS_RESULTS.md
 	$(BIN)/python bench/release_noop.py --write bench/RELEASE_RESULTS.md
 	$(BIN)/python bench/lock_hazards.py --write bench/LOCK_HAZARDS_RESULTS.md
+	$(BIN)/python bench/rehearse.py --write bench/REHEARSE_RESULTS.md
 
 clean:
 	rm -rf $(VENV) .polyshift .pytest_cache .ruff_cache *.egg-info

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from polyshift.adapters.graph import backup as graph_backup
 from polyshift.adapters.graph import cypher
+from polyshift.adapters.graph import inventory as graph_inventory
 from polyshift.framework.core.concurrency import Renewer
 from polyshift.framework.core.errors import LockHeldError, MigrationLoadError, StepFailed, StoreError
 from polyshift.framework.core.lifecycle import Direction
@@ -403,6 +404,13 @@ class GraphAdapter:
     def fingerprint(self, scope: tuple[str, ...]) -> Fingerprint:
         labels, types = split_scope(scope)
         return graph_backup.fingerprint(self, labels, types)
+
+    def inventory(self, scope: tuple[str, ...]) -> dict[str, str]:
+        labels, types = split_scope(scope)
+        try:
+            return graph_inventory.account(self.t, self.dialect.signature(), labels, types)
+        except GraphQueryError as exc:
+            raise StoreError(f"store {self.name}: inventory failed: {redact(str(exc))}") from None
 
     def backup(self, scope: tuple[str, ...], writer: ArtifactWriter, progress: Progress) -> dict[str, Any]:
         labels, types = split_scope(scope)

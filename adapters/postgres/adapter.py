@@ -15,12 +15,14 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 from polyshift.adapters.postgres import backup as pg_backup
 from polyshift.adapters.postgres import catalog as cat
+from polyshift.adapters.postgres import inventory as pg_inventory
 from polyshift.adapters.postgres.analysis import Statement, analyze_sql
 from polyshift.adapters.postgres.scope import ScopeExpander
+from polyshift.adapters.postgres.timing import StatementClock
 from polyshift.framework.core.errors import BackupError, LockHeldError, StepFailed, StoreError, StoreUnavailable
 from polyshift.framework.core.lifecycle import Direction
 from polyshift.framework.core.migration import Migration, MigrationContext, Risk, Step, describe_failure
-from polyshift.framework.core.protocol import Analysis, Fingerprint, LedgerEntry, RestoreReport, StepResult
+from polyshift.framework.core.protocol import Analysis, Fingerprint, LedgerEntry, RestoreReport, StatementTiming, StepResult
 from polyshift.framework.core.secrets import redact
 from psycopg import sql
 from tenacity import (
@@ -84,6 +86,7 @@ class PostgresAdapter:
         self._lock_conn: psycopg.Connection | None = None
         self._lock_key = (_LOCK_CLASS, zlib.crc32(config.name.encode()) & 0x7FFFFFFF)
         self._notices: list[str] = []
+        self._clock: StatementClock | None = None
 
     # -- connection -------------------------------------------------------------------
     def _open(self, purpose: str) -> psycopg.Connection:
@@ -343,11 +346,18 @@ class PostgresAdapter:
                 if step.is_python:
                     self._run_python(migration, step)
                 for current in statements:
+                    began = time.monotonic()
                     self.conn.execute(current.sql)  # type: ignore[arg-type]
+                    if self._clock is not None:
+                        self._clock.ran(current, began, transactional=True)
                 if record:
                     self._record(migration, direction, run_id=run_id, actor=actor,
                                  duration_ms=int((time.monotonic() - started) * 1000), non_transactional=non_tx)
+            if self._clock is not None:
+                self._clock.committed()
         except _RETRYABLE:
+            if self._clock is not None:
+                self._clock.abandoned()
             raise
         except psycopg.Error as exc:
             where = f" at `{current.sql[:120]}`" if current is not None else ""
@@ -373,7 +383,10 @@ class PostgresAdapter:
     def _run_outside_transaction(self, migration: Migration, step: Step, statement: Statement) -> None:
         try:
             self._set_timeouts(local=False)
+            began = time.monotonic()
             self.conn.execute(statement.sql)  # type: ignore[arg-type]
+            if self._clock is not None:
+                self._clock.ran(statement, began, transactional=False)
         except psycopg.Error as exc:
             raise StepFailed(f"{self.name} {migration.id} {step.name} failed outside a transaction at "
                              f"`{statement.sql[:120]}`: {_describe(exc)}", step=step.name) from None
@@ -458,8 +471,14 @@ class PostgresAdapter:
         return cat.without_covered_partitions(self.conn, tables)
 
     def backup(self, scope: tuple[str, ...], writer: ArtifactWriter, progress: Progress) -> dict[str, Any]:
+        return self._backup(scope, writer, progress, None)
+
+    def backup_sample(self, scope: tuple[str, ...], writer: ArtifactWriter, progress: Progress, *, limit: int) -> dict[str, Any]:
+        return self._backup(scope, writer, progress, limit)
+
+    def _backup(self, scope: tuple[str, ...], writer: ArtifactWriter, progress: Progress, limit: int | None) -> dict[str, Any]:
         try:
-            return pg_backup.backup(self.conn, self.config.url, self._tables(scope), writer, progress)
+            return pg_backup.backup(self.conn, self.config.url, self._tables(scope), writer, progress, limit=limit)
         except psycopg.Error as exc:
             raise BackupError(f"store {self.name}: backup failed: {_describe(exc)}") from None
 
@@ -485,6 +504,26 @@ class PostgresAdapter:
             raise StoreError(f"store {self.name}: fingerprint failed: {_describe(exc)}") from None
         data_hash = hashlib.sha256(json.dumps(items, sort_keys=True).encode()).hexdigest()
         return Fingerprint(schema, data_hash, {k: int(v.get("rows", 0)) for k, v in items.items()}, items)
+
+    # -- rehearsals (optional parts of the protocol) -------------------------------------------
+    def inventory(self, scope: tuple[str, ...]) -> dict[str, str]:
+        """The whole database's shape (the scope's rows are in the fingerprint)."""
+        with _translated(self.name, "reading the catalog"):
+            return pg_inventory.inventory(self.conn)
+
+    def referenced(self, scope: tuple[str, ...]) -> tuple[str, ...]:
+        with _translated(self.name, "reading the foreign keys"):
+            tables, _missing = cat.resolve(self.conn, list(scope), missing_ok=True)
+            return tuple(t.qualified for t in pg_inventory.referenced(self.conn, tables))
+
+    @contextmanager
+    def timing(self) -> Iterator[list[StatementTiming]]:
+        """Per-statement locks and times of what ``apply`` runs meanwhile (Python steps: as a whole only)."""
+        self._clock = StatementClock()
+        try:
+            yield self._clock.timings
+        finally:
+            self._clock = None
 
     def query_value(self, query: str, params: Any = None) -> Any:
         row = self.conn.execute(sql.SQL(query), params).fetchone()  # type: ignore[arg-type]

@@ -92,10 +92,14 @@ def schema_descriptions(conn: psycopg.Connection, only: list[Table] | None = Non
     return out
 
 
+def user_types(conn: psycopg.Connection) -> list[tuple[str, str, list[str] | None]]:
+    """Every user enum and domain: its qualified name, ``e`` or ``d``, an enum's labels in order."""
+    return [(str(name), str(kind), labels) for name, kind, labels in conn.execute(_TYPES_SQL, {"ledger": LEDGER_SCHEMA}).fetchall()]
+
+
 def schema_hash(conn: psycopg.Connection) -> str:
     relations = schema_descriptions(conn)
-    types = conn.execute(_TYPES_SQL, {"ledger": LEDGER_SCHEMA}).fetchall()
-    return _digest([relations, [list(t) for t in types]])
+    return _digest([relations, [list(t) for t in user_types(conn)]])
 
 
 def partitions(conn: psycopg.Connection, table: Table) -> list[Table]:
@@ -137,7 +141,15 @@ def table_schema_hash(conn: psycopg.Connection, table: Table) -> str | None:
     return _digest([described[t.qualified] for t in [table, *family] if t.qualified in described])
 
 
-def table_data_hash(conn: psycopg.Connection, table: Table) -> tuple[int, str]:
+def sampled(table: Table, limit: int | None) -> sql.Composable:
+    """The table, or its first ``limit`` rows in physical order: within one snapshot, the same rows
+    for every reader (a COPY and the hash of what it copies)."""
+    if limit is None:
+        return table.ident
+    return sql.SQL("(SELECT * FROM {} ORDER BY tableoid, ctid LIMIT {})").format(table.ident, sql.Literal(limit))
+
+
+def table_data_hash(conn: psycopg.Connection, table: Table, limit: int | None = None) -> tuple[int, str]:
     """Row count and an order-independent hash of a table's rows, computed in the server.
 
     Each row is hashed as ``record_send(ROW(columns in name order))``: one binary encoding per
@@ -167,7 +179,7 @@ def table_data_hash(conn: psycopg.Connection, table: Table) -> tuple[int, str]:
     row = sql.SQL("record_send(ROW({}))").format(sql.SQL(", ").join(fields))
     query = sql.SQL(
         "SELECT count(*), coalesce(sum(('x' || left(md5({}), 16))::bit(64)::bigint::numeric), 0)::text FROM {} AS t",
-    ).format(row, table.ident)
+    ).format(row, sampled(table, limit))
     count, total = conn.execute(query).fetchone()  # type: ignore[misc]
     return int(count), str(total)
 

@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import redis
+from polyshift.adapters.redis import inventory as redis_inventory
 from polyshift.adapters.redis import keys as rk
 from polyshift.adapters.redis.helpers import RedisHelpers
 from polyshift.framework.control import failpoints
@@ -319,15 +320,26 @@ class RedisAdapter:
                           kind.decode() if isinstance(kind, bytes) else kind)
         return out
 
-    def _walk(self, patterns: tuple[str, ...], *, dump: bool, progress: Progress | None = None) -> Any:
-        """Batches of (pattern, key, digest, pttl, payload, type) over the scope; vanished keys skipped."""
-        for batch in rk.batched(rk.scope_keys(self.nodes(), patterns, self.prefix.encode()), _BATCH):
+    def _walk(self, patterns: tuple[str, ...], *, dump: bool, progress: Progress | None = None, limit: int | None = None) -> Any:
+        """Batches of (pattern, key, digest, pttl, payload, type) over the scope; vanished keys
+        skipped; with ``limit``, the first that many keys of each pattern only."""
+        keys = rk.scope_keys(self.nodes(), patterns, self.prefix.encode())
+        if limit is not None:
+            keys = _first_of_each(keys, limit)
+        for batch in rk.batched(keys, _BATCH):
             rows = self._digests([key for _, key in batch], dump=dump)
             if progress is not None:
                 progress.advance(len(batch))
             yield [(pattern, key, *row) for (pattern, key), row in zip(batch, rows, strict=True) if row[3] != "none"]
 
     def backup(self, scope: tuple[str, ...], writer: ArtifactWriter, progress: Progress) -> dict[str, Any]:
+        return self._backup(scope, writer, progress, None)
+
+    def backup_sample(self, scope: tuple[str, ...], writer: ArtifactWriter, progress: Progress, *, limit: int) -> dict[str, Any]:
+        """At most ``limit`` keys of each pattern (a rehearsal's sample, never a rollback point)."""
+        return self._backup(scope, writer, progress, limit)
+
+    def _backup(self, scope: tuple[str, ...], writer: ArtifactWriter, progress: Progress, limit: int | None) -> dict[str, Any]:
         """DUMP + PTTL + content digest per key in one pass; expiry stored as absolute server time (RESTORE ABSTTL).
 
         Redis has no snapshot to read from: each key is captured as it was when its batch was read,
@@ -338,7 +350,7 @@ class RedisAdapter:
         progress.start(f"backup {', '.join(patterns)[:60]}")
 
         def records() -> Any:
-            for rows in self._walk(patterns, dump=True, progress=progress):
+            for rows in self._walk(patterns, dump=True, progress=progress, limit=limit):
                 now = self._server_ms(self.nodes()[0])
                 chunk = bytearray()
                 for pattern, key, digest, pttl, payload, kind in rows:
@@ -352,7 +364,8 @@ class RedisAdapter:
             raise BackupError(f"store {self.name}: backup failed: {redact(str(exc))}") from None
         finally:
             progress.finish()
-        return {"patterns": list(patterns), "counts": dict(tally.counts), "fingerprint": tally.fingerprint().to_json()}
+        return {"patterns": list(patterns), "counts": dict(tally.counts), "fingerprint": tally.fingerprint().to_json()} | (
+            {"sample": limit} if limit is not None else {})
 
     def restore(self, manifest: Manifest, artifacts: ArtifactStore, progress: Progress) -> RestoreReport:
         """RESTORE … REPLACE ABSTTL in batches (one script call each), then remove scope keys the backup did not have.
@@ -482,6 +495,13 @@ class RedisAdapter:
             raise self._fail("cannot read the cluster state", exc) from None
         return problems
 
+    def inventory(self, scope: tuple[str, ...]) -> dict[str, str]:
+        patterns = rk.validate_patterns(scope)
+        try:
+            return redis_inventory.account(patterns, self._walk(patterns, dump=False))
+        except redis.RedisError as exc:
+            raise self._fail("inventory failed", exc) from None
+
     def fingerprint(self, scope: tuple[str, ...]) -> Fingerprint:
         """Order-independent sum of per-key content digests (key, type, has-TTL, value), per pattern."""
         patterns = rk.validate_patterns(scope)
@@ -493,6 +513,15 @@ class RedisAdapter:
         except redis.RedisError as exc:
             raise self._fail("fingerprint failed", exc) from None
         return tally.fingerprint()
+
+
+def _first_of_each(keys: Any, limit: int) -> Any:
+    """(pattern, key) pairs, at most ``limit`` per pattern."""
+    seen: dict[str, int] = {}
+    for pattern, key in keys:
+        if seen.get(pattern, 0) < limit:
+            seen[pattern] = seen.get(pattern, 0) + 1
+            yield pattern, key
 
 
 class _Tally:

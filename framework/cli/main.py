@@ -14,6 +14,7 @@ import typer
 from polyshift.feature_flags.cli import flags_app
 from polyshift.framework.cli import adopt, output, templates
 from polyshift.framework.cli.output import emit_json, say, table
+from polyshift.framework.cli.rehearse import rehearse
 from polyshift.framework.cli.sandbox import sandbox_app
 from polyshift.framework.control.runs import refuse_unfinished
 from polyshift.framework.core import errors, progress, secrets
@@ -38,6 +39,7 @@ app.add_typer(backup_app, name="backup")
 app.add_typer(flags_app, name="flags")
 app.add_typer(sandbox_app, name="sandbox")
 adopt.register(app)
+app.command()(rehearse)
 
 def _version(value: str | None, option: str) -> str | None:
     return None if value is None else check_version(value, option)

@@ -26,7 +26,7 @@ from polyshift.framework.core.errors import (
 )
 from polyshift.framework.core.lifecycle import Action, Direction, Phase, Progress, RunCommand, RunStatus, Step
 from polyshift.framework.core.migration import Migration, Risk, version_key
-from polyshift.framework.core.protocol import Adapter, Analysis, ExpiringLock, Fingerprint, RestoreReport
+from polyshift.framework.core.protocol import Adapter, Analysis, ExpiringLock, Fingerprint, RestoreReport, SamplesBackup
 from polyshift.framework.core.status import StoreStatus, applied_entries, store_status
 from polyshift.framework.engine.project import Project
 
@@ -119,12 +119,16 @@ class Runner:
         return store_status(adapter.name, adapter.kind, self.project.migrations[adapter.name], adapter.ledger())
 
     def take_backup(self, adapter: Adapter, scope: tuple[str, ...], *, version: str | None, reason: str,
-                    run_id: str | None) -> Manifest:
-        """Stream, seal and read back a backup; nothing destructive may run until this returns."""
+                    run_id: str | None, sample: int | None = None) -> Manifest:
+        """Stream, seal and read back a backup; nothing destructive may run until this returns.
+        ``sample``: of at most that many rows per table (a rehearsal's copy, from a ``SamplesBackup``)."""
         artifacts = self.project.artifacts
         writer = artifacts.new_writer(store=adapter.name, kind=adapter.kind, version=version, scope=scope, reason=reason)
         try:
-            meta = adapter.backup(scope, writer, self.project.progress)
+            if sample is not None and isinstance(adapter, SamplesBackup):
+                meta = adapter.backup_sample(scope, writer, self.project.progress, limit=sample)
+            else:
+                meta = adapter.backup(scope, writer, self.project.progress)
             manifest = artifacts.seal(writer, meta)
         except BaseException:
             artifacts.discard(writer)
