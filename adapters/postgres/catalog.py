@@ -156,26 +156,36 @@ def table_data_hash(conn: psycopg.Connection, table: Table, limit: int | None = 
     row that carries every column's length and marks NULL apart, with no float or number
     formatting (measured against the row's text form: 4.7x faster on vector(384) rows, 1.1x on
     mixed columns). Name order means a column re-added at the end by a rollback hashes the same.
-    The encoding names each column's type OID, so hashes compare within one database, which is
-    where restores land. The 64-bit md5 prefixes are summed as numeric: a multiset hash that
+    Columns of types whose OID differs between databases are encoded without it (below), so
+    hashes compare across databases too. The 64-bit md5 prefixes are summed as numeric: a multiset hash that
     ignores row order and never leaves the server.
     """
-    # A user type (enum, domain, composite, or an array of one) gets a new OID when a restore
-    # re-creates it, and record_send writes field type OIDs: such columns are hashed as text.
+    # record_send writes each field's type OID, and only built-in types have the same OID in
+    # every database. A user type (enum, domain, composite) gets a new OID when a restore
+    # re-creates it: hashed as text. An extension's type (pgvector's vector) has another OID in
+    # every database: hashed through its own binary send function, which writes no OID, so a
+    # backup restored into another database verifies. Arrays of either carry the element OID:
+    # hashed as text.
     columns = conn.execute(
         """
-        SELECT a.attname, n.nspname NOT IN ('pg_catalog', 'information_schema')
-               AND NOT EXISTS (SELECT 1 FROM pg_depend e WHERE e.objid = t.oid AND e.deptype = 'e')
+        SELECT a.attname,
+               CASE WHEN t.oid < 16384 THEN 'builtin'
+                    WHEN a.atttypid <> t.oid THEN 'text'
+                    WHEN EXISTS (SELECT 1 FROM pg_depend e WHERE e.objid = t.oid AND e.deptype = 'e')
+                         AND t.typsend <> 0 THEN 'send'
+                    ELSE 'text' END,
+               t.typsend::regproc::text
         FROM pg_attribute a
         JOIN pg_type t ON t.oid = CASE WHEN (SELECT typelem FROM pg_type WHERE oid = a.atttypid AND typcategory = 'A') <> 0
                                        THEN (SELECT typelem FROM pg_type WHERE oid = a.atttypid) ELSE a.atttypid END
-        JOIN pg_namespace n ON n.oid = t.typnamespace
         WHERE a.attrelid = to_regclass(%s) AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attname
         """,
         (table.ident.as_string(conn),),
     ).fetchall()
-    fields = [sql.SQL("{}::text").format(sql.Identifier("t", c)) if user_type else sql.Identifier("t", c)
-              for c, user_type in columns]
+    fields = [sql.Identifier("t", c) if how == "builtin"
+              else sql.SQL("{}::text").format(sql.Identifier("t", c)) if how == "text"
+              else sql.SQL("{}({})").format(sql.SQL(send), sql.Identifier("t", c))
+              for c, how, send in columns]
     row = sql.SQL("record_send(ROW({}))").format(sql.SQL(", ").join(fields))
     query = sql.SQL(
         "SELECT count(*), coalesce(sum(('x' || left(md5({}), 16))::bit(64)::bigint::numeric), 0)::text FROM {} AS t",

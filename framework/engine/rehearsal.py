@@ -35,7 +35,7 @@ from polyshift.adapters import adapter_for
 from polyshift.framework.control.artifacts import ArtifactStore, Manifest
 from polyshift.framework.control.state import ControlPlane, actor
 from polyshift.framework.core.config import StoreConfig
-from polyshift.framework.core.errors import MigrationLoadError, PolyshiftError, RefusedError, UsageError
+from polyshift.framework.core.errors import ChecksFailed, MigrationLoadError, PolyshiftError, RefusedError, UsageError
 from polyshift.framework.core.lifecycle import CheckStatus, DataSource, Direction, RehearsalCheck
 from polyshift.framework.core.migration import Migration, version_key
 from polyshift.framework.core.protocol import (
@@ -757,10 +757,9 @@ class Rehearsal:
             for manifest in manifests:
                 restored = runner.restore_into(adapters[name], manifest, None, verified=source is DataSource.BACKUP, safety=False)
                 if not restored.verified:
-                    # Content hashes of extension types (pgvector) name type OIDs, which differ between
-                    # databases: such a copy verifies by its files' sha256 and its row counts only.
-                    report.notes.append(f"{name}: the copy of {manifest.id} restored, but its content hash did not verify here: "
-                                        + "; ".join(restored.mismatches))
+                    # A rehearsal on data other than what it claims proves nothing about production.
+                    raise ChecksFailed(f"{name}: the copy of {manifest.id} does not verify on the rehearsal store: "
+                                       + "; ".join(restored.mismatches))
                 rows = sum(restored.items.values())
                 sampled = f", a sample of at most {manifest.meta['sample']:,} per table" if manifest.meta.get("sample") else ""
                 parts.append(f"{name}: {', '.join(manifest.scope)} ({rows:,} rows/keys/nodes{sampled}, backup {manifest.id})")
