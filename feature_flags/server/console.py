@@ -70,8 +70,8 @@ DONE = {
 }
 
 
-def page(name: str, status: int = 200, **context: Any) -> HTMLResponse:
-    return HTMLResponse(_env.get_template(name).render(**context), status_code=status)
+def page(name: str, code: int = 200, **context: Any) -> HTMLResponse:
+    return HTMLResponse(_env.get_template(name).render(**context), status_code=code)
 
 
 class Refused(Exception):

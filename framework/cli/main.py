@@ -12,6 +12,7 @@ from typing import Any, NoReturn
 
 import typer
 from polyshift.feature_flags.cli import flags_app
+from polyshift.feature_flags.server.cli import server_app
 from polyshift.framework.cli import output, templates
 from polyshift.framework.cli.output import emit_json, say, table
 from polyshift.framework.cli.sandbox import sandbox_app
@@ -32,6 +33,7 @@ backup_app = typer.Typer(no_args_is_help=True, help="Verified backups (rollback 
 app.add_typer(backup_app, name="backup")
 app.add_typer(flags_app, name="flags")
 app.add_typer(sandbox_app, name="sandbox")
+app.add_typer(server_app)  # serve, users, apikeys
 
 def _version(value: str | None, option: str) -> str | None:
     return None if value is None else check_version(value, option)
