@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ipaddress
 import sys
+from typing import TYPE_CHECKING
 
 import typer
 from polyshift.framework.cli import output
@@ -15,6 +16,9 @@ from polyshift.framework.control.state import ControlPlane, actor
 from polyshift.framework.core.config import load_config
 from polyshift.framework.core.errors import UsageError
 
+if TYPE_CHECKING:
+    from polyshift.feature_flags.server.accounts import Accounts
+
 server_app = typer.Typer(no_args_is_help=True)
 users_app = typer.Typer(no_args_is_help=True, help="Console accounts: add, remove, list.")
 apikeys_app = typer.Typer(no_args_is_help=True, help="API keys for OFREP and the flags API: create, list, revoke.")
@@ -22,7 +26,7 @@ server_app.add_typer(users_app, name="users")
 server_app.add_typer(apikeys_app, name="apikeys")
 
 
-def _accounts():  # type: ignore[no-untyped-def]
+def _accounts() -> Accounts:
     from polyshift.feature_flags.server.accounts import Accounts
 
     return Accounts(ControlPlane(load_config(output.opts["config"]).state_url))

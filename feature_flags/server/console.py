@@ -121,7 +121,7 @@ def routes(service: Service) -> list[Route]:
 
     async def guarded(request: Request, need: Role, handler: Handler) -> Response:
         """A POST from a signed-in user with the role ``need`` and a valid CSRF token, or a refusal."""
-        token, session = await current(request)
+        _token, session = await current(request)
         where = client(request)
         if session is None:
             return refuse(request, f"anonymous@{where}", "not signed in (or the session expired): sign in again", 401)
@@ -133,7 +133,7 @@ def routes(service: Service) -> list[Route]:
         sent = form.get("csrf")
         if not same_origin(request) or not isinstance(sent, str) or not hmac.compare_digest(sent, session.csrf):
             return refuse(request, who, "the form's CSRF token is missing or wrong (reload the page and try again)", 403, session)
-        if need is Role.ADMIN and not session.user.role.can_admin or need is Role.EDITOR and not session.user.role.can_write:
+        if (need is Role.ADMIN and not session.user.role.can_admin) or (need is Role.EDITOR and not session.user.role.can_write):
             return refuse(request, who, f"role {session.user.role.value} may not do this (needs {need.value})", 403, session)
         return await handler(request, session, form)
 
@@ -182,11 +182,11 @@ def routes(service: Service) -> list[Route]:
         service.throttle.succeeded(f"user:{user}")
         token, _session = await run_in_threadpool(service.accounts.open_session, found, ttl=settings.session_seconds)
         await run_in_threadpool(service.state.audit, "console.signed_in", f"user:{found.name}", {"from": where}, who=found.name)
-        response = RedirectResponse(nxt if isinstance(nxt, str) and _local(nxt) else "/flags", 303)
-        response.set_cookie(cookie_name(request), token, max_age=int(settings.session_seconds), httponly=True,
+        done: Response = RedirectResponse(nxt if isinstance(nxt, str) and _local(nxt) else "/flags", 303)
+        done.set_cookie(cookie_name(request), token, max_age=int(settings.session_seconds), httponly=True,
                             samesite="strict", secure=secure(request), path="/")
-        response.delete_cookie(LOGIN_COOKIE)
-        return response
+        done.delete_cookie(LOGIN_COOKIE)
+        return done
 
     async def logout(request: Request) -> Response:
         async def done(request: Request, session: Session, form: FormData) -> Response:

@@ -32,8 +32,11 @@ def listing(service: Service) -> tuple[list[dict[str, Any]], str | None]:
     try:
         project = open_project(service.config_path)
         try:
-            with Recovery(project) as recovery:
+            recovery = Recovery(project)
+            try:
                 return recovery.listing(), None
+            finally:
+                recovery.close()
         finally:
             project.close()
     except PolyshiftError as exc:
@@ -116,9 +119,9 @@ def chart(series: list[tuple[datetime, float]], gates: list[tuple[datetime, floa
 
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {W} {H}" width="100%" role="img" '
              f'aria-label="rollout percentage over time">']
-    for p in (0, 25, 50, 75, 100):
-        parts.append(f'<line x1="{LEFT}" x2="{W - RIGHT}" y1="{y(p):.1f}" y2="{y(p):.1f}" stroke="#e3e6ec"/>'
-                     f'<text x="{LEFT - 6}" y="{y(p) + 4:.1f}" font-size="11" text-anchor="end" fill="#6b7385">{p}%</text>')
+    for tick in (0, 25, 50, 75, 100):
+        parts.append(f'<line x1="{LEFT}" x2="{W - RIGHT}" y1="{y(tick):.1f}" y2="{y(tick):.1f}" stroke="#e3e6ec"/>'
+                     f'<text x="{LEFT - 6}" y="{y(tick) + 4:.1f}" font-size="11" text-anchor="end" fill="#6b7385">{tick}%</text>')
     if series:
         path, last = [], None
         for t, p in series:
