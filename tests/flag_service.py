@@ -4,6 +4,7 @@ or as a real server process (``polyshift serve`` under uvicorn) for the OFREP pr
 
 from __future__ import annotations
 
+import html
 import json
 import os
 import re
@@ -14,7 +15,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-import httpx
+import httpx2 as httpx
 import pytest
 from polyshift.feature_flags.admin import Change
 from polyshift.feature_flags.model import Flag
@@ -71,7 +72,7 @@ class Browser:
 
 def error_of(response: httpx.Response) -> str:
     found = ERROR.search(response.text)
-    return found.group(1) if found else ""
+    return html.unescape(found.group(1)) if found else ""
 
 
 class Served:

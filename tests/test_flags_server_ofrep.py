@@ -8,7 +8,10 @@ import json
 
 from polyshift.feature_flags.model import CompiledFlag
 
-from tests.flag_service import Served, served, wait_for  # noqa: F401
+from tests import flag_service
+from tests.flag_service import Served, wait_for
+
+served = flag_service.served  # the fixture
 
 ONE = "/ofrep/v1/evaluate/flags/{}"
 BULK = "/ofrep/v1/evaluate/flags"
