@@ -6,6 +6,9 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# The Node OFREP provider the interop test runs, where node and npm are present (the test skips otherwise).
+NODE_CHECK := tests/ofrep_node
+NODE_STAMP := $(NODE_CHECK)/node_modules/.installed
 
 .PHONY: install test demo bench lint clean
 
@@ -16,7 +19,12 @@ $(STAMP): pyproject.toml framework/sandbox/neo4j_launcher/pom.xml framework/sand
 	$(BIN)/python -m polyshift.framework.sandbox.neo4j build
 	touch $(STAMP)
 
-install: $(STAMP)
+$(NODE_STAMP): $(NODE_CHECK)/package.json $(NODE_CHECK)/package-lock.json
+	@if command -v npm >/dev/null 2>&1 && command -v node >/dev/null 2>&1; then \
+		npm ci --prefix $(NODE_CHECK) --no-audit --no-fund --loglevel=error && touch $@; \
+	else echo "node/npm not found: the Node OFREP interop test will be skipped"; fi
+
+install: $(STAMP) $(NODE_STAMP)
 
 lint: install
 	$(BIN)/ruff check .
