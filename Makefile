@@ -41,6 +41,7 @@ bench: install
 	$(BIN)/python bench/redis_backup_restore.py --write bench/REDIS_RESULTS.md
 	$(BIN)/python bench/graph_backup_restore.py --write bench/GRAPH_RESULTS.md
 	$(BIN)/python bench/flags_eval.py --write bench/FLAGS_RESULTS.md
+	$(BIN)/python bench/ofrep.py --write bench/OFREP_RESULTS.md
 	$(BIN)/python bench/release_noop.py --write bench/RELEASE_RESULTS.md
 	$(BIN)/python bench/lock_hazards.py --write bench/LOCK_HAZARDS_RESULTS.md
 

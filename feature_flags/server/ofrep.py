@@ -111,6 +111,29 @@ def success(key: str, compiled: CompiledFlag, evaluation: Evaluation, version: i
             "metadata": metadata}
 
 
+class Fragments:
+    """The JSON of each (flag, outcome) pair of one flag-set version, made once: a flag has at most
+    nine outcomes (model.py, each a module constant), so a bulk answer is evaluations and string
+    joins rather than fifty dicts encoded per request."""
+
+    def __init__(self) -> None:
+        self._version = -2
+        self._cache: dict[tuple[str, int, bool], str] = {}
+        self.ordered: list[tuple[str, CompiledFlag]] = []
+
+    def refresh(self, version: int, flags: dict[str, CompiledFlag]) -> None:
+        if version != self._version:  # a new flag set: the old fragments can never be asked for again
+            self._cache, self.ordered, self._version = {}, sorted(flags.items()), version
+
+    def get(self, key: str, compiled: CompiledFlag, evaluation: Evaluation, version: int, stale: bool) -> str:
+        """The answer's JSON; ``refresh`` with this version's flags comes first."""
+        ident = (key, id(evaluation), stale)
+        text = self._cache.get(ident)
+        if text is None:
+            text = self._cache[ident] = json.dumps(success(key, compiled, evaluation, version, stale))
+        return text
+
+
 def etag(version: int, subject: str | None) -> str:
     """Changes when any flag changes (the store's version) and differs per subject (each subject
     has its own evaluations), so a client's cached bulk answer revalidates with one comparison."""
@@ -126,12 +149,15 @@ def matches(if_none_match: str | None, tag: str) -> bool:
 
 
 def routes(service: Service) -> list[Route]:
+    fragments = Fragments()
+
     async def evaluate_one(request: Request) -> Response:
         key = request.path_params["key"]
         try:
             authenticate(service, request, "ofrep")
             subject = await read_context(request, key)
             version, flags = service.client.snapshot()
+            fragments.refresh(version, flags)
             compiled = flags.get(key)
             if compiled is None:
                 if version < 0:
@@ -146,7 +172,7 @@ def routes(service: Service) -> list[Route]:
                                  "send context.targetingKey to be bucketed", key)
         except OfrepError as exc:
             return exc.response()
-        return Response(json.dumps(success(key, compiled, evaluation, version, service.client.stale)), media_type=JSON)
+        return Response(fragments.get(key, compiled, evaluation, version, service.client.stale), media_type=JSON)
 
     async def evaluate_all(request: Request) -> Response:
         try:
@@ -161,17 +187,17 @@ def routes(service: Service) -> list[Route]:
         if matches(request.headers.get("if-none-match"), tag):
             return Response(status_code=304, headers={"ETag": tag})
         stale = service.client.stale
-        items: list[dict[str, Any]] = []
-        for key in sorted(flags):
-            compiled = flags[key]
+        fragments.refresh(version, flags)
+        items: list[str] = []
+        for key, compiled in fragments.ordered:
             evaluation = compiled.evaluate(subject)
             if evaluation is NO_SUBJECT:
-                items.append({"key": key, "errorCode": "TARGETING_KEY_MISSING",
-                              "errorDetails": f"flag {key!r} is a {compiled.flag.percent:g}% rollout: send context.targetingKey"})
+                items.append(json.dumps({"key": key, "errorCode": "TARGETING_KEY_MISSING", "errorDetails":
+                                         f"flag {key!r} is a {compiled.flag.percent:g}% rollout: send context.targetingKey"}))
             else:
-                items.append(success(key, compiled, evaluation, version, stale))
-        body = {"flags": items, "metadata": {"version": version}}
-        return Response(json.dumps(body), media_type=JSON, headers={"ETag": tag})
+                items.append(fragments.get(key, compiled, evaluation, version, stale))
+        body = '{"flags": [' + ", ".join(items) + f'], "metadata": {{"version": {version}}}}}'
+        return Response(body, media_type=JSON, headers={"ETag": tag})
 
     async def configuration(request: Request) -> Response:
         try:
