@@ -128,7 +128,8 @@ async def _client(port: int, request: bytes, until: float, samples: list[float],
         writer.close()
 
 
-def run_asyncio(port: int, path: str, body: str, headers: dict[str, str], seconds: int, connections: int) -> tuple[float, float, float, int]:
+def run_asyncio(port: int, path: str, body: str, headers: dict[str, str], seconds: int,
+                connections: int) -> tuple[float, float, float, int]:
     raw = body.encode()
     request = (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\nContent-Length: {len(raw)}\r\n"
                + "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n").encode() + raw
@@ -188,7 +189,7 @@ def main() -> None:
         scenarios = [
             ("single flag", "/ofrep/v1/evaluate/flags/flag_00", headers, False),
             (f"bulk, {FLAGS} flags", "/ofrep/v1/evaluate/flags", headers, True),
-            (f"bulk revalidation (If-None-Match → 304)", "/ofrep/v1/evaluate/flags", headers | {"If-None-Match": tag}, True),
+            ("bulk revalidation (If-None-Match → 304)", "/ofrep/v1/evaluate/flags", headers | {"If-None-Match": tag}, True),
         ]
         rows = []
         for name, path, sent, bulk in scenarios:
@@ -197,7 +198,7 @@ def main() -> None:
                                               args.seconds, args.connections)
             else:
                 rate, p50, p99, bad = run_asyncio(port, path, body, sent, args.seconds, args.connections)
-            ref_rate, ref_p50, ref_p99 = in_process(config, bulk)
+            ref_rate, ref_p50, _ref_p99 = in_process(config, bulk)
             rows.append((name, rate, p50, p99, bad, ref_rate, ref_p50))
     finally:
         server.terminate()
@@ -211,7 +212,7 @@ def main() -> None:
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, rate, p50, p99, bad, ref_rate, ref_p50 in rows:
-        lines.append(f"| {name} | {rate:,.0f} | {p50:.2f} | {p99:.2f} | {bad} | {ref_rate:,.0f} | {ref_p50:.4f} | {p50 / ref_p50:,.0f}× |")
+        lines.append(f"| {name} | {rate:,.0f} | {p50:.2f} | {p99:.2f} | {bad} | {ref_rate:,.0f} | {ref_p50:.4f} | {p50 / ref_p50:,.0f} x |")
     bulk_p99 = rows[1][3]
     lines += ["", f"Target: bulk p99 under 5 ms with {args.connections} connections: "
               f"{'met' if bulk_p99 < 5 else 'NOT met'} ({bulk_p99:.2f} ms). "
