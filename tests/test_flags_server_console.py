@@ -321,3 +321,15 @@ def test_a_key_with_a_bad_name_or_scope_is_refused(served: Served) -> None:
     r = admin.http.post("/admin/keys", data={"csrf": admin.csrf(), "name": "ok", "scope": "god"})
     assert r.status_code == 400 and "scope 'god'" in error_of(r)
     assert served.service.accounts.list_keys() == []
+
+
+def test_store_urls_and_state_paths_are_never_rendered(served: Served) -> None:
+    served.set("checkout", enabled=True, percent=50)
+    text = served.project.config.read_text()
+    secrets = re.findall(r'url = "([^"]+)"', text) + ["state.db"]
+    admin = served.browser("root", "admin")
+    for path in ("/flags", "/flags/checkout", "/audit", "/releases", "/releases/0001", "/admin/keys", "/admin/users"):
+        page = admin.http.get(path)
+        assert page.status_code == 200, path
+        for secret in secrets:
+            assert secret not in page.text, (path, secret)

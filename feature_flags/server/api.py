@@ -20,7 +20,7 @@ from polyshift.feature_flags.admin import Change, FlagChanged
 from polyshift.feature_flags.model import validate_name, validate_percent
 from polyshift.feature_flags.server.accounts import ApiKey
 from polyshift.feature_flags.server.ofrep import MAX_BODY, OfrepError, authenticate
-from polyshift.feature_flags.server.service import Service
+from polyshift.feature_flags.server.service import Service, public_error
 from polyshift.framework.core.errors import PolyshiftError, UsageError
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -118,7 +118,7 @@ def routes(service: Service) -> list[Route]:
         except ApiError as exc:
             return exc.response()
         except PolyshiftError as exc:
-            return ApiError(503, str(exc)).response()
+            return ApiError(503, public_error(exc)).response()
         return JSONResponse([f.to_json() for f in sorted(flags.values(), key=lambda f: f.name)])
 
     async def get_flag(request: Request) -> Response:
@@ -135,7 +135,7 @@ def routes(service: Service) -> list[Route]:
         except UsageError as exc:
             return ApiError(400, str(exc)).response()
         except PolyshiftError as exc:
-            return ApiError(503, str(exc)).response()
+            return ApiError(503, public_error(exc)).response()
         return JSONResponse(flag.to_json() | {"history": [
             {k: e[k] for k in ("seq", "at", "actor", "action", "detail")} for e in history]})
 
@@ -162,7 +162,7 @@ def routes(service: Service) -> list[Route]:
         except UsageError as exc:
             return ApiError(400, str(exc)).response()
         except PolyshiftError as exc:
-            return ApiError(503, str(exc)).response()
+            return ApiError(503, public_error(exc)).response()
         service.changed()
         return JSONResponse(flag.to_json(), 201 if create else 200)
 

@@ -26,7 +26,7 @@ from polyshift.feature_flags.admin import Change, FlagChanged
 from polyshift.feature_flags.model import Flag, validate_name, validate_percent
 from polyshift.feature_flags.server import releases as release_views
 from polyshift.feature_flags.server.accounts import Role, Session
-from polyshift.feature_flags.server.service import Service
+from polyshift.feature_flags.server.service import STORE_LABELS, Service, public_error
 from polyshift.framework.core.errors import PolyshiftError, UsageError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData
@@ -205,7 +205,7 @@ def routes(service: Service) -> list[Route]:
             return session
         _version, flags = await run_in_threadpool(service.admin.store.load)
         return page("flags.html", session=session, nav="flags", flags=sorted(flags.values(), key=lambda f: f.name),
-                    store=service.admin.store.description, notice=DONE.get(request.query_params.get("done", "")))
+                    store=STORE_LABELS[service.flag_settings.store], notice=DONE.get(request.query_params.get("done", "")))
 
     async def flag_page(request: Request) -> Response:
         session = await signed_in(request)
@@ -219,8 +219,10 @@ def routes(service: Service) -> list[Route]:
         try:
             validate_name(name)
             flag = await run_in_threadpool(service.admin.store.get, name)
-        except PolyshiftError as exc:
+        except UsageError as exc:
             return page("problem.html", 400, session=session, error=str(exc), heading="Not a flag", status=400)
+        except PolyshiftError as exc:
+            return page("problem.html", 503, session=session, error=public_error(exc), heading="Unavailable", status=503)
         if flag is None:
             return page("problem.html", 404, session=session, error=f"flag {name!r} does not exist", heading="Not found", status=404)
         entries = await run_in_threadpool(lambda: list(reversed(service.admin.history(name))))
@@ -241,7 +243,8 @@ def routes(service: Service) -> list[Route]:
             except FlagChanged as exc:
                 return await render_flag(request, session, name, status=409, error=str(exc))
             except PolyshiftError as exc:
-                return await render_flag(request, session, name, status=400 if isinstance(exc, UsageError) else 503, error=str(exc))
+                return await render_flag(request, session, name, status=400 if isinstance(exc, UsageError) else 503,
+                                         error=public_error(exc))
             service.changed()
             return RedirectResponse(f"/flags/{name}?done={action}", 303)
         return await guarded(request, Role.EDITOR, handle)
@@ -257,7 +260,7 @@ def routes(service: Service) -> list[Route]:
             except FlagChanged:
                 return await error_list(session, 409, "a flag with that name exists already; nothing was changed")
             except PolyshiftError as exc:
-                return await error_list(session, 400 if isinstance(exc, UsageError) else 503, str(exc))
+                return await error_list(session, 400 if isinstance(exc, UsageError) else 503, public_error(exc))
             service.changed()
             return RedirectResponse(f"/flags/{name}?done=created", 303)
         return await guarded(request, Role.EDITOR, handle)
@@ -265,7 +268,7 @@ def routes(service: Service) -> list[Route]:
     async def error_list(session: Session, status: int, error: str) -> Response:
         _version, flags = await run_in_threadpool(service.admin.store.load)
         return page("flags.html", status, session=session, nav="flags", flags=sorted(flags.values(), key=lambda f: f.name),
-                    store=service.admin.store.description, error=error)
+                    store=STORE_LABELS[service.flag_settings.store], error=error)
 
     # -- audit and releases ----------------------------------------------------------------
     async def audit(request: Request) -> Response:
@@ -316,7 +319,7 @@ def routes(service: Service) -> list[Route]:
                 key, secret = await run_in_threadpool(lambda: service.accounts.create_key(name, scope, who=session.user.name))
             except PolyshiftError as exc:
                 keys = await run_in_threadpool(service.accounts.list_keys)
-                return page("keys.html", 400, session=session, nav="keys", keys=keys, error=str(exc))
+                return page("keys.html", 400, session=session, nav="keys", keys=keys, error=public_error(exc))
             service.keys.reload()
             keys = await run_in_threadpool(service.accounts.list_keys)
             return page("keys.html", session=session, nav="keys", keys=keys, new_key=key, new_secret=secret)
@@ -332,7 +335,7 @@ def routes(service: Service) -> list[Route]:
                 await run_in_threadpool(lambda: service.accounts.revoke_key(ident, who=session.user.name))
             except PolyshiftError as exc:
                 keys = await run_in_threadpool(service.accounts.list_keys)
-                return page("keys.html", 400, session=session, nav="keys", keys=keys, error=str(exc))
+                return page("keys.html", 400, session=session, nav="keys", keys=keys, error=public_error(exc))
             service.keys.reload()
             return RedirectResponse("/admin/keys?done=revoked", 303)
         return await guarded(request, Role.ADMIN, handle)

@@ -6,13 +6,17 @@ outcome of every stage, drawn as SVG on the server.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from markupsafe import escape
-from polyshift.feature_flags.server.service import Service
+from polyshift.feature_flags.server.service import Service, public_error
 from polyshift.framework.core.errors import PolyshiftError
+from sqlalchemy.exc import SQLAlchemyError
+
+log = logging.getLogger("polyshift.serve")
 
 
 @dataclass
@@ -40,7 +44,7 @@ def listing(service: Service) -> tuple[list[dict[str, Any]], str | None]:
         finally:
             project.close()
     except PolyshiftError as exc:
-        return [], f"releases cannot be read now: {exc}"
+        return [], f"releases cannot be read now: {public_error(exc)}"
 
 
 def _summary(entry: dict[str, Any]) -> str:
@@ -64,8 +68,9 @@ def detail(service: Service, version: str) -> ReleaseView:
         view.problem = f"no release {version} in this project"
     try:
         journal = service.state.journal_entries(version=version)
-    except Exception as exc:  # the state database's driver error; the page still shows the rest
-        view.problem = f"the run journal cannot be read now: {exc}"
+    except SQLAlchemyError:  # the state database's driver error; the page still shows the rest
+        log.warning("the run journal cannot be read", exc_info=True)
+        view.problem = "the run journal cannot be read now (the server log has the details)"
         journal = []
     view.timeline = [{"at": e["at"].isoformat(timespec="seconds") if hasattr(e["at"], "isoformat") else str(e["at"]),
                       "step": e["step"], "phase": e["phase"], "store": e["store"], "summary": _summary(e)} for e in journal]

@@ -25,9 +25,24 @@ from polyshift.feature_flags.server.accounts import Accounts, ApiKey, digest
 from polyshift.feature_flags.settings import FlagSettings, flag_settings, open_store
 from polyshift.framework.control.state import ControlPlane
 from polyshift.framework.core.config import Config, load_config
-from polyshift.framework.core.errors import PolyshiftError
+from polyshift.framework.core.errors import PolyshiftError, UsageError
+from polyshift.framework.core.secrets import redact
 
 log = logging.getLogger("polyshift.serve")
+
+
+STORE_LABELS = {"state": "the control-plane database", "redis": "Redis"}
+
+
+def public_error(exc: PolyshiftError) -> str:
+    """What a page or an API answer may say about ``exc``. Bad input is named as it is; a store
+    error names store URLs and driver text, which stay in the server's log and are never rendered."""
+    from polyshift.feature_flags.admin import FlagChanged
+
+    if isinstance(exc, UsageError | FlagChanged):
+        return str(exc)
+    log.warning("%s", redact(str(exc)))
+    return "the flag store or the state database did not answer (the server log has the details); reload to see the current state"
 
 
 @dataclass(frozen=True)
