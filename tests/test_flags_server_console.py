@@ -326,7 +326,7 @@ def test_a_key_with_a_bad_name_or_scope_is_refused(served: Served) -> None:
 def test_store_urls_and_state_paths_are_never_rendered(served: Served) -> None:
     served.set("checkout", enabled=True, percent=50)
     text = served.project.config.read_text()
-    secrets = re.findall(r'url = "([^"]+)"', text) + ["state.db"]
+    secrets = [*re.findall(r'url = "([^"]+)"', text), "state.db"]
     admin = served.browser("root", "admin")
     for path in ("/flags", "/flags/checkout", "/audit", "/releases", "/releases/0001", "/admin/keys", "/admin/users"):
         page = admin.http.get(path)

@@ -94,8 +94,7 @@ class DemoApp:
                     failed += i % 25 == 0  # the bug: users whose documents had legacy notes
                 elif docs:
                     green += 1
-        return {"requests": USERS, "green": green, "failed": failed, "error_rate": failed / USERS,
-                "via": "OFREP" if self.ofrep is not None else "in process"}
+        return {"requests": USERS, "green": green, "failed": failed, "error_rate": failed / USERS}
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         app = self
@@ -104,7 +103,8 @@ class DemoApp:
             def do_GET(self) -> None:
                 stats = app.traffic()
                 healthy = stats["error_rate"] <= ERROR_BUDGET
-                body = json.dumps(stats | {"healthy": healthy}).encode()
+                via = "OFREP" if app.ofrep is not None else "in process"
+                body = json.dumps(stats | {"healthy": healthy, "flags_via": via}).encode()
                 self.send_response(200 if healthy else 503)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))
