@@ -73,8 +73,10 @@ def free_port() -> int:
 
 
 def serve(config: Path, port: int) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen([sys.executable, "-m", "polyshift.framework.cli.main", "--config", str(config), "serve", "--port", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(REPO)})
+    log = config.parent / "serve.log"  # a file: an undrained pipe would stall the server when it fills
+    with log.open("wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "polyshift.framework.cli.main", "--config", str(config), "serve", "--port",
+                                 str(port)], stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(REPO)})
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         try:
@@ -82,7 +84,7 @@ def serve(config: Path, port: int) -> subprocess.Popen[bytes]:
                 return proc
         except OSError:
             if proc.poll() is not None:
-                raise SystemExit(f"polyshift serve exited: {proc.stderr.read().decode() if proc.stderr else ''}") from None
+                raise SystemExit(f"polyshift serve exited: {log.read_text()[-2000:]}") from None
             time.sleep(0.1)
     proc.kill()
     raise SystemExit("polyshift serve did not start within 60 s")

@@ -142,15 +142,17 @@ class LiveServer:
         self.project = project
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "polyshift.framework.cli.main", "--config", str(project.config), "serve", "--port", str(self.port)],
-            cwd=project.root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            env={**os.environ, "PYTHONPATH": str(REPO)})
+        # A file, not a pipe: a pipe nobody drains fills up and blocks the server mid-log-line.
+        self.log = project.root / "serve.log"
+        with self.log.open("w") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "polyshift.framework.cli.main", "--config", str(project.config), "serve", "--port", str(self.port)],
+                cwd=project.root, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(REPO)})
         wait_for(self._up, 60, f"polyshift serve on port {self.port}")
 
     def _up(self) -> bool:
         if self.proc.poll() is not None:
-            raise AssertionError(f"polyshift serve exited {self.proc.returncode}: {self.proc.stderr.read() if self.proc.stderr else ''}")
+            raise AssertionError(f"polyshift serve exited {self.proc.returncode}: {self.log.read_text()[-3000:]}")
         try:
             return httpx.get(f"{self.url}/login", timeout=1).status_code == 200
         except httpx.HTTPError:
@@ -168,10 +170,10 @@ class LiveServer:
     def stop(self) -> None:
         self.proc.terminate()
         try:
-            self.proc.communicate(timeout=15)
+            self.proc.wait(timeout=15)
         except subprocess.TimeoutExpired:
             self.proc.kill()
-            self.proc.communicate()
+            self.proc.wait()
 
 
 @pytest.fixture

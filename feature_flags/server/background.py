@@ -25,29 +25,40 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 class ServeProcess:
-    def __init__(self, config: Path, *, port: int | None = None, host: str = "127.0.0.1") -> None:
+    """The server's output goes to ``log`` (default ``.polyshift/serve.log`` beside the config), never
+    to a pipe: a pipe nobody reads fills up, and a server blocked writing a log line answers nothing."""
+
+    def __init__(self, config: Path, *, port: int | None = None, host: str = "127.0.0.1", log: Path | None = None) -> None:
         self.config, self.host = Path(config), host
         self.port = port or free_port(host)
         self.url = f"http://{host}:{self.port}"
+        self.log = log or self.config.resolve().parent / ".polyshift" / "serve.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
+    def _tail(self) -> str:
+        try:
+            return self.log.read_text(errors="replace")[-2000:]
+        except OSError:
+            return ""
+
     def start(self, timeout: float = 60) -> ServeProcess:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "polyshift.framework.cli.main", "--config", str(self.config), "serve", "--host", self.host,
-             "--port", str(self.port)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=os.environ.copy())
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "polyshift.framework.cli.main", "--config", str(self.config), "serve", "--host", self.host,
+                 "--port", str(self.port)],
+                stdout=out, stderr=subprocess.STDOUT, env=os.environ.copy())
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                err = self.proc.stderr.read().decode(errors="replace") if self.proc.stderr else ""
-                raise StoreError(f"polyshift serve exited with {self.proc.returncode}: {err[-2000:]}")
+                raise StoreError(f"polyshift serve exited with {self.proc.returncode}: {self._tail()}")
             try:
                 with socket.create_connection((self.host, self.port), timeout=1):
                     return self
             except OSError:
                 time.sleep(0.1)
         self.stop()
-        raise StoreError(f"polyshift serve did not answer on {self.url} within {timeout:g} s")
+        raise StoreError(f"polyshift serve did not answer on {self.url} within {timeout:g} s: {self._tail()}")
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

@@ -211,7 +211,9 @@ def run(invoke: Invoke) -> int:
         config = write_project(scratch, urls)
         service, ofrep = start_flag_service(config)
         app = DemoApp(config, ofrep).start()
-        os.environ.update({"APP_HEALTH_URL": app.health_url, "RELEASE_BAKE": "1s"})
+        # Each health check is 2,000 OFREP requests: on a busy machine that takes longer than a
+        # real application's health endpoint would, and the gate must wait for it.
+        os.environ.update({"APP_HEALTH_URL": app.health_url, "APP_HEALTH_TIMEOUT": "60s", "RELEASE_BAKE": "1s"})
 
         step("2. The releases: one version across four stores is one release")
         polyshift(invoke, config, "releases")
