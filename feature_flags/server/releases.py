@@ -138,7 +138,10 @@ def chart(series: list[tuple[datetime, float]], gates: list[tuple[datetime, floa
     for t, p, ok in gates:
         colour, label = ("#1f7a3d", "gates passed") if ok else ("#b42318", "gate failed")
         title = escape(f"{p:g}%: {label} at {t.isoformat(timespec='seconds')}")
-        parts.append(f'<circle cx="{x(_aware(t)):.1f}" cy="{y(p):.1f}" r="5" fill="{colour}"><title>{title}</title></circle>')
+        cx, cy = x(_aware(t)), y(p)
+        parts.append(f'<circle cx="{cx:.1f}" cy="{cy:.1f}" r="5" fill="{colour}"><title>{title}</title></circle>'
+                     f'<text x="{cx:.1f}" y="{cy - 9:.1f}" font-size="11" text-anchor="middle" fill="{colour}">'
+                     f'{escape(f"{p:g}%")} {"✓" if ok else "✗"}</text>')
     start = datetime.fromtimestamp(t0).strftime("%Y-%m-%d %H:%M:%S")
     end = datetime.fromtimestamp(t1).strftime("%H:%M:%S")
     parts.append(f'<text x="{LEFT}" y="{H - 8}" font-size="11" fill="#6b7385">{escape(start)}</text>'
