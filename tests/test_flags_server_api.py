@@ -224,3 +224,24 @@ def test_apikeys_create_prints_the_key_once_and_list_never_shows_it(flags: FlagP
     assert key["revoked_at"] and key["revoked_by"]
     audit = flags.run("--json", "audit").stdout
     assert '"apikey.created"' in audit and '"apikey.revoked"' in audit and created["key"] not in audit
+
+
+def test_accounts_keys_and_sessions_work_on_a_postgresql_control_plane(database: str) -> None:
+    from polyshift.feature_flags.server.accounts import Accounts
+    from polyshift.framework.control.state import ControlPlane
+
+    state = ControlPlane(database.replace("postgresql://", "postgresql+psycopg://", 1))
+    try:
+        accounts = Accounts(state)
+        user = accounts.add_user("alice", "editor", PASSWORD, who="test")
+        assert accounts.authenticate("alice", PASSWORD) == user and accounts.authenticate("alice", "wrong password!") is None
+        token, session = accounts.open_session(user)
+        assert accounts.session(token) == session
+        key, secret = accounts.create_key("svc", "read", who="test")
+        assert [k.name for k in accounts.active_keys().values()] == ["svc"]
+        accounts.revoke_key(key.id, who="test")
+        assert accounts.active_keys() == {} and secret not in str(list(state.audit_entries()))
+        accounts.remove_user("alice", who="test")
+        assert accounts.session(token) is None
+    finally:
+        state.close()

@@ -5,10 +5,13 @@ way a request can be refused, over both flag stores."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
+from typing import Any
 
 from polyshift.feature_flags.model import CompiledFlag
 
 from tests import flag_service
+from tests.conftest import FlagProject
 from tests.flag_service import Served, wait_for
 
 served = flag_service.served  # the fixture
@@ -244,3 +247,22 @@ def test_configuration_names_polyshift_boolean_flags_and_the_polling_interval(se
 
 def test_configuration_needs_an_api_key(served: Served) -> None:
     assert served.http().get("/ofrep/v1/configuration").status_code == 401
+
+
+def test_a_store_outage_serves_the_last_flags_marked_stale_and_refuses_writes(tmp_path: Path, redis_server: Any) -> None:
+    project = FlagProject(tmp_path, "redis", redis_server.url)
+    s = Served(project)
+    try:
+        s.set("checkout", enabled=True, percent=100)
+        key = s.key()
+        browser = s.browser("alice", "editor")
+        redis_server.stop(remove=False)
+        wait_for(lambda: s.service.client.refresh() is False and s.service.client.stale, 10, "the client to notice")
+        body = post(s, ONE.format("checkout"), {"context": {"targetingKey": "u1"}}, key).json()
+        assert body["value"] is True and body["metadata"]["stale"] is True
+        page = browser.http.post("/flags", data={"csrf": browser.csrf("/audit"), "name": "other", "reason": "x"})
+        assert page.status_code == 503 and "did not answer" in page.text and redis_server.url not in page.text
+        listing = browser.http.get("/flags")
+        assert listing.status_code == 503 and "did not answer" in listing.text and redis_server.url not in listing.text
+    finally:
+        s.close()

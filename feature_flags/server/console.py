@@ -203,9 +203,15 @@ def routes(service: Service) -> list[Route]:
         session = await signed_in(request)
         if isinstance(session, Response):
             return session
-        _version, flags = await run_in_threadpool(service.admin.store.load)
-        return page("flags.html", session=session, nav="flags", flags=sorted(flags.values(), key=lambda f: f.name),
-                    store=STORE_LABELS[service.flag_settings.store], notice=DONE.get(request.query_params.get("done", "")))
+        return await list_page(session, 200, notice=DONE.get(request.query_params.get("done", "")))
+
+    async def list_page(session: Session, status: int, *, error: str | None = None, notice: str | None = None) -> Response:
+        try:
+            _version, flags = await run_in_threadpool(service.admin.store.load)
+        except PolyshiftError as exc:
+            flags, status, error = {}, 503, public_error(exc)
+        return page("flags.html", status, session=session, nav="flags", flags=sorted(flags.values(), key=lambda f: f.name),
+                    store=STORE_LABELS[service.flag_settings.store], error=error, notice=notice)
 
     async def flag_page(request: Request) -> Response:
         session = await signed_in(request)
@@ -258,17 +264,12 @@ def routes(service: Service) -> list[Route]:
                 await run_in_threadpool(lambda: service.admin.change(
                     name, change, reason=reason, create=True, who=session.user.name, expected_version=None, via="console"))
             except FlagChanged:
-                return await error_list(session, 409, "a flag with that name exists already; nothing was changed")
+                return await list_page(session, 409, error="a flag with that name exists already; nothing was changed")
             except PolyshiftError as exc:
-                return await error_list(session, 400 if isinstance(exc, UsageError) else 503, public_error(exc))
+                return await list_page(session, 400 if isinstance(exc, UsageError) else 503, error=public_error(exc))
             service.changed()
             return RedirectResponse(f"/flags/{name}?done=created", 303)
         return await guarded(request, Role.EDITOR, handle)
-
-    async def error_list(session: Session, status: int, error: str) -> Response:
-        _version, flags = await run_in_threadpool(service.admin.store.load)
-        return page("flags.html", status, session=session, nav="flags", flags=sorted(flags.values(), key=lambda f: f.name),
-                    store=STORE_LABELS[service.flag_settings.store], error=error)
 
     # -- audit and releases ----------------------------------------------------------------
     async def audit(request: Request) -> Response:
