@@ -245,3 +245,12 @@ def test_accounts_keys_and_sessions_work_on_a_postgresql_control_plane(database:
         assert accounts.session(token) is None
     finally:
         state.close()
+
+
+def test_serve_on_a_port_in_use_exits_2_naming_it(flags: FlagProject) -> None:
+    import socket
+
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        r = flags.run("serve", "--port", str(port))
+    assert r.exit_code == 2 and f"cannot listen on 127.0.0.1:{port}" in r.output

@@ -6,6 +6,7 @@ Imports nothing of the web stack until ``serve`` runs, so the other commands sta
 from __future__ import annotations
 
 import ipaddress
+import socket
 import sys
 from typing import TYPE_CHECKING
 
@@ -49,6 +50,11 @@ def serve(
     for origin in cors_origin:
         if not origin.startswith(("http://", "https://")) or origin.count("/") != 2:
             raise UsageError(f"--cors-origin {origin!r} must be an origin such as https://app.example.com (no path)")
+    try:  # a clear refusal now rather than uvicorn's exit after the service has opened its stores
+        with socket.create_server((host, port)):
+            pass
+    except OSError as exc:
+        raise UsageError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
     import uvicorn
     from polyshift.feature_flags.server.app import create_app
     from polyshift.feature_flags.server.service import ServeSettings, Service
