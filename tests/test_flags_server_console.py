@@ -138,9 +138,12 @@ def test_descriptions_and_reasons_are_escaped(served: Served) -> None:
 
 
 def test_pages_carry_a_strict_content_security_policy_and_are_not_cached_or_framed(served: Served) -> None:
+    served.set("checkout", enabled=True, percent=30)
     r = served.browser("vera", "viewer").http.get("/flags")
     assert "default-src 'none'" in r.headers["Content-Security-Policy"]
     assert r.headers["X-Frame-Options"] == "DENY" and r.headers["Cache-Control"] == "no-store"
+    # The policy allows no inline style or script: the pages must need none to render.
+    assert " style=" not in r.text and "<script" not in r.text
 
 
 def test_an_unknown_flag_page_is_404_and_a_bad_name_400(served: Served) -> None:
