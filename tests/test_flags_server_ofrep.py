@@ -266,3 +266,23 @@ def test_a_store_outage_serves_the_last_flags_marked_stale_and_refuses_writes(tm
         assert listing.status_code == 503 and "did not answer" in listing.text and redis_server.url not in listing.text
     finally:
         s.close()
+
+
+def test_cors_lets_only_the_configured_origins_read_ofrep_answers(flags: FlagProject) -> None:
+    from polyshift.feature_flags.server.service import ServeSettings
+
+    s = Served(flags, ServeSettings(cors_origins=("https://app.example.com",)))
+    try:
+        s.set("checkout", enabled=True, percent=100)
+        http = s.http()
+        preflight = {"Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "authorization,content-type"}
+        ok = http.options(BULK, headers={"Origin": "https://app.example.com"} | preflight)
+        assert ok.status_code == 200 and ok.headers["access-control-allow-origin"] == "https://app.example.com"
+        assert "access-control-allow-credentials" not in ok.headers
+        other = http.options(BULK, headers={"Origin": "https://evil.example"} | preflight)
+        assert other.status_code == 400 and "access-control-allow-origin" not in other.headers
+        answer = post(s, BULK, {"context": {"targetingKey": "u"}}, s.key(), Origin="https://app.example.com")
+        assert answer.headers["access-control-allow-origin"] == "https://app.example.com"
+        assert "etag" in answer.headers["access-control-expose-headers"].lower()
+    finally:
+        s.close()
