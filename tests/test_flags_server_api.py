@@ -127,14 +127,17 @@ def test_an_unknown_api_path_is_404_json(served: Served) -> None:
 
 # -- the releases view -----------------------------------------------------------------------
 def test_a_release_page_charts_the_flag_and_marks_each_stage_by_its_gates(served: Served) -> None:
+    from polyshift.framework.core.lifecycle import Phase, RunCommand, Step
+
     state = served.service.state
-    run = state.start_run("up")
-    state.journal(run, "release", "intent", version="0001", detail={"stores": ["main"], "flag": "checkout", "stages": [10, 50]})
+    run = state.start_run(RunCommand.UP)
+    state.journal(run, Step.RELEASE, Phase.INTENT, version="0001", detail={"stores": ["main"], "flag": "checkout", "stages": [10, 50]})
     served.set("checkout", enabled=True, percent=10, release="0001")
-    state.journal(run, "stage", "done", version="0001",
+    state.journal(run, Step.STAGE, Phase.DONE, version="0001",
                   detail={"percent": 10, "gates": [{"gate": "errors", "ok": True, "detail": "0.1%", "duration_ms": 3}]})
     served.set("checkout", percent=50)
-    state.journal(run, "stage", "failed", version="0001", detail={"percent": 50, "cause": "health gate failed at 50%: errors: 9%"})
+    state.journal(run, Step.STAGE, Phase.FAILED, version="0001",
+                  detail={"percent": 50, "cause": "health gate failed at 50%: errors: 9%"})
     view = releases.detail(served.service, "0001")
     assert [(e["step"], e["phase"]) for e in view.timeline] == [("release", "intent"), ("stage", "done"), ("stage", "failed")]
     assert "errors ok: 0.1%" in view.timeline[1]["summary"] and "errors: 9%" in view.timeline[2]["summary"]

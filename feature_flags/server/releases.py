@@ -14,6 +14,7 @@ from typing import Any
 from markupsafe import escape
 from polyshift.feature_flags.server.service import Service, public_error
 from polyshift.framework.core.errors import PolyshiftError
+from polyshift.framework.core.lifecycle import Phase, Step
 from sqlalchemy.exc import SQLAlchemyError
 
 log = logging.getLogger("polyshift.serve")
@@ -30,17 +31,15 @@ class ReleaseView:
 
 def listing(service: Service) -> tuple[list[dict[str, Any]], str | None]:
     """Every release with its state per store, or the reason it cannot be read now."""
+    from polyshift.framework.engine.listing import release_listing
     from polyshift.framework.engine.project import open_project
-    from polyshift.framework.engine.recovery import Recovery
+    from polyshift.framework.engine.session import Session
 
     try:
         project = open_project(service.config_path)
         try:
-            recovery = Recovery(project)
-            try:
-                return recovery.listing(), None
-            finally:
-                recovery.close()
+            with Session(project) as session:
+                return release_listing(session), None
         finally:
             project.close()
     except PolyshiftError as exc:
@@ -49,7 +48,7 @@ def listing(service: Service) -> tuple[list[dict[str, Any]], str | None]:
 
 def _summary(entry: dict[str, Any]) -> str:
     d = entry["detail"]
-    if entry["step"] == "stage":
+    if entry["step"] == Step.STAGE:
         gates = d.get("gates") or []
         parts = [f"{d.get('percent', 0):g}%"] + [f"{g['gate']} {'ok' if g['ok'] else 'FAILED'}: {g['detail']}" for g in gates]
         if d.get("cause"):
@@ -82,8 +81,8 @@ def detail(service: Service, version: str) -> ReleaseView:
             series = percent_series(service, flag)
         except PolyshiftError:
             series = []
-    gates = [(e["at"], float(e["detail"].get("percent", 0)), e["phase"] == "done") for e in journal
-             if e["step"] == "stage" and e["phase"] in ("done", "failed")]
+    gates = [(e["at"], float(e["detail"].get("percent", 0)), e["phase"] == Phase.DONE) for e in journal
+             if e["step"] == Step.STAGE and e["phase"] in (Phase.DONE, Phase.FAILED)]
     view.chart = chart(series, gates)
     return view
 
