@@ -12,6 +12,7 @@ from typing import Any, NoReturn
 
 import typer
 from polyshift.feature_flags.cli import flags_app
+from polyshift.feature_flags.server.cli import server_app
 from polyshift.framework.cli import adopt, output, templates
 from polyshift.framework.cli.output import emit_json, say, table
 from polyshift.framework.cli.rehearse import rehearse
@@ -40,6 +41,7 @@ app.add_typer(flags_app, name="flags")
 app.add_typer(sandbox_app, name="sandbox")
 adopt.register(app)
 app.command()(rehearse)
+app.add_typer(server_app)  # serve, users, apikeys
 
 def _version(value: str | None, option: str) -> str | None:
     return None if value is None else check_version(value, option)

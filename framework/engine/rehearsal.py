@@ -756,7 +756,7 @@ class Rehearsal:
         for name, manifests in loaded.items():
             for manifest in manifests:
                 restored = runner.restore_into(adapters[name], manifest, None, verified=source is DataSource.BACKUP, safety=False)
-                if not restored.verified and adapters[name].kind in _SQL_KINDS + ("redis",):
+                if not restored.verified and adapters[name].kind in (*_SQL_KINDS, "redis"):
                     # A rehearsal on data other than what it claims proves nothing about production.
                     raise ChecksFailed(f"{name}: the copy of {manifest.id} does not verify on the rehearsal store: "
                                        + "; ".join(restored.mismatches))
