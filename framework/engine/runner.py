@@ -25,7 +25,16 @@ from polyshift.framework.core.errors import (
     UsageError,
 )
 from polyshift.framework.core.migration import Migration, Risk, version_key
-from polyshift.framework.core.protocol import Adapter, Analysis, Direction, ExpiringLock, Fingerprint, RestoreReport
+from polyshift.framework.core.protocol import (
+    Adapter,
+    Analysis,
+    AttemptOutcome,
+    Direction,
+    ExpiringLock,
+    Fingerprint,
+    ReportsAttempts,
+    RestoreReport,
+)
 from polyshift.framework.core.status import StoreStatus, applied_entries, store_status
 from polyshift.framework.engine.project import Project
 
@@ -198,6 +207,21 @@ class Runner:
             raise RefusedError(f"{m.store}/{m.id} is irreversible; run 'up --allow-irreversible' to apply it after a verified backup")
 
     @staticmethod
+    def _refuse_lock_hazards(m: Migration, analysis: Analysis, allow_lock_hazard: bool) -> None:
+        """A lock held while a large existing table is rewritten, scanned or indexed stalls the
+        application for as long as the work takes: refused unless the migration or the command
+        says it is meant."""
+        refused = analysis.refused
+        if not refused or allow_lock_hazard:
+            return
+        codes = ",".join(dict.fromkeys(f.code for f in refused))
+        raise RefusedError(
+            f"{m.store}/{m.id} would stall the application on a large table (at least {analysis.threshold}): "
+            + "; ".join(f.describe() for f in refused),
+            hint=f"write the safe form; or, to take the lock anyway, acknowledge it in the header of "
+                 f"{m.forward.path.name} with '{m.directive_hint('allow')}={codes}', or run 'up --allow-lock-hazard'")
+
+    @staticmethod
     def _require_backup(m: Migration, analysis: Analysis, scope: tuple[str, ...]) -> None:
         """A destructive step runs only behind a backup of everything it may change: refuse when
         nothing can be backed up, or when some effect could not be read and no scope was declared."""
@@ -252,6 +276,9 @@ class Runner:
                 adapter = adapter_for(cfg)
                 adapters.append(adapter)
                 adapter.connect()
+                if isinstance(adapter, ReportsAttempts):
+                    adapter.observe_attempts(lambda m, a, run_id=run_id: self._journal(
+                        run_id, "lock-attempt", "done" if a.outcome is AttemptOutcome.ACQUIRED else "failed", m, **a.to_json()))
                 if lock:
                     patience = max(cfg.lock_wait, wait or 0.0)
                     if outlive_dead:
