@@ -30,9 +30,9 @@ from polyshift.framework.core.secrets import redact
 Schedule = tuple[tuple[float, float], ...]  # (lock timeout, sleep after a failed attempt), seconds
 
 # Short enough that what queues behind a waiting attempt is a blip (GitLab's lock-retry helpers
-# start at 100 ms); the sleeps grow so a long blocker is outlasted without hammering it. The
-# last entry repeats until retry_deadline.
-DEFAULT_SCHEDULE: Schedule = ((0.1, 0.05), (0.1, 0.1), (0.15, 0.25), (0.2, 0.5), (0.2, 1.0))
+# start at 100 ms); the sleeps grow so that behind a long blocker the table is queued at most a
+# tenth of the time. The last entry repeats until retry_deadline.
+DEFAULT_SCHEDULE: Schedule = ((0.1, 0.05), (0.1, 0.1), (0.15, 0.25), (0.2, 0.5), (0.2, 1.0), (0.2, 2.0))
 # ``lock_retry = false``: every attempt waits up to lock_timeout, with these sleeps between.
 _FALLBACK_SLEEPS = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
 
