@@ -347,3 +347,64 @@ def test_plan_text_marks_what_up_refuses(ws: Workspace) -> None:
     assert result.exit_code == 0
     assert "PS130 lock" in result.stdout and "REFUSED" in result.stdout
     assert "allow=CODE" in result.stderr
+
+
+# -- the attempt schedule itself (a fake clock: what is checked is arithmetic, not the server) ---
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.slept: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
+
+
+def _never_connects() -> psycopg.Connection:
+    raise AssertionError("an attempt that returns at once needs no blocker watch")
+
+
+def _run(schedule: tuple[tuple[float, float], ...], deadline: float, fail_times: int) -> tuple[list[Any], FakeClock, Any]:
+    from polyshift.adapters.postgres.locking import BlockerWatch, LocksNotAcquired, run_in_attempts
+
+    clock, reports, calls = FakeClock(), [], []
+
+    def attempt(lock_timeout: float) -> None:
+        calls.append(lock_timeout)
+        clock.now += lock_timeout  # the wait ran out
+        if len(calls) <= fail_times:
+            raise psycopg.errors.LockNotAvailable("canceling statement due to lock timeout")
+        clock.now -= lock_timeout  # this one got its locks at once
+
+    try:
+        outcome: Any = run_in_attempts(attempt, schedule=schedule, deadline=deadline, backend_pid=lambda: 0,
+                                       watch=BlockerWatch(_never_connects), report=reports.append, clock=clock, sleep=clock.sleep)
+    except LocksNotAcquired as exc:
+        outcome = exc
+    return reports, clock, outcome
+
+
+def test_the_schedule_grows_then_repeats_its_last_entry_until_an_attempt_commits() -> None:
+    reports, clock, outcome = _run(((0.1, 0.05), (0.2, 0.5)), deadline=60, fail_times=4)
+    assert outcome == 5
+    assert [r.lock_timeout_ms for r in reports] == [100, 200, 200, 200, 200]
+    assert clock.slept == [0.05, 0.5, 0.5, 0.5]
+    assert [r.outcome.value for r in reports] == ["lock-timeout"] * 4 + ["acquired"]
+
+
+def test_the_last_sleep_is_cut_short_at_the_deadline_and_one_more_attempt_is_made() -> None:
+    reports, clock, outcome = _run(((1.0, 10.0),), deadline=5, fail_times=99)
+    # 1 s waiting, then 4 s of the 10 s sleep (the deadline), one more attempt, then it gives up.
+    assert clock.slept == [4.0]
+    assert len(reports) == 2 and reports[-1].sleep_ms == 0
+    assert type(outcome).__name__ == "LocksNotAcquired" and len(outcome.attempts) == 2
+    assert "2 attempts with a 1000 ms lock timeout within retry_deadline 5s (SQLSTATE 55P03)" in outcome.describe()
+
+
+def test_a_zero_deadline_makes_exactly_one_attempt() -> None:
+    reports, _, outcome = _run(((0.1, 0.05),), deadline=0, fail_times=99)
+    assert len(reports) == 1 and type(outcome).__name__ == "LocksNotAcquired"
+    assert "no blocking session was seen" in outcome.describe()
