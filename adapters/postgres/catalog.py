@@ -461,7 +461,7 @@ class CatalogFacts:
         self.conn = conn
 
     def _one(self, query: str, params: tuple[Any, ...]) -> Any:
-        row = self.conn.execute(query, params).fetchone()  # type: ignore[arg-type]
+        row = self.conn.execute(query, params).fetchone()
         return None if row is None else row[0]
 
     def _oid(self, table: RelName) -> int | None:

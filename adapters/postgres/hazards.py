@@ -504,9 +504,9 @@ class Reader:
             st.take(table, ae)
             if con.indexname:
                 index = RelName(table.schema, str(con.indexname))
-                columns = list(_names(con.keys)) or (self.facts.index_columns(index) if self.facts else [])
-                if kind == CT.CONSTR_PRIMARY and existing and self.facts is not None and columns and not all(
-                        self.facts.column_not_null(table, c) or self._not_null_proven(table, c) for c in columns):
+                keys = list(_names(con.keys)) or (self.facts.index_columns(index) if self.facts else [])
+                if kind == CT.CONSTR_PRIMARY and existing and self.facts is not None and keys and not all(
+                        self.facts.column_not_null(table, c) or self._not_null_proven(table, c) for c in keys):
                     st.take(table, ae, Work.SCAN)
                     self.add("PS114", st, table, ae, Work.SCAN)
             elif existing:
