@@ -333,25 +333,32 @@ def lock_queue_table(server: Server, root: Path, args: argparse.Namespace) -> tu
 
 
 def index_table(server: Server, root: Path, args: argparse.Namespace) -> tuple[list[str], list[Run]]:
+    """Each repeat is a pair of runs back to back, a build and a baseline, so the machine's own
+    load drifts little between them; the ratio reported is the median of the pairs' ratios."""
     index: dict[str, list[Run]] = {"none": [], "psql": [], "polyshift": []}
+    ratios: dict[str, list[float]] = {"psql": [], "polyshift": []}
     for _ in range(args.repeat):
-        for how in ("psql", "polyshift"):
-            index[how].append(index_run(server, root, how, seconds=30, rate=args.rate, window=None))
-        # The baseline's p99 over the same seconds of its own run as polyshift's build took in its run.
-        ours = index["polyshift"][-1]
-        index["none"].append(index_run(server, root, "none", seconds=30, rate=args.rate,
-                                       window=(ours.offset, ours.offset + ours.window[1] - ours.window[0])))
+        for how in ("polyshift", "psql"):
+            build = index_run(server, root, how, seconds=args.index_seconds, rate=args.index_rate, window=None)
+            # The baseline's p99 over the same seconds of its own run as the build took in its run.
+            base = index_run(server, root, "none", seconds=args.index_seconds, rate=args.index_rate,
+                             window=(build.offset, build.offset + build.window[1] - build.window[0]))
+            index[how].append(build)
+            index["none"].append(base)
+            ratios[how].append(build.window_p99_ms / base.window_p99_ms if base.window_p99_ms else float("nan"))
     built = {how: median_run(runs) for how, runs in index.items()}
     rows = server.sql("SELECT count(*) FROM pgbench_accounts")[0][0]
-    lines = [f"Scenario 2: the same traffic on pgbench_accounts with {rows:,} rows; p99 while the server built the index "
-             "(pg_stat_progress_create_index) vs the no-migration run over the same seconds of its run.", "",
+    lines = [f"Scenario 2: {CLIENTS} pgbench clients at {args.index_rate} tx/s on pgbench_accounts with {rows:,} rows; "
+             "p99 while the server built the index (seen in pg_stat_progress_create_index) against a no-migration run "
+             "over the same seconds of its own run, right after it; the ratio is the median of the pairs' ratios.", "",
              "| run | app transactions | failed | p99 (whole run) | p99 while the index was built | vs baseline | build | index valid |",
              "|---|---:|---:|---:|---:|---:|---:|---|"]
-    base = built["none"]
-    for r in built.values():
+    for how, r in built.items():
         build = f"{r.window[1]:.1f} s (command {r.migration_s:.1f} s)" if r.landed is not None else "-"
+        ratio = f"{statistics.median(ratios[how]):.2f}x" if how in ratios else "1.00x"
         lines.append(f"| {r.label} | {r.transactions:,.0f} | {r.failed:.0f} | {r.p99_ms:.1f} ms | {r.window_p99_ms:.1f} ms | "
-                     f"{r.window_p99_ms / base.window_p99_ms:.2f}x | {build} | {landed(r)} |")
+                     f"{ratio} | {build} | {landed(r)} |")
+    lines += ["", "Pairs' ratios: " + "; ".join(f"{how} " + ", ".join(f"{x:.2f}x" for x in xs) for how, xs in ratios.items())]
     return lines, list(built.values())
 
 
@@ -361,6 +368,8 @@ def main() -> None:
     parser.add_argument("--rate", type=int, default=200, help="application transactions per second (pgbench -R)")
     parser.add_argument("--hold", type=float, default=3.0, help="seconds the slow reader stays after the migration queued")
     parser.add_argument("--rows", type=int, default=1_000_000, help="pgbench_accounts rows for the index build")
+    parser.add_argument("--index-rate", type=int, default=500, help="transactions per second while the index is built")
+    parser.add_argument("--index-seconds", type=int, default=20, help="length of each index-build run's traffic")
     parser.add_argument("--scenario", choices=("1", "2", "both"), default="both")
     parser.add_argument("--write", type=Path, help="also write the markdown tables to this file")
     args = parser.parse_args()
