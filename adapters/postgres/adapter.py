@@ -28,16 +28,17 @@ from polyshift.framework.core.errors import (
     StoreError,
     StoreUnavailable,
 )
+from polyshift.framework.core.lifecycle import Direction
 from polyshift.framework.core.migration import Migration, MigrationContext, Risk, Step, describe_failure
 from polyshift.framework.core.protocol import (
     Analysis,
     AttemptObserver,
-    Direction,
     Finding,
     Fingerprint,
     LedgerEntry,
     LockAttempt,
     RestoreReport,
+    ScopeSource,
     StepResult,
 )
 from polyshift.framework.core.secrets import redact
@@ -200,14 +201,14 @@ class PostgresAdapter:
         self.conn.execute(
             f"INSERT INTO {cat.LEDGER_SCHEMA}.schema_history (store, version, slug, checksum, direction, applied_by, "
             "duration_ms, success, non_transactional, run_id) VALUES (%s, %s, %s, %s, %s, %s, %s, true, %s, %s)",
-            (self.name, migration.version, migration.slug, migration.checksum, direction, actor, duration_ms,
+            (self.name, migration.version, migration.slug, migration.checksum, direction.ledger_word, actor, duration_ms,
              non_transactional, run_id),
         )
 
     def record_reverted(self, migration: Migration, *, run_id: str, actor: str) -> None:
         try:
             with self.conn.transaction():
-                self._record(migration, "down", run_id=run_id, actor=actor, duration_ms=0, non_transactional=False)
+                self._record(migration, Direction.ROLLBACK, run_id=run_id, actor=actor, duration_ms=0, non_transactional=False)
         except psycopg.Error as exc:
             raise StoreError(f"store {self.name}: cannot write the ledger: {_describe(exc)}") from None
 
@@ -234,8 +235,8 @@ class PostgresAdapter:
                 raise MigrationLoadError(f"{where}: allow={code}: {code} is a {kind.value} finding, and allow= acknowledges "
                                          "lock findings only ('up' never refuses the others: data at risk is backed up first)")
 
-    def analyze(self, migration: Migration, direction: Direction = "up") -> Analysis:
-        step = migration.forward if direction == "up" else migration.rollback
+    def analyze(self, migration: Migration, direction: Direction = Direction.FORWARD) -> Analysis:
+        step = migration.forward if direction is Direction.FORWARD else migration.rollback
         if step is None:
             return Analysis(Risk.C, (), "none", notes=("no rollback step: irreversible",))
         if step.is_python:
@@ -247,14 +248,15 @@ class PostgresAdapter:
         with _translated(self.name, "reading the catalog for the lock hazards"):
             facts = cat.CatalogFacts(self.conn)
             statements = analyze_sql(step.script, origin=f"{self.name}/{step.path.name}", facts=facts)
-            findings = self._findings(statements, facts, migration.allowed if direction == "up" else ())
+            findings = self._findings(statements, facts, migration.allowed if direction is Direction.FORWARD else ())
         with _translated(self.name, "reading the catalog for the backup scope"):
             coverage = ScopeExpander(self.conn).expand(statements)
         risk = Risk.highest([s.risk for s in statements] + [coverage.risk] +
                             ([migration.declared_risk] if migration.declared_risk else []))
         inferred = tuple(t.qualified for t in coverage.tables)
         reasons = {t.qualified: "; ".join(why) for t, why in coverage.tables.items()}
-        declared = migration.declared_scope if direction == "up" else migration.rollback_scope
+        declared = migration.declared_scope if direction is Direction.FORWARD else migration.rollback_scope
+        source: ScopeSource
         if declared is not None:
             extra = tuple(t for t in inferred if t not in declared)
             scope, source = declared + extra, ("declared+inferred" if extra else "declared")
@@ -331,7 +333,7 @@ class PostgresAdapter:
         attempt is reported to the observer. Statements that PostgreSQL refuses inside a
         transaction run on their own, in order, waiting up to ``lock_timeout`` once.
         """
-        step = migration.forward if direction == "up" else migration.rollback
+        step = migration.forward if direction is Direction.FORWARD else migration.rollback
         if step is None:
             raise StepFailed(f"{migration.id} has no rollback step (irreversible)", step="rollback")
         started = time.monotonic()
@@ -390,7 +392,7 @@ class PostgresAdapter:
                 if step.is_python:
                     self._run_python(migration, step)
                 for current in statements:
-                    self.conn.execute(current.sql)  # type: ignore[arg-type]
+                    self.conn.execute(current.sql)
                 if record:
                     self._record(migration, direction, run_id=run_id, actor=actor,
                                  duration_ms=int((time.monotonic() - started) * 1000), non_transactional=non_tx)
@@ -420,7 +422,7 @@ class PostgresAdapter:
     def _run_outside_transaction(self, migration: Migration, step: Step, statement: Statement) -> None:
         try:
             self._set_timeouts(local=False)
-            self.conn.execute(statement.sql)  # type: ignore[arg-type]
+            self.conn.execute(statement.sql)
         except psycopg.Error as exc:
             raise StepFailed(f"{self.name} {migration.id} {step.name} failed outside a transaction at "
                              f"`{statement.sql[:120]}`: {_describe(exc)}", step=step.name) from None
@@ -471,7 +473,7 @@ class PostgresAdapter:
         label = f"check {number} `{' '.join(st.sql.split())[:100]}`"
         try:
             with self.conn.transaction():  # savepoint: one failing check does not hide the others
-                cur = self.conn.execute(st.sql)  # type: ignore[arg-type]
+                cur = self.conn.execute(st.sql)
                 if cur.description is None:
                     return []
                 for row_number, row in enumerate(cur, 1):
@@ -534,5 +536,5 @@ class PostgresAdapter:
         return Fingerprint(schema, data_hash, {k: int(v.get("rows", 0)) for k, v in items.items()}, items)
 
     def query_value(self, query: str, params: Any = None) -> Any:
-        row = self.conn.execute(sql.SQL(query), params).fetchone()  # type: ignore[arg-type]
+        row = self.conn.execute(sql.SQL(query), params).fetchone()
         return None if row is None else row[0]
