@@ -226,17 +226,30 @@ def plan(store: str | None = typer.Option(None, "--store", "-s"), to: str | None
                              "scope": list(a.scope), "scope_source": a.scope_source, "reasons": a.reasons,
                              "unproven": list(a.unproven), "statements": a.statements,
                              "non_transactional": list(a.non_transactional), "irreversible": m.irreversible,
-                             "flag": m.flag, "notes": list(a.notes)})
+                             "flag": m.flag, "notes": list(a.notes), "findings": [f.to_json() for f in a.findings],
+                             "refused": bool(a.refused), "threshold": a.threshold or None})
     if output.opts["json"]:
         emit_json(rows)
         return
     if not rows:
         say("nothing pending")
         return
-    table("plan", ["store", "migration", "risk", "backup scope", "outside tx", "notes"],
+    table("plan", ["store", "migration", "risk", "backup scope", "outside tx", "findings and notes"],
           [[r["store"], f"{r['version']}_{r['slug']}" + (" (irreversible)" if r["irreversible"] else ""), r["risk"],
             _scope_lines(r), "\n".join(r["non_transactional"]) or "-",
-            "\n".join([*r["notes"], *(f"unproven: {u}" for u in r["unproven"])]) or ""] for r in rows])
+            "\n".join([*map(_finding_line, r["findings"]), *r["notes"], *(f"unproven: {u}" for u in r["unproven"])]) or ""]
+           for r in rows])
+    if any(r["refused"] for r in rows):
+        output.warn("'up' refuses the findings marked REFUSED: a lock held on a large table (at least "
+                    f"{next(r['threshold'] for r in rows if r['refused'])}) for the whole of its work; write the safe form, "
+                    "or acknowledge them with '-- polyshift: allow=CODE' or 'up --allow-lock-hazard'")
+
+
+def _finding_line(f: dict[str, Any]) -> str:
+    """``PS130 lock [~1,000,000 rows, 42.0 MiB] REFUSED: … ; instead: …``"""
+    size = f" [{f['size']}]" if f["size"] else ""
+    verdict = " REFUSED" if f["refuses"] else (" acknowledged" if f["acknowledged"] else "")
+    return f"{f['code']} {f['kind']}{size}{verdict}: {f['message']}; instead: {f['safe']}"
 
 
 def _scope_lines(row: dict[str, Any]) -> str:
@@ -267,11 +280,14 @@ def up(
     store: str | None = typer.Option(None, "--store", "-s", help="Only this store's migrations."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Check and show what would run; change nothing."),
     allow_irreversible: bool = typer.Option(False, "--allow-irreversible", help="Also run migrations without a rollback."),
+    allow_lock_hazard: bool = typer.Option(False, "--allow-lock-hazard",
+                                           help="Also run migrations that hold a long lock on a large table."),
 ) -> None:
     """Apply pending releases: preflight, verified backups, forward, validate, staged flag cutover.  Example: polyshift up --to 0003"""
     to, release = _version(to, "--to"), _version(release, "--release")
     with Session(project(), _event) as session:
-        outcomes = Pipeline(session).up(store=store, to=to, release=release, dry_run=dry_run, allow_irreversible=allow_irreversible)
+        outcomes = Pipeline(session).up(store=store, to=to, release=release, dry_run=dry_run, allow_irreversible=allow_irreversible,
+                                          allow_lock_hazard=allow_lock_hazard)
     if output.opts["json"]:
         emit_json([o.to_json() for o in outcomes])
     elif not outcomes:

@@ -159,11 +159,36 @@ def _ttl(where: str, key: str, value: Any) -> float:
     return setting_duration(value, key, where=where)
 
 
+LOCK_RETRY_MAX_ENTRIES = 100
+
+
+def lock_retry_schedule(where: str, key: str, value: Any) -> tuple[tuple[float, float], ...]:
+    """``lock_retry = ["100ms/50ms", "200ms/100ms"]``: each attempt's lock timeout and the sleep
+    after it fails, the last entry repeating until ``retry_deadline``; ``false`` turns the
+    schedule off (every attempt waits up to ``lock_timeout``). Returns seconds; () when off."""
+    if value is False:
+        return ()
+    if not isinstance(value, list) or not value:
+        raise ConfigError(f'{where} {key}: expected a list like ["100ms/50ms", "200ms/100ms"] (lock timeout/sleep per '
+                          f"attempt), or false to turn it off, got {value!r}")
+    if len(value) > LOCK_RETRY_MAX_ENTRIES:
+        raise ConfigError(f"{where} {key}: at most {LOCK_RETRY_MAX_ENTRIES} entries (the last one repeats), got {len(value)}")
+    schedule = []
+    for number, entry in enumerate(value, 1):
+        what = f"{where} {key} entry {number}"
+        if not isinstance(entry, str) or entry.count("/") != 1:
+            raise ConfigError(f'{what}: expected "lock timeout/sleep" like "200ms/100ms", got {entry!r}')
+        timeout, sleep = entry.split("/")
+        schedule.append((parse_duration(timeout, what=f"{what} lock timeout", bounds=DURATION_BOUNDS["lock_timeout"]),
+                         parse_duration(sleep, what=f"{what} sleep", bounds=(0.0, HOUR))))
+    return tuple(schedule)
+
+
 # Settings only some kinds understand, each with its check; anything else in a store table is a
 # typo worth stopping for.
 KIND_OPTIONS: dict[str, dict[str, Callable[[str, str, Any], Any]]] = {
-    "postgres": {},
-    "pgvector": {"maintenance_work_mem": _memory, "ef_search": _ef_search},
+    "postgres": {"lock_retry": lock_retry_schedule},
+    "pgvector": {"maintenance_work_mem": _memory, "ef_search": _ef_search, "lock_retry": lock_retry_schedule},
     "redis": {"prefix": _text, "cluster": _flag, "lock_ttl": _ttl},
     "neo4j": {"user": _text, "database": _text, "lock_ttl": _ttl},
     "falkordb": {"graph": _text, "lock_ttl": _ttl},
