@@ -13,7 +13,7 @@ from pathlib import Path
 
 from polyshift.feature_flags.admin import Change
 
-from tests.conftest import FlagProject
+from tests.conftest import FlagProject, RedisWorkspace
 
 # The drivers and libraries whose import is most of a slow start; none is needed to print help.
 DRIVERS = ("sqlalchemy", "psycopg", "redis", "neo4j", "falkordb", "pglast", "starlette", "uvicorn", "zstandard")
@@ -59,3 +59,11 @@ def test_flags_list_with_a_redis_flag_store_imports_neither_sql_nor_graph_driver
     assert "redis" in modules  # it did read the store
     assert heavy(modules, ("sqlalchemy", "psycopg", "neo4j", "falkordb", "pglast", "starlette", "uvicorn",
                            "polyshift.framework.engine", "polyshift.framework.control", "polyshift.adapters")) == []
+
+
+def test_status_of_a_redis_project_imports_no_postgresql_or_graph_driver(rws: RedisWorkspace) -> None:
+    code, modules = loaded_after(["--config", str(rws.config), "status", "--json"], rws.root)
+    assert code == 0
+    assert "redis" in modules  # it did read the store's ledger
+    assert heavy(modules, ("psycopg", "neo4j", "falkordb", "pglast", "starlette", "uvicorn",
+                           "polyshift.adapters.postgres", "polyshift.adapters.graph")) == []
