@@ -71,6 +71,7 @@ bench: install
 	$(BIN)/python bench/lock_hazards.py --write bench/LOCK_HAZARDS_RESULTS.md
 	$(BIN)/python bench/rehearse.py --write bench/REHEARSE_RESULTS.md
 	$(BIN)/python bench/zero_downtime.py --write bench/ZERO_DOWNTIME_RESULTS.md
+	$(BIN)/python bench/quick_commands.py --write bench/QUICK_COMMANDS_RESULTS.md
 
 clean:
 	rm -rf $(VENV) .polyshift .pytest_cache .ruff_cache *.egg-info
