@@ -1,10 +1,13 @@
-"""One adapter per store kind; ``adapter_for`` builds the right one from a store's config."""
+"""One adapter per store kind; ``adapter_for`` builds the right one from a store's config.
+
+What each kind is (its adapter class, script language, options, capabilities) is declared in
+the ``kinds`` module of the package that serves it and collected by
+``polyshift.framework.core.kinds``.
+"""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
-
-from polyshift.framework.core.errors import ConfigError
 
 if TYPE_CHECKING:
     from polyshift.framework.core.config import StoreConfig
@@ -12,24 +15,5 @@ if TYPE_CHECKING:
 
 
 def adapter_for(store: StoreConfig) -> Adapter:
-    if store.kind == "postgres":
-        from polyshift.adapters.postgres.adapter import PostgresAdapter
-
-        return PostgresAdapter(store)
-    if store.kind == "pgvector":
-        from polyshift.adapters.postgres.pgvector import PgvectorAdapter
-
-        return PgvectorAdapter(store)
-    if store.kind == "neo4j":
-        from polyshift.adapters.graph.neo4j import Neo4jAdapter
-
-        return Neo4jAdapter(store)
-    if store.kind == "falkordb":
-        from polyshift.adapters.graph.falkordb import FalkorAdapter
-
-        return FalkorAdapter(store)
-    if store.kind == "redis":
-        from polyshift.adapters.redis.adapter import RedisAdapter
-
-        return RedisAdapter(store)
-    raise ConfigError(f"[stores.{store.name}]: kind {store.kind!r} has no adapter in this version of polyshift")
+    """The store's adapter, not yet connected; only its kind's driver is imported."""
+    return store.spec.build(store)

@@ -153,8 +153,8 @@ def test_a_crashed_runners_lock_expires_and_can_be_taken_over(gws: GraphWorkspac
     gws.config.write_text(gws.config.read_text() + 'lock_ttl = "1s"\n')
     crashed = gws.adapter()
     crashed.acquire_lock("crashed", wait=0)
-    crashed._renewer.stop()    # the runner died: nobody renews
-    crashed._token = None      # and nobody releases
+    crashed.lock._renewer.stop()   # the runner died: nobody renews
+    crashed.lock._claim = None     # and nobody releases
     taker = gws.adapter()
     try:
         taker.acquire_lock("next", wait=5)

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from polyshift.framework.core.progress import Progress
 
 Direction = Literal["up", "down"]
+ScopeSource = Literal["declared", "inferred", "declared+inferred", "none"]
 
 
 @dataclass(frozen=True)
@@ -82,7 +83,7 @@ class Analysis:
 
     risk: Risk
     scope: tuple[str, ...]
-    scope_source: Literal["declared", "inferred", "declared+inferred", "none"]
+    scope_source: ScopeSource
     non_transactional: tuple[str, ...] = ()
     statements: int = 0
     notes: tuple[str, ...] = ()

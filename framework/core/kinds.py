@@ -1,0 +1,122 @@
+"""Store kinds: what each kind of store is, in one record per kind, declared beside its adapter.
+
+A ``StoreKind`` names the kind, its adapter class, the language of its migration scripts, the
+settings its ``[stores.<name>]`` table takes (each with its check), its capabilities, and
+whether a password in its URL needs a user. Each adapter package declares the kinds it serves
+in its ``kinds`` module, and the adapter class takes its ``kind`` from that record: a new kind
+is one record there, one line in ``_DECLARED_IN`` and an adapter passing tests/contract/.
+
+The adapter class is named by import path and imported only when a store of the kind is
+opened (``StoreKind.build``): reading a config imports no store driver.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any, cast
+
+from polyshift.framework.core.durations import setting_duration
+from polyshift.framework.core.errors import ConfigError
+
+if TYPE_CHECKING:
+    from polyshift.framework.core.config import StoreConfig
+    from polyshift.framework.core.protocol import Adapter
+
+# The modules whose KINDS tuples make up the registry, in the order kinds are listed to users.
+_DECLARED_IN = (
+    "polyshift.adapters.postgres.kinds",
+    "polyshift.adapters.redis.kinds",
+    "polyshift.adapters.graph.kinds",
+)
+
+
+class Capability(StrEnum):
+    """What some kinds of store can do and others cannot."""
+
+    SQL = "sql"                         # answers SQL: a release's sql gates may query it
+    ATOMIC_STEPS = "atomic-steps"       # a step's statements and its ledger entry can commit as one transaction
+    EXPIRING_LOCK = "expiring-lock"     # the lock lives while its holder renews it (lock_ttl); otherwise
+    #                                     the server frees it when the holder's session ends
+
+
+OptionCheck = Callable[[str, str, Any], Any]
+"""Checks one setting of a store table: ``(where, key, value)`` → the value to keep, or ConfigError."""
+
+
+@dataclass(frozen=True)
+class ScriptLanguage:
+    """The language of a kind's migration scripts, as the loader and the messages need it."""
+
+    extension: str                  # "sql": files are <version>_<slug>.forward.sql
+    comment: str                    # line comment that carries directives: "-- polyshift: backup=..."
+    scope_example: str              # what a backup scope lists, for hints: "table", "Label,:TYPE"
+    nested_block_comments: bool     # PostgreSQL nests /* */ comments; Cypher does not
+
+
+@dataclass(frozen=True)
+class StoreKind:
+    name: str
+    adapter: str                    # "package.module:Class", imported by build() only
+    script: ScriptLanguage | None   # None: migrations are Python modules only
+    options: Mapping[str, OptionCheck] = field(default_factory=dict, hash=False)
+    capabilities: frozenset[Capability] = frozenset()
+    password_needs_user: bool = False   # a password in the URL is refused without a user to go with it
+
+    def can(self, capability: Capability) -> bool:
+        return capability in self.capabilities
+
+    def adapter_class(self) -> Callable[[StoreConfig], Adapter]:
+        module, _, name = self.adapter.partition(":")
+        cls = getattr(importlib.import_module(module), name)
+        if getattr(cls, "kind", None) != self.name:
+            raise TypeError(f"{self.adapter} serves kind {getattr(cls, 'kind', None)!r}, declared for {self.name!r}")
+        return cast("Callable[[StoreConfig], Adapter]", cls)
+
+    def build(self, store: StoreConfig) -> Adapter:
+        """The store's adapter (not yet connected)."""
+        return self.adapter_class()(store)
+
+
+@functools.cache
+def _registry() -> dict[str, StoreKind]:
+    kinds: dict[str, StoreKind] = {}
+    for module in _DECLARED_IN:
+        for kind in importlib.import_module(module).KINDS:
+            if kind.name in kinds:
+                raise TypeError(f"store kind {kind.name!r} is declared twice ({module})")
+            kinds[kind.name] = kind
+    return kinds
+
+
+def known_kinds() -> tuple[str, ...]:
+    return tuple(_registry())
+
+
+def store_kind(name: object, *, where: str) -> StoreKind:
+    """The record of kind ``name``; ConfigError naming ``where`` for a kind this version lacks."""
+    kind = _registry().get(name) if isinstance(name, str) else None
+    if kind is None:
+        raise ConfigError(f"{where}: kind must be one of {', '.join(known_kinds())}, got {name!r}")
+    return kind
+
+
+# -- checks of settings that several kinds share ----------------------------------------------
+def text(where: str, key: str, value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{where} {key}: expected a non-empty string, got {value!r}")
+    return value
+
+
+def flag(where: str, key: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{where} {key}: expected true or false, got {value!r}")
+    return value
+
+
+def duration(where: str, key: str, value: Any) -> float:
+    """Seconds, within the bounds ``DURATION_BOUNDS`` gives the setting ``key``."""
+    return setting_duration(value, key, where=where)
