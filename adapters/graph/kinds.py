@@ -8,7 +8,8 @@ from __future__ import annotations
 from typing import Any
 
 from polyshift.framework.core.errors import ConfigError
-from polyshift.framework.core.kinds import Capability, ScriptLanguage, StoreKind, duration, text
+from polyshift.framework.core.kinds import Capability, StoreKind, duration, text
+from polyshift.framework.core.migration import ScriptLanguage
 
 CYPHER = ScriptLanguage(extension="cypher", comment="//", scope_example="Label,:TYPE", nested_block_comments=False)
 

@@ -9,7 +9,8 @@ import re
 from typing import Any
 
 from polyshift.framework.core.errors import ConfigError
-from polyshift.framework.core.kinds import Capability, ScriptLanguage, StoreKind
+from polyshift.framework.core.kinds import Capability, StoreKind
+from polyshift.framework.core.migration import ScriptLanguage
 
 SQL = ScriptLanguage(extension="sql", comment="--", scope_example="table", nested_block_comments=True)
 _CAPABILITIES = frozenset({Capability.SQL, Capability.ATOMIC_STEPS})

@@ -7,7 +7,7 @@ in its ``kinds`` module, and the adapter class takes its ``kind`` from that reco
 is one record there, one line in ``_DECLARED_IN`` and an adapter passing tests/contract/.
 
 The adapter class is named by import path and imported only when a store of the kind is
-opened (``StoreKind.build``): reading a config imports no store driver.
+opened (``polyshift.adapters.adapter_for``): reading a config imports no store driver.
 """
 
 from __future__ import annotations
@@ -17,14 +17,11 @@ import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any
 
 from polyshift.framework.core.durations import setting_duration
 from polyshift.framework.core.errors import ConfigError
-
-if TYPE_CHECKING:
-    from polyshift.framework.core.config import StoreConfig
-    from polyshift.framework.core.protocol import Adapter
+from polyshift.framework.core.migration import ScriptLanguage
 
 # The modules whose KINDS tuples make up the registry, in the order kinds are listed to users.
 _DECLARED_IN = (
@@ -48,16 +45,6 @@ OptionCheck = Callable[[str, str, Any], Any]
 
 
 @dataclass(frozen=True)
-class ScriptLanguage:
-    """The language of a kind's migration scripts, as the loader and the messages need it."""
-
-    extension: str                  # "sql": files are <version>_<slug>.forward.sql
-    comment: str                    # line comment that carries directives: "-- polyshift: backup=..."
-    scope_example: str              # what a backup scope lists, for hints: "table", "Label,:TYPE"
-    nested_block_comments: bool     # PostgreSQL nests /* */ comments; Cypher does not
-
-
-@dataclass(frozen=True)
 class StoreKind:
     name: str
     adapter: str                    # "package.module:Class", imported by build() only
@@ -68,17 +55,6 @@ class StoreKind:
 
     def can(self, capability: Capability) -> bool:
         return capability in self.capabilities
-
-    def adapter_class(self) -> Callable[[StoreConfig], Adapter]:
-        module, _, name = self.adapter.partition(":")
-        cls = getattr(importlib.import_module(module), name)
-        if getattr(cls, "kind", None) != self.name:
-            raise TypeError(f"{self.adapter} serves kind {getattr(cls, 'kind', None)!r}, declared for {self.name!r}")
-        return cast("Callable[[StoreConfig], Adapter]", cls)
-
-    def build(self, store: StoreConfig) -> Adapter:
-        """The store's adapter (not yet connected)."""
-        return self.adapter_class()(store)
 
 
 @functools.cache

@@ -25,8 +25,16 @@ from collections.abc import Callable
 from pathlib import Path
 
 from polyshift.framework.core.errors import MigrationLoadError
-from polyshift.framework.core.kinds import ScriptLanguage, store_kind
-from polyshift.framework.core.migration import Migration, Risk, Step, call_user_code, describe_failure, version_key
+from polyshift.framework.core.kinds import store_kind
+from polyshift.framework.core.migration import (
+    Migration,
+    Risk,
+    ScriptLanguage,
+    Step,
+    call_user_code,
+    describe_failure,
+    version_key,
+)
 
 _NAME = re.compile(r"^(?P<version>\d+(?:\.\d+)*)_(?P<slug>[a-z0-9][a-z0-9_]*)(?:\.(?P<step>forward|rollback|validate))?\.(?P<ext>[a-z]+)$")
 _DIRECTIVE_KEYS = {"backup", "irreversible", "flag", "risk", "vector", "noop"}

@@ -9,12 +9,9 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from polyshift.framework.core.errors import UsageError
-
-if TYPE_CHECKING:
-    from polyshift.framework.core.kinds import ScriptLanguage
 
 T = TypeVar("T")
 _VERSION = re.compile(r"^\d+(?:\.\d+)*$")
@@ -35,6 +32,16 @@ class Risk(StrEnum):
     @staticmethod
     def highest(risks: list[Risk]) -> Risk:
         return max(risks, key=lambda r: r.value) if risks else Risk.A
+
+
+@dataclass(frozen=True)
+class ScriptLanguage:
+    """The language of a store kind's migration scripts (``polyshift.framework.core.kinds``)."""
+
+    extension: str                  # "sql": files are <version>_<slug>.forward.sql
+    comment: str                    # line comment that carries directives: "-- polyshift: backup=..."
+    scope_example: str              # what a backup scope lists, for hints: "table", "Label,:TYPE"
+    nested_block_comments: bool     # PostgreSQL nests /* */ comments; Cypher does not
 
 
 @dataclass

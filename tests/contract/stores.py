@@ -114,7 +114,7 @@ class PostgresStore(ContractStore):
 
     def _sql(self, statement: str) -> None:
         with psycopg.connect(self.url, autocommit=True) as conn:
-            conn.execute(statement)  # type: ignore[arg-type]
+            conn.execute(statement)
 
     def seed(self) -> None:
         self._sql("CREATE TABLE items (id int PRIMARY KEY, name text NOT NULL); "
