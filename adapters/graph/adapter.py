@@ -124,7 +124,10 @@ class GraphAdapter:
 
     def connect(self) -> None:
         if self._t is None:
-            self._t, self._dialect = self.open_transport()
+            try:
+                self._t, self._dialect = self.open_transport()
+            except StoreError as exc:  # the transport names the server; the message names the store too
+                raise type(exc)(f"store {self.name}: {exc.message}", hint=exc.hint) from None
 
     @property
     def t(self) -> Transport:

@@ -15,9 +15,16 @@ class PsycopgErrors:
     catches: tuple[type[BaseException], ...] = (psycopg.Error,)
 
     def unavailable(self, exc: BaseException) -> bool:
-        # An OperationalError without a SQLSTATE never reached the server's answer: refused,
-        # lost or timed out on the client's side. With one (a password refused, 28P01) it did.
-        return isinstance(exc, _GONE) or (isinstance(exc, psycopg.OperationalError) and exc.sqlstate is None)
+        if isinstance(exc, _GONE):
+            return True
+        if not isinstance(exc, psycopg.OperationalError) or exc.sqlstate is not None:
+            return False  # the server answered with a SQLSTATE: it is there
+        # No SQLSTATE: refused, lost or timed out on the client's side, or a login the server
+        # refused (libpq gives no SQLSTATE for those). A login that never finished (no server
+        # version) after the server asked for a password was refused by a server that answered.
+        pgconn = exc.pgconn
+        refused_login = pgconn is not None and pgconn.server_version == 0 and (pgconn.used_password or pgconn.needs_password)
+        return not refused_login
 
     def describe(self, exc: BaseException) -> str:
         diag = getattr(exc, "diag", None)

@@ -12,6 +12,7 @@ import textwrap
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import pytest
@@ -59,6 +60,20 @@ class ContractStore:
 
     def store_config(self, name: str = STORE, extra: str = "", *, own_options: bool = True) -> StoreConfig:
         return load_config(self.config_path(self.table(name, extra, own_options=own_options))).store(name)
+
+    def url_with(self, *, port: int | None = None, user: str | None = None, password: str | None = None) -> str:
+        """This store's URL with another port (nobody listening) or other credentials."""
+        parts = urlsplit(self.url)
+        host = f"{parts.hostname}:{port or parts.port}"
+        auth = f"{user}:{password}@" if user is not None else (parts.netloc.rpartition("@")[0] + "@" if "@" in parts.netloc else "")
+        return urlunsplit(parts._replace(netloc=auth + host))
+
+    def adapter_at(self, url: str) -> Adapter:
+        """An adapter (not connected) for this store at another URL."""
+        table = f'[stores.{STORE}]\nkind = "{self.kind}"\nurl = "{url}"\n{self.options}'
+        adapter = adapter_for(load_config(self.config_path(table)).store(STORE))
+        self._adapters.append(adapter)
+        return adapter
 
     def adapter(self, name: str = STORE, extra: str = "") -> Adapter:
         adapter = adapter_for(self.store_config(name, extra))
