@@ -7,7 +7,11 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test demo bench lint clean
+.PHONY: install test demo bench lint typecheck clean
+
+# The installed layout (polyshift.framework -> framework/, ...) as a tree of links, because the
+# type checker reads packages from directories and cannot follow setuptools' package-dir mapping.
+TYPECHECK := build/typecheck
 
 $(STAMP): pyproject.toml framework/sandbox/neo4j_launcher/pom.xml framework/sandbox/neo4j_launcher/src/main/java/polyshift/neo4j/Launcher.java
 	$(PYTHON) -m venv $(VENV)
@@ -21,7 +25,15 @@ install: $(STAMP)
 lint: install
 	$(BIN)/ruff check .
 
-test: install lint
+typecheck: install
+	rm -rf $(TYPECHECK) && mkdir -p $(TYPECHECK)/polyshift
+	ln -s $(CURDIR)/framework/public/__init__.py $(TYPECHECK)/polyshift/__init__.py
+	ln -s $(CURDIR)/framework $(TYPECHECK)/polyshift/framework
+	ln -s $(CURDIR)/adapters $(TYPECHECK)/polyshift/adapters
+	ln -s $(CURDIR)/feature_flags $(TYPECHECK)/polyshift/feature_flags
+	cd $(TYPECHECK) && $(CURDIR)/$(BIN)/mypy --config-file $(CURDIR)/pyproject.toml -p polyshift
+
+test: install lint typecheck
 	$(BIN)/python -m pytest
 
 demo: install

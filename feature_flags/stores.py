@@ -10,7 +10,7 @@ compare-and-set on the flag's own version: two operators changing one flag never
 from __future__ import annotations
 
 import json
-from typing import Protocol, cast
+from typing import Any, Protocol, cast
 
 from polyshift.feature_flags.model import Flag
 from polyshift.framework.core.errors import StoreError
@@ -65,7 +65,9 @@ class RedisFlagStore:
 
         try:
             with self.redis.pipeline(transaction=True) as pipe:
-                version, raw = pipe.get(self.version_key).hgetall(self.key).execute()
+                pipe.get(self.version_key)
+                pipe.hgetall(self.key)
+                version, raw = pipe.execute()
         except redis.RedisError as exc:
             raise self._fail(exc) from None
         flags = [Flag.from_json(json.loads(v)) for v in raw.values()]
@@ -85,7 +87,7 @@ class RedisFlagStore:
 
         try:
             with self.redis.pipeline(transaction=True) as pipe:
-                pipe.watch(self.key)  # EXEC fails if anyone wrote a flag since we read it
+                cast(Any, pipe).watch(self.key)  # EXEC fails if anyone wrote a flag since we read it
                 raw = cast("bytes | None", pipe.hget(self.key, flag.name))  # immediate while watching
                 current = Flag.from_json(json.loads(raw)).version if raw else None
                 if current != expected_version:

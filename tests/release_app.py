@@ -217,8 +217,8 @@ class ReleaseApp(CliProject):
             try:
                 fp = adapter.fingerprint(scope)
                 adapter.ensure_ledger()
-                applied = [e.version for e in adapter.ledger() if e.direction == "up"]
-                downs = [e.version for e in adapter.ledger() if e.direction == "down"]
+                applied = [e.version for e in adapter.ledger() if e.direction.ledger_word == "up"]
+                downs = [e.version for e in adapter.ledger() if e.direction.ledger_word == "down"]
             finally:
                 adapter.close()
             result[store] = {"schema": fp.schema_hash, "data": fp.data_hash, "counts": fp.counts,

@@ -30,16 +30,9 @@ from polyshift.adapters.graph.protocol import QUERY_ERRORS, Dialect, GraphQueryE
 from polyshift.adapters.locking import Claim, ExpiringTokenLock, lock_ttl_ms
 from polyshift.framework.core.errors import BackupError, MigrationLoadError, StepFailed, StoreError
 from polyshift.framework.core.kinds import Capability, StoreKind
+from polyshift.framework.core.lifecycle import Direction
 from polyshift.framework.core.migration import Migration, MigrationContext, Risk
-from polyshift.framework.core.protocol import (
-    Analysis,
-    Direction,
-    Fingerprint,
-    LedgerEntry,
-    RestoreReport,
-    ScopeSource,
-    StepResult,
-)
+from polyshift.framework.core.protocol import Analysis, Fingerprint, LedgerEntry, RestoreReport, ScopeSource, StepResult
 from polyshift.framework.core.secrets import redact
 
 if TYPE_CHECKING:
@@ -182,15 +175,16 @@ class GraphAdapter:
                  "store: $store, version: $version, slug: $slug, checksum: $checksum, direction: $direction, "
                  "applied_by: $actor, applied_at: $at, duration_ms: $ms, run_id: $run})",
                  {"store": self.name, "version": migration.version, "slug": migration.slug, "checksum": migration.checksum,
-                  "direction": direction, "actor": actor, "at": datetime.now(UTC).isoformat(), "ms": duration_ms,
+                  "direction": direction.ledger_word, "actor": actor, "at": datetime.now(UTC).isoformat(), "ms": duration_ms,
                   "run": run_id})
 
     def record_reverted(self, migration: Migration, *, run_id: str, actor: str) -> None:
-        self._record(migration, "down", run_id=run_id, actor=actor)
+        self._record(migration, Direction.ROLLBACK, run_id=run_id, actor=actor)
 
     # -- migrations -------------------------------------------------------------------
-    def _statements(self, migration: Migration, direction: str) -> list[str]:
-        step = {"up": migration.forward, "down": migration.rollback, "validate": migration.validate}[direction]
+    def _statements(self, migration: Migration, which: Direction | None) -> list[str]:
+        """The statements of the forward or rollback script, or of the validate script (None)."""
+        step = {Direction.FORWARD: migration.forward, Direction.ROLLBACK: migration.rollback, None: migration.validate}[which]
         if step is None or step.script is None:
             return []
         return cypher.split(step.script, origin=f"{self.name}/{step.path.name}")
@@ -227,12 +221,12 @@ class GraphAdapter:
 
     def parse(self, migration: Migration) -> None:
         split_scope(tuple(migration.declared_scope or ()) + tuple(migration.rollback_scope or ()))
-        for direction in ("up", "down", "validate"):
-            self._statements(migration, direction)
+        for which in (Direction.FORWARD, Direction.ROLLBACK, None):
+            self._statements(migration, which)
 
-    def analyze(self, migration: Migration, direction: Direction = "up") -> Analysis:
+    def analyze(self, migration: Migration, direction: Direction = Direction.FORWARD) -> Analysis:
         # Declared: the forward's scope; for the rollback step also what its own header declares.
-        own = tuple(migration.rollback_scope or ()) if direction == "down" else ()
+        own = tuple(migration.rollback_scope or ()) if direction is Direction.ROLLBACK else ()
         declared = tuple(dict.fromkeys(own + tuple(migration.declared_scope or ())))
         split_scope(declared)
         if migration.is_python:
@@ -272,7 +266,7 @@ class GraphAdapter:
                                 log=logging.getLogger(f"polyshift.migration.{migration.id}"))
 
     def apply(self, migration: Migration, direction: Direction, *, run_id: str, actor: str) -> StepResult:
-        step = migration.forward if direction == "up" else migration.rollback
+        step = migration.forward if direction is Direction.FORWARD else migration.rollback
         if step is None:
             raise StepFailed(f"{self.name} {migration.id} has no rollback step", step="rollback")
         started = time.monotonic()
@@ -322,7 +316,7 @@ class GraphAdapter:
         if migration.validate.function is not None:
             return python_checks(migration.validate, self._context(migration))
         failures = []
-        for number, statement in enumerate(self._statements(migration, "validate"), 1):
+        for number, statement in enumerate(self._statements(migration, None), 1):
             label = f"check {number} `{' '.join(statement.split())[:100]}`"
             try:
                 rows = self.t.run(statement)

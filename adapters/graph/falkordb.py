@@ -31,7 +31,7 @@ from polyshift.framework.core.secrets import url_without_password
 
 class FalkorTransport:
     def __init__(self, url: str, graph: str, *, timeout: float) -> None:
-        from falkordb import FalkorDB  # type: ignore[import-untyped]
+        from falkordb import FalkorDB
 
         parsed = urlparse(url)
         self.description = f"falkordb {url_without_password(url)} graph {graph!r}"

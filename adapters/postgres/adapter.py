@@ -21,8 +21,9 @@ from polyshift.adapters.postgres.kinds import POSTGRES
 from polyshift.adapters.postgres.scope import ScopeExpander
 from polyshift.framework.core.errors import BackupError, LockHeldError, StepFailed
 from polyshift.framework.core.kinds import StoreKind
+from polyshift.framework.core.lifecycle import Direction
 from polyshift.framework.core.migration import Migration, MigrationContext, Risk, Step
-from polyshift.framework.core.protocol import Analysis, Direction, Fingerprint, LedgerEntry, RestoreReport, StepResult
+from polyshift.framework.core.protocol import Analysis, Fingerprint, LedgerEntry, RestoreReport, StepResult
 from psycopg import sql
 from tenacity import (
     Retrying,
@@ -178,14 +179,14 @@ class PostgresAdapter:
         self.conn.execute(
             f"INSERT INTO {cat.LEDGER_SCHEMA}.schema_history (store, version, slug, checksum, direction, applied_by, "
             "duration_ms, success, non_transactional, run_id) VALUES (%s, %s, %s, %s, %s, %s, %s, true, %s, %s)",
-            (self.name, migration.version, migration.slug, migration.checksum, direction, actor, duration_ms,
+            (self.name, migration.version, migration.slug, migration.checksum, direction.ledger_word, actor, duration_ms,
              non_transactional, run_id),
         )
 
     def record_reverted(self, migration: Migration, *, run_id: str, actor: str) -> None:
         try:
             with self.conn.transaction():
-                self._record(migration, "down", run_id=run_id, actor=actor, duration_ms=0, non_transactional=False)
+                self._record(migration, Direction.ROLLBACK, run_id=run_id, actor=actor, duration_ms=0, non_transactional=False)
         except psycopg.Error as exc:
             raise translate(PSYCOPG_ERRORS, exc, f"store {self.name}: cannot write the ledger") from None
 
@@ -199,8 +200,8 @@ class PostgresAdapter:
             if step is not None and not step.is_python:
                 self._statements(step)
 
-    def analyze(self, migration: Migration, direction: Direction = "up") -> Analysis:
-        step = migration.forward if direction == "up" else migration.rollback
+    def analyze(self, migration: Migration, direction: Direction = Direction.FORWARD) -> Analysis:
+        step = migration.forward if direction is Direction.FORWARD else migration.rollback
         if step is None:
             return Analysis(Risk.C, (), "none", notes=("no rollback step: irreversible",))
         if step.is_python:
@@ -216,7 +217,7 @@ class PostgresAdapter:
                             ([migration.declared_risk] if migration.declared_risk else []))
         inferred = tuple(t.qualified for t in coverage.tables)
         reasons = {t.qualified: "; ".join(why) for t, why in coverage.tables.items()}
-        declared = migration.declared_scope if direction == "up" else migration.rollback_scope
+        declared = migration.declared_scope if direction is Direction.FORWARD else migration.rollback_scope
         if declared is not None:
             extra = tuple(t for t in inferred if t not in declared)
             scope, source = declared + extra, ("declared+inferred" if extra else "declared")
@@ -271,7 +272,7 @@ class PostgresAdapter:
         until ``retry_deadline``: a Python step may therefore run more than once.
         Statements that PostgreSQL refuses inside a transaction run on their own, in order.
         """
-        step = migration.forward if direction == "up" else migration.rollback
+        step = migration.forward if direction is Direction.FORWARD else migration.rollback
         if step is None:
             raise StepFailed(f"{migration.id} has no rollback step (irreversible)", step="rollback")
         started = time.monotonic()

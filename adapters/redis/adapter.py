@@ -23,8 +23,9 @@ from polyshift.adapters.redis.errors import REDIS_ERRORS
 from polyshift.adapters.redis.helpers import RedisHelpers
 from polyshift.adapters.redis.kinds import REDIS
 from polyshift.framework.core.errors import StepFailed, StoreError
+from polyshift.framework.core.lifecycle import Direction
 from polyshift.framework.core.migration import Migration, MigrationContext, Risk
-from polyshift.framework.core.protocol import Analysis, Direction, Fingerprint, LedgerEntry, RestoreReport, StepResult
+from polyshift.framework.core.protocol import Analysis, Fingerprint, LedgerEntry, RestoreReport, StepResult
 from redis.cluster import RedisCluster
 
 if TYPE_CHECKING:
@@ -196,21 +197,21 @@ class RedisAdapter:
 
     def _record(self, migration: Migration, direction: Direction, *, run_id: str, actor: str, duration_ms: int) -> None:
         entry = {"store": self.name, "version": migration.version, "slug": migration.slug, "checksum": migration.checksum,
-                 "direction": direction, "applied_by": actor, "applied_at": datetime.now(UTC).isoformat(),
+                 "direction": direction.ledger_word, "applied_by": actor, "applied_at": datetime.now(UTC).isoformat(),
                  "duration_ms": duration_ms, "run_id": run_id}
         with translated(REDIS_ERRORS, f"store {self.name}: cannot write the ledger"):
             self.client.eval(_CLAIM, 1, self._ledger_key, self.name)
             self.client.rpush(self._ledger_key, json.dumps(entry))
 
     def record_reverted(self, migration: Migration, *, run_id: str, actor: str) -> None:
-        self._record(migration, "down", run_id=run_id, actor=actor, duration_ms=0)
+        self._record(migration, Direction.ROLLBACK, run_id=run_id, actor=actor, duration_ms=0)
 
     # -- migrations -------------------------------------------------------------------
     def parse(self, migration: Migration) -> None:
         """Redis migrations are Python modules, imported when loaded: only the scope is left to check."""
         rk.validate_patterns(migration.declared_scope or ())
 
-    def analyze(self, migration: Migration, direction: Direction = "up") -> Analysis:
+    def analyze(self, migration: Migration, direction: Direction = Direction.FORWARD) -> Analysis:
         scope = rk.validate_patterns(migration.declared_scope or ())
         return Analysis(migration.declared_risk or Risk.C, scope, "declared" if scope else "none",
                         non_transactional=("Redis has no transaction spanning a migration",))
@@ -230,9 +231,9 @@ class RedisAdapter:
                                 log=logging.getLogger(f"polyshift.migration.{migration.id}"))
 
     def apply(self, migration: Migration, direction: Direction, *, run_id: str, actor: str) -> StepResult:
-        step = migration.forward if direction == "up" else migration.rollback
+        step = migration.forward if direction is Direction.FORWARD else migration.rollback
         if step is None or step.function is None:
-            raise StepFailed(f"{self.name} {migration.id} has no {'forward' if direction == 'up' else 'rollback'} function",
+            raise StepFailed(f"{self.name} {migration.id} has no {direction} function",
                              step="rollback")
         started = time.monotonic()
         run_python_step(step, self._context(migration, run_id), REDIS_ERRORS)

@@ -15,15 +15,20 @@ from polyshift.feature_flags.cli import flags_app
 from polyshift.framework.cli import output, templates
 from polyshift.framework.cli.output import emit_json, say, table
 from polyshift.framework.cli.sandbox import sandbox_app
-from polyshift.framework.control.runs import interruptions, refuse_unfinished
+from polyshift.framework.control.runs import refuse_unfinished
 from polyshift.framework.core import errors, progress, secrets
 from polyshift.framework.core.config import DURATION_BOUNDS, parse_duration
+from polyshift.framework.core.lifecycle import Direction
 from polyshift.framework.core.loader import next_version, split_names
 from polyshift.framework.core.migration import check_version
+from polyshift.framework.engine.emergency import EmergencyRollback
+from polyshift.framework.engine.inspection import ledger_history, store_statuses, validation_report
+from polyshift.framework.engine.listing import release_listing
 from polyshift.framework.engine.pipeline import Pipeline
 from polyshift.framework.engine.project import Project, open_project
 from polyshift.framework.engine.recovery import Recovery
 from polyshift.framework.engine.runner import Runner
+from polyshift.framework.engine.session import Session
 from rich.text import Text
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -180,24 +185,16 @@ def new(store: str, slug: str, python: bool = typer.Option(False, "--python", he
 @app.command()
 def status(store: str | None = typer.Option(None, "--store", "-s")) -> None:
     """Current version, pending and drifted migrations per store.  Example: polyshift status --json"""
-    proj = project()
-    runner = Runner(proj)
-    unfinished = interruptions(proj.state, list(proj.config.stores))
-    result = []
-    for name in runner.stores(store):
-        with runner.adapter(name) as adapter:
-            st = runner.status(adapter)
-            st.interrupted = unfinished.get(name)
-            result.append(st.to_json())
+    result = store_statuses(project(), store)
     if output.opts["json"]:
-        emit_json(result)
+        emit_json([st.to_json() for st in result])
         return
     table("status", ["store", "kind", "current", "pending", "drift", "missing"],
-          [[r["store"], r["kind"], r["current"] or "-", " ".join(r["pending"]) or "-", " ".join(r["drift"]) or "-",
-            " ".join(r["missing"]) or "-"] for r in result])
-    for r in result:
-        if r["interrupted"]:
-            output.warn(f"{r['store']} is {r['interrupted']}")
+          [[st.store, st.kind, st.current or "-", " ".join(st.pending) or "-", " ".join(st.drift) or "-",
+            " ".join(st.missing) or "-"] for st in result])
+    for st in result:
+        if st.interrupted:
+            output.warn(f"{st.store} is {st.interrupted}")
 
 
 @app.command()
@@ -206,13 +203,13 @@ def plan(store: str | None = typer.Option(None, "--store", "-s"), to: str | None
     to = _version(to, "--to")
     proj = project()
     runner = Runner(proj)
-    rows = []
+    rows: list[dict[str, Any]] = []
     for name in runner.stores(store):
         with runner.adapter(name) as adapter:
             st = runner.status(adapter)
-            runner._check_status(st)
-            for m in runner._targets(st, to):
-                a = adapter.analyze(m, "up")
+            runner.check_status(st)
+            for m in runner.targets(st, to):
+                a = adapter.analyze(m, Direction.FORWARD)
                 rows.append({"store": name, "version": m.version, "slug": m.slug, "risk": a.risk.value,
                              "scope": list(a.scope), "scope_source": a.scope_source, "reasons": a.reasons,
                              "unproven": list(a.unproven), "statements": a.statements,
@@ -241,15 +238,7 @@ def _scope_lines(row: dict[str, Any]) -> str:
 @app.command()
 def history(store: str | None = typer.Option(None, "--store", "-s")) -> None:
     """The stores' own ledgers, newest last.  Example: polyshift history --store main"""
-    proj = project()
-    runner = Runner(proj)
-    rows = []
-    for name in runner.stores(store):
-        with runner.adapter(name) as adapter:
-            for e in adapter.ledger():
-                rows.append({"store": name, "rank": e.rank, "version": e.version, "slug": e.slug, "direction": e.direction,
-                             "applied_by": e.applied_by, "applied_at": e.applied_at.isoformat(), "duration_ms": e.duration_ms,
-                             "checksum": e.checksum, "non_transactional": e.non_transactional, "run_id": e.run_id})
+    rows = [r.to_json() for r in ledger_history(project(), store)]
     if output.opts["json"]:
         emit_json(rows)
         return
@@ -269,8 +258,8 @@ def up(
 ) -> None:
     """Apply pending releases: preflight, verified backups, forward, validate, staged flag cutover.  Example: polyshift up --to 0003"""
     to, release = _version(to, "--to"), _version(release, "--release")
-    with Pipeline(project(), _event) as pipeline:
-        outcomes = pipeline.up(store=store, to=to, release=release, dry_run=dry_run, allow_irreversible=allow_irreversible)
+    with Session(project(), _event) as session:
+        outcomes = Pipeline(session).up(store=store, to=to, release=release, dry_run=dry_run, allow_irreversible=allow_irreversible)
     if output.opts["json"]:
         emit_json([o.to_json() for o in outcomes])
     elif not outcomes:
@@ -284,8 +273,8 @@ def up(
 @app.command()
 def recover() -> None:
     """Finish or undo a release whose runner died (reads the journal).  Example: polyshift recover"""
-    with Recovery(project(), _event) as recovery:
-        results = recovery.recover()
+    with Session(project(), _event) as session:
+        results = Recovery(session).recover()
     if output.opts["json"]:
         emit_json([r.__dict__ for r in results])
     elif not results:
@@ -302,8 +291,8 @@ def emergency_rollback(
     """Kill the release's flag now, then undo the release in every store.  Example: polyshift emergency-rollback 0003"""
     check_version(version, "emergency-rollback")
     parse_duration(wait, what="--wait", bounds=DURATION_BOUNDS["wait"])
-    with Recovery(project(), _event) as recovery:
-        message = recovery.emergency_rollback(version, wait=wait)
+    with Session(project(), _event) as session:
+        message = EmergencyRollback(session).run(version, wait=wait)
     if output.opts["json"]:
         emit_json({"release": version, "rolled_back": True, "detail": message})
     say("{message}", message=message)
@@ -312,8 +301,8 @@ def emergency_rollback(
 @app.command()
 def releases() -> None:
     """Every release (version) with its state per store, its flag and its last run.  Example: polyshift releases"""
-    with Recovery(project(), _event) as recovery:
-        rows = recovery.listing()
+    with Session(project(), _event) as session:
+        rows = release_listing(session)
     if output.opts["json"]:
         emit_json(rows)
         return
@@ -346,17 +335,7 @@ def rollback(
 @app.command()
 def validate(store: str | None = typer.Option(None, "--store", "-s")) -> None:
     """Re-run the checks of every applied migration and report drift.  Example: polyshift validate"""
-    proj = project()
-    runner = Runner(proj)
-    report: list[dict[str, Any]] = []
-    for name in runner.stores(store):
-        with runner.adapter(name) as adapter:
-            st = runner.status(adapter)
-            for v in st.drift:
-                report.append({"store": name, "version": v, "failures": ["file changed after it was applied (drift)"]})
-            for m in proj.migrations[name]:
-                if m.version in st.applied:
-                    report.append({"store": name, "version": m.version, "failures": adapter.validate(m)})
+    report = [r.to_json() for r in validation_report(project(), store)]
     failed = [r for r in report if r["failures"]]
     if output.opts["json"]:
         emit_json(report)

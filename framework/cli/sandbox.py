@@ -106,9 +106,10 @@ def sandbox_up(directory: Path = typer.Option(_DEFAULT, "--dir", help="Where the
         graph.start()
     except (OSError, RuntimeError, TimeoutError) as exc:
         raise StoreError(f"sandbox: a server did not start: {exc}", hint=f"see the logs under {directory}") from None
-    neo4j: Neo4jServer | None = Neo4jServer(root=(directory / "neo4j").resolve(), detach=True)
+    server = Neo4jServer(root=(directory / "neo4j").resolve(), detach=True)
+    neo4j: Neo4jServer | None = server
     try:
-        neo4j.start()
+        server.start()
     except Neo4jUnavailable as exc:
         output.err.print(f"neo4j: not started ({str(exc).splitlines()[0]}); the graph runs on FalkorDB natively")
         neo4j = None

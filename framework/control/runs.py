@@ -9,31 +9,12 @@ consistent end; until then no other command may change a store underneath it.
 from __future__ import annotations
 
 import socket
-from enum import StrEnum
 from typing import Any
 
 from polyshift.framework.control.state import ControlPlane
 from polyshift.framework.core.errors import LockHeldError, RefusedError
+from polyshift.framework.core.lifecycle import BEGAN_CHANGING, CHANGING_COMMANDS, RunCommand
 from polyshift.framework.core.processes import pid_alive
-
-
-class RunCommand(StrEnum):
-    """The command a run records; the runs table stores its value."""
-
-    UP = "up"
-    RECOVER = "recover"
-    EMERGENCY_ROLLBACK = "emergency-rollback"
-    ROLLBACK = "rollback"
-    RESTORE = "restore"
-
-
-RELEASE_COMMANDS: tuple[str, ...] = (RunCommand.UP, RunCommand.RECOVER, RunCommand.EMERGENCY_ROLLBACK)
-# Change stores outside a release, journaled the same way; recover finishes or undoes them too.
-STORE_COMMANDS: tuple[str, ...] = (RunCommand.ROLLBACK, RunCommand.RESTORE)
-CHANGING_COMMANDS: tuple[str, ...] = RELEASE_COMMANDS + STORE_COMMANDS
-
-# The journal step that says a run began changing stores, per kind of run.
-_BEGAN = {"release", "rollback", "restore"}
 
 
 def run_is_alive(run: dict[str, Any]) -> bool:
@@ -60,7 +41,7 @@ def refuse_unfinished(state: ControlPlane, then: str) -> None:
     """Refuse (exit 2) while a run that changes stores did not finish: its stores may be half-way,
     and only recover may go on from there. ``then`` is the command to run again afterwards."""
     for run in state.unfinished_runs(CHANGING_COMMANDS):
-        began = any(e["step"] in _BEGAN for e in state.journal_entries(run["id"]))
+        began = any(e["step"] in BEGAN_CHANGING for e in state.journal_entries(run["id"]))
         if not run_is_alive(run):
             stores = run["detail"].get("stores")
             where = f"store(s) {', '.join(stores)}" if isinstance(stores, list) and stores else "its stores"

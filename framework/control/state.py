@@ -22,6 +22,7 @@ import sqlalchemy as sa
 from polyshift.framework.control import failpoints
 from polyshift.framework.control.localfiles import private_file
 from polyshift.framework.core.errors import AuditChainBroken, ConfigError, StoreError
+from polyshift.framework.core.lifecycle import UNFINISHED, Phase, RunCommand, RunStatus, Step
 from polyshift.framework.core.secrets import redact, redact_obj, url_without_password
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 
@@ -81,7 +82,6 @@ backups = sa.Table(
 
 GENESIS = "0" * 64
 # A run in one of these states has not reached a consistent end: 'up' refuses until 'recover' ran.
-UNFINISHED = ("running", "needs-recovery")
 
 
 def actor() -> str:
@@ -169,16 +169,16 @@ class ControlPlane:
         self.engine.dispose()
 
     # -- runs and journal -------------------------------------------------------------
-    def start_run(self, command: str, detail: dict[str, Any] | None = None) -> str:
+    def start_run(self, command: RunCommand, detail: dict[str, Any] | None = None) -> str:
         run_id = str(uuid.uuid4())
         with self.engine.begin() as conn:
             conn.execute(runs.insert().values(
                 id=run_id, command=str(command), actor=actor(), pid=os.getpid(), host=socket.gethostname(),
-                started_at=_now(), status="running", detail=json.dumps(redact_obj(detail or {})),
+                started_at=_now(), status=RunStatus.RUNNING, detail=json.dumps(redact_obj(detail or {})),
             ))
         return run_id
 
-    def finish_run(self, run_id: str, status: str, detail: dict[str, Any] | None = None) -> None:
+    def finish_run(self, run_id: str, status: RunStatus, detail: dict[str, Any] | None = None) -> None:
         with self.engine.begin() as conn:
             conn.execute(runs.update().where(runs.c.id == run_id).values(
                 finished_at=_now(), status=status, detail=json.dumps(redact_obj(detail or {})),
@@ -199,10 +199,10 @@ class ControlPlane:
             done = conn.execute(runs.update().where(
                 (runs.c.id == run["id"]) & (runs.c.pid == run["pid"]) & (runs.c.host == run["host"])
                 & runs.c.status.in_(UNFINISHED),
-            ).values(pid=os.getpid(), host=socket.gethostname(), status="running"))
+            ).values(pid=os.getpid(), host=socket.gethostname(), status=RunStatus.RUNNING))
             return done.rowcount == 1
 
-    def journal(self, run_id: str, step: str, phase: str, *, store: str | None = None,
+    def journal(self, run_id: str, step: Step, phase: Phase, *, store: str | None = None,
                 version: str | None = None, detail: dict[str, Any] | None = None) -> None:
         with self.engine.begin() as conn:
             conn.execute(journal.insert().values(
@@ -220,11 +220,6 @@ class ControlPlane:
         with self.engine.connect() as conn:
             return [dict(r._mapping) | {"detail": json.loads(r.detail)} for r in conn.execute(query)]
 
-    def recent_runs(self, limit: int = 50) -> list[dict[str, Any]]:
-        with self.engine.connect() as conn:
-            rows = conn.execute(sa.select(runs).order_by(runs.c.started_at.desc()).limit(limit))
-            return [dict(r._mapping) | {"detail": json.loads(r.detail)} for r in rows]
-
     # -- audit chain ------------------------------------------------------------------
     def audit(self, action: str, subject: str, detail: dict[str, Any] | None = None, *, who: str | None = None) -> AuditEntry:
         """Append one entry whose hash covers the previous entry's hash."""
@@ -233,7 +228,7 @@ class ControlPlane:
             try:
                 with self.engine.begin() as conn:
                     last = conn.execute(sa.select(audit.c.seq, audit.c.hash).order_by(audit.c.seq.desc()).limit(1)).first()
-                    entry = {
+                    entry: dict[str, Any] = {
                         "seq": (last.seq + 1) if last else 1,
                         "at": _now().isoformat(timespec="microseconds"),
                         "actor": redact(who or actor()),

@@ -13,7 +13,7 @@ from urllib.parse import quote, unquote
 from polyshift.framework.core import secrets
 from polyshift.framework.core.durations import DURATION_BOUNDS as DURATION_BOUNDS  # re-exported: settings read them here
 from polyshift.framework.core.durations import parse_duration as parse_duration
-from polyshift.framework.core.durations import setting_duration
+from polyshift.framework.core.durations import setting_duration as setting_duration
 from polyshift.framework.core.errors import ConfigError
 from polyshift.framework.core.kinds import StoreKind, store_kind, text
 

@@ -78,12 +78,6 @@ class StepFailed(PolyshiftError):
         self.step = step
 
 
-class ValidationFailed(StepFailed):
-    def __init__(self, message: str, *, failures: list[str]) -> None:
-        super().__init__(message, step="validate")
-        self.failures = failures
-
-
 class ChecksFailed(PolyshiftError):
     """A read-only check found problems (exit 1)."""
 

@@ -74,7 +74,9 @@ def parse_directives(script: str, comment: str, path: Path) -> dict[str, str]:
 
 def _split_outside_quotes(text: str, is_separator: Callable[[str], bool]) -> list[str]:
     """Split where ``is_separator`` says, except inside a double-quoted SQL name."""
-    parts, buf, quoted = [], [], False
+    parts: list[str] = []
+    buf: list[str] = []
+    quoted = False
     for ch in text:
         if ch == '"':
             quoted = not quoted

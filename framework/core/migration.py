@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 from polyshift.framework.core.errors import UsageError
 
@@ -172,8 +172,3 @@ def check_version(text: str, what: str) -> str:
         raise UsageError(f"{what} {text!r} is not a version: digits, dots allowed (0003, 1.2)")
     return text
 
-
-class MigrationSource(Protocol):
-    """What any on-disk migration format provides once loaded."""
-
-    def load(self, directory: Path, store: str) -> list[Migration]: ...

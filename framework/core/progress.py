@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.progress import (
     BarColumn,
     DownloadColumn,
+    TaskID,
     TextColumn,
     TimeElapsedColumn,
     TransferSpeedColumn,
@@ -42,7 +43,7 @@ class TerminalProgress:
         self.delay = delay
         self.console = console or Console(file=sys.stderr)
         self._bar: RichProgress | None = None
-        self._task: int | None = None
+        self._task: TaskID | None = None
         self._started = 0.0
         self._description = ""
         self._total: int | None = None

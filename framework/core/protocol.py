@@ -10,13 +10,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
+from polyshift.framework.core.lifecycle import Direction
 from polyshift.framework.core.migration import Migration, Risk
 
 if TYPE_CHECKING:
     from polyshift.framework.control.artifacts import ArtifactWriter, Manifest
     from polyshift.framework.core.progress import Progress
 
-Direction = Literal["up", "down"]
 ScopeSource = Literal["declared", "inferred", "declared+inferred", "none"]
 
 
@@ -56,7 +56,8 @@ class Fingerprint:
 
 @dataclass(frozen=True)
 class LedgerEntry:
-    """One row of a store's own history (like flyway_schema_history)."""
+    """One row of a store's own history (like flyway_schema_history). ``direction`` is read from
+    the ledger's stored word (``Direction.from_ledger``)."""
 
     rank: int
     version: str
@@ -69,6 +70,11 @@ class LedgerEntry:
     success: bool
     non_transactional: bool
     run_id: str | None
+
+    def __post_init__(self) -> None:
+        stored: object = self.direction  # adapters pass the word their ledger holds
+        if isinstance(stored, str) and not isinstance(stored, Direction):
+            object.__setattr__(self, "direction", Direction.from_ledger(stored))
 
 
 @dataclass(frozen=True)
@@ -133,7 +139,7 @@ class Adapter(Protocol):
     def ledger(self) -> list[LedgerEntry]:
         """Every ledger row in application order."""
 
-    def analyze(self, migration: Migration, direction: Direction = "up") -> Analysis:
+    def analyze(self, migration: Migration, direction: Direction = Direction.FORWARD) -> Analysis:
         """Risk, backup scope and statements that must run outside a transaction."""
 
     def parse(self, migration: Migration) -> None:
@@ -153,7 +159,7 @@ class Adapter(Protocol):
         """Schema hash of the store and an order-independent data hash with counts for the scope."""
 
     def apply(self, migration: Migration, direction: Direction, *, run_id: str, actor: str) -> StepResult:
-        """Run forward ('up') or rollback ('down') and record it in the ledger, atomically where possible."""
+        """Run the forward or rollback script and record it in the ledger, atomically where possible."""
 
     def record_reverted(self, migration: Migration, *, run_id: str, actor: str) -> None:
         """Ledger row saying the migration was undone by a restore rather than its rollback step."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from polyshift.framework.core.lifecycle import Direction
 from polyshift.framework.core.migration import Migration, version_key
 from polyshift.framework.core.protocol import LedgerEntry
 
@@ -27,12 +28,12 @@ class StoreStatus:
 
 
 def applied_entries(ledger: list[LedgerEntry]) -> dict[str, LedgerEntry]:
-    """Net effect of the ledger: each version whose latest successful row is 'up'."""
+    """Net effect of the ledger: each version whose latest successful row is a forward."""
     applied: dict[str, LedgerEntry] = {}
     for entry in ledger:
         if not entry.success:
             continue
-        if entry.direction == "up":
+        if entry.direction is Direction.FORWARD:
             applied[entry.version] = entry
         else:
             applied.pop(entry.version, None)

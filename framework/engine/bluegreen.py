@@ -16,9 +16,10 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from polyshift.feature_flags.admin import FlagAdmin, FlagChanged
 from polyshift.feature_flags.settings import flag_settings, open_store
+from polyshift.framework.control.journal import Journal
 from polyshift.framework.control.state import actor
 from polyshift.framework.core.errors import MigrationFailedRestored, MigrationFailedUnverified, PolyshiftError, StepFailed
-from polyshift.framework.core.migration import Migration
+from polyshift.framework.core.lifecycle import Action, Direction, Phase, Progress, ReleaseEvent, Step
 from polyshift.framework.core.protocol import Adapter, ChecksInvariants, ReportsFigures
 from polyshift.framework.core.status import applied_entries
 from polyshift.framework.engine.events import Events
@@ -37,7 +38,7 @@ class ReleaseAborted(Exception):
     """Internal: a phase failed; carries the cause (and the event to announce once the flag is
     killed) into the undo."""
 
-    def __init__(self, cause: str, event: tuple[str, dict[str, Any]] | None = None) -> None:
+    def __init__(self, cause: str, event: tuple[ReleaseEvent, dict[str, Any]] | None = None) -> None:
         super().__init__(cause)
         self.event = event
 
@@ -57,20 +58,18 @@ class ReleaseRun:
         self.changing = False        # True from the first backup until complete or undone
         self.flag_at_start: int | None = None  # the flag's version when the release began
         self.outcomes: list[Outcome] = []
+        self.journal = Journal(runner.state, run_id, release.version)
 
     @property
     def version(self) -> str:
         return self.release.version
 
-    def journal(self, step: str, phase: str, m: Migration | None = None, **detail: Any) -> None:
-        self.runner.state.journal(self.run_id, step, phase, store=m.store if m else None, version=self.version, detail=detail)
-
     # -- the whole run ----------------------------------------------------------------
     def run(self) -> list[Outcome]:
         s = self.release.settings
-        self.events.release("started", self.version, {"stores": [m.store for m in self.release.ordered()], "flag": s.flag,
+        self.events.release(ReleaseEvent.STARTED, self.version, {"stores": [m.store for m in self.release.ordered()], "flag": s.flag,
                                                       "stages": list(s.stages) if s.flag else [], "run": self.run_id})
-        self.journal("release", "intent", stores=[m.store for m in self.release.ordered()], flag=s.flag,
+        self.journal.write(Step.RELEASE, Phase.INTENT, stores=[m.store for m in self.release.ordered()], flag=s.flag,
                      stages=list(s.stages) if s.flag else [])
         self.snapshot()
         self.changing = True
@@ -91,12 +90,12 @@ class ReleaseRun:
             self.flag_at_start = current.version if current else None
         for m in self.release.ordered():
             adapter = self.adapters[m.store]
-            analysis = adapter.analyze(m, "up")
+            analysis = adapter.analyze(m, Direction.FORWARD)
             scope = self.runner.release_scope(adapter, m, analysis)
             step = StoreStep(m, scope, adapter.fingerprint(scope), bool(analysis.non_transactional), analysis.risk.value)
             step.known_problems = self.store_invariants(adapter)
             self.steps.append(step)
-            self.journal("snapshot", "done", m, **step.snapshot_detail())
+            self.journal.write(Step.SNAPSHOT, Phase.DONE, store=m.store, **step.snapshot_detail())
 
     # -- phase 2 ----------------------------------------------------------------------
     def backup(self) -> None:
@@ -105,35 +104,33 @@ class ReleaseRun:
             if not step.scope:
                 continue
             m = step.migration
-            self.journal("backup", "intent", m, scope=list(step.scope))
             try:
-                step.manifest = self.runner.take_backup(self.adapters[m.store], step.scope, version=m.version,
-                                                        reason=f"before {m.id} up", run_id=self.run_id)
-            except PolyshiftError as exc:
-                self.journal("backup", "failed", m, error=str(exc))
-                self.journal("release", "abandoned", reason=f"backup of {m.store} failed; nothing was changed")
+                with self.journal.step(Step.BACKUP, store=m.store, scope=list(step.scope)) as entry:
+                    step.manifest = self.runner.take_backup(self.adapters[m.store], step.scope, version=m.version,
+                                                            reason=f"before {m.id} up", run_id=self.run_id)
+                    entry.done(backup=step.manifest.id)
+            except PolyshiftError:
+                self.journal.write(Step.RELEASE, Phase.ABANDONED, reason=f"backup of {m.store} failed; nothing was changed")
                 self.changing = False
                 raise
-            self.journal("backup", "done", m, backup=step.manifest.id)
 
     # -- phase 3 ----------------------------------------------------------------------
     def forward(self) -> None:
         for step in self.steps:
             m = step.migration
-            self.runner.emit("migration", {"store": m.store, "version": m.version, "slug": m.slug, "risk": step.risk,
+            self.runner.emit(Progress.MIGRATION, {"store": m.store, "version": m.version, "slug": m.slug, "risk": step.risk,
                                            "scope": list(step.scope)})
-            self.journal("forward", "intent", m)
-            step.forward_begun = True
             try:
-                result = self.adapters[m.store].apply(m, "up", run_id=self.run_id, actor=actor())
+                with self.journal.step(Step.FORWARD, store=m.store) as entry:
+                    step.forward_begun = True
+                    result = self.adapters[m.store].apply(m, Direction.FORWARD, run_id=self.run_id, actor=actor())
+                    entry.done(duration_ms=result.duration_ms, non_transactional=result.non_transactional)
             except PolyshiftError as exc:
-                self.journal("forward", "failed", m, error=str(exc))
                 self.runner.state.audit("migration.failed", m.store, {"version": m.version, "step": "forward", "error": str(exc)})
                 raise ReleaseAborted(str(exc) if isinstance(exc, StepFailed) else f"{m.store}/{m.id} forward failed: {exc}") from None
             step.forwarded = True
-            self.journal("forward", "done", m, duration_ms=result.duration_ms, non_transactional=result.non_transactional)
-            self.runner.emit("applied", {"store": m.store, "version": m.version, "duration_ms": result.duration_ms})
-            self.outcomes.append(Outcome(m.store, m.version, m.slug, "applied", step.risk, list(step.scope),
+            self.runner.emit(Progress.APPLIED, {"store": m.store, "version": m.version, "duration_ms": result.duration_ms})
+            self.outcomes.append(Outcome(m.store, m.version, m.slug, Action.APPLIED, step.risk, list(step.scope),
                                          step.manifest.id if step.manifest else None, result.duration_ms, result.non_transactional))
 
     # -- phase 4 ----------------------------------------------------------------------
@@ -141,26 +138,28 @@ class ReleaseRun:
         for step in self.steps:
             m = step.migration
             adapter = self.adapters[m.store]
-            self.journal("validate", "intent", m)
-            try:
-                failures = adapter.validate(m)
-            except PolyshiftError as exc:
-                failures = [f"could not run: {exc}"]
-            figures = adapter.figures() if isinstance(adapter, ReportsFigures) else {}
-            if figures:
-                self.runner.emit("figures", {"store": m.store, "version": m.version, "figures": figures})
+            with self.journal.step(Step.VALIDATE, store=m.store) as entry:
+                try:
+                    failures = adapter.validate(m)
+                except PolyshiftError as exc:
+                    failures = [f"could not run: {exc}"]
+                figures = adapter.figures() if isinstance(adapter, ReportsFigures) else {}
+                if figures:
+                    self.runner.emit(Progress.FIGURES, {"store": m.store, "version": m.version, "figures": figures})
+                if failures:
+                    entry.fail(failures=failures, figures=figures)
+                else:
+                    entry.done(figures=figures)
             if failures:
-                self.journal("validate", "failed", m, failures=failures, figures=figures)
                 self.runner.state.audit("migration.failed", m.store, {"version": m.version, "step": "validate", "failures": failures})
                 raise ReleaseAborted(f"{m.store}/{m.id} validation failed: " + "; ".join(failures))
             step.validated, step.figures = True, figures
-            self.journal("validate", "done", m, figures=figures)
-        self.journal("invariants", "intent")
-        problems = self.invariants()
+        with self.journal.step(Step.INVARIANTS) as entry:
+            problems = self.invariants()
+            if problems:
+                entry.fail(problems=problems)
         if problems:
-            self.journal("invariants", "failed", problems=problems)
             raise ReleaseAborted("store invariants failed: " + "; ".join(problems))
-        self.journal("invariants", "done")
         for step in self.steps:
             m = step.migration
             self.runner.state.audit("migration.applied", m.store, {
@@ -194,16 +193,17 @@ class ReleaseRun:
         try:
             if after is None:
                 flag_version = self.current_flag_version(refuse_new_kill=True)
-                self.journal("cutover", "intent", flag=s.flag, stages=list(s.stages) if s.flag else [], flag_version=flag_version)
+                self.journal.write(Step.CUTOVER, Phase.INTENT, flag=s.flag, stages=list(s.stages) if s.flag else [],
+                                   flag_version=flag_version)
             if s.flag:
                 for percent in s.stages:
                     if after is None or percent > after:
                         flag_version = self.stage(percent, flag_version)
         except ReleaseAborted as exc:
             self.undo(str(exc), event=exc.event)
-        self.journal("complete", "done")
+        self.journal.write(Step.COMPLETE, Phase.DONE)
         self.changing = False
-        self.events.release("completed", self.version, {"flag": s.flag, "run": self.run_id})
+        self.events.release(ReleaseEvent.COMPLETED, self.version, {"flag": s.flag, "run": self.run_id})
 
     def current_flag_version(self, *, refuse_new_kill: bool = False) -> int | None:
         """The flag version the cutover starts from. A kill made after this release began (an
@@ -226,30 +226,29 @@ class ReleaseRun:
         A failure is journaled as 'stage failed' before anything else, so recover undoes it."""
         s = self.release.settings
         assert s.flag is not None and self.flags is not None
-        self.journal("stage", "intent", percent=percent, flag_version=expected)
-        try:
+        with self.journal.step(Step.STAGE, failing_on=ReleaseAborted, error_key="cause", percent=percent,
+                               flag_version=expected) as entry:
+            entry.end_with(percent=percent)
             try:
                 flag = self.flags.stage(s.flag, percent, release=self.version, expected_version=expected)
             except FlagChanged as exc:
                 raise ReleaseAborted(str(exc)) from None
             except PolyshiftError as exc:
                 raise ReleaseAborted(f"could not move flag {s.flag} to {percent:g}%: {exc}") from None
-            self.events.release("stage_advanced", self.version, {"flag": s.flag, "percent": percent})
+            self.events.release(ReleaseEvent.STAGE_ADVANCED, self.version, {"flag": s.flag, "percent": percent})
             if s.bake_seconds:
-                self.runner.emit("bake", {"percent": percent, "seconds": s.bake_seconds})
+                self.runner.emit(Progress.BAKE, {"percent": percent, "seconds": s.bake_seconds})
             self.watch(s.flag, flag.version, s.bake_seconds)
             results = evaluate_all(s.gates, GateContext(self.version, s.flag, percent, self.runner.project.config))
-            self.runner.emit("gates", {"percent": percent, "results": [r.to_json() for r in results]})
+            self.runner.emit(Progress.GATES, {"percent": percent, "results": [r.to_json() for r in results]})
             self.watch(s.flag, flag.version, 0)  # a kill while the gates ran counts too
             failed = [r for r in results if not r.ok]
             if failed:
                 detail = "; ".join(f"{r.gate}: {r.detail}" for r in failed)
                 raise ReleaseAborted(f"health gate failed at {percent:g}%: {detail}",
-                                     ("gate_failed", {"flag": s.flag, "percent": percent, "gates": [r.to_json() for r in failed]}))
-        except ReleaseAborted as exc:
-            self.journal("stage", "failed", percent=percent, cause=str(exc))
-            raise
-        self.journal("stage", "done", percent=percent, gates=[r.to_json() for r in results], flag_version=flag.version)
+                                     (ReleaseEvent.GATE_FAILED,
+                                      {"flag": s.flag, "percent": percent, "gates": [r.to_json() for r in failed]}))
+            entry.done(gates=[r.to_json() for r in results], flag_version=flag.version)
         return flag.version
 
     def watch(self, flag: str, version: int, seconds: float) -> None:
@@ -275,28 +274,27 @@ class ReleaseRun:
         flag = self.release.settings.flag
         if flag is None or self.flags is None:
             return None
-        self.journal("kill", "intent", flag=flag)
         try:
-            current = self.flags.store.get(flag)
-            if current is not None and not current.killed:
-                self.flags.kill(flag, release=self.version, reason=f"release {self.version}: {reason}"[:500])
-                self.events.release("flag_killed", self.version, {"flag": flag})
+            with self.journal.step(Step.KILL, flag=flag) as entry:
+                entry.end_with(flag=flag)
+                current = self.flags.store.get(flag)
+                if current is not None and not current.killed:
+                    self.flags.kill(flag, release=self.version, reason=f"release {self.version}: {reason}"[:500])
+                    self.events.release(ReleaseEvent.FLAG_KILLED, self.version, {"flag": flag})
         except PolyshiftError as exc:
-            self.journal("kill", "failed", flag=flag, error=str(exc))
             return f"flag {flag} could not be killed ({exc}); run: polyshift flags kill {flag} --reason undo"
-        self.journal("kill", "done", flag=flag)
         return None
 
-    def undo(self, cause: str, *, strict_data: bool = True, event: tuple[str, dict[str, Any]] | None = None) -> NoReturn:
+    def undo(self, cause: str, *, strict_data: bool = True, event: tuple[ReleaseEvent, dict[str, Any]] | None = None) -> NoReturn:
         """Flag off, then every forwarded store compensated in reverse order. Always raises.
 
         The intent is journaled and the flag killed before any announcement: audit entries and the
         on_event hook take time that green traffic must not get."""
-        self.journal("undo", "intent", cause=cause)
+        self.journal.write(Step.UNDO, Phase.INTENT, cause=cause)
         flag_problem = self.kill_flag("undo")
         if event is not None:
             self.events.release(event[0], self.version, event[1])
-        self.events.release("rollback_initiated", self.version, {"cause": cause, "run": self.run_id})
+        self.events.release(ReleaseEvent.ROLLBACK_INITIATED, self.version, {"cause": cause, "run": self.run_id})
         results: list[StoreUndo] = []
         for step in reversed(self.steps):
             if step.undone:
@@ -306,16 +304,16 @@ class ReleaseRun:
                                                  strict_data=strict_data).run())
         for r in results:
             for warning in r.warnings:
-                self.events.release("integrity_warning", self.version, {"store": r.store, "warning": warning})
+                self.events.release(ReleaseEvent.INTEGRITY_WARNING, self.version, {"store": r.store, "warning": warning})
         verified = flag_problem is None and all(r.verified for r in results)
-        self.journal("undo", "done" if verified else "failed", stores=[r.to_json() for r in results], flag=flag_problem)
+        self.journal.write(Step.UNDO, Phase.DONE if verified else Phase.FAILED, stores=[r.to_json() for r in results], flag=flag_problem)
         message = self.undo_message(cause, results, flag_problem)
         if verified:
             self.changing = False
-            self.events.release("rolled_back", self.version, {"stores": [r.store for r in results], "run": self.run_id})
+            self.events.release(ReleaseEvent.ROLLED_BACK, self.version, {"stores": [r.store for r in results], "run": self.run_id})
             raise MigrationFailedRestored(message)
         failed = [r for r in results if not r.verified]
-        self.events.release("rollback_failed", self.version, {"stores": [r.store for r in failed], "flag": flag_problem})
+        self.events.release(ReleaseEvent.ROLLBACK_FAILED, self.version, {"stores": [r.store for r in failed], "flag": flag_problem})
         hints = [f"{r.store}: {r.hint}" for r in failed if r.hint] + ([flag_problem] if flag_problem else [])
         raise MigrationFailedUnverified(message, hint="; ".join(hints) or "run: polyshift recover")
 

@@ -19,13 +19,11 @@ from polyshift.framework.control.localfiles import append_private
 from polyshift.framework.control.state import ControlPlane, actor
 from polyshift.framework.core.config import Config
 from polyshift.framework.core.errors import StoreError
+from polyshift.framework.core.lifecycle import Progress, ReleaseEvent
 from polyshift.framework.core.secrets import redact, redact_obj
 
 log = logging.getLogger("polyshift.events")
 
-# Names users see in logs and hooks; each is also the audit action "release.<name>".
-RELEASE_EVENTS = ("started", "stage_advanced", "gate_failed", "rollback_initiated", "rollback_failed",
-                  "integrity_warning", "completed", "rolled_back", "recovered", "flag_killed")
 ON_EVENT_TIMEOUT = 10.0
 
 Display = Callable[[str, dict[str, Any]], None]
@@ -37,24 +35,18 @@ class Events:
         self.state = state
         self.display = display
 
-    def release(self, name: str, version: str, data: dict[str, Any]) -> None:
-        if name not in RELEASE_EVENTS:
-            raise ValueError(f"unknown release event {name}")
-        record = {"at": datetime.now(UTC).isoformat(timespec="milliseconds"), "event": f"release.{name}",
+    def release(self, event: ReleaseEvent, version: str, data: dict[str, Any]) -> None:
+        record = {"at": datetime.now(UTC).isoformat(timespec="milliseconds"), "event": event.audit_action,
                   "release": version, "actor": actor(), "pid": os.getpid(), **data}
         record = redact_obj(record)
         try:
-            self.state.audit(f"release.{name}", f"release:{version}", data)
+            self.state.audit(event.audit_action, f"release:{version}", data)
         except StoreError as exc:
             # The journal already holds the step; losing one audit line must not stop an undo.
-            log.error("audit entry for release.%s failed: %s", name, exc)
+            log.error("audit entry for %s failed: %s", event.audit_action, exc)
         self._log_line(record)
         self._hook(record)
-        self.display(f"release.{name}", data | {"release": version})
-
-    def progress(self, kind: str, data: dict[str, Any]) -> None:
-        """Per-step display (migration, backup, applied...): not audited here, the runner audits the steps."""
-        self.display(kind, data)
+        self.display(event.audit_action, data | {"release": version})
 
     def _log_line(self, record: dict[str, Any]) -> None:
         path = self.config.events_log
@@ -82,4 +74,4 @@ class Events:
 
     def _hook_failed(self, event: str, why: str) -> None:
         log.warning("on_event command failed for %s: %s", event, why)
-        self.display("hook-failed", {"event": event, "why": why})
+        self.display(Progress.HOOK_FAILED, {"event": event, "why": why})

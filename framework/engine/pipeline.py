@@ -8,10 +8,8 @@ every script parsed, the release flags reachable, and free disk for the backups.
 from __future__ import annotations
 
 import shutil
-from typing import Any
 
-from polyshift.feature_flags.admin import FlagAdmin
-from polyshift.framework.control.runs import RunCommand, refuse_unfinished
+from polyshift.framework.control.runs import refuse_unfinished
 from polyshift.framework.core.errors import (
     BackupError,
     MigrationFailedRestored,
@@ -20,47 +18,26 @@ from polyshift.framework.core.errors import (
     RefusedError,
     UsageError,
 )
+from polyshift.framework.core.lifecycle import Action, Direction, Phase, Progress, RunCommand, RunStatus, Step
 from polyshift.framework.core.migration import version_key
 from polyshift.framework.core.protocol import Adapter, Analysis, EstimatesBackup
 from polyshift.framework.engine import gates
-from polyshift.framework.engine.bluegreen import ReleaseRun, open_flags
-from polyshift.framework.engine.events import Display, Events
-from polyshift.framework.engine.project import Project
-from polyshift.framework.engine.releases import Release, group, load_settings
-from polyshift.framework.engine.runner import Outcome, Runner
+from polyshift.framework.engine.bluegreen import ReleaseRun
+from polyshift.framework.engine.releases import Release
+from polyshift.framework.engine.runner import Outcome
+from polyshift.framework.engine.session import Session
 
 DISK_HEADROOM = 64 * 1024 * 1024
 
 
-def _quiet(_kind: str, _data: dict[str, Any]) -> None:
-    pass
-
-
 class Pipeline:
-    def __init__(self, project: Project, display: Display | None = None) -> None:
-        self.project = project
-        self.runner = Runner(project, display)
-        self.events = Events(project.config, project.state, display or _quiet)
-        self._flags: FlagAdmin | None = None
+    """``polyshift up`` within a session."""
 
-    def flags(self) -> FlagAdmin:
-        if self._flags is None:
-            self._flags = open_flags(self.runner)
-        return self._flags
-
-    def releases(self, names: list[str]) -> list[Release]:
-        migrations = {name: self.project.migrations[name] for name in names}
-        return group(self.project.config, migrations, load_settings(self.project.config))
-
-    def close(self) -> None:
-        if self._flags is not None:
-            self._flags.store.close()
-
-    def __enter__(self) -> Pipeline:
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self.close()
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self.project = session.project
+        self.runner = session.runner
+        self.events = session.events
 
     # -- up ---------------------------------------------------------------------------
     def up(self, *, store: str | None = None, to: str | None = None, release: str | None = None,
@@ -68,7 +45,7 @@ class Pipeline:
         names = self.runner.stores(store)
         if to is not None and release is not None:
             raise UsageError("use either --to or --release, not both")
-        every = self.releases(list(self.project.config.stores))
+        every = self.session.releases()
         for option, value in (("--to", to), ("--release", release)):
             if value is not None and not any(r.version == value for r in every):
                 raise UsageError(f"{option} {value}: no migration has that version")
@@ -77,9 +54,9 @@ class Pipeline:
         run_id = self.project.state.start_run(RunCommand.UP, {"stores": names, "to": to, "release": release, "dry_run": dry_run})
         outcomes: list[Outcome] = []
         current: ReleaseRun | None = None
-        status = "failed"
+        status = RunStatus.FAILED
         try:
-            with self.runner._locked(names, run_id, lock=not dry_run) as adapters:
+            with self.runner.locked(names, run_id, lock=not dry_run) as adapters:
                 by_name = {a.name: a for a in adapters}
                 pending = self.pending(every, by_name, to, release)
                 analyses = self.preflight(pending, by_name, allow_irreversible, dry_run=dry_run)
@@ -89,24 +66,24 @@ class Pipeline:
                 # The first change to any store, and only once every check above has passed.
                 for name in dict.fromkeys(m.store for rel in pending for m in rel.ordered()):
                     by_name[name].ensure_ledger()
-                self.project.state.journal(run_id, "preflight", "done", detail={"releases": [r.version for r in pending]})
-                flags = self.flags() if any(r.settings.flag for r in pending) else None
+                self.project.state.journal(run_id, Step.PREFLIGHT, Phase.DONE, detail={"releases": [r.version for r in pending]})
+                flags = self.session.flags() if any(r.settings.flag for r in pending) else None
                 for rel in pending:
                     current = ReleaseRun(self.runner, self.events, flags, rel, by_name, run_id)
                     outcomes += current.run()
-            status = "succeeded"
+            status = RunStatus.SUCCEEDED
             return outcomes
         except MigrationFailedRestored:
-            status = "rolled-back"
+            status = RunStatus.ROLLED_BACK
             raise
         except MigrationFailedUnverified:
-            status = "needs-recovery"
+            status = RunStatus.NEEDS_RECOVERY
             raise
         except PolyshiftError as exc:
             done = [o.version for o in outcomes if current is None or o.version != current.version]
             if current is not None and current.changing:
                 # Not the "nothing changed" exit 2: a release is part-way and only recover may go on.
-                status = "needs-recovery"
+                status = RunStatus.NEEDS_RECOVERY
                 raise MigrationFailedUnverified(f"release {current.version} stopped part-way: {exc}",
                                                 hint="run: polyshift recover") from None
             if done:
@@ -114,7 +91,7 @@ class Pipeline:
             raise
         except BaseException:
             # Anything unforeseen after a release began changing stores: only recover may continue.
-            status = "needs-recovery" if current is not None and current.changing else "failed"
+            status = RunStatus.NEEDS_RECOVERY if current is not None and current.changing else RunStatus.FAILED
             raise
         finally:
             self.project.state.finish_run(run_id, status, {"outcomes": [o.to_json() for o in outcomes]})
@@ -125,8 +102,8 @@ class Pipeline:
         todo: dict[str, set[str]] = {}
         for name, adapter in adapters.items():
             status = self.runner.status(adapter)
-            self.runner._check_status(status)
-            for m in self.runner._targets(status, to):
+            self.runner.check_status(status)
+            for m in self.runner.targets(status, to):
                 todo.setdefault(m.version, set()).add(name)
         releases = []
         for rel in every:
@@ -155,14 +132,14 @@ class Pipeline:
         analyses = {}
         for rel in pending:
             for m in rel.ordered():
-                analyses[m.store, m.version] = adapters[m.store].analyze(m, "up")
-                self.runner._refuse_irreversible(m, allow_irreversible)
+                analyses[m.store, m.version] = adapters[m.store].analyze(m, Direction.FORWARD)
+                self.runner.refuse_irreversible(m, allow_irreversible)
             for gate in rel.settings.gates:
                 gates.check(gate, rel.version, self.project.config)
             flag = rel.settings.flag
             if flag is None or dry_run:
                 continue
-            current = self.flags().store.get(flag)  # unreachable flag store: StoreError, exit 2
+            current = self.session.flags().store.get(flag)  # unreachable flag store: StoreError, exit 2
             if current is not None and current.enabled and not current.killed and current.percent > 0 \
                     and current.release not in (None, rel.version):
                 raise RefusedError(f"release {rel.version}: flag {flag} already serves {current.percent:g}% for release "
@@ -180,12 +157,12 @@ class Pipeline:
         outcomes = []
         for rel in pending:
             s = rel.settings
-            self.runner.emit("would-release", {"release": rel.version, "stores": [m.store for m in rel.ordered()], "flag": s.flag,
+            self.runner.emit(Progress.WOULD_RELEASE, {"release": rel.version, "stores": [m.store for m in rel.ordered()], "flag": s.flag,
                                                "stages": list(s.stages) if s.flag else [], "bake_seconds": s.bake_seconds,
                                                "gates": [g.describe() for g in s.gates]})
             for m in rel.ordered():
                 a = analyses[m.store, m.version]
-                outcomes.append(Outcome(m.store, m.version, m.slug, "would-apply", a.risk.value, list(a.scope)))
+                outcomes.append(Outcome(m.store, m.version, m.slug, Action.WOULD_APPLY, a.risk.value, list(a.scope)))
         return outcomes
 
     def check_disk(self, pending: list[Release], adapters: dict[str, Adapter], analyses: dict[tuple[str, str], Analysis]) -> None:

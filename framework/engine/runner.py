@@ -10,11 +10,11 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any
 
 from polyshift.adapters import adapter_for
 from polyshift.framework.control.artifacts import ArtifactStore, Manifest
-from polyshift.framework.control.runs import RunCommand, refuse_unfinished
+from polyshift.framework.control.runs import refuse_unfinished
 from polyshift.framework.control.state import actor
 from polyshift.framework.core.errors import (
     DriftError,
@@ -24,19 +24,14 @@ from polyshift.framework.core.errors import (
     RefusedError,
     UsageError,
 )
+from polyshift.framework.core.lifecycle import Action, Direction, Phase, Progress, RunCommand, RunStatus, Step
 from polyshift.framework.core.migration import Migration, Risk, version_key
-from polyshift.framework.core.protocol import Adapter, Analysis, Direction, ExpiringLock, Fingerprint, RestoreReport
+from polyshift.framework.core.protocol import Adapter, Analysis, ExpiringLock, Fingerprint, RestoreReport
 from polyshift.framework.core.status import StoreStatus, applied_entries, store_status
 from polyshift.framework.engine.project import Project
 
 Emit = Callable[[str, dict[str, Any]], None]
 
-# What happened to one migration. A failed rollback step ends as: nothing it did is left
-# (unchanged), the backup taken just before it was restored and verified (restored), or neither
-# could be verified (unverified).
-Action = Literal["applied", "would-apply", "rolled-back", "would-roll-back", "failed-unchanged", "failed-restored",
-                 "failed-unverified", "not-attempted"]
-SETTLED: tuple[Action, ...] = ("failed-unchanged", "failed-restored")
 
 
 @dataclass
@@ -57,7 +52,7 @@ class Outcome:
         return asdict(self)
 
     def describe(self) -> str:
-        what = {"rolled-back": "rolled back", "not-attempted": "not attempted"}.get(self.action, f"failed: {self.error}")
+        what = {Action.ROLLED_BACK: "rolled back", Action.NOT_ATTEMPTED: "not attempted"}.get(self.action, f"failed: {self.error}")
         return f"{self.store} {self.version}_{self.slug} {what}"
 
 
@@ -136,14 +131,14 @@ class Runner:
         self.state.add_backup(manifest, run_id)
         self.state.audit("backup.created", adapter.name, {"backup": manifest.id, "version": version, "scope": list(scope),
                                                           "bytes": manifest.size, "reason": reason, "run": run_id})
-        self.emit("backup", {"store": adapter.name, "backup": manifest.id, "scope": list(scope), "bytes": manifest.size})
+        self.emit(Progress.BACKUP, {"store": adapter.name, "backup": manifest.id, "scope": list(scope), "bytes": manifest.size})
         return manifest
 
-    def _journal(self, run_id: str, step: str, phase: str, m: Migration | None = None, **detail: Any) -> None:
+    def _journal(self, run_id: str, step: Step, phase: Phase, m: Migration | None = None, **detail: Any) -> None:
         self.state.journal(run_id, step, phase, store=m.store if m else None, version=m.version if m else None, detail=detail)
 
     # -- preflight --------------------------------------------------------------------
-    def _check_status(self, status: StoreStatus) -> None:
+    def check_status(self, status: StoreStatus) -> None:
         if status.drift:
             raise DriftError(
                 f"store {status.store}: applied migration(s) {', '.join(status.drift)} changed on disk after being applied",
@@ -153,7 +148,7 @@ class Runner:
             raise DriftError(f"store {status.store}: applied migration(s) {', '.join(status.missing)} have no file on disk",
                              hint="restore the missing files from version control")
 
-    def _targets(self, status: StoreStatus, to: str | None) -> list[Migration]:
+    def targets(self, status: StoreStatus, to: str | None) -> list[Migration]:
         migrations = {m.version: m for m in self.project.migrations[status.store]}
         if status.out_of_order:
             raise RefusedError(
@@ -165,10 +160,11 @@ class Runner:
             pending = [m for m in pending if m.version_key <= version_key(to)]
         return pending
 
-    def _resolve_scope(self, adapter: Adapter, m: Migration, analysis: Analysis, direction: Direction = "up") -> tuple[str, ...]:
+    def _resolve_scope(self, adapter: Adapter, m: Migration, analysis: Analysis,
+                       direction: Direction = Direction.FORWARD) -> tuple[str, ...]:
         """The scope's existing objects. Names a script's header declares must exist (a typo would
         leave what the step destroys without a backup); inferred ones may be gone already."""
-        if direction == "up":
+        if direction is Direction.FORWARD:
             declared = set(m.declared_scope or ()) if analysis.scope_source.startswith("declared") else set()
             names = analysis.scope
         else:
@@ -188,12 +184,12 @@ class Runner:
         self._require_backup(m, analysis, scope)
         if m.rollback is None:
             return scope
-        undo = adapter.analyze(m, "down")
+        undo = adapter.analyze(m, Direction.ROLLBACK)
         self._refuse_unproven_rollback(m, undo)
         return tuple(dict.fromkeys(scope + adapter.resolve_scope(undo.scope, missing_ok=True)))
 
     @staticmethod
-    def _refuse_irreversible(m: Migration, allow_irreversible: bool) -> None:
+    def refuse_irreversible(m: Migration, allow_irreversible: bool) -> None:
         if m.irreversible and not allow_irreversible:
             raise RefusedError(f"{m.store}/{m.id} is irreversible; run 'up --allow-irreversible' to apply it after a verified backup")
 
@@ -239,7 +235,7 @@ class Runner:
                                     f"'{m.directive_hint('backup')}'")
 
     @contextmanager
-    def _locked(self, names: list[str], run_id: str, *, lock: bool, wait: float | None = None,
+    def locked(self, names: list[str], run_id: str, *, lock: bool, wait: float | None = None,
                 outlive_dead: bool = False) -> Iterator[list[Adapter]]:
         """Connect to every store and take every lock, all or none, before anything changes.
 
@@ -258,7 +254,7 @@ class Runner:
                         ttl = adapter.lock_ttl_ms / 1000 if isinstance(adapter, ExpiringLock) else 0.0
                         patience = max(patience, ttl + 5)
                     adapter.acquire_lock(self.holder(run_id), patience)
-                    self.state.journal(run_id, "lock", "done", store=name)
+                    self.state.journal(run_id, Step.LOCK, Phase.DONE, store=name)
             yield adapters
         finally:
             for adapter in reversed(adapters):
@@ -290,10 +286,10 @@ class Runner:
         """A restore as the step of a ``restore`` run: a run killed between intent and done is
         finished by recover, which restores again (a restore puts the scope back whole, so twice is
         the same as once)."""
-        self.state.journal(run_id, "restore", "intent", store=adapter.name, version=manifest.version,
+        self.state.journal(run_id, Step.RESTORE, Phase.INTENT, store=adapter.name, version=manifest.version,
                            detail={"backup": manifest.id})
         report = self.restore_into(adapter, manifest, run_id, verified=True, safety=safety)
-        self.state.journal(run_id, "restore", "done", store=adapter.name, version=manifest.version,
+        self.state.journal(run_id, Step.RESTORE, Phase.DONE, store=adapter.name, version=manifest.version,
                            detail={"backup": manifest.id, "verified": report.verified})
         return report
 
@@ -314,38 +310,38 @@ class Runner:
         self._step_open = False
         run_id = self.state.start_run(RunCommand.ROLLBACK, {"stores": names, "to": to, "steps": steps, "dry_run": dry_run})
         outcomes: list[Outcome] = []
-        status = "failed"
+        status = RunStatus.FAILED
         try:
-            with self._locked(names, run_id, lock=not dry_run) as adapters:
+            with self.locked(names, run_id, lock=not dry_run) as adapters:
                 plan = self._plan_rollback(adapters, to, steps, dry_run=dry_run)
                 if dry_run:
-                    status = "succeeded"
-                    return [Outcome(m.store, m.version, m.slug, "would-roll-back", a.risk.value, list(a.scope)) for _, m, a in plan]
-                self.state.journal(run_id, "plan", "done", detail={"migrations": [f"{m.store}/{m.id}" for _, m, _ in plan]})
-                outcomes = [Outcome(m.store, m.version, m.slug, "not-attempted", a.risk.value) for _, m, a in plan]
+                    status = RunStatus.SUCCEEDED
+                    return [Outcome(m.store, m.version, m.slug, Action.WOULD_ROLL_BACK, a.risk.value, list(a.scope)) for _, m, a in plan]
+                self.state.journal(run_id, Step.PLAN, Phase.DONE, detail={"migrations": [f"{m.store}/{m.id}" for _, m, _ in plan]})
+                outcomes = [Outcome(m.store, m.version, m.slug, Action.NOT_ATTEMPTED, a.risk.value) for _, m, a in plan]
                 before_step: PolyshiftError | None = None
                 for i, (adapter, m, analysis) in enumerate(plan):
                     try:
                         outcomes[i] = self._rollback_one(adapter, m, analysis, run_id)
                     except PolyshiftError as exc:  # raised before its step ran: nothing changed for it
-                        outcomes[i] = replace(outcomes[i], action="failed-unchanged", error=str(exc), hint=exc.hint)
+                        outcomes[i] = replace(outcomes[i], action=Action.FAILED_UNCHANGED, error=str(exc), hint=exc.hint)
                         before_step = exc
-                    if outcomes[i].action != "rolled-back":
+                    if outcomes[i].action is not Action.ROLLED_BACK:
                         break
-            failed = next((o for o in outcomes if o.action not in ("rolled-back", "not-attempted")), None)
+            failed = next((o for o in outcomes if o.action not in (Action.ROLLED_BACK, Action.NOT_ATTEMPTED)), None)
             if failed is None:
-                status = "succeeded"
+                status = RunStatus.SUCCEEDED
                 return outcomes
-            if failed.action == "failed-unverified":
-                status = "needs-recovery"
+            if failed.action is Action.FAILED_UNVERIFIED:
+                status = RunStatus.NEEDS_RECOVERY
             elif failed is outcomes[0]:
-                status = "failed" if before_step is not None else "rolled-back"
+                status = RunStatus.FAILED if before_step is not None else RunStatus.ROLLED_BACK
             else:
-                status = "stopped-part-way"
+                status = RunStatus.STOPPED_PART_WAY
             raise self._rollback_failure(outcomes, failed, before_step)
         except BaseException:
             if self._step_open:
-                status = "needs-recovery"  # a step began and did not settle: only recover may go on
+                status = RunStatus.NEEDS_RECOVERY  # a step began and did not settle: only recover may go on
             raise
         finally:
             self.state.finish_run(run_id, status, {"outcomes": [o.to_json() for o in outcomes]})
@@ -358,7 +354,7 @@ class Runner:
         for adapter in adapters:
             if not dry_run:  # a dry run changes nothing, not even an empty ledger
                 adapter.ensure_ledger()
-            self._check_status(self.status(adapter))
+            self.check_status(self.status(adapter))
             applied = sorted(applied_entries(adapter.ledger()), key=version_key, reverse=True)
             targets = [v for v in applied if version_key(v) > version_key(to)] if to is not None else applied[: steps or 1]
             per_store[adapter.name] = []
@@ -368,7 +364,7 @@ class Runner:
                     raise RefusedError(f"{m.store}/{m.id} is irreversible and has no rollback step",
                                        hint=self._backup_hint(m) or "restore a backup taken before it")
                 adapter.parse(m)
-                analysis = adapter.analyze(m, "down")
+                analysis = adapter.analyze(m, Direction.ROLLBACK)
                 self._require_rollback_backup(m, analysis)
                 adapter.resolve_scope(tuple(m.rollback_scope or ()), missing_ok=False)
                 per_store[adapter.name].append((adapter, m, analysis))
@@ -378,7 +374,7 @@ class Runner:
         """Exit 3 only when the command as a whole is back where it started, verified."""
         details = {"outcomes": [o.to_json() for o in outcomes]}
         listing = "\n".join(f"  {o.describe()}" for o in outcomes)
-        if failed.action == "failed-unverified":
+        if failed.action is Action.FAILED_UNVERIFIED:
             return MigrationFailedUnverified(f"rollback stopped at {failed.store} {failed.version}_{failed.slug}, NOT VERIFIED:\n{listing}",
                                              hint=failed.hint or "run: polyshift recover", details=details)
         if failed is outcomes[0]:
@@ -398,29 +394,29 @@ class Runner:
         return None
 
     def _rollback_one(self, adapter: Adapter, m: Migration, analysis: Analysis, run_id: str) -> Outcome:
-        scope = self._resolve_scope(adapter, m, analysis, "down")
+        scope = self._resolve_scope(adapter, m, analysis, Direction.ROLLBACK)
         pre = adapter.fingerprint(scope)
         manifest = None
         if scope:
             manifest = self.take_backup(adapter, scope, version=m.version, reason=f"before {m.id} rollback", run_id=run_id)
         snap = RollbackSnapshot(scope, pre, manifest, transactional=not analysis.non_transactional)
         self._step_open = True
-        self._journal(run_id, "rollback", "intent", m, migration=m.id, checksum=m.checksum, **snap.to_json())
+        self._journal(run_id, Step.ROLLBACK, Phase.INTENT, m, migration=m.id, checksum=m.checksum, **snap.to_json())
         try:
-            result = adapter.apply(m, "down", run_id=run_id, actor=actor())
+            result = adapter.apply(m, Direction.ROLLBACK, run_id=run_id, actor=actor())
         except PolyshiftError as exc:  # the step failed, did not parse, or its store stopped answering
-            self._journal(run_id, "rollback", "failed", m, error=str(exc))
+            self._journal(run_id, Step.ROLLBACK, Phase.FAILED, m, error=str(exc))
             self.state.audit("rollback.failed", m.store, {"version": m.version, "error": str(exc), "run": run_id})
             settled = self.settle_rollback(adapter, m, snap, run_id, cause=str(exc))
-            self._step_open = settled.action == "failed-unverified"
+            self._step_open = settled.action is Action.FAILED_UNVERIFIED
             return Outcome(m.store, m.version, m.slug, settled.action, analysis.risk.value, list(scope),
                            manifest.id if manifest else None, error=settled.how, hint=settled.hint)
-        self._journal(run_id, "rollback", "done", m)
+        self._journal(run_id, Step.ROLLBACK, Phase.DONE, m)
         self._step_open = False
         self.state.audit("migration.rolled_back", m.store, {"version": m.version, "slug": m.slug, "run": run_id,
                                                              "backup": manifest.id if manifest else None})
-        self.emit("rolled-back", {"store": m.store, "version": m.version, "hint": self._backup_hint(m)})
-        return Outcome(m.store, m.version, m.slug, "rolled-back", analysis.risk.value, list(scope),
+        self.emit(Progress.ROLLED_BACK, {"store": m.store, "version": m.version, "hint": self._backup_hint(m)})
+        return Outcome(m.store, m.version, m.slug, Action.ROLLED_BACK, analysis.risk.value, list(scope),
                        manifest.id if manifest else None, result.duration_ms, result.non_transactional)
 
     def settle_rollback(self, adapter: Adapter, m: Migration, snap: RollbackSnapshot, run_id: str, *, cause: str) -> Settled:
@@ -432,35 +428,35 @@ class Runner:
         just before the step is restored and verified. Safe to run again."""
         try:
             if m.version not in applied_entries(adapter.ledger()):
-                self._journal(run_id, "rollback", "done", m, note="the step had completed")
-                return Settled("rolled-back", f"{cause}; its rollback step had completed (the ledger records it)")
+                self._journal(run_id, Step.ROLLBACK, Phase.DONE, m, note="the step had completed")
+                return Settled(Action.ROLLED_BACK, f"{cause}; its rollback step had completed (the ledger records it)")
             problems = snap.pre.differences(adapter.fingerprint(snap.scope), data=not snap.transactional,
                                             since="the rollback step")
             if not problems:
-                self._journal(run_id, "verify", "done", m)
+                self._journal(run_id, Step.VERIFY, Phase.DONE, m)
                 how = "the transaction was rolled back and " if snap.transactional else ""
-                return Settled("failed-unchanged", f"{cause}; {how}{m.store} is verified unchanged")
+                return Settled(Action.FAILED_UNCHANGED, f"{cause}; {how}{m.store} is verified unchanged")
             why = "; ".join(problems)
             if snap.backup is None:
-                self._journal(run_id, "verify", "failed", m, why=why)
-                return Settled("failed-unverified", f"{cause}; {why}, and there is no backup to restore",
+                self._journal(run_id, Step.VERIFY, Phase.FAILED, m, why=why)
+                return Settled(Action.FAILED_UNVERIFIED, f"{cause}; {why}, and there is no backup to restore",
                                f"inspect {m.store}; 'polyshift backup list --store {m.store}' shows the rollback points")
-            self.emit("restore", {"store": m.store, "backup": snap.backup.id, "why": why})
-            self._journal(run_id, "restore", "intent", m, backup=snap.backup.id)
+            self.emit(Progress.RESTORE, {"store": m.store, "backup": snap.backup.id, "why": why})
+            self._journal(run_id, Step.RESTORE, Phase.INTENT, m, backup=snap.backup.id)
             report = self.restore_into(adapter, snap.backup, run_id)
             post = adapter.fingerprint(snap.scope)
-            self._journal(run_id, "restore", "done", m, backup=snap.backup.id, verified=report.verified)
+            self._journal(run_id, Step.RESTORE, Phase.DONE, m, backup=snap.backup.id, verified=report.verified)
         except PolyshiftError as exc:
-            self._journal(run_id, "verify", "failed", m, why=str(exc))
+            self._journal(run_id, Step.VERIFY, Phase.FAILED, m, why=str(exc))
             keep = f" (backup {snap.backup.id} holds the scope as it was before the step)" if snap.backup else ""
-            return Settled("failed-unverified", f"{cause}; and {m.store} could not be checked or restored: {exc}",
+            return Settled(Action.FAILED_UNVERIFIED, f"{cause}; and {m.store} could not be checked or restored: {exc}",
                            f"when {m.store} answers again, run: polyshift recover{keep}")
         if report.verified and post.schema_hash == snap.pre.schema_hash:
-            self._journal(run_id, "verify", "done", m)
-            return Settled("failed-restored", f"{cause}; {why}; restored backup {snap.backup.id}, data and schema verified")
+            self._journal(run_id, Step.VERIFY, Phase.DONE, m)
+            return Settled(Action.FAILED_RESTORED, f"{cause}; {why}; restored backup {snap.backup.id}, data and schema verified")
         detail = "; ".join(report.mismatches) or "schema differs from before the rollback step"
-        self._journal(run_id, "verify", "failed", m, why=detail)
-        return Settled("failed-unverified", f"{cause}; restored backup {snap.backup.id} but it does not verify: {detail}",
+        self._journal(run_id, Step.VERIFY, Phase.FAILED, m, why=detail)
+        return Settled(Action.FAILED_UNVERIFIED, f"{cause}; restored backup {snap.backup.id} but it does not verify: {detail}",
                        f"inspect {m.store}, then run: polyshift backup restore {snap.backup.id} --yes")
 
     # -- backups ----------------------------------------------------------------------
@@ -480,11 +476,11 @@ class Runner:
         refuse_unfinished(self.state, then="polyshift backup restore")
         artifact_id = manifest.id
         run_id = self.state.start_run(RunCommand.RESTORE, {"backup": artifact_id, "stores": [manifest.store]})
-        status = "failed"
+        status = RunStatus.FAILED
         try:
-            with self._locked([manifest.store], run_id, lock=True) as (adapter,):
+            with self.locked([manifest.store], run_id, lock=True) as (adapter,):
                 report = self.journaled_restore(adapter, manifest, run_id)
-            status = "succeeded" if report.verified else "unverified"
+            status = RunStatus.SUCCEEDED if report.verified else RunStatus.UNVERIFIED
         finally:
             self.state.finish_run(run_id, status)
         if not report.verified:

@@ -15,8 +15,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from polyshift.framework.control.journal import Journal
 from polyshift.framework.control.state import actor
 from polyshift.framework.core.errors import MigrationLoadError, PolyshiftError, StepFailed, StoreUnavailable
+from polyshift.framework.core.lifecycle import Direction, Phase, Progress, Step
 from polyshift.framework.core.migration import Migration, Risk
 from polyshift.framework.core.protocol import Adapter, Fingerprint
 from polyshift.framework.core.status import applied_entries
@@ -80,10 +82,8 @@ class StoreCompensation:
         self.step = step
         self.run_id = run_id
         self.strict_data = strict_data
-
-    def _journal(self, name: str, phase: str, **detail: Any) -> None:
-        m = self.step.migration
-        self.runner.state.journal(self.run_id, name, phase, store=m.store, version=m.version, detail=detail)
+        self.journal = Journal(runner.state, run_id, step.migration.version)
+        self.store = step.migration.store
 
     def run(self) -> StoreUndo:
         m = self.step.migration
@@ -93,7 +93,7 @@ class StoreCompensation:
                                     {"version": m.version, "how": outcome.how, "run": self.run_id})
             return outcome
         except PolyshiftError as exc:
-            self._journal("undo-store", "failed", error=str(exc))
+            self.journal.write(Step.UNDO_STORE, Phase.FAILED, store=self.store, error=str(exc))
             backup = self.step.manifest
             held = f" (backup {backup.id} holds the scope as it was)" if backup else ""
             if isinstance(exc, StoreUnavailable):
@@ -107,14 +107,13 @@ class StoreCompensation:
         m = self.step.migration
         if m.rollback is None:
             return "no rollback step (irreversible)"
-        self._journal("rollback", "intent")
         try:
-            self.adapter.apply(m, "down", run_id=self.run_id, actor=actor())
-        except (StepFailed, MigrationLoadError) as exc:  # a script that does not parse is a failed step: restore
-            self._journal("rollback", "failed", error=str(exc))
+            # A script that does not parse is a failed step too: the ladder restores.
+            with self.journal.step(Step.ROLLBACK, store=self.store, failing_on=(StepFailed, MigrationLoadError)):
+                self.adapter.apply(m, Direction.ROLLBACK, run_id=self.run_id, actor=actor())
+        except (StepFailed, MigrationLoadError) as exc:
             self.runner.state.audit("rollback.failed", m.store, {"version": m.version, "error": str(exc), "run": self.run_id})
             return str(exc)
-        self._journal("rollback", "done")
         return None
 
     def _guard_rollback(self) -> tuple[Manifest | None, list[str]]:
@@ -127,7 +126,7 @@ class StoreCompensation:
         scope holds what the application wrote since, so all of it is backed up."""
         m, step = self.step.migration, self.step
         try:
-            undo = self.adapter.analyze(m, "down")
+            undo = self.adapter.analyze(m, Direction.ROLLBACK)
             destroys = self.adapter.resolve_scope(undo.scope, missing_ok=True) if undo.risk == Risk.C else ()
         except MigrationLoadError:
             destroys = ()  # a rollback that does not load fails as a step, and the ladder restores
@@ -158,7 +157,7 @@ class StoreCompensation:
         ran_rollback = applied or (step.forward_begun and step.non_transactional)
         safety, at_risk = self._guard_rollback() if ran_rollback and m.rollback is not None else (None, [])
         for note in at_risk:
-            self.runner.emit("data-at-risk", {"store": m.store, "warning": note})
+            self.runner.emit(Progress.DATA_AT_RISK, {"store": m.store, "warning": note})
         if at_risk:
             self.runner.state.audit("rollback.data_at_risk", m.store, {"version": m.version, "run": self.run_id, "notes": at_risk})
         rollback_error = self._rollback_step() if ran_rollback else None
@@ -166,19 +165,19 @@ class StoreCompensation:
         if step.pre is None:
             # Applied before polyshift kept release journals: the rollback step is all there is.
             if rollback_error is None:
-                self._journal("verify", "done", note="no pre-release fingerprint on record")
+                self.journal.write(Step.VERIFY, Phase.DONE, store=self.store, note="no pre-release fingerprint on record")
                 return StoreUndo(m.store, True, "rolled back with its rollback step (no pre-release fingerprint on record)")
             return StoreUndo(m.store, False, f"rollback step failed ({rollback_error})",
                              f"inspect {m.store}; 'polyshift backup list --store {m.store}' shows the rollback points")
         problems = _differences(step.pre, post, data=self.strict_data)
         warnings = [] if self.strict_data else _differences(step.pre, post, data=True)[len(problems):]
         if rollback_error is None and not problems:
-            self._journal("verify", "done", schema=post.schema_hash, warnings=warnings)
+            self.journal.write(Step.VERIFY, Phase.DONE, store=self.store, schema=post.schema_hash, warnings=warnings)
             if ran_rollback:
                 return StoreUndo(m.store, True, f"rolled back with its rollback step, {m.store} schema verified as before", None, warnings)
             return StoreUndo(m.store, True, f"the transaction was rolled back and {m.store} is verified unchanged", None, warnings)
         why = f"rollback step failed ({rollback_error})" if rollback_error else "; ".join(problems)
-        self._journal("verify", "failed", why=why)
+        self.journal.write(Step.VERIFY, Phase.FAILED, store=self.store, why=why)
         if not self.strict_data:
             # The release's backup predates everything written since: a person decides.
             keep = f" (backup {safety.id} holds the scope as it was just before this rollback)" if safety else ""
@@ -193,13 +192,13 @@ class StoreCompensation:
     def _restore(self, record_reverted: bool, why: str) -> StoreUndo:
         m, manifest = self.step.migration, self.step.manifest
         assert manifest is not None and self.step.pre is not None
-        self.runner.emit("restore", {"store": m.store, "backup": manifest.id, "why": why})
-        self._journal("restore", "intent", backup=manifest.id)
+        self.runner.emit(Progress.RESTORE, {"store": m.store, "backup": manifest.id, "why": why})
+        self.journal.write(Step.RESTORE, Phase.INTENT, store=self.store, backup=manifest.id)
         report = self.runner.restore_into(self.adapter, manifest, self.run_id)
         if record_reverted:
             self.adapter.record_reverted(m, run_id=self.run_id, actor=actor())
         post = self.adapter.fingerprint(self.step.scope)
-        self._journal("restore", "done", backup=manifest.id, verified=report.verified)
+        self.journal.write(Step.RESTORE, Phase.DONE, store=self.store, backup=manifest.id, verified=report.verified)
         if report.verified and post.schema_hash == self.step.pre.schema_hash:
             return StoreUndo(m.store, True, f"{why}; restored backup {manifest.id}, data and schema verified")
         detail = "; ".join(report.mismatches) or "schema differs from before the release"

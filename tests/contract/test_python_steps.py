@@ -6,6 +6,7 @@ import importlib
 
 import pytest
 from polyshift.framework.core.errors import StepFailed
+from polyshift.framework.core.lifecycle import Direction
 
 from tests.contract.stores import STORE, ContractStore
 
@@ -28,7 +29,7 @@ def test_a_python_step_gets_the_store_the_migration_and_the_documented_client(st
     migration = store.python_migration("0001_look", _VALIDATE.format(result="None"))
     adapter = store.adapter()
     adapter.ensure_ledger()
-    adapter.apply(migration, "up", run_id="run-1", actor="contract-suite")
+    adapter.apply(migration, Direction.FORWARD, run_id="run-1", actor="contract-suite")
     assert migration.module is not None
     [ctx] = migration.module.SEEN
     assert (ctx.store, ctx.migration) == (STORE, migration)
@@ -37,7 +38,7 @@ def test_a_python_step_gets_the_store_the_migration_and_the_documented_client(st
     else:
         module, _, name = store.native_client.partition(":")
         assert isinstance(ctx.client, getattr(importlib.import_module(module), name))
-    assert [e.direction for e in adapter.ledger()] == ["up"]
+    assert [e.direction for e in adapter.ledger()] == [Direction.FORWARD]
 
 
 def test_a_python_step_that_raises_is_a_failed_step_naming_its_exception(store: ContractStore) -> None:
@@ -53,7 +54,7 @@ def test_a_python_step_that_raises_is_a_failed_step_naming_its_exception(store: 
     adapter = store.adapter()
     adapter.ensure_ledger()
     with pytest.raises(StepFailed, match="0001_boom forward raised ValueError: boom"):
-        adapter.apply(migration, "up", run_id="run-1", actor="contract-suite")
+        adapter.apply(migration, Direction.FORWARD, run_id="run-1", actor="contract-suite")
     assert adapter.ledger() == []
 
 

@@ -6,6 +6,7 @@ import re
 
 import pytest
 from polyshift.framework.core.errors import ConfigError, PolyshiftError, StepFailed
+from polyshift.framework.core.lifecycle import Direction
 
 from tests.contract.stores import ContractStore
 
@@ -42,7 +43,7 @@ def test_a_forward_the_store_refuses_fails_its_step_and_leaves_no_trace(store: C
     scope = adapter.resolve_scope(store.scope, missing_ok=False)
     before = adapter.fingerprint(scope)
     with pytest.raises(StepFailed, match="0001_broken forward failed") as failed:
-        adapter.apply(migration, "up", run_id="run-1", actor="contract-suite")
+        adapter.apply(migration, Direction.FORWARD, run_id="run-1", actor="contract-suite")
     assert failed.value.step == "forward"
     assert adapter.ledger() == []
     assert adapter.fingerprint(scope) == before
