@@ -6,6 +6,9 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# The Node OFREP provider the interop test runs, where node and npm are present (the test skips otherwise).
+NODE_CHECK := tests/ofrep_node
+NODE_STAMP := $(NODE_CHECK)/node_modules/.installed
 
 .PHONY: install test demo bench lint typecheck clean
 
@@ -20,7 +23,24 @@ $(STAMP): pyproject.toml framework/sandbox/neo4j_launcher/pom.xml framework/sand
 	$(BIN)/python -m polyshift.framework.sandbox.neo4j build
 	touch $(STAMP)
 
-install: $(STAMP)
+$(NODE_STAMP): $(NODE_CHECK)/package.json $(NODE_CHECK)/package-lock.json
+	@if command -v npm >/dev/null 2>&1 && command -v node >/dev/null 2>&1; then \
+		npm ci --prefix $(NODE_CHECK) --no-audit --no-fund --loglevel=error && touch $@; \
+	else echo "node/npm not found: the Node OFREP interop test will be skipped"; fi
+
+# Debian's chromium for the console's browser test, where apt is ours to use (CI runs as root on
+# Debian); elsewhere the test says it is skipped and why.
+BROWSER_STAMP := $(VENV)/.browser
+$(BROWSER_STAMP): $(STAMP)
+	@if command -v chromium >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		(timeout 600 apt-get install -y -qq --no-install-recommends chromium >/dev/null 2>&1 || \
+		 (timeout 300 apt-get update -qq >/dev/null 2>&1 && timeout 600 apt-get install -y -qq --no-install-recommends chromium >/dev/null 2>&1)) \
+		|| echo "chromium could not be installed: the console's browser test will be skipped"; \
+	else echo "chromium not installed: the console's browser test will be skipped"; fi
+	touch $@
+
+install: $(STAMP) $(NODE_STAMP) $(BROWSER_STAMP)
 
 lint: install
 	$(BIN)/ruff check .
@@ -35,6 +55,7 @@ typecheck: install
 
 test: install lint typecheck
 	$(BIN)/python -m pytest
+	mkdir -p build && $(BIN)/polyshift --config compose/polyshift.toml rehearse --junit build/rehearsal.xml
 
 demo: install
 	$(BIN)/polyshift demo
@@ -45,8 +66,10 @@ bench: install
 	$(BIN)/python bench/redis_backup_restore.py --write bench/REDIS_RESULTS.md
 	$(BIN)/python bench/graph_backup_restore.py --write bench/GRAPH_RESULTS.md
 	$(BIN)/python bench/flags_eval.py --write bench/FLAGS_RESULTS.md
+	$(BIN)/python bench/ofrep.py --write bench/OFREP_RESULTS.md
 	$(BIN)/python bench/release_noop.py --write bench/RELEASE_RESULTS.md
 	$(BIN)/python bench/lock_hazards.py --write bench/LOCK_HAZARDS_RESULTS.md
+	$(BIN)/python bench/rehearse.py --write bench/REHEARSE_RESULTS.md
 
 clean:
 	rm -rf $(VENV) .polyshift .pytest_cache .ruff_cache *.egg-info

@@ -57,6 +57,16 @@ class Change:
         return fields
 
 
+def _changed_since(name: str, current: Flag | None, expected: object) -> str:
+    if current is None:
+        return f"flag {name} no longer exists (you saw version {expected}); nothing was changed"
+    if expected is None:
+        return f"flag {name} was created by {current.updated_by} meanwhile (version {current.version}); nothing was changed"
+    state = "killed" if current.killed else "changed"
+    return (f"flag {name} was {state} by {current.updated_by} at {current.updated_at} (now version {current.version}, "
+            f"you saw version {expected}); nothing was changed: review its current state and apply your change again")
+
+
 def _diff(before: Flag | None, after: Flag) -> dict[str, Any]:
     old = before.to_json() if before else {}
     new = after.to_json()
@@ -74,22 +84,35 @@ class FlagAdmin:
             raise UsageError(f"flag {name!r} does not exist (create it with 'polyshift flags set {name} --create ...')")
         return flag
 
-    def change(self, name: str, change: Change, *, reason: str, create: bool = False, who: str | None = None) -> Flag:
-        """Apply ``change`` atomically; raises UsageError for bad input before anything is written."""
+    def change(self, name: str, change: Change, *, reason: str, create: bool = False, who: str | None = None,
+               expected_version: int | object | None = _ANY, via: str | None = None) -> Flag:
+        """Apply ``change`` atomically; raises UsageError for bad input before anything is written.
+
+        With ``expected_version`` (None: the flag must not exist yet) it is a compare-and-set on the
+        version the caller saw: a flag changed since (an operator's kill) raises FlagChanged and
+        nothing is written. Without it, a concurrent change is re-read and ``change`` re-applied on it.
+        ``via`` names the channel (console, api) in the audit entry."""
         validate_name(name)
         if not reason or not reason.strip():
             raise UsageError("every flag change needs --reason")
         if change.percent is not None:
             validate_percent(change.percent)
         who = who or actor()
+        if expected_version is not _ANY:
+            try:
+                return self._apply(name, change, reason=reason, create=create, who=who, expected=expected_version, via=via)
+            except ConflictError:
+                current = self.store.get(name)
+                raise FlagChanged(_changed_since(name, current, expected_version), flag=current) from None
         for _attempt in range(20):
             try:
-                return self._apply(name, change, reason=reason, create=create, who=who, expected=_ANY)
+                return self._apply(name, change, reason=reason, create=create, who=who, expected=_ANY, via=via)
             except ConflictError:
                 continue  # someone else changed it between our read and write: re-apply on theirs
         raise StoreError(f"flag {name!r} is being changed concurrently; gave up after 20 attempts")
 
-    def _apply(self, name: str, change: Change, *, reason: str, create: bool, who: str, expected: int | object | None) -> Flag:
+    def _apply(self, name: str, change: Change, *, reason: str, create: bool, who: str, expected: int | object | None,
+               via: str | None = None) -> Flag:
         before = self.store.get(name)
         if expected is not _ANY and (before.version if before else None) != expected:
             raise ConflictError(f"flag {name} is at version {before.version if before else 'none'}, not {expected}")
@@ -98,10 +121,11 @@ class FlagAdmin:
         base = before or Flag(name=name)
         after = base.changed(actor=who, **change.apply(base))
         self.store.save(after, expected_version=before.version if before else None)
+        detail = {"reason": reason, "changes": _diff(before, after), "version": after.version, "release": after.release}
+        if via:
+            detail["via"] = via
         try:
-            self.state.audit("flag.created" if before is None else "flag.changed", f"flag:{name}",
-                             {"reason": reason, "changes": _diff(before, after), "version": after.version, "release": after.release},
-                             who=who)
+            self.state.audit("flag.created" if before is None else "flag.changed", f"flag:{name}", detail, who=who)
         except StoreError as exc:
             raise StoreError(f"flag {name} was changed to version {after.version}, but the audit entry failed: {exc}") from None
         return after

@@ -34,6 +34,7 @@ class FlagClient:
         self.refresh_interval = refresh_interval
         self._flags: dict[str, CompiledFlag] = {}
         self._version = -1
+        self._snapshot: tuple[int, dict[str, CompiledFlag]] = (-1, {})
         self._unknown_reported: set[str] = set()
         self.stale = False
         self.last_refresh = 0.0
@@ -97,6 +98,7 @@ class FlagClient:
                 version, flags = self._store.load()
                 self._flags = {name: CompiledFlag(flag) for name, flag in flags.items()}  # one atomic swap
                 self._version = version
+                self._snapshot = (version, self._flags)
             if self.stale:
                 log.warning("flags: %s reachable again", self._store.description)
             self.stale, self.last_error = False, None
@@ -111,6 +113,11 @@ class FlagClient:
     def _poll(self) -> None:
         while not self._stop.wait(self.refresh_interval):
             self.refresh()
+
+    def snapshot(self) -> tuple[int, dict[str, CompiledFlag]]:
+        """The flags held now and the store version they are consistent with, read together
+        (version -1: never loaded). A remote evaluator tags its answers with this version."""
+        return self._snapshot
 
     def flag(self, name: str) -> Flag | None:
         compiled = self._flags.get(name)

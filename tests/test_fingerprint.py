@@ -56,3 +56,22 @@ def test_schema_hash_sees_triggers_policies_and_rules(ws: Workspace) -> None:
         assert ws.fingerprint("t").schema_hash != base, change
         ws.sql(undo)
         assert ws.fingerprint("t").schema_hash == base, undo
+
+
+def test_the_same_vectors_hash_the_same_in_another_database(database: str, second_database: str) -> None:
+    # Each database has its own OID for pgvector's type; a backup restored into another database
+    # (a rehearsal, a rebuilt replica) must verify when its rows are the same.
+    import psycopg
+    from polyshift.adapters.postgres.catalog import Table, table_data_hash
+
+    hashes, oids = [], []
+    for url in (database, second_database):
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("CREATE TABLE chunks (id int PRIMARY KEY, embedding vector(3), tags vector(2)[])")
+            conn.execute("INSERT INTO chunks SELECT i, ARRAY[i, i + 0.5, -i]::vector, ARRAY[ARRAY[i, 1]::vector] "
+                         "FROM generate_series(1, 50) i")
+            conn.execute("INSERT INTO chunks VALUES (51, NULL, NULL)")
+            hashes.append(table_data_hash(conn, Table("public", "chunks")))
+            oids.append(conn.execute("SELECT 'vector'::regtype::oid").fetchone())
+    assert oids[0] != oids[1]
+    assert hashes[0] == hashes[1]

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 from polyshift.adapters.boundary import python_checks, run_python_step, step_failed, translated
 from polyshift.adapters.graph import backup as graph_backup
 from polyshift.adapters.graph import cypher
+from polyshift.adapters.graph import inventory as graph_inventory
 from polyshift.adapters.graph.protocol import QUERY_ERRORS, Dialect, GraphQueryError, Runs, Transactional, Transport
 from polyshift.adapters.locking import Claim, ExpiringTokenLock, lock_ttl_ms
 from polyshift.framework.core.errors import BackupError, MigrationLoadError, StepFailed, StoreError
@@ -180,6 +181,11 @@ class GraphAdapter:
 
     def record_reverted(self, migration: Migration, *, run_id: str, actor: str) -> None:
         self._record(migration, Direction.ROLLBACK, run_id=run_id, actor=actor)
+
+    def record_baseline(self, migrations: list[Migration], *, run_id: str, actor: str) -> None:
+        """Rows saying ``migrations`` are applied (``polyshift baseline``), one write each."""
+        for migration in migrations:
+            self._record(migration, Direction.FORWARD, run_id=run_id, actor=actor)
 
     # -- migrations -------------------------------------------------------------------
     def _statements(self, migration: Migration, which: Direction | None) -> list[str]:
@@ -347,6 +353,11 @@ class GraphAdapter:
         labels, types = split_scope(scope)
         with translated(QUERY_ERRORS, f"store {self.name}: cannot estimate the backup size"):
             return graph_backup.estimate_bytes(self.dialect, self.t, labels, types)
+
+    def inventory(self, scope: tuple[str, ...]) -> dict[str, str]:
+        labels, types = split_scope(scope)
+        with translated(QUERY_ERRORS, f"store {self.name}: inventory failed"):
+            return graph_inventory.account(self.t, self.dialect.signature(), labels, types)
 
     def backup(self, scope: tuple[str, ...], writer: ArtifactWriter, progress: Progress) -> dict[str, Any]:
         labels, types = split_scope(scope)

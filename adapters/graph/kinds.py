@@ -23,8 +23,9 @@ def _database(where: str, key: str, value: Any) -> str:
 
 
 NEO4J = StoreKind(name="neo4j", adapter="polyshift.adapters.graph.neo4j:Neo4jAdapter", script=CYPHER,
-                  options={"user": text, "database": _database, "lock_ttl": duration},
+                  server="neo4j", default_port=7687, options={"user": text, "database": _database, "lock_ttl": duration},
                   capabilities=frozenset({Capability.ATOMIC_STEPS, Capability.EXPIRING_LOCK}), password_needs_user=True)
 FALKORDB = StoreKind(name="falkordb", adapter="polyshift.adapters.graph.falkordb:FalkorAdapter", script=CYPHER,
-                     options={"graph": text, "lock_ttl": duration}, capabilities=frozenset({Capability.EXPIRING_LOCK}))
+                     server="redis", default_port=6379, options={"graph": text, "lock_ttl": duration},
+                     capabilities=frozenset({Capability.EXPIRING_LOCK}))
 KINDS = (NEO4J, FALKORDB)

@@ -8,22 +8,26 @@ import logging
 import os
 import time
 import zlib
-from contextlib import AbstractContextManager
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
 from typing import TYPE_CHECKING, Any
 
 import psycopg
 from polyshift.adapters.boundary import python_checks, step_failed, translate, translated
 from polyshift.adapters.postgres import backup as pg_backup
 from polyshift.adapters.postgres import catalog as cat
+from polyshift.adapters.postgres import inventory as pg_inventory
 from polyshift.adapters.postgres.analysis import Statement, analyze_sql
 from polyshift.adapters.postgres.errors import PSYCOPG_ERRORS
 from polyshift.adapters.postgres.kinds import POSTGRES
 from polyshift.adapters.postgres.scope import ScopeExpander
+from polyshift.adapters.postgres.timing import StatementClock
 from polyshift.framework.core.errors import BackupError, LockHeldError, StepFailed
 from polyshift.framework.core.kinds import StoreKind
 from polyshift.framework.core.lifecycle import Direction
 from polyshift.framework.core.migration import Migration, MigrationContext, Risk, Step
-from polyshift.framework.core.protocol import Analysis, Fingerprint, LedgerEntry, RestoreReport, StepResult
+from polyshift.framework.core.protocol import Analysis, Fingerprint, LedgerEntry, RestoreReport, StatementTiming, StepResult
+from polyshift.framework.core.secrets import redact
 from psycopg import sql
 from tenacity import (
     Retrying,
@@ -79,6 +83,8 @@ class PostgresAdapter:
         self._conn: psycopg.Connection | None = None
         self._lock_conn: psycopg.Connection | None = None
         self._lock_key = (_LOCK_CLASS, zlib.crc32(config.name.encode()) & 0x7FFFFFFF)
+        self._notices: list[str] = []
+        self._clock: StatementClock | None = None
 
     # -- connection -------------------------------------------------------------------
     def _open(self, purpose: str) -> psycopg.Connection:
@@ -91,6 +97,11 @@ class PostgresAdapter:
     def connect(self) -> None:
         if self._conn is None or self._conn.closed:
             self._conn = self._open(f"{self.name} pid={os.getpid()}")
+            self._conn.add_notice_handler(self._notice)
+
+    def _notice(self, diag: psycopg.errors.Diagnostic) -> None:
+        """NOTICE and WARNING messages: a `DROP … IF EXISTS` that did nothing says so only here."""
+        self._notices.append(redact(f"{diag.severity_nonlocalized or diag.severity}: {diag.message_primary}"))
 
     @property
     def conn(self) -> psycopg.Connection:
@@ -182,6 +193,15 @@ class PostgresAdapter:
             (self.name, migration.version, migration.slug, migration.checksum, direction.ledger_word, actor, duration_ms,
              non_transactional, run_id),
         )
+
+    def record_baseline(self, migrations: list[Migration], *, run_id: str, actor: str) -> None:
+        """Rows saying ``migrations`` are applied (``polyshift baseline``), all in one transaction."""
+        try:
+            with self.conn.transaction():
+                for migration in migrations:
+                    self._record(migration, Direction.FORWARD, run_id=run_id, actor=actor, duration_ms=0, non_transactional=False)
+        except psycopg.Error as exc:
+            raise translate(PSYCOPG_ERRORS, exc, f"store {self.name}: cannot write the ledger") from None
 
     def record_reverted(self, migration: Migration, *, run_id: str, actor: str) -> None:
         try:
@@ -276,6 +296,7 @@ class PostgresAdapter:
         if step is None:
             raise StepFailed(f"{migration.id} has no rollback step (irreversible)", step="rollback")
         started = time.monotonic()
+        self._notices.clear()
         if step.is_python:
             segments: list[tuple[bool, list[Statement]]] = [(not self._python_outside_tx(migration), [])]
         else:
@@ -310,7 +331,8 @@ class PostgresAdapter:
             with self.conn.transaction():
                 self._record(migration, direction, run_id=run_id, actor=actor,
                              duration_ms=int((time.monotonic() - started) * 1000), non_transactional=non_tx)
-        return StepResult(int((time.monotonic() - started) * 1000), sum(len(s) for _, s in segments), non_tx, attempts)
+        return StepResult(int((time.monotonic() - started) * 1000), sum(len(s) for _, s in segments), non_tx, attempts,
+                          tuple(self._notices))
 
     def _run_transaction(self, migration: Migration, step: Step, statements: list[Statement], direction: Direction,
                          run_id: str, actor: str, started: float, *, record: bool, non_tx: bool) -> None:
@@ -321,11 +343,18 @@ class PostgresAdapter:
                 if step.is_python:
                     self._run_python(migration, step)
                 for current in statements:
+                    began = time.monotonic()
                     self.conn.execute(current.sql)  # type: ignore[arg-type]
+                    if self._clock is not None:
+                        self._clock.ran(current, began, transactional=True)
                 if record:
                     self._record(migration, direction, run_id=run_id, actor=actor,
                                  duration_ms=int((time.monotonic() - started) * 1000), non_transactional=non_tx)
+            if self._clock is not None:
+                self._clock.committed()
         except _RETRYABLE:
+            if self._clock is not None:
+                self._clock.abandoned()
             raise
         except Exception as exc:  # refused by the server, or a Python step's own bug: a failed step, not a crash
             step_failed(self.name, migration, step, exc, PSYCOPG_ERRORS, at=current.sql if current is not None else "")
@@ -344,7 +373,10 @@ class PostgresAdapter:
     def _run_outside_transaction(self, migration: Migration, step: Step, statement: Statement) -> None:
         try:
             self._set_timeouts(local=False)
+            began = time.monotonic()
             self.conn.execute(statement.sql)  # type: ignore[arg-type]
+            if self._clock is not None:
+                self._clock.ran(statement, began, transactional=False)
         except psycopg.Error as exc:
             raise StepFailed(f"{self.name} {migration.id} {step.name} failed outside a transaction at "
                              f"`{statement.sql[:120]}`: {_describe(exc)}", step=step.name) from None
@@ -419,8 +451,14 @@ class PostgresAdapter:
         return cat.without_covered_partitions(self.conn, tables)
 
     def backup(self, scope: tuple[str, ...], writer: ArtifactWriter, progress: Progress) -> dict[str, Any]:
+        return self._backup(scope, writer, progress, None)
+
+    def backup_sample(self, scope: tuple[str, ...], writer: ArtifactWriter, progress: Progress, *, limit: int) -> dict[str, Any]:
+        return self._backup(scope, writer, progress, limit)
+
+    def _backup(self, scope: tuple[str, ...], writer: ArtifactWriter, progress: Progress, limit: int | None) -> dict[str, Any]:
         try:
-            return pg_backup.backup(self.conn, self.config.url, self._tables(scope), writer, progress)
+            return pg_backup.backup(self.conn, self.config.url, self._tables(scope), writer, progress, limit=limit)
         except psycopg.Error as exc:
             raise translate(PSYCOPG_ERRORS, exc, f"store {self.name}: backup failed", BackupError) from None
 
@@ -446,6 +484,26 @@ class PostgresAdapter:
             raise translate(PSYCOPG_ERRORS, exc, f"store {self.name}: fingerprint failed") from None
         data_hash = hashlib.sha256(json.dumps(items, sort_keys=True).encode()).hexdigest()
         return Fingerprint(schema, data_hash, {k: int(v.get("rows", 0)) for k, v in items.items()}, items)
+
+    # -- rehearsals (optional parts of the protocol) -------------------------------------------
+    def inventory(self, scope: tuple[str, ...]) -> dict[str, str]:
+        """The whole database's shape (the scope's rows are in the fingerprint)."""
+        with _translated(self.name, "reading the catalog"):
+            return pg_inventory.inventory(self.conn)
+
+    def referenced(self, scope: tuple[str, ...]) -> tuple[str, ...]:
+        with _translated(self.name, "reading the foreign keys"):
+            tables, _missing = cat.resolve(self.conn, list(scope), missing_ok=True)
+            return tuple(t.qualified for t in pg_inventory.referenced(self.conn, tables))
+
+    @contextmanager
+    def timing(self) -> Iterator[list[StatementTiming]]:
+        """Per-statement locks and times of what ``apply`` runs meanwhile (Python steps: as a whole only)."""
+        self._clock = StatementClock()
+        try:
+            yield self._clock.timings
+        finally:
+            self._clock = None
 
     def query_value(self, query: str, params: Any = None) -> Any:
         row = self.conn.execute(sql.SQL(query), params).fetchone()  # type: ignore[arg-type]

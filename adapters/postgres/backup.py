@@ -72,7 +72,7 @@ _BLOCK = 1 << 20
 
 
 def _copy_out(conn: psycopg.Connection, table: cat.Table, columns: list[str], counter: _RowCounter,
-              progress: Progress, *, partitioned: bool = False) -> Iterator[bytes]:
+              progress: Progress, *, partitioned: bool = False, limit: int | None = None) -> Iterator[bytes]:
     """COPY TO STDOUT in ~1 MiB blocks, read straight from libpq.
 
     The server sends one message per row. Handing each row to the compressor cost more than
@@ -80,8 +80,8 @@ def _copy_out(conn: psycopg.Connection, table: cat.Table, columns: list[str], co
     rows are read with PQgetCopyData and batched before compression.
     """
     cols = sql.SQL(", ").join(map(sql.Identifier, columns))
-    if partitioned:  # COPY reads a partitioned parent only through a query over it
-        query = sql.SQL("COPY (SELECT {} FROM {}) TO STDOUT").format(cols, table.ident)
+    if partitioned or limit is not None:  # COPY reads a partitioned parent, or a sample, only through a query
+        query = sql.SQL("COPY (SELECT {} FROM {} AS t) TO STDOUT").format(cols, cat.sampled(table, limit))
     else:
         query = sql.SQL("COPY {} ({}) TO STDOUT").format(table.ident, cols)
     pgconn = conn.pgconn
@@ -137,8 +137,8 @@ class _SnapshotHasher:
         self.conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)))
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="polyshift-hash")
 
-    def submit(self, table: cat.Table) -> Future[tuple[int, str]]:
-        return self.pool.submit(cat.table_data_hash, self.conn, table)
+    def submit(self, table: cat.Table, limit: int | None) -> Future[tuple[int, str]]:
+        return self.pool.submit(cat.table_data_hash, self.conn, table, limit)
 
     def close(self) -> None:
         self.pool.shutdown(wait=True)
@@ -146,13 +146,14 @@ class _SnapshotHasher:
 
 
 def backup(conn: psycopg.Connection, url: str, tables: list[cat.Table], writer: ArtifactWriter,
-           progress: Progress) -> dict[str, Any]:
+           progress: Progress, *, limit: int | None = None) -> dict[str, Any]:
     """Stream every table of the scope into the artifact; returns the manifest metadata.
+    ``limit``: at most that many rows per table (a rehearsal's sample, never a rollback point).
 
     Besides rows and DDL, the manifest keeps what a restore needs around the tables: the schemas,
     types and functions their DDL uses, and the views, policies and defaults elsewhere that a
     ``DROP … CASCADE`` would take with them."""
-    meta: dict[str, Any] = {"tables": []}
+    meta: dict[str, Any] = {"tables": []} | ({"sample": limit} if limit is not None else {})
     with conn.transaction():
         conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         snapshot = conn.execute("SELECT pg_export_snapshot()").fetchone()[0]  # type: ignore[index]
@@ -161,7 +162,7 @@ def backup(conn: psycopg.Connection, url: str, tables: list[cat.Table], writer: 
         progress.start(f"backup {', '.join(t.qualified for t in tables)[:60]}", total=sum(sizes) or None)
         hasher = _SnapshotHasher(url, snapshot)
         try:
-            _backup_tables(conn, url, tables, snapshot, hasher, writer, progress, meta)
+            _backup_tables(conn, url, tables, snapshot, hasher, writer, progress, meta, limit)
         finally:
             hasher.close()
         with cat.qualified_names(conn):
@@ -172,9 +173,9 @@ def backup(conn: psycopg.Connection, url: str, tables: list[cat.Table], writer: 
 
 
 def _backup_tables(conn: psycopg.Connection, url: str, tables: list[cat.Table], snapshot: str, hasher: _SnapshotHasher,
-                   writer: ArtifactWriter, progress: Progress, meta: dict[str, Any]) -> None:
+                   writer: ArtifactWriter, progress: Progress, meta: dict[str, Any], limit: int | None) -> None:
     for index, table in enumerate(tables):
-        fingerprint = hasher.submit(table)  # hashed in the server while COPY streams
+        fingerprint = hasher.submit(table, limit)  # hashed in the server while COPY streams
         stem = _file_stem(index, table)
         # pg_dump runs before the COPY, not beside it: on two cores running both was measured slower.
         family = [table, *cat.partitions(conn, table)]
@@ -183,7 +184,8 @@ def _backup_tables(conn: psycopg.Connection, url: str, tables: list[cat.Table], 
         writer.write_bytes(f"{stem}.post.sql.zst", _pg_dump_ddl(url, family, "post-data", snapshot).encode())
         columns = cat.copy_columns(conn, table)
         counter = _RowCounter()
-        writer.write_stream(f"{stem}.copy.zst", _copy_out(conn, table, columns, counter, progress, partitioned=partitioned))
+        writer.write_stream(f"{stem}.copy.zst", _copy_out(conn, table, columns, counter, progress, partitioned=partitioned,
+                                                          limit=limit))
         rows = counter.rows
         count, data_hash = fingerprint.result()
         if count != rows:

@@ -92,10 +92,14 @@ def schema_descriptions(conn: psycopg.Connection, only: list[Table] | None = Non
     return out
 
 
+def user_types(conn: psycopg.Connection) -> list[tuple[str, str, list[str] | None]]:
+    """Every user enum and domain: its qualified name, ``e`` or ``d``, an enum's labels in order."""
+    return [(str(name), str(kind), labels) for name, kind, labels in conn.execute(_TYPES_SQL, {"ledger": LEDGER_SCHEMA}).fetchall()]
+
+
 def schema_hash(conn: psycopg.Connection) -> str:
     relations = schema_descriptions(conn)
-    types = conn.execute(_TYPES_SQL, {"ledger": LEDGER_SCHEMA}).fetchall()
-    return _digest([relations, [list(t) for t in types]])
+    return _digest([relations, [list(t) for t in user_types(conn)]])
 
 
 def partitions(conn: psycopg.Connection, table: Table) -> list[Table]:
@@ -137,37 +141,55 @@ def table_schema_hash(conn: psycopg.Connection, table: Table) -> str | None:
     return _digest([described[t.qualified] for t in [table, *family] if t.qualified in described])
 
 
-def table_data_hash(conn: psycopg.Connection, table: Table) -> tuple[int, str]:
+def sampled(table: Table, limit: int | None) -> sql.Composable:
+    """The table, or its first ``limit`` rows in physical order: within one snapshot, the same rows
+    for every reader (a COPY and the hash of what it copies)."""
+    if limit is None:
+        return table.ident
+    return sql.SQL("(SELECT * FROM {} ORDER BY tableoid, ctid LIMIT {})").format(table.ident, sql.Literal(limit))
+
+
+def table_data_hash(conn: psycopg.Connection, table: Table, limit: int | None = None) -> tuple[int, str]:
     """Row count and an order-independent hash of a table's rows, computed in the server.
 
     Each row is hashed as ``record_send(ROW(columns in name order))``: one binary encoding per
     row that carries every column's length and marks NULL apart, with no float or number
     formatting (measured against the row's text form: 4.7x faster on vector(384) rows, 1.1x on
     mixed columns). Name order means a column re-added at the end by a rollback hashes the same.
-    The encoding names each column's type OID, so hashes compare within one database, which is
-    where restores land. The 64-bit md5 prefixes are summed as numeric: a multiset hash that
+    Columns of types whose OID differs between databases are encoded without it (below), so
+    hashes compare across databases too. The 64-bit md5 prefixes are summed as numeric: a multiset hash that
     ignores row order and never leaves the server.
     """
-    # A user type (enum, domain, composite, or an array of one) gets a new OID when a restore
-    # re-creates it, and record_send writes field type OIDs: such columns are hashed as text.
+    # record_send writes each field's type OID, and only built-in types have the same OID in
+    # every database. A user type (enum, domain, composite) gets a new OID when a restore
+    # re-creates it: hashed as text. An extension's type (pgvector's vector) has another OID in
+    # every database: hashed through its own binary send function, which writes no OID, so a
+    # backup restored into another database verifies. Arrays of either carry the element OID:
+    # hashed as text.
     columns = conn.execute(
         """
-        SELECT a.attname, n.nspname NOT IN ('pg_catalog', 'information_schema')
-               AND NOT EXISTS (SELECT 1 FROM pg_depend e WHERE e.objid = t.oid AND e.deptype = 'e')
+        SELECT a.attname,
+               CASE WHEN t.oid < 16384 THEN 'builtin'
+                    WHEN a.atttypid <> t.oid THEN 'text'
+                    WHEN EXISTS (SELECT 1 FROM pg_depend e WHERE e.objid = t.oid AND e.deptype = 'e')
+                         AND t.typsend <> 0 THEN 'send'
+                    ELSE 'text' END,
+               t.typsend::regproc::text
         FROM pg_attribute a
         JOIN pg_type t ON t.oid = CASE WHEN (SELECT typelem FROM pg_type WHERE oid = a.atttypid AND typcategory = 'A') <> 0
                                        THEN (SELECT typelem FROM pg_type WHERE oid = a.atttypid) ELSE a.atttypid END
-        JOIN pg_namespace n ON n.oid = t.typnamespace
         WHERE a.attrelid = to_regclass(%s) AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attname
         """,
         (table.ident.as_string(conn),),
     ).fetchall()
-    fields = [sql.SQL("{}::text").format(sql.Identifier("t", c)) if user_type else sql.Identifier("t", c)
-              for c, user_type in columns]
+    fields = [sql.Identifier("t", c) if how == "builtin"
+              else sql.SQL("{}::text").format(sql.Identifier("t", c)) if how == "text"
+              else sql.SQL("{}({})").format(sql.SQL(send), sql.Identifier("t", c))
+              for c, how, send in columns]
     row = sql.SQL("record_send(ROW({}))").format(sql.SQL(", ").join(fields))
     query = sql.SQL(
         "SELECT count(*), coalesce(sum(('x' || left(md5({}), 16))::bit(64)::bigint::numeric), 0)::text FROM {} AS t",
-    ).format(row, table.ident)
+    ).format(row, sampled(table, limit))
     count, total = conn.execute(query).fetchone()  # type: ignore[misc]
     return int(count), str(total)
 

@@ -13,7 +13,7 @@ from polyshift.framework.core.kinds import Capability, StoreKind
 from polyshift.framework.core.migration import ScriptLanguage
 
 SQL = ScriptLanguage(extension="sql", comment="--", scope_example="table", nested_block_comments=True)
-_CAPABILITIES = frozenset({Capability.SQL, Capability.ATOMIC_STEPS})
+_CAPABILITIES = frozenset({Capability.SQL, Capability.ATOMIC_STEPS, Capability.WHOLE_SCOPE_COPY})
 
 
 def _ef_search(where: str, key: str, value: Any) -> int:
@@ -29,7 +29,8 @@ def _memory(where: str, key: str, value: Any) -> str:
 
 
 POSTGRES = StoreKind(name="postgres", adapter="polyshift.adapters.postgres.adapter:PostgresAdapter", script=SQL,
-                     capabilities=_CAPABILITIES)
+                     server="postgres", default_port=5432, capabilities=_CAPABILITIES)
 PGVECTOR = StoreKind(name="pgvector", adapter="polyshift.adapters.postgres.pgvector:PgvectorAdapter", script=SQL,
+                     server="postgres", default_port=5432,
                      options={"maintenance_work_mem": _memory, "ef_search": _ef_search}, capabilities=_CAPABILITIES)
 KINDS = (POSTGRES, PGVECTOR)

@@ -18,6 +18,7 @@ import redis
 from polyshift.adapters.boundary import python_checks, run_python_step, translate, translated
 from polyshift.adapters.locking import Claim, ExpiringTokenLock, lock_ttl_ms
 from polyshift.adapters.redis import backup as redis_backup
+from polyshift.adapters.redis import inventory as redis_inventory
 from polyshift.adapters.redis import keys as rk
 from polyshift.adapters.redis.errors import REDIS_ERRORS
 from polyshift.adapters.redis.helpers import RedisHelpers
@@ -206,6 +207,11 @@ class RedisAdapter:
     def record_reverted(self, migration: Migration, *, run_id: str, actor: str) -> None:
         self._record(migration, Direction.ROLLBACK, run_id=run_id, actor=actor, duration_ms=0)
 
+    def record_baseline(self, migrations: list[Migration], *, run_id: str, actor: str) -> None:
+        """Rows saying ``migrations`` are applied (``polyshift baseline``), one write each."""
+        for migration in migrations:
+            self._record(migration, Direction.FORWARD, run_id=run_id, actor=actor, duration_ms=0)
+
     # -- migrations -------------------------------------------------------------------
     def parse(self, migration: Migration) -> None:
         """Redis migrations are Python modules, imported when loaded: only the scope is left to check."""
@@ -251,6 +257,10 @@ class RedisAdapter:
     def backup(self, scope: tuple[str, ...], writer: ArtifactWriter, progress: Progress) -> dict[str, Any]:
         return redis_backup.backup(self.keyspace, scope, writer, progress)
 
+    def backup_sample(self, scope: tuple[str, ...], writer: ArtifactWriter, progress: Progress, *, limit: int) -> dict[str, Any]:
+        """At most ``limit`` keys of each pattern (a rehearsal's sample, never a rollback point)."""
+        return redis_backup.backup(self.keyspace, scope, writer, progress, limit=limit)
+
     def restore(self, manifest: Manifest, artifacts: ArtifactStore, progress: Progress) -> RestoreReport:
         return redis_backup.restore(self.keyspace, manifest, artifacts, progress)
 
@@ -276,3 +286,8 @@ class RedisAdapter:
                     where = node.connection_pool.connection_kwargs
                     problems.append(f"cluster_state is {state} on {where.get('host')}:{where.get('port')}")
         return problems
+
+    def inventory(self, scope: tuple[str, ...]) -> dict[str, str]:
+        patterns = rk.validate_patterns(scope)
+        with translated(REDIS_ERRORS, f"store {self.name}: inventory failed"):
+            return redis_inventory.account(patterns, self.keyspace.walk(patterns, dump=False))

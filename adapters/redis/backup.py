@@ -76,9 +76,14 @@ class Keyspace:
                 out[i] = rk.described(keys[i], reply)
         return out
 
-    def walk(self, patterns: tuple[str, ...], *, dump: bool, progress: Progress | None = None) -> Iterator[list[Any]]:
-        """Batches of (pattern, key, digest, pttl, payload, type) over the scope; vanished keys skipped."""
-        for batch in batched(rk.scope_keys(self.nodes(), patterns, self.own), _BATCH):
+    def walk(self, patterns: tuple[str, ...], *, dump: bool, progress: Progress | None = None,
+             limit: int | None = None) -> Iterator[list[Any]]:
+        """Batches of (pattern, key, digest, pttl, payload, type) over the scope; vanished keys
+        skipped; with ``limit``, the first that many keys of each pattern only."""
+        keys: Iterator[tuple[str, bytes]] = rk.scope_keys(self.nodes(), patterns, self.own)
+        if limit is not None:
+            keys = _first_of_each(keys, limit)
+        for batch in batched(keys, _BATCH):
             rows = self.digests([key for _, key in batch], dump=dump)
             if progress is not None:
                 progress.advance(len(batch))
@@ -114,6 +119,15 @@ class Keyspace:
                 pipe.execute()
                 removed += len(extras)
         return removed
+
+
+def _first_of_each(keys: Iterator[tuple[str, bytes]], limit: int) -> Iterator[tuple[str, bytes]]:
+    """(pattern, key) pairs, at most ``limit`` per pattern."""
+    seen: dict[str, int] = {}
+    for pattern, key in keys:
+        if seen.get(pattern, 0) < limit:
+            seen[pattern] = seen.get(pattern, 0) + 1
+            yield pattern, key
 
 
 class _Tally:
@@ -153,13 +167,15 @@ def estimate_bytes(ks: Keyspace, scope: tuple[str, ...]) -> int:
     return sum(int(node.info("memory").get("used_memory_dataset", 0)) for node in ks.nodes())
 
 
-def backup(ks: Keyspace, scope: tuple[str, ...], writer: ArtifactWriter, progress: Progress) -> dict[str, Any]:
+def backup(ks: Keyspace, scope: tuple[str, ...], writer: ArtifactWriter, progress: Progress,
+           limit: int | None = None) -> dict[str, Any]:
+    """With ``limit``, at most that many keys of each pattern: a rehearsal's sample, never a rollback point."""
     patterns = rk.validate_patterns(scope)
     tally = _Tally(patterns)
     progress.start(f"backup {', '.join(patterns)[:60]}")
 
     def records() -> Iterator[bytes]:
-        for rows in ks.walk(patterns, dump=True, progress=progress):
+        for rows in ks.walk(patterns, dump=True, progress=progress, limit=limit):
             now = ks.server_ms()
             chunk = bytearray()
             for pattern, key, digest, pttl, payload, kind in rows:
@@ -172,7 +188,8 @@ def backup(ks: Keyspace, scope: tuple[str, ...], writer: ArtifactWriter, progres
             writer.write_stream("keys.bin.zst", records())
     finally:
         progress.finish()
-    return {"patterns": list(patterns), "counts": dict(tally.counts), "fingerprint": tally.fingerprint().to_json()}
+    meta = {"patterns": list(patterns), "counts": dict(tally.counts), "fingerprint": tally.fingerprint().to_json()}
+    return meta | ({"sample": limit} if limit is not None else {})
 
 
 def restore(ks: Keyspace, manifest: Manifest, artifacts: ArtifactStore, progress: Progress) -> RestoreReport:

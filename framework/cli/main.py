@@ -12,8 +12,10 @@ from typing import Any, NoReturn
 
 import typer
 from polyshift.feature_flags.cli import flags_app
-from polyshift.framework.cli import output, templates
+from polyshift.feature_flags.server.cli import server_app
+from polyshift.framework.cli import adopt, output, templates
 from polyshift.framework.cli.output import emit_json, say, table
+from polyshift.framework.cli.rehearse import rehearse
 from polyshift.framework.cli.sandbox import sandbox_app
 from polyshift.framework.control.runs import refuse_unfinished
 from polyshift.framework.core import errors, progress, secrets
@@ -37,6 +39,9 @@ backup_app = typer.Typer(no_args_is_help=True, help="Verified backups (rollback 
 app.add_typer(backup_app, name="backup")
 app.add_typer(flags_app, name="flags")
 app.add_typer(sandbox_app, name="sandbox")
+adopt.register(app)
+app.command()(rehearse)
+app.add_typer(server_app)  # serve, users, apikeys
 
 def _version(value: str | None, option: str) -> str | None:
     return None if value is None else check_version(value, option)
@@ -60,6 +65,9 @@ def _event(kind: str, data: dict[str, Any]) -> None:
         say("  backup {backup} verified ({bytes:,} bytes)", backup=data["backup"], bytes=data["bytes"])
     elif kind == "applied":
         say("  [green]applied[/] in {ms} ms", ms=data["duration_ms"])
+    elif kind == "notices":
+        for notice in data["notices"]:
+            say("  [yellow]{step} said[/] {notice}", step=data["step"], notice=notice)
     elif kind == "figures":
         say("  {figures}", figures=", ".join(f"{k} = {v:g}" for k, v in data["figures"].items()))
     elif kind == "data-at-risk":
@@ -186,6 +194,10 @@ def new(store: str, slug: str, python: bool = typer.Option(False, "--python", he
 def status(store: str | None = typer.Option(None, "--store", "-s")) -> None:
     """Current version, pending and drifted migrations per store.  Example: polyshift status --json"""
     result = store_statuses(project(), store)
+    for st in result:
+        if st.unadopted:
+            output.warn(f"{st.store} has {st.unadopted} and an empty polyshift ledger: "
+                        f"run 'polyshift baseline --store {st.store}' before 'up'")
     if output.opts["json"]:
         emit_json([st.to_json() for st in result])
         return

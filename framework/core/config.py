@@ -8,7 +8,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, unquote
+from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 from polyshift.framework.core import secrets
 from polyshift.framework.core.durations import DURATION_BOUNDS as DURATION_BOUNDS  # re-exported: settings read them here
@@ -74,6 +74,7 @@ class Config:
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
     on_event: str | None = None
     events_log: Path | None = None
+    rehearsal_stores: dict[str, StoreConfig] = field(default_factory=dict)  # [rehearsal.stores.<name>]
 
     def store(self, name: str) -> StoreConfig:
         try:
@@ -116,8 +117,8 @@ def _store_url(where: str, url: str, password: Any, *, user_option: Any = None, 
     return normalised
 
 
-def _store(name: str, table: Any) -> StoreConfig:
-    where = f"[stores.{name}]"
+def _store(name: str, table: Any, where: str | None = None) -> StoreConfig:
+    where = where or f"[stores.{name}]"
     if not _STORE_NAME.match(name):
         raise ConfigError(f"{where}: store names use lowercase letters, digits, '-' and '_'")
     if not isinstance(table, dict):
@@ -139,8 +140,59 @@ def _store(name: str, table: Any) -> StoreConfig:
     return StoreConfig(name=name, kind=kind.name, url=url, options=options, **durations)
 
 
+def store_address(store: StoreConfig) -> tuple[str, str, int, str]:
+    """Where a store's data lives: (server family, host, port, database). Two stores with one
+    address are one store, however their URLs are spelled (user, password, options, localhost)."""
+    family, default_port = store.spec.server, store.spec.default_port
+    parts = urlsplit(store.url)
+    query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+    host = (query.get("host") or parts.hostname or "").lower()
+    host = "127.0.0.1" if host in ("", "localhost", "::1", "[::1]") else host
+    try:
+        port = int(query.get("port") or parts.port or default_port)
+    except ValueError:
+        port = default_port
+    path = unquote(parts.path.lstrip("/"))
+    if family == "postgres":
+        database = query.get("dbname") or path or unquote(parts.username or "")
+    elif family == "redis":
+        database = path or "0"  # a graph and a key prefix share their Redis database with everything in it
+    else:
+        database = str(store.options.get("database", "neo4j"))
+    return family, host, port, database
+
+
+def _rehearsal_stores(section: Any, stores: dict[str, StoreConfig], path: Path) -> dict[str, StoreConfig]:
+    """``[rehearsal.stores.<name>]``: where ``polyshift rehearse`` runs store <name>'s releases instead
+    of fresh embedded servers. The kind is the production store's; the address must not be any
+    production store's, since a rehearsal rolls back, restores and re-applies."""
+    if not isinstance(section, dict) or set(section) - {"stores"}:
+        raise ConfigError(f"{path}: [rehearsal] holds only [rehearsal.stores.<name>] tables")
+    tables = section.get("stores", {})
+    if not isinstance(tables, dict):
+        raise ConfigError(f"{path}: [rehearsal.stores] must hold one table per store")
+    out = {}
+    for name, table in tables.items():
+        where = f"[rehearsal.stores.{name}]"
+        production = stores.get(name)
+        if production is None:
+            raise ConfigError(f"{where}: no store {name!r} in [stores] (configured: {', '.join(stores)})")
+        if not isinstance(table, dict):
+            raise ConfigError(f"{where} must be a table")
+        if table.get("kind", production.kind) != production.kind:
+            raise ConfigError(f"{where}: kind {table['kind']!r} differs from the store's own kind {production.kind!r}")
+        rehearsal = _store(name, {"kind": production.kind, **table}, where)
+        for other in stores.values():
+            if store_address(rehearsal) == store_address(other):
+                raise ConfigError(f"{where}: url {rehearsal.display_url} is production store {other.name!r} "
+                                  f"({other.display_url}); a rehearsal never runs on a production store",
+                                  hint="point it at a staging store, or remove the table to rehearse on fresh embedded servers")
+        out[name] = rehearsal
+    return out
+
+
 PROJECT_KEYS = ("migrations", "state_url", "backups", "name", "on_event", "events_log")
-TOP_LEVEL_TABLES = ("project", "stores", "flags")
+TOP_LEVEL_TABLES = ("project", "stores", "flags", "rehearsal")
 
 
 def load_config(path: str | Path) -> Config:
@@ -177,6 +229,7 @@ def load_config(path: str | Path) -> Config:
         raw=raw,
         on_event=project.get("on_event"),
         events_log=(root / project.get("events_log", ".polyshift/events.jsonl")).resolve(),
+        rehearsal_stores=_rehearsal_stores(raw.get("rehearsal", {}), stores, path),
     )
     from polyshift.feature_flags.settings import flag_settings  # [flags] is the feature_flags package's; checked here, at load
 

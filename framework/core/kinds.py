@@ -17,7 +17,7 @@ import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 
 from polyshift.framework.core.durations import setting_duration
 from polyshift.framework.core.errors import ConfigError
@@ -38,6 +38,12 @@ class Capability(StrEnum):
     ATOMIC_STEPS = "atomic-steps"       # a step's statements and its ledger entry can commit as one transaction
     EXPIRING_LOCK = "expiring-lock"     # the lock lives while its holder renews it (lock_ttl); otherwise
     #                                     the server frees it when the holder's session ends
+    WHOLE_SCOPE_COPY = "whole-scope-copy"  # a scope's backup restores whole into an empty store (a graph's
+    #                                     relationships to nodes outside the scope cannot be recreated there)
+
+
+Server = Literal["postgres", "redis", "neo4j"]
+"""The server software a kind's data lives in: kinds on one server family share its addressing."""
 
 
 OptionCheck = Callable[[str, str, Any], Any]
@@ -47,8 +53,10 @@ OptionCheck = Callable[[str, str, Any], Any]
 @dataclass(frozen=True)
 class StoreKind:
     name: str
-    adapter: str                    # "package.module:Class", imported by build() only
+    adapter: str                    # "package.module:Class", imported by adapters.adapter_for only
     script: ScriptLanguage | None   # None: migrations are Python modules only
+    server: Server                  # FalkorDB is a Redis server; pgvector a PostgreSQL one
+    default_port: int               # where a URL without a port points
     options: Mapping[str, OptionCheck] = field(default_factory=dict, hash=False)
     capabilities: frozenset[Capability] = frozenset()
     password_needs_user: bool = False   # a password in the URL is refused without a user to go with it
@@ -70,6 +78,14 @@ def _registry() -> dict[str, StoreKind]:
 
 def known_kinds() -> tuple[str, ...]:
     return tuple(_registry())
+
+
+def script_language(extension: str) -> ScriptLanguage:
+    """The language of scripts ending ``.<extension>``, as the kinds that run them declare it."""
+    for kind in _registry().values():
+        if kind.script is not None and kind.script.extension == extension:
+            return kind.script
+    raise ValueError(f"no store kind runs .{extension} scripts")
 
 
 def store_kind(name: object, *, where: str) -> StoreKind:

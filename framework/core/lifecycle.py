@@ -85,6 +85,7 @@ class RunCommand(StrEnum):
     EMERGENCY_ROLLBACK = "emergency-rollback"
     ROLLBACK = "rollback"
     RESTORE = "restore"
+    BASELINE = "baseline"
 
 
 RELEASE_COMMANDS: tuple[RunCommand, ...] = (RunCommand.UP, RunCommand.RECOVER, RunCommand.EMERGENCY_ROLLBACK)
@@ -161,3 +162,37 @@ class Progress(StrEnum):
     BAKE = "bake"
     GATES = "gates"
     HOOK_FAILED = "hook-failed"
+    NOTICES = "notices"          # what a store said while a step ran (PostgreSQL NOTICE/WARNING)
+
+
+class RehearsalCheck(StrEnum):
+    """What ``polyshift rehearse`` proves of each release in each of its stores, in the order it
+    proves it; each is one JUnit test case (release by store by check). ``GATES`` belongs to the
+    release as a whole."""
+
+    PREFLIGHT = "preflight"                    # what `up` checks before changing anything would pass
+    BACKUP = "backup"                          # a verified backup of the release scope
+    FORWARD = "forward"
+    VALIDATE = "validate"
+    INVARIANTS = "invariants"
+    GATES = "gates"
+    ROLLBACK = "rollback"                      # the rollback step runs
+    ROLLBACK_RESTORES = "rollback-restores"    # ... and leaves schema and data as they were before the release
+    FORWARD_AGAIN = "forward-again"
+    IDEMPOTENT = "idempotent"                  # forward, rollback, forward ends where the first forward did
+    RESTORE = "restore"                        # the release backup, restored onto the forwarded state, verifies
+    FORWARD_AFTER_RESTORE = "forward-after-restore"  # the restored state takes the release again (a later release follows)
+
+
+class CheckStatus(StrEnum):
+    PASSED = "passed"
+    FAILED = "failed"
+    SKIPPED = "skipped"                        # not applicable, or an earlier check failed
+
+
+class DataSource(StrEnum):
+    """Where a rehearsal's data comes from."""
+
+    SCHEMA = "schema"            # the migrations' own history on empty (or staging) stores
+    PRODUCTION = "production"    # a verified read-only backup of the pending releases' scopes
+    BACKUP = "backup"            # an existing rollback point (--from-backup ID)

@@ -6,6 +6,7 @@ driver's exceptions into ``polyshift.framework.core.errors`` at this boundary.
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
@@ -103,6 +104,7 @@ class StepResult:
     statements: int
     non_transactional: bool
     attempts: int = 1
+    notices: tuple[str, ...] = ()   # what the store said while the step ran (PostgreSQL NOTICE/WARNING)
 
 
 @dataclass(frozen=True)
@@ -197,3 +199,56 @@ class ExpiringLock(Protocol):
     """Optional: a lock that expires when its holder stops renewing it (Redis, graphs)."""
 
     lock_ttl_ms: int
+
+
+@runtime_checkable
+class TakesInventory(Protocol):
+    """Optional: a readable account of the store's shape and of a scope's content, so that when two
+    fingerprints differ the difference can be named (the column, the key, the relationship property)."""
+
+    def inventory(self, scope: tuple[str, ...]) -> dict[str, str]:
+        """Entry → what it is now (``{"column public.documents.status": "text NOT NULL"}``), each
+        object's entry before its parts', so the first entry that differs names the change."""
+
+
+@runtime_checkable
+class SamplesBackup(Protocol):
+    """Optional: a backup of part of a scope (the first ``limit`` rows of each table, keys of each
+    pattern), for rehearsing on a huge production scope. Such a backup is never a rollback point."""
+
+    def backup_sample(self, scope: tuple[str, ...], writer: ArtifactWriter, progress: Progress, *, limit: int) -> dict[str, Any]:
+        """Like ``backup``, of at most ``limit`` rows (keys) per table (pattern)."""
+
+
+@runtime_checkable
+class FollowsReferences(Protocol):
+    """Optional: what a scope's content refers to outside it (the tables its foreign keys point
+    at), which a copy of the scope into an empty store needs too."""
+
+    def referenced(self, scope: tuple[str, ...]) -> tuple[str, ...]:
+        """Canonical names of the objects outside ``scope`` it refers to, directly or not."""
+
+
+@dataclass(frozen=True)
+class StatementTiming:
+    """One statement of a step as it ran: the lock it took on each table that existed before
+    (``{"public.orders": "ACCESS EXCLUSIVE"}``), how long it ran, and how long those locks were
+    held: until its transaction ended, or as long as it ran outside one."""
+
+    sql: str
+    locks: dict[str, str]
+    ran_ms: float
+    held_ms: float
+    transactional: bool
+
+    def to_json(self) -> dict[str, Any]:
+        return {"sql": self.sql, "locks": self.locks, "ran_ms": round(self.ran_ms, 1), "held_ms": round(self.held_ms, 1),
+                "transactional": self.transactional}
+
+
+@runtime_checkable
+class TimesStatements(Protocol):
+    """Optional: the statements ``apply`` runs while ``timing()`` is open, each with its locks and times."""
+
+    def timing(self) -> AbstractContextManager[list[StatementTiming]]:
+        """A list that fills as statements run (a transaction's statements once it commits)."""

@@ -20,6 +20,9 @@ class StoreStatus:
     missing: list[str] = field(default_factory=list)
     out_of_order: list[str] = field(default_factory=list)
     interrupted: str | None = None    # an unfinished run left this store mid-release, mid-rollback or mid-restore
+    # Another tool's history in a store whose polyshift ledger is empty (a warning; not in the JSON,
+    # whose shape is documented).
+    unadopted: str | None = None
 
     def to_json(self) -> dict[str, object]:
         return {"store": self.store, "kind": self.kind, "current": self.current, "applied": self.applied,

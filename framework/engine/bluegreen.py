@@ -124,14 +124,17 @@ class ReleaseRun:
                 with self.journal.step(Step.FORWARD, store=m.store) as entry:
                     step.forward_begun = True
                     result = self.adapters[m.store].apply(m, Direction.FORWARD, run_id=self.run_id, actor=actor())
-                    entry.done(duration_ms=result.duration_ms, non_transactional=result.non_transactional)
+                    entry.done(duration_ms=result.duration_ms, non_transactional=result.non_transactional,
+                               notices=list(result.notices))
             except PolyshiftError as exc:
                 self.runner.state.audit("migration.failed", m.store, {"version": m.version, "step": "forward", "error": str(exc)})
                 raise ReleaseAborted(str(exc) if isinstance(exc, StepFailed) else f"{m.store}/{m.id} forward failed: {exc}") from None
             step.forwarded = True
             self.runner.emit(Progress.APPLIED, {"store": m.store, "version": m.version, "duration_ms": result.duration_ms})
+            self.runner.emit_notices(m, Direction.FORWARD, result.notices)
             self.outcomes.append(Outcome(m.store, m.version, m.slug, Action.APPLIED, step.risk, list(step.scope),
-                                         step.manifest.id if step.manifest else None, result.duration_ms, result.non_transactional))
+                                         step.manifest.id if step.manifest else None, result.duration_ms, result.non_transactional,
+                                         notices=list(result.notices)))
 
     # -- phase 4 ----------------------------------------------------------------------
     def validate(self) -> None:

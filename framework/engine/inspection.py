@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from polyshift.framework.adopt.history import unadopted
 from polyshift.framework.control.runs import interruptions
 from polyshift.framework.core.status import StoreStatus
 from polyshift.framework.engine.project import Project
@@ -21,6 +22,8 @@ def store_statuses(project: Project, store: str | None = None) -> list[StoreStat
         with runner.adapter(name) as adapter:
             status = runner.status(adapter)
             status.interrupted = unfinished.get(name)
+            history = unadopted(adapter, status)
+            status.unadopted = history.describe() if history else None
             result.append(status)
     return result
 

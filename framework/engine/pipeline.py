@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import shutil
 
+from polyshift.framework.adopt.history import refuse_unadopted
 from polyshift.framework.control.runs import refuse_unfinished
 from polyshift.framework.core.errors import (
     BackupError,
@@ -103,6 +104,7 @@ class Pipeline:
         for name, adapter in adapters.items():
             status = self.runner.status(adapter)
             self.runner.check_status(status)
+            refuse_unadopted(adapter, status)
             for m in self.runner.targets(status, to):
                 todo.setdefault(m.version, set()).add(name)
         releases = []

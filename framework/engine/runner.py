@@ -26,7 +26,7 @@ from polyshift.framework.core.errors import (
 )
 from polyshift.framework.core.lifecycle import Action, Direction, Phase, Progress, RunCommand, RunStatus, Step
 from polyshift.framework.core.migration import Migration, Risk, version_key
-from polyshift.framework.core.protocol import Adapter, Analysis, ExpiringLock, Fingerprint, RestoreReport
+from polyshift.framework.core.protocol import Adapter, Analysis, ExpiringLock, Fingerprint, RestoreReport, SamplesBackup
 from polyshift.framework.core.status import StoreStatus, applied_entries, store_status
 from polyshift.framework.engine.project import Project
 
@@ -47,6 +47,7 @@ class Outcome:
     non_transactional: bool = False
     error: str | None = None
     hint: str | None = None
+    notices: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -118,12 +119,16 @@ class Runner:
         return store_status(adapter.name, adapter.kind, self.project.migrations[adapter.name], adapter.ledger())
 
     def take_backup(self, adapter: Adapter, scope: tuple[str, ...], *, version: str | None, reason: str,
-                    run_id: str | None) -> Manifest:
-        """Stream, seal and read back a backup; nothing destructive may run until this returns."""
+                    run_id: str | None, sample: int | None = None) -> Manifest:
+        """Stream, seal and read back a backup; nothing destructive may run until this returns.
+        ``sample``: of at most that many rows per table (a rehearsal's copy, from a ``SamplesBackup``)."""
         artifacts = self.project.artifacts
         writer = artifacts.new_writer(store=adapter.name, kind=adapter.kind, version=version, scope=scope, reason=reason)
         try:
-            meta = adapter.backup(scope, writer, self.project.progress)
+            if sample is not None and isinstance(adapter, SamplesBackup):
+                meta = adapter.backup_sample(scope, writer, self.project.progress, limit=sample)
+            else:
+                meta = adapter.backup(scope, writer, self.project.progress)
             manifest = artifacts.seal(writer, meta)
         except BaseException:
             artifacts.discard(writer)
@@ -133,6 +138,11 @@ class Runner:
                                                           "bytes": manifest.size, "reason": reason, "run": run_id})
         self.emit(Progress.BACKUP, {"store": adapter.name, "backup": manifest.id, "scope": list(scope), "bytes": manifest.size})
         return manifest
+
+    def emit_notices(self, m: Migration, direction: Direction, notices: tuple[str, ...]) -> None:
+        """What the store said while a step ran: a statement that did nothing says so only there."""
+        if notices:
+            self.emit(Progress.NOTICES, {"store": m.store, "version": m.version, "step": direction, "notices": list(notices)})
 
     def _journal(self, run_id: str, step: Step, phase: Phase, m: Migration | None = None, **detail: Any) -> None:
         self.state.journal(run_id, step, phase, store=m.store if m else None, version=m.version if m else None, detail=detail)
@@ -411,13 +421,15 @@ class Runner:
             self._step_open = settled.action is Action.FAILED_UNVERIFIED
             return Outcome(m.store, m.version, m.slug, settled.action, analysis.risk.value, list(scope),
                            manifest.id if manifest else None, error=settled.how, hint=settled.hint)
-        self._journal(run_id, Step.ROLLBACK, Phase.DONE, m)
+        self._journal(run_id, Step.ROLLBACK, Phase.DONE, m, notices=list(result.notices))
+        self.emit_notices(m, Direction.ROLLBACK, result.notices)
         self._step_open = False
         self.state.audit("migration.rolled_back", m.store, {"version": m.version, "slug": m.slug, "run": run_id,
                                                              "backup": manifest.id if manifest else None})
         self.emit(Progress.ROLLED_BACK, {"store": m.store, "version": m.version, "hint": self._backup_hint(m)})
         return Outcome(m.store, m.version, m.slug, Action.ROLLED_BACK, analysis.risk.value, list(scope),
-                       manifest.id if manifest else None, result.duration_ms, result.non_transactional)
+                       manifest.id if manifest else None, result.duration_ms, result.non_transactional,
+                       notices=list(result.notices))
 
     def settle_rollback(self, adapter: Adapter, m: Migration, snap: RollbackSnapshot, run_id: str, *, cause: str) -> Settled:
         """A rollback step failed or its run was killed: end with the store where the step began, verified.

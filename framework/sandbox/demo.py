@@ -102,6 +102,9 @@ def write_project(scratch: Path, urls: dict[str, str]) -> Path:
         [stores.cache]
         kind = "redis"
         url = "{urls['POLYSHIFT_SANDBOX_REDIS_URL']}"
+
+        [flags]
+        refresh_interval = "200ms"        # the flag service sees each stage well within its 1 s bake
         """))
     return config
 
@@ -170,6 +173,18 @@ def compare(before: dict[str, Any], after: dict[str, Any]) -> bool:
     return same
 
 
+def start_flag_service(config: Path) -> tuple[Any, tuple[str, str]]:
+    """`polyshift serve` next to the demo: the console for a product team, OFREP for the application."""
+    from polyshift.feature_flags.server.background import ServeProcess, demo_access
+
+    password, key = demo_access(config)
+    service = ServeProcess(config).start()
+    console.print(f"[bold]flag console[/] {service.url}/  (user demo, password {password})", soft_wrap=True)
+    console.print(f"[bold]OFREP[/] {service.url}/ofrep/v1 with the read key {key}", soft_wrap=True)
+    console.print("the stand-in application evaluates its flags there")
+    return service, (service.url, key)
+
+
 def run(invoke: Invoke) -> int:
     started = time.monotonic()
     scratch = Path(tempfile.mkdtemp(prefix="polyshift-demo-"))
@@ -177,6 +192,7 @@ def run(invoke: Invoke) -> int:
     cwd = os.getcwd()
     os.chdir(scratch)
     app: DemoApp | None = None
+    service = None
     try:
         step("1. Start real servers, no Docker: PostgreSQL 18 + pgvector, Redis, FalkorDB, Neo4j Community")
         (scratch / "polyshift.toml").write_text("[stores.none]\nkind = 'redis'\nurl = 'redis://127.0.0.1:1'\n")
@@ -193,8 +209,11 @@ def run(invoke: Invoke) -> int:
         with psycopg.connect(urls["POLYSHIFT_SANDBOX_POSTGRES_URL"], autocommit=True) as conn:
             conn.execute("CREATE DATABASE vectors")
         config = write_project(scratch, urls)
-        app = DemoApp(config).start()
-        os.environ.update({"APP_HEALTH_URL": app.health_url, "RELEASE_BAKE": "1s"})
+        service, ofrep = start_flag_service(config)
+        app = DemoApp(config, ofrep).start()
+        # Each health check is 2,000 OFREP requests: on a busy machine that takes longer than a
+        # real application's health endpoint would, and the gate must wait for it.
+        os.environ.update({"APP_HEALTH_URL": app.health_url, "APP_HEALTH_TIMEOUT": "60s", "RELEASE_BAKE": "1s"})
 
         step("2. The releases: one version across four stores is one release")
         polyshift(invoke, config, "releases")
@@ -229,6 +248,8 @@ def run(invoke: Invoke) -> int:
     finally:
         if app is not None:
             app.stop()
+        if service is not None:
+            service.stop()
         polyshift(invoke, scratch / "polyshift.toml", "sandbox", "down", "--dir", str(sandbox), quiet=True)
         os.chdir(cwd)
 

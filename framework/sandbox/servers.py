@@ -111,6 +111,15 @@ class EmbeddedPostgres:
         with psycopg.connect(self.url(), autocommit=True) as conn:
             conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
 
+    def create_database(self, name: str) -> str:
+        """Another database of this cluster, with pgvector; returns its URL."""
+        default, self.database = self.database, name
+        try:
+            self._create_database()
+        finally:
+            self.database = default
+        return self.url(name)
+
     def stop(self, *, remove: bool = True) -> None:
         run_as = self._run_as() if os.geteuid() == 0 else {}
         if (self.data_dir / "postmaster.pid").exists():

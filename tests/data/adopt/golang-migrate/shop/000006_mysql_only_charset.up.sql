@@ -1,0 +1,1 @@
+-- MySQL only: utf8mb4 conversion. Nothing to do on PostgreSQL.

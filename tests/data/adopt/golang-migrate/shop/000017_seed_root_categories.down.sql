@@ -1,0 +1,1 @@
+DELETE FROM categories WHERE parent_id IS NULL AND name IN ('Books', 'Music', 'Garden');

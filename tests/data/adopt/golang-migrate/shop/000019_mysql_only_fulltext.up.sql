@@ -1,0 +1,1 @@
+-- MySQL only: FULLTEXT index on products.title.

@@ -1,0 +1,2 @@
+DROP INDEX products_search_idx;
+ALTER TABLE products DROP COLUMN search;

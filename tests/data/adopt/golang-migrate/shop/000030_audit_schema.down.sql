@@ -1,0 +1,2 @@
+DROP TABLE audit.events;
+DROP SCHEMA audit;

@@ -1,0 +1,1 @@
+DROP INDEX audit.events_at_brin;

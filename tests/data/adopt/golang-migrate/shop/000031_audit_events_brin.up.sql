@@ -1,0 +1,1 @@
+CREATE INDEX events_at_brin ON audit.events USING brin (at);

@@ -1,0 +1,1 @@
+-- MySQL only: ENGINE=InnoDB for the audit table.

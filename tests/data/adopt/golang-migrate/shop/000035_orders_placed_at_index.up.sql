@@ -1,0 +1,1 @@
+CREATE INDEX orders_placed_at_idx ON orders (placed_at DESC);

@@ -1,0 +1,1 @@
+ALTER TABLE reviews ADD COLUMN helpful_votes integer NOT NULL DEFAULT 0;

@@ -1,0 +1,4 @@
+-- +goose Up
+-- Reserved: this version shipped as a data fix on another database only.
+
+-- +goose Down

@@ -1,0 +1,2 @@
+MATCH (p:Person)-[:DIRECTED]->(m:Movie)
+SET p:Director;

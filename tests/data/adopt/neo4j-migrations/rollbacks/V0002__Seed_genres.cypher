@@ -1,0 +1,1 @@
+MATCH (g:Genre) WHERE g.name IN ['Drama', 'Comedy', 'Documentary'] DETACH DELETE g;

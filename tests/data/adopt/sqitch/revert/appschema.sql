@@ -1,0 +1,7 @@
+-- Revert flipr:appschema from pg
+
+BEGIN;
+
+DROP SCHEMA flipr;
+
+COMMIT;
