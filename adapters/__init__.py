@@ -1,35 +1,32 @@
-"""One adapter per store kind; ``adapter_for`` builds the right one from a store's config."""
+"""One adapter per store kind; ``adapter_for`` builds the right one from a store's config.
+
+What each kind is (its adapter class, script language, options, capabilities) is declared in
+the ``kinds`` module of the package that serves it and collected by
+``polyshift.framework.core.kinds``; the adapter class is imported here, when a store of its
+kind is opened, so that reading a config imports no driver.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-from polyshift.framework.core.errors import ConfigError
+import importlib
+from collections.abc import Callable
+from typing import TYPE_CHECKING, cast
 
 if TYPE_CHECKING:
     from polyshift.framework.core.config import StoreConfig
+    from polyshift.framework.core.kinds import StoreKind
     from polyshift.framework.core.protocol import Adapter
 
 
+def adapter_class(kind: StoreKind) -> Callable[[StoreConfig], Adapter]:
+    """The class the kind's record names; it must declare that same record as its ``spec``."""
+    module, _, name = kind.adapter.partition(":")
+    cls = getattr(importlib.import_module(module), name)
+    if getattr(cls, "spec", None) is not kind or getattr(cls, "kind", None) != kind.name:
+        raise TypeError(f"{kind.adapter} does not declare the store kind {kind.name!r} as its spec")
+    return cast("Callable[[StoreConfig], Adapter]", cls)
+
+
 def adapter_for(store: StoreConfig) -> Adapter:
-    if store.kind == "postgres":
-        from polyshift.adapters.postgres.adapter import PostgresAdapter
-
-        return PostgresAdapter(store)
-    if store.kind == "pgvector":
-        from polyshift.adapters.postgres.pgvector import PgvectorAdapter
-
-        return PgvectorAdapter(store)
-    if store.kind == "neo4j":
-        from polyshift.adapters.graph.neo4j import Neo4jAdapter
-
-        return Neo4jAdapter(store)
-    if store.kind == "falkordb":
-        from polyshift.adapters.graph.falkordb import FalkorAdapter
-
-        return FalkorAdapter(store)
-    if store.kind == "redis":
-        from polyshift.adapters.redis.adapter import RedisAdapter
-
-        return RedisAdapter(store)
-    raise ConfigError(f"[stores.{store.name}]: kind {store.kind!r} has no adapter in this version of polyshift")
+    """The store's adapter, not yet connected; only its kind's driver is imported."""
+    return adapter_class(store.spec)(store)

@@ -153,8 +153,8 @@ def test_a_crashed_runners_lock_expires_and_can_be_taken_over(gws: GraphWorkspac
     gws.config.write_text(gws.config.read_text() + 'lock_ttl = "1s"\n')
     crashed = gws.adapter()
     crashed.acquire_lock("crashed", wait=0)
-    crashed._renewer.stop()    # the runner died: nobody renews
-    crashed._token = None      # and nobody releases
+    crashed.lock._renewer.stop()   # the runner died: nobody renews
+    crashed.lock._claim = None     # and nobody releases
     taker = gws.adapter()
     try:
         taker.acquire_lock("next", wait=5)
@@ -268,3 +268,22 @@ def test_cypher_analysis_reads_what_a_statement_changes(statement: str, risk: st
 
     (result,) = analyze([statement])
     assert (result.risk.value, result.touches, bool(result.unproven)) == (risk, scope, unproven)
+
+
+def test_the_preflight_disk_check_counts_what_a_graph_backup_will_take(gws: GraphWorkspace, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import shutil
+    from collections import namedtuple
+
+    from polyshift.framework.engine.pipeline import DISK_HEADROOM
+
+    _seed(gws)
+    before = gws.fingerprint("Doc")
+    gws.migration("0001_touch", "// polyshift: backup=Doc\nMATCH (d:Doc) SET d.seen = true;", "MATCH (d:Doc) REMOVE d.seen;")
+    usage = namedtuple("usage", "total used free")
+    # Room for the headroom and one byte more: enough only if the graph backup counted as nothing.
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(2 * DISK_HEADROOM, DISK_HEADROOM, DISK_HEADROOM + 1))
+    result = gws.run("up")
+    assert result.exit_code == 2, result.output
+    assert "backups need about" in result.stderr
+    assert gws.fingerprint("Doc") == before
+    assert gws.q("MATCH (m:__PolyshiftMigration) RETURN count(m)") == [[0]]

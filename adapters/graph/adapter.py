@@ -19,26 +19,29 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
-from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any
 
+from polyshift.adapters.boundary import python_checks, run_python_step, step_failed, translated
 from polyshift.adapters.graph import backup as graph_backup
 from polyshift.adapters.graph import cypher
 from polyshift.adapters.graph import inventory as graph_inventory
-from polyshift.framework.core.concurrency import Renewer
-from polyshift.framework.core.errors import LockHeldError, MigrationLoadError, StepFailed, StoreError
+from polyshift.adapters.graph.protocol import QUERY_ERRORS, Dialect, GraphQueryError, Runs, Transactional, Transport
+from polyshift.adapters.locking import Claim, ExpiringTokenLock, lock_ttl_ms
+from polyshift.framework.core.errors import BackupError, MigrationLoadError, StepFailed, StoreError
+from polyshift.framework.core.kinds import Capability, StoreKind
 from polyshift.framework.core.lifecycle import Direction
-from polyshift.framework.core.migration import Migration, MigrationContext, Risk, describe_failure
-from polyshift.framework.core.protocol import Analysis, Fingerprint, LedgerEntry, RestoreReport, StepResult
+from polyshift.framework.core.migration import Migration, MigrationContext, Risk
+from polyshift.framework.core.protocol import Analysis, Fingerprint, LedgerEntry, RestoreReport, ScopeSource, StepResult
 from polyshift.framework.core.secrets import redact
 
 if TYPE_CHECKING:
     from polyshift.framework.control.artifacts import ArtifactStore, ArtifactWriter, Manifest
     from polyshift.framework.core.config import StoreConfig
     from polyshift.framework.core.progress import Progress
+
+__all__ = ["GraphAdapter", "GraphQueryError", "split_scope"]
 
 log = logging.getLogger("polyshift.graph")
 LEDGER = "__PolyshiftMigration"
@@ -54,64 +57,10 @@ _RELEASE = f"MATCH (l:{cypher.name(LOCK)} {{name: 'migrations'}}) WHERE l.token 
 _HOLDER = f"MATCH (l:{cypher.name(LOCK)} {{name: 'migrations'}}) RETURN l.holder, l.expires - timestamp()"
 
 
-class GraphQueryError(Exception):
-    """The server refused a statement; the adapter turns it into a StepFailed or StoreError.
-    ``code`` is the server's status code where it has one (Neo4j's ``Neo.ClientError…``)."""
-
-    def __init__(self, message: str, *, code: str | None = None) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-class Runs(Protocol):
-    def run(self, statement: str, params: dict[str, Any] | None = None) -> list[list[Any]]: ...
-
-
-@runtime_checkable
-class Transport(Runs, Protocol):
-    """``run`` is one auto-commit statement; ``stream`` yields rows as the server sends them."""
-
-    description: str
-
-    def stream(self, statement: str, params: dict[str, Any] | None = None) -> Iterator[list[Any]]: ...
-    def close(self) -> None: ...
-
-
-@runtime_checkable
-class Transactional(Protocol):
-    """Optional: a transport whose statements can share one transaction (committed on a clean exit)."""
-
-    def transaction(self) -> AbstractContextManager[Runs]: ...
-
-
-class Dialect(Protocol):
-    """What differs between graph servers: how entities are addressed and scanned, and the schema."""
-
-    name: str
-    id_function: str    # the Cypher function giving an entity's id ("elementId" or "id")
-
-    def scan_nodes(self, labels: list[str]) -> Iterator[tuple[str, Any, list[str], dict[str, Any]]]:
-        """(scope label it counts under, id, labels, properties) of each node carrying a scope label, once."""
-        ...
-
-    def scan_relationships(self, labels: list[str], types: list[str]) -> Iterator[list[Any]]:
-        """(id, type, properties, start id, labels, properties, end id, labels, properties) of each
-        relationship of a scope type or touching a scope node, once."""
-        ...
-
-    def delete_scope(self, labels: list[str], types: list[str], batch: int) -> None: ...
-    def capture(self, labels: set[str], types: set[str]) -> list[dict[str, Any]]: ...
-    def signature(self) -> list[Any]: ...
-    def restore(self, items: list[dict[str, Any]], labels: set[str], types: set[str]) -> None: ...
-    def ensure_lock_constraint(self, label: str) -> bool: ...
-    def problems(self) -> list[str]:
-        """Indexes or constraints that are not serving: FAILED, or still being built after a wait."""
-        ...
-
-
 def split_scope(scope: tuple[str, ...]) -> tuple[list[str], list[str]]:
     """Labels (``Document``) and relationship types (``:MENTIONS``) of a graph backup scope."""
-    labels, types = [], []
+    labels: list[str] = []
+    types: list[str] = []
     for entry in scope:
         if not isinstance(entry, str) or not entry.strip(":"):
             raise MigrationLoadError(f"graph backup scope entries are labels or :TYPES, got {entry!r}")
@@ -121,18 +70,47 @@ def split_scope(scope: tuple[str, ...]) -> tuple[list[str], list[str]]:
     return labels, types
 
 
+class _LockNode:
+    """The graph's lock: one ``:__PolyshiftLock`` node holding the claim's token, holder and expiry."""
+
+    def __init__(self, run: Runs) -> None:
+        self._graph = run   # the adapter: a refusal comes back as StoreError
+
+    def take(self, claim: Claim, ttl_ms: int) -> bool:
+        return bool(self._graph.run(_ACQUIRE, {"token": claim.token, "holder": claim.holder, "ttl": ttl_ms}))
+
+    def extend(self, claim: Claim, ttl_ms: int) -> bool:
+        return bool(self._graph.run(_RENEW, {"token": claim.token, "ttl": ttl_ms})[0][0])
+
+    def give_back(self, claim: Claim) -> None:
+        self._graph.run(_RELEASE, {"token": claim.token})
+
+    def describe_holder(self) -> str:
+        rows = self._graph.run(_HOLDER)
+        if not rows:
+            return "holder unknown"
+        holder, remaining = rows[0]
+        return f"{holder}, expires in {max(remaining or 0, 0) / 1000:.0f} s unless renewed"
+
+
 class GraphAdapter:
+    """Subclasses set ``spec`` (their kind's record) and open the transport and dialect."""
+
+    spec: StoreKind
     kind = "graph"
-    transactional = False   # data statements can share one transaction (the transport is Transactional)
 
     def __init__(self, config: StoreConfig) -> None:
         self.config = config
         self.name = config.name
-        self.lock_ttl_ms = 30_000
+        self.lock_ttl_ms = lock_ttl_ms(config)
+        self.lock = ExpiringTokenLock(config.name, _LockNode(self), self.lock_ttl_ms)
         self._t: Transport | None = None
         self._dialect: Dialect | None = None
-        self._token: str | None = None
-        self._renewer: Renewer | None = None
+
+    @property
+    def transactional(self) -> bool:
+        """Data statements can share one transaction (the transport is Transactional)."""
+        return self.spec.can(Capability.ATOMIC_STEPS)
 
     # -- subclasses provide the transport and dialect --------------------------------------
     def open_transport(self) -> tuple[Transport, Dialect]:
@@ -140,7 +118,10 @@ class GraphAdapter:
 
     def connect(self) -> None:
         if self._t is None:
-            self._t, self._dialect = self.open_transport()
+            try:
+                self._t, self._dialect = self.open_transport()
+            except StoreError as exc:  # the transport names the server; the message names the store too
+                raise type(exc)(f"store {self.name}: {exc.message}", hint=exc.hint) from None
 
     @property
     def t(self) -> Transport:
@@ -171,44 +152,12 @@ class GraphAdapter:
 
     # -- lock -------------------------------------------------------------------------
     def acquire_lock(self, holder: str, wait: float) -> None:
-        if self._token is not None:
-            return
-        self.dialect.ensure_lock_constraint(LOCK)
-        token = uuid.uuid4().hex
-        deadline = time.monotonic() + wait
-        while not self.run(_ACQUIRE, {"token": token, "holder": holder, "ttl": self.lock_ttl_ms}):
-            if time.monotonic() >= deadline:
-                raise LockHeldError(f"store {self.name} is locked by another polyshift run ({self.lock_holder()})",
-                                    hint=f"wait for it; a crashed runner's lock expires within {self.lock_ttl_ms / 1000:g} s")
-            time.sleep(0.2)
-        self._token = token
-        self._renewer = Renewer(self._renew, self.lock_ttl_ms / 3000, "polyshift-graph-lock")
-
-    def _renew(self) -> bool:
-        try:
-            if not self.run(_RENEW, {"token": self._token, "ttl": self.lock_ttl_ms})[0][0]:
-                log.error("store %s: lost the lock (expired and taken over); stopping renewal", self.name)
-                return False
-        except StoreError as exc:
-            log.warning("store %s: lock renewal failed: %s", self.name, exc)
-        return True
-
-    def lock_holder(self) -> str:
-        rows = self.run(_HOLDER)
-        if not rows:
-            return "holder unknown"
-        holder, remaining = rows[0]
-        return f"{holder}, expires in {max(remaining or 0, 0) / 1000:.0f} s unless renewed"
+        if not self.lock.held:
+            self.dialect.ensure_lock_constraint(LOCK)
+        self.lock.acquire(holder, wait)
 
     def release_lock(self) -> None:
-        if self._token is None:
-            return
-        if self._renewer is not None:
-            self._renewer.stop()
-        try:
-            self.run(_RELEASE, {"token": self._token})
-        finally:
-            self._token = None
+        self.lock.release()
 
     # -- ledger -----------------------------------------------------------------------
     def ensure_ledger(self) -> None:
@@ -298,7 +247,7 @@ class GraphAdapter:
         inferred = tuple(cypher.inferred_scope(analysed))
         extra = tuple(e for e in inferred if e not in declared)
         scope = declared + extra
-        source = ("declared+inferred" if extra else "declared") if declared else ("inferred" if inferred else "none")
+        source: ScopeSource = ("declared+inferred" if extra else "declared") if declared else ("inferred" if inferred else "none")
         split_scope(scope)
         return Analysis(risk, scope, source, self._non_transactional(migration, statements), len(statements),
                         unproven=unproven)
@@ -315,7 +264,10 @@ class GraphAdapter:
                 log.warning("store %s: relationship type %r in the backup scope has no relationships", self.name, rel)
         return tuple(scope)
 
-    def _context(self, migration: Migration, client: Any = None) -> MigrationContext:
+    def _context(self, migration: Migration, client: Runs | None = None) -> MigrationContext:
+        """``ctx.client`` of a graph step is polyshift's statement runner, not the driver's session:
+        ``run(statement, params)`` returns the rows as lists, inside the step's transaction where
+        there is one (``client``), on the transport otherwise."""
         return MigrationContext(client=client or self.t, store=self.name, migration=migration,
                                 log=logging.getLogger(f"polyshift.migration.{migration.id}"))
 
@@ -335,10 +287,10 @@ class GraphAdapter:
             if step.function is not None:
                 if atomic:
                     with self._transaction() as tx:
-                        step.call(self._context(migration, tx))
+                        run_python_step(step, self._context(migration, tx), QUERY_ERRORS)
                         self._record(migration, direction, run_id=run_id, actor=actor, started=started, client=tx)
                 else:
-                    step.call(self._context(migration))
+                    run_python_step(step, self._context(migration), QUERY_ERRORS)
             else:
                 for number, group in enumerate(groups, 1):
                     if self._alone(group[0]):
@@ -351,14 +303,10 @@ class GraphAdapter:
                         if atomic and number == len(groups):
                             # The ledger entry commits with the data: both or neither.
                             self._record(migration, direction, run_id=run_id, actor=actor, started=started, client=tx)
-        except GraphQueryError as exc:
-            where = f" at `{' '.join(current.split())[:120]}`" if current else ""
-            raise StepFailed(f"{self.name} {migration.id} {step.name} failed{where}: {redact(str(exc))}", step=step.name) from None
         except (StepFailed, StoreError):
             raise
-        except Exception as exc:  # a Python step's own bug is a failed step, not a crash
-            raise StepFailed(f"{self.name} {migration.id} {step.name} raised {redact(describe_failure(exc))}",
-                             step=step.name) from exc
+        except Exception as exc:  # the server refused a statement (GraphQueryError), or the ledger write failed
+            step_failed(self.name, migration, step, exc, QUERY_ERRORS, at=current)
         if not atomic:
             self._record(migration, direction, run_id=run_id, actor=actor, started=started)
         return StepResult(int((time.monotonic() - started) * 1000), len(statements) or 1, not atomic)
@@ -372,13 +320,7 @@ class GraphAdapter:
         if migration.validate is None:
             return []
         if migration.validate.function is not None:
-            try:
-                result = migration.validate.call(self._context(migration))
-            except Exception as exc:
-                return [f"validate raised {redact(describe_failure(exc))}"]
-            if result is False:
-                return ["validate returned False"]
-            return [str(r) for r in result] if isinstance(result, (list, tuple)) else []
+            return python_checks(migration.validate, self._context(migration))
         failures = []
         for number, statement in enumerate(self._statements(migration, None), 1):
             label = f"check {number} `{' '.join(statement.split())[:100]}`"
@@ -403,19 +345,25 @@ class GraphAdapter:
 
     def fingerprint(self, scope: tuple[str, ...]) -> Fingerprint:
         labels, types = split_scope(scope)
-        return graph_backup.fingerprint(self, labels, types)
+        with translated(QUERY_ERRORS, f"store {self.name}: fingerprint failed"):
+            return graph_backup.fingerprint(self.dialect, labels, types)
+
+    def estimate_backup_bytes(self, scope: tuple[str, ...]) -> int:
+        """The scope's size as a backup writes it before compression, from its counts and a sample."""
+        labels, types = split_scope(scope)
+        with translated(QUERY_ERRORS, f"store {self.name}: cannot estimate the backup size"):
+            return graph_backup.estimate_bytes(self.dialect, self.t, labels, types)
 
     def inventory(self, scope: tuple[str, ...]) -> dict[str, str]:
         labels, types = split_scope(scope)
-        try:
+        with translated(QUERY_ERRORS, f"store {self.name}: inventory failed"):
             return graph_inventory.account(self.t, self.dialect.signature(), labels, types)
-        except GraphQueryError as exc:
-            raise StoreError(f"store {self.name}: inventory failed: {redact(str(exc))}") from None
 
     def backup(self, scope: tuple[str, ...], writer: ArtifactWriter, progress: Progress) -> dict[str, Any]:
         labels, types = split_scope(scope)
-        return graph_backup.backup(self, labels, types, writer, progress)
+        with translated(QUERY_ERRORS, f"store {self.name}: backup failed", BackupError):
+            return graph_backup.backup(self.dialect, labels, types, writer, progress)
 
     def restore(self, manifest: Manifest, artifacts: ArtifactStore, progress: Progress) -> RestoreReport:
-        return graph_backup.restore(self, manifest, artifacts, progress)
-
+        with translated(QUERY_ERRORS, f"store {self.name}: restore of {manifest.id} failed part-way"):
+            return graph_backup.restore(self.dialect, self, manifest, artifacts, progress)

@@ -192,7 +192,9 @@ def _entities(text: str, clauses: list[tuple[str, int, int]]) -> dict[str, _Enti
 
 def _items(body: str) -> list[str]:
     """A clause body split on its top-level commas, up to the end of its subquery, if any."""
-    items, depth, current = [], 0, []
+    items: list[str] = []
+    current: list[str] = []
+    depth = 0
     for c in body:
         if c in "([{":
             depth += 1

@@ -4,6 +4,12 @@ The native protocol handles quotes, backslashes, unicode and map parameters corr
 query is atomic on its own (FalkorDB serialises writes per graph), and there are no
 multi-statement transactions: each statement of a migration commits on its own. Results come
 back whole, so scans page by id (``WHERE id(n) > $last ORDER BY id(n) LIMIT``), never SKIP.
+Every statement goes through GRAPH.QUERY, which creates the graph's key when it is missing, so
+a graph nothing was written to yet reads as empty.
+
+The client raises redis-py's exceptions: a server that does not answer is StoreUnavailable, a
+statement it refuses GraphQueryError. Whether an index or constraint exists is asked of the
+server (``db.indexes()``, ``db.constraints()``), never read from an error's text.
 """
 
 from __future__ import annotations
@@ -13,16 +19,18 @@ from collections.abc import Iterator
 from typing import Any
 from urllib.parse import unquote, urlparse
 
+from polyshift.adapters.boundary import translate
 from polyshift.adapters.graph import cypher
-from polyshift.adapters.graph.adapter import GraphAdapter, GraphQueryError
-from polyshift.framework.core.config import setting_duration
-from polyshift.framework.core.errors import BackupError, StoreError
-from polyshift.framework.core.secrets import redact, url_without_password
+from polyshift.adapters.graph.adapter import GraphAdapter
+from polyshift.adapters.graph.kinds import FALKORDB
+from polyshift.adapters.graph.protocol import GraphQueryError
+from polyshift.adapters.redis.errors import REDIS_ERRORS
+from polyshift.framework.core.errors import BackupError
+from polyshift.framework.core.secrets import url_without_password
 
 
 class FalkorTransport:
     def __init__(self, url: str, graph: str, *, timeout: float) -> None:
-        import redis
         from falkordb import FalkorDB
 
         parsed = urlparse(url)
@@ -36,17 +44,20 @@ class FalkorTransport:
                                password=password, username=username, socket_timeout=timeout)
             self.graph = self.db.select_graph(graph)
             self.db.connection.ping()
-        except (redis.RedisError, OSError) as exc:
-            raise StoreError(f"cannot connect to {self.description}: {redact(str(exc))}") from None
-        self._errors: tuple[type[Exception], ...] = (redis.RedisError,)
+        except REDIS_ERRORS.catches as exc:
+            raise translate(REDIS_ERRORS, exc, f"cannot connect to {self.description}") from None
+
+    def _failure(self, exc: BaseException) -> Exception:
+        """A statement the server refused, or a server that failed us, translated."""
+        if REDIS_ERRORS.refused_statement(exc):
+            return GraphQueryError(REDIS_ERRORS.describe(exc))
+        return translate(REDIS_ERRORS, exc, self.description)
 
     def run(self, statement: str, params: dict[str, Any] | None = None) -> list[list[Any]]:
         try:
             result = self.graph.query(statement, params or None)
-        except self._errors as exc:
-            if "empty key" in str(exc).lower() or "invalid graph operation on empty key" in str(exc).lower():
-                return []  # a read on a graph that does not exist yet: nothing there
-            raise GraphQueryError(str(exc)) from None
+        except REDIS_ERRORS.catches as exc:
+            raise self._failure(exc) from None
         return [list(row) for row in result.result_set]
 
     def stream(self, statement: str, params: dict[str, Any] | None = None) -> Iterator[list[Any]]:
@@ -55,8 +66,8 @@ class FalkorTransport:
     def command(self, *args: Any) -> Any:
         try:
             return self.db.connection.execute_command(*args)
-        except self._errors as exc:
-            raise GraphQueryError(str(exc)) from None
+        except REDIS_ERRORS.catches as exc:
+            raise self._failure(exc) from None
 
     def close(self) -> None:
         try:
@@ -147,7 +158,8 @@ class FalkorDialect:
         # FalkorDB accepts a constraint as PENDING and builds it in the background: wait for a verdict.
         deadline = time.monotonic() + SCHEMA_SETTLE_SECONDS
         while True:
-            failed, building = [], []
+            failed: list[str] = []
+            building: list[str] = []
             for r in self.t.run("CALL db.constraints()"):
                 kind, label, properties, status = r[0], r[1], ", ".join(r[2]), r[4]
                 if str(label).startswith("__Polyshift") or status == "OPERATIONAL":
@@ -164,55 +176,63 @@ class FalkorDialect:
 
     def restore(self, items: list[dict[str, Any]], labels: set[str], types: set[str]) -> None:
         """Re-create the backed-up indexes and constraints that are missing."""
-        from polyshift.adapters.graph.cypher import name
-
         for item in items:
-            label = name(item["label"])
+            label = cypher.name(item["label"])
             if item["what"] == "index":
                 if item["kind"] == "FULLTEXT":
-                    self.t.run("CALL db.idx.fulltext.createNodeIndex($l, $p)", {"l": item["label"], "p": item["property"]})
+                    if not self._has_index("NODE", item["label"], item["property"], "FULLTEXT"):
+                        self.t.run("CALL db.idx.fulltext.createNodeIndex($l, $p)", {"l": item["label"], "p": item["property"]})
                 elif item["entity"] == "NODE":
-                    self._ignore_exists(f"CREATE INDEX FOR (n:{label}) ON (n.{name(item['property'])})")
+                    self._create_index(f"CREATE INDEX FOR (n:{label}) ON (n.{cypher.name(item['property'])})",
+                                       "NODE", item["label"], item["property"])
                 else:
-                    self._ignore_exists(f"CREATE INDEX FOR ()-[r:{label}]-() ON (r.{name(item['property'])})")
+                    self._create_index(f"CREATE INDEX FOR ()-[r:{label}]-() ON (r.{cypher.name(item['property'])})",
+                                       item["entity"], item["label"], item["property"])
             else:
-                try:
-                    self.t.command("GRAPH.CONSTRAINT", "CREATE", self.t.graph_name, item["kind"], item["entity"], item["label"],
-                                   "PROPERTIES", len(item["properties"]), *item["properties"])
-                except GraphQueryError as exc:
-                    if "already exists" not in str(exc).lower():
-                        raise
+                self._create_constraint(item["kind"], item["entity"], item["label"], list(item["properties"]))
 
     def ensure_lock_constraint(self, label: str) -> bool:
-        """A uniqueness constraint on the lock node's name, so two lock nodes can never coexist."""
-        from polyshift.adapters.graph.cypher import name
-
+        """A uniqueness constraint on the lock node's name, so two lock nodes can never coexist;
+        False when the server would not take it (the lock then relies on MERGE alone)."""
         try:
-            self._ignore_exists(f"CREATE INDEX FOR (n:{name(label)}) ON (n.name)")
-            self.t.command("GRAPH.CONSTRAINT", "CREATE", self.t.graph_name, "UNIQUE", "NODE", label, "PROPERTIES", 1, "name")
-        except GraphQueryError as exc:
-            if "already exists" not in str(exc).lower():
-                return False
+            self._create_index(f"CREATE INDEX FOR (n:{cypher.name(label)}) ON (n.name)", "NODE", label, "name")
+            self._create_constraint("UNIQUE", "NODE", label, ["name"])
+        except GraphQueryError:
+            return False
         return True
 
-    def _ignore_exists(self, statement: str) -> None:
+    def _has_index(self, entity: str, label: str, prop: str, kind: str = "RANGE") -> bool:
+        return any(r[0] == label and r[6] == entity and kind in r[2].get(prop, []) for r in self.t.run("CALL db.indexes()"))
+
+    def _has_constraint(self, kind: str, entity: str, label: str, properties: list[str]) -> bool:
+        return any((r[0], r[1], list(r[2]), r[3]) == (kind, label, properties, entity) for r in self.t.run("CALL db.constraints()"))
+
+    def _create_index(self, statement: str, entity: str, label: str, prop: str) -> None:
+        """Create a range index unless the server has it; a runner racing us to it is no failure."""
+        if self._has_index(entity, label, prop):
+            return
         try:
             self.t.run(statement)
-        except GraphQueryError as exc:
-            if "already indexed" not in str(exc).lower() and "already exists" not in str(exc).lower():
+        except GraphQueryError:
+            if not self._has_index(entity, label, prop):
                 raise
 
+    def _create_constraint(self, kind: str, entity: str, label: str, properties: list[str]) -> None:
+        if self._has_constraint(kind, entity, label, properties):
+            return
+        try:
+            self.t.command("GRAPH.CONSTRAINT", "CREATE", self.t.graph_name, kind, entity, label,
+                           "PROPERTIES", len(properties), *properties)
+        except GraphQueryError:
+            if not self._has_constraint(kind, entity, label, properties):
+                raise
 
 
 class FalkorAdapter(GraphAdapter):
     """The graph adapter over FalkorDB's native protocol (``kind = "falkordb"``, ``graph = "name"``)."""
 
-    kind = "falkordb"
-
-    def __init__(self, config: Any) -> None:
-        super().__init__(config)
-        if "lock_ttl" in config.options:
-            self.lock_ttl_ms = int(setting_duration(config.options["lock_ttl"], "lock_ttl", where=f"[stores.{config.name}]") * 1000)
+    spec = FALKORDB
+    kind = FALKORDB.name
 
     def open_transport(self) -> tuple[FalkorTransport, FalkorDialect]:
         transport = FalkorTransport(self.config.url, str(self.config.options.get("graph", "polyshift")),

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from polyshift.adapters.graph import cypher
 
 if TYPE_CHECKING:
-    from polyshift.adapters.graph.adapter import Runs
+    from polyshift.adapters.graph.protocol import Runs
 
 
 def _schema_entries(signature: list[Any]) -> Iterator[str]:

@@ -8,7 +8,11 @@
 - Indexes and constraints are captured and re-created from ``SHOW … YIELD createStatement``,
   which carries every kind Community has (range, text, point, full-text, vector with its
   options, lookup, uniqueness) and the Enterprise ones too.
-- ``database = "…"`` selects the database for every session; ``system`` is refused.
+- ``database = "…"`` selects the database for every session (``system`` is refused with the config).
+- Driver errors are read by the driver's classes: a statement the server refused (``Neo4jError``)
+  is GraphQueryError with its status code, and is retried within a deadline when the driver
+  says it is retryable; a server that does not answer (``ServiceUnavailable``,
+  ``SessionExpired``, a socket error) is StoreUnavailable.
 """
 
 from __future__ import annotations
@@ -20,10 +24,12 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+from polyshift.adapters.boundary import translate
 from polyshift.adapters.graph import cypher
-from polyshift.adapters.graph.adapter import GraphAdapter, GraphQueryError
-from polyshift.framework.core.config import setting_duration
-from polyshift.framework.core.errors import ConfigError, StoreError
+from polyshift.adapters.graph.adapter import GraphAdapter
+from polyshift.adapters.graph.kinds import NEO4J
+from polyshift.adapters.graph.protocol import GraphQueryError
+from polyshift.framework.core.errors import StoreError
 from polyshift.framework.core.secrets import redact, url_without_password
 
 # One driver per server for the whole process, closed at exit: a driver is meant to live long
@@ -45,22 +51,44 @@ def _close_drivers() -> None:
 atexit.register(_close_drivers)
 
 
+class Neo4jErrors:
+    """The neo4j driver's errors, read by their classes (``DriverErrors`` of polyshift.adapters.boundary)."""
+
+    def __init__(self) -> None:
+        from neo4j import exceptions
+
+        self.refused: tuple[type[BaseException], ...] = (exceptions.Neo4jError,)
+        self.catches: tuple[type[BaseException], ...] = (exceptions.Neo4jError, exceptions.DriverError, OSError)
+        self.connecting: tuple[type[BaseException], ...] = (*self.catches, ValueError)  # ValueError: a URL it cannot use
+        self._gone = (exceptions.ServiceUnavailable, exceptions.SessionExpired, OSError)
+
+    def unavailable(self, exc: BaseException) -> bool:
+        return isinstance(exc, self._gone)
+
+    def retryable(self, exc: BaseException) -> bool:
+        """The driver's word: a transient failure (deadlock, leader switch) that rolled the work back whole."""
+        return bool(getattr(exc, "is_retryable", lambda: False)())
+
+    def describe(self, exc: BaseException) -> str:
+        code, message = getattr(exc, "code", None), getattr(exc, "message", None)
+        return redact(f"{code}: {message}" if code and message else str(exc))
+
+    def query_error(self, exc: BaseException) -> GraphQueryError:
+        return GraphQueryError(self.describe(exc), code=getattr(exc, "code", None))
+
+
 class BoltTransaction:
     """An explicit transaction: ``run`` as on the transport; committed by the transport's context manager."""
 
-    def __init__(self, tx: Any, errors: Any) -> None:
+    def __init__(self, tx: Any, errors: Neo4jErrors) -> None:
         self._tx = tx
         self._errors = errors
 
     def run(self, statement: str, params: dict[str, Any] | None = None) -> list[list[Any]]:
         try:
             return [list(record.values()) for record in self._tx.run(statement, params or {})]
-        except self._errors.Neo4jError as exc:
-            raise GraphQueryError(_message(exc), code=exc.code) from None
-
-
-def _message(exc: Any) -> str:
-    return f"{exc.code}: {exc.message}" if getattr(exc, "message", None) else str(exc)
+        except self._errors.refused as exc:
+            raise self._errors.query_error(exc) from None
 
 
 class BoltTransport:
@@ -70,7 +98,7 @@ class BoltTransport:
         self.description = f"neo4j {url_without_password(url)}" + (f" database {database!r}" if database else "")
         self.database = database
         self.timeout = timeout
-        self._neo4j = neo4j
+        self.errors = Neo4jErrors()
         auth = (user, password or "") if user else None
         key = (url, user, password)
         try:
@@ -80,8 +108,8 @@ class BoltTransport:
                     driver.verify_connectivity()
                     _DRIVERS[key] = driver
                 self.driver = _DRIVERS[key]
-        except (neo4j.exceptions.DriverError, neo4j.exceptions.Neo4jError, OSError, ValueError) as exc:
-            raise StoreError(f"cannot connect to {self.description}: {redact(str(exc))}") from None
+        except self.errors.connecting as exc:
+            raise translate(self.errors, exc, f"cannot connect to {self.description}") from None
 
     def _session(self) -> Any:
         return self.driver.session(database=self.database)
@@ -90,46 +118,43 @@ class BoltTransport:
         """One auto-commit transaction. A transient failure (deadlock, leader switch) rolled the
         statement back whole, so it is retried within a deadline, as the driver's managed
         transactions do; batches of ``IN TRANSACTIONS`` may have committed and are not retried."""
-        errors = self._neo4j.exceptions
         deadline = time.monotonic() + _RETRY_SECONDS
         delay = 0.05
         while True:
             try:
                 with self._session() as session:
                     return [list(record.values()) for record in session.run(statement, params or {})]
-            except errors.Neo4jError as exc:
-                if exc.is_retryable() and time.monotonic() < deadline and not cypher.in_transactions(statement):
+            except self.errors.refused as exc:
+                if self.errors.retryable(exc) and time.monotonic() < deadline and not cypher.in_transactions(statement):
                     time.sleep(delay)
                     delay = min(delay * 2, 1.0)
                     continue
-                raise GraphQueryError(_message(exc), code=exc.code) from None
-            except (errors.DriverError, OSError) as exc:
-                raise StoreError(f"{self.description}: {redact(str(exc))}") from None
+                raise self.errors.query_error(exc) from None
+            except self.errors.catches as exc:
+                raise translate(self.errors, exc, self.description) from None
 
     def stream(self, statement: str, params: dict[str, Any] | None = None) -> Iterator[list[Any]]:
         """Rows as the driver fetches them (1,000 a round trip), in one read transaction."""
-        errors = self._neo4j.exceptions
         try:
             with self._session() as session:
                 for record in session.run(statement, params or {}):
                     yield list(record.values())
-        except errors.Neo4jError as exc:
-            raise GraphQueryError(_message(exc), code=exc.code) from None
-        except (errors.DriverError, OSError) as exc:
-            raise StoreError(f"{self.description}: {redact(str(exc))}") from None
+        except self.errors.refused as exc:
+            raise self.errors.query_error(exc) from None
+        except self.errors.catches as exc:
+            raise translate(self.errors, exc, self.description) from None
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[BoltTransaction]:
         """Commits when the block ends cleanly; any exception rolls everything back."""
-        errors = self._neo4j.exceptions
         try:
             with self._session() as session, session.begin_transaction(timeout=self.timeout) as tx:
-                yield BoltTransaction(tx, errors)
+                yield BoltTransaction(tx, self.errors)
                 tx.commit()
-        except errors.Neo4jError as exc:
-            raise GraphQueryError(_message(exc), code=exc.code) from None
-        except (errors.DriverError, OSError) as exc:
-            raise StoreError(f"{self.description}: {redact(str(exc))}") from None
+        except self.errors.refused as exc:
+            raise self.errors.query_error(exc) from None
+        except self.errors.catches as exc:
+            raise translate(self.errors, exc, self.description) from None
 
     def close(self) -> None:
         """The shared driver stays open for the next command in this process (closed at exit)."""
@@ -249,19 +274,11 @@ def _check_server(transport: BoltTransport) -> str:
 class Neo4jAdapter(GraphAdapter):
     """``kind = "neo4j"``: url bolt:// or neo4j://, user (or in the URL), password, database."""
 
-    kind = "neo4j"
-    transactional = True
+    spec = NEO4J
+    kind = NEO4J.name
 
     def __init__(self, config: Any) -> None:
         super().__init__(config)
-        if "lock_ttl" in config.options:
-            self.lock_ttl_ms = int(setting_duration(config.options["lock_ttl"], "lock_ttl", where=f"[stores.{config.name}]") * 1000)
-        database = config.options.get("database")
-        if database is not None and (not isinstance(database, str) or not database):
-            raise ConfigError(f"[stores.{config.name}] database must be a database name, got {database!r}")
-        if isinstance(database, str) and database.lower() == "system":
-            raise ConfigError(f"[stores.{config.name}] database = \"system\" is Neo4j's own catalogue of users and "
-                              "databases; polyshift migrates user databases", hint='use "neo4j" or a database you created')
         self.server_version = ""
 
     def open_transport(self) -> tuple[BoltTransport, Neo4jDialect]:

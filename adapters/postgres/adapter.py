@@ -10,28 +10,25 @@ import os
 import time
 import zlib
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import TYPE_CHECKING, Any
 
 import psycopg
+from polyshift.adapters.boundary import python_checks, step_failed, translate, translated
 from polyshift.adapters.postgres import backup as pg_backup
 from polyshift.adapters.postgres import catalog as cat
 from polyshift.adapters.postgres import inventory as pg_inventory
 from polyshift.adapters.postgres import locking
 from polyshift.adapters.postgres.analysis import Statement, analyze_sql
+from polyshift.adapters.postgres.errors import PSYCOPG_ERRORS
 from polyshift.adapters.postgres.hazards import CODES, THRESHOLD, Kind, TableSize
+from polyshift.adapters.postgres.kinds import POSTGRES
 from polyshift.adapters.postgres.scope import ScopeExpander
 from polyshift.adapters.postgres.timing import StatementClock
-from polyshift.framework.core.errors import (
-    BackupError,
-    LockHeldError,
-    MigrationLoadError,
-    StepFailed,
-    StoreError,
-    StoreUnavailable,
-)
+from polyshift.framework.core.errors import BackupError, LockHeldError, MigrationLoadError, StepFailed
+from polyshift.framework.core.kinds import StoreKind
 from polyshift.framework.core.lifecycle import Direction
-from polyshift.framework.core.migration import Migration, MigrationContext, Risk, Step, describe_failure
+from polyshift.framework.core.migration import Migration, MigrationContext, Risk, Step
 from polyshift.framework.core.protocol import (
     Analysis,
     AttemptObserver,
@@ -74,24 +71,18 @@ CREATE TABLE IF NOT EXISTS {cat.LEDGER_SCHEMA}.schema_history (
 )"""
 
 
-def _describe(exc: psycopg.Error) -> str:
-    diag = getattr(exc, "diag", None)
-    primary = (diag.message_primary if diag is not None else None) or str(exc).strip().splitlines()[0]
-    code = f"SQLSTATE {exc.sqlstate}: " if getattr(exc, "sqlstate", None) else ""
-    return redact(f"{code}{primary}")
+_describe = PSYCOPG_ERRORS.describe
 
 
-@contextmanager
-def _translated(store: str, what: str) -> Iterator[None]:
-    """Driver errors become StoreError at the adapter boundary, naming the store and the action."""
-    try:
-        yield
-    except psycopg.Error as exc:
-        raise StoreError(f"store {store}: {what} failed: {_describe(exc)}") from None
+def _translated(store: str, what: str) -> AbstractContextManager[None]:
+    """Driver errors become StoreError (StoreUnavailable when the server did not answer) at the
+    adapter boundary, naming the store and the action."""
+    return translated(PSYCOPG_ERRORS, f"store {store}: {what} failed")
 
 
 class PostgresAdapter:
-    kind = "postgres"
+    spec: StoreKind = POSTGRES
+    kind = POSTGRES.name
 
     def __init__(self, config: StoreConfig) -> None:
         self.config = config
@@ -110,10 +101,8 @@ class PostgresAdapter:
         try:
             return psycopg.connect(self.config.url, autocommit=True, connect_timeout=10,
                                    application_name=f"polyshift {purpose}"[:63])
-        except psycopg.OperationalError as exc:
-            raise StoreUnavailable(f"store {self.name}: cannot connect to {self.config.display_url}: {_describe(exc)}") from None
         except psycopg.Error as exc:
-            raise StoreError(f"store {self.name}: cannot connect to {self.config.display_url}: {_describe(exc)}") from None
+            raise translate(PSYCOPG_ERRORS, exc, f"store {self.name}: cannot connect to {self.config.display_url}") from None
 
     def connect(self) -> None:
         if self._conn is None or self._conn.closed:
@@ -189,7 +178,8 @@ class PostgresAdapter:
             with self.conn.transaction():
                 self.conn.execute(_LEDGER_DDL)
         except psycopg.Error as exc:
-            raise StoreError(f"store {self.name}: cannot create the ledger {cat.LEDGER_SCHEMA}.schema_history: {_describe(exc)}") from None
+            raise translate(PSYCOPG_ERRORS, exc,
+                            f"store {self.name}: cannot create the ledger {cat.LEDGER_SCHEMA}.schema_history") from None
 
     def ledger(self) -> list[LedgerEntry]:
         with _translated(self.name, "reading the ledger"):
@@ -222,14 +212,14 @@ class PostgresAdapter:
                 for migration in migrations:
                     self._record(migration, Direction.FORWARD, run_id=run_id, actor=actor, duration_ms=0, non_transactional=False)
         except psycopg.Error as exc:
-            raise StoreError(f"store {self.name}: cannot write the ledger: {_describe(exc)}") from None
+            raise translate(PSYCOPG_ERRORS, exc, f"store {self.name}: cannot write the ledger") from None
 
     def record_reverted(self, migration: Migration, *, run_id: str, actor: str) -> None:
         try:
             with self.conn.transaction():
                 self._record(migration, Direction.ROLLBACK, run_id=run_id, actor=actor, duration_ms=0, non_transactional=False)
         except psycopg.Error as exc:
-            raise StoreError(f"store {self.name}: cannot write the ledger: {_describe(exc)}") from None
+            raise translate(PSYCOPG_ERRORS, exc, f"store {self.name}: cannot write the ledger") from None
 
     # -- analysis ---------------------------------------------------------------------
     def _statements(self, step: Step) -> list[Statement]:
@@ -426,22 +416,15 @@ class PostgresAdapter:
             if self._clock is not None:
                 self._clock.abandoned()
             raise
-        except psycopg.Error as exc:
-            where = f" at `{current.sql[:120]}`" if current is not None else ""
-            raise StepFailed(f"{self.name} {migration.id} {step.name} failed{where}: {_describe(exc)}", step=step.name) from None
-        except Exception as exc:  # a Python step's own bug is a failed step, not a crash
-            raise StepFailed(f"{self.name} {migration.id} {step.name} raised {redact(describe_failure(exc))}",
-                             step=step.name) from exc
+        except Exception as exc:  # refused by the server, or a Python step's own bug: a failed step, not a crash
+            step_failed(self.name, migration, step, exc, PSYCOPG_ERRORS, at=current.sql if current is not None else "")
 
     def _run_python_outside_transaction(self, migration: Migration, step: Step) -> None:
         try:
             self._set_timeouts(local=False)
             self._run_python(migration, step)
-        except psycopg.Error as exc:
-            raise StepFailed(f"{self.name} {migration.id} {step.name} failed: {_describe(exc)}", step=step.name) from None
-        except Exception as exc:  # a Python step's own bug is a failed step, not a crash
-            raise StepFailed(f"{self.name} {migration.id} {step.name} raised {redact(describe_failure(exc))}",
-                             step=step.name) from exc
+        except Exception as exc:  # refused by the server, or a Python step's own bug: a failed step, not a crash
+            step_failed(self.name, migration, step, exc, PSYCOPG_ERRORS)
         finally:
             if self.conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
                 self.conn.rollback()  # a step that left a transaction open must not leak it into the ledger write
@@ -516,17 +499,7 @@ class PostgresAdapter:
 
     def _validate_python(self, migration: Migration, step: Step) -> list[str]:
         assert step.function is not None
-        ctx = self._context(migration)
-        try:
-            with self.conn.transaction():
-                result = step.call(ctx)
-        except Exception as exc:
-            return [f"validate raised {redact(describe_failure(exc))}"]
-        if result is False:
-            return ["validate returned False"]
-        if isinstance(result, (list, tuple)):
-            return [str(r) for r in result]
-        return []
+        return python_checks(step, self._context(migration), inside=self.conn.transaction)  # a savepoint
 
     # -- backup, restore, fingerprint ---------------------------------------------------
     def _tables(self, scope: tuple[str, ...]) -> list[cat.Table]:
@@ -547,13 +520,13 @@ class PostgresAdapter:
         try:
             return pg_backup.backup(self.conn, self.config.url, self._tables(scope), writer, progress, limit=limit)
         except psycopg.Error as exc:
-            raise BackupError(f"store {self.name}: backup failed: {_describe(exc)}") from None
+            raise translate(PSYCOPG_ERRORS, exc, f"store {self.name}: backup failed", BackupError) from None
 
     def restore(self, manifest: Manifest, artifacts: ArtifactStore, progress: Progress) -> RestoreReport:
         try:
             return pg_backup.restore(self.conn, manifest, artifacts, progress, lock_timeout=self.config.lock_timeout)
         except psycopg.Error as exc:
-            raise StoreError(f"store {self.name}: restore of {manifest.id} failed, nothing was changed: {_describe(exc)}") from None
+            raise translate(PSYCOPG_ERRORS, exc, f"store {self.name}: restore of {manifest.id} failed, nothing was changed") from None
 
     def fingerprint(self, scope: tuple[str, ...]) -> Fingerprint:
         try:
@@ -568,7 +541,7 @@ class PostgresAdapter:
                     items[name] = {"missing": True}
                 schema = cat.schema_hash(self.conn)
         except psycopg.Error as exc:
-            raise StoreError(f"store {self.name}: fingerprint failed: {_describe(exc)}") from None
+            raise translate(PSYCOPG_ERRORS, exc, f"store {self.name}: fingerprint failed") from None
         data_hash = hashlib.sha256(json.dumps(items, sort_keys=True).encode()).hexdigest()
         return Fingerprint(schema, data_hash, {k: int(v.get("rows", 0)) for k, v in items.items()}, items)
 

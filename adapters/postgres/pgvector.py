@@ -21,8 +21,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import psycopg
-from polyshift.adapters.postgres.adapter import PostgresAdapter, _describe
+from polyshift.adapters.postgres.adapter import PostgresAdapter
 from polyshift.adapters.postgres.catalog import Table, resolve
+from polyshift.adapters.postgres.errors import PSYCOPG_ERRORS
+from polyshift.adapters.postgres.kinds import PGVECTOR
 from polyshift.adapters.postgres.pgvector_helpers import VectorHelpers
 from polyshift.framework.core.errors import MigrationLoadError
 from polyshift.framework.core.migration import Migration
@@ -90,7 +92,8 @@ def vector_checks(migration: Migration) -> list[VectorCheck]:
 
 
 class PgvectorAdapter(PostgresAdapter):
-    kind = "pgvector"
+    spec = PGVECTOR
+    kind = PGVECTOR.name
 
     def __init__(self, config: Any) -> None:
         super().__init__(config)
@@ -115,7 +118,7 @@ class PgvectorAdapter(PostgresAdapter):
             try:
                 failures.extend(self._check(check))
             except psycopg.Error as exc:
-                failures.append(f"{check.table}.{check.column}: vector checks could not run: {_describe(exc)}")
+                failures.append(f"{check.table}.{check.column}: vector checks could not run: {PSYCOPG_ERRORS.describe(exc)}")
         return failures
 
     def _check(self, check: VectorCheck) -> list[str]:

@@ -8,7 +8,6 @@ import struct
 from collections.abc import Iterable, Iterator
 from typing import IO, Any
 
-from polyshift.framework.core.concurrency import batched  # noqa: F401 - re-exported for the Redis adapter
 from polyshift.framework.core.errors import BackupError, UsageError
 
 SCAN_COUNT = 1000
@@ -133,7 +132,7 @@ local function describe(key, want_dump)
       parts[j] = entry[1] .. '\\1' .. table.concat(entry[2], '\\2')
     end
   else
-    return redis.error_reply('POLYSHIFT unsupported type ' .. kind .. ' for key ' .. key)
+    return {false, pttl, false, kind}  -- no digest: a type polyshift cannot fingerprint (see described())
   end
   local ttl_flag = '0'
   if pttl > 0 then ttl_flag = '1' end
@@ -147,9 +146,7 @@ end
 DIGEST_LUA = _DESCRIBE_LUA + """
 local out = {}
 for i, key in ipairs(KEYS) do
-  local row = describe(key, ARGV[1] == '1')
-  if row['err'] then return row end
-  out[i] = row
+  out[i] = describe(key, ARGV[1] == '1')
 end
 return out
 """
@@ -167,17 +164,21 @@ for i, key in ipairs(KEYS) do
     redis.call('RESTORE', key, 0, ARGV[2 * i], 'REPLACE')
   end
   redis.call('SADD', marker, key)
-  local row = describe(key, false)
-  if row['err'] then return row end
-  out[i] = row
+  out[i] = describe(key, false)
 end
 return out
 """
 
 
-def unsupported(kind: str, key: bytes) -> BackupError:
-    return BackupError(f"key {key!r} has type {kind!r}, which polyshift cannot fingerprint "
-                       f"(supported: {', '.join(HASHED_TYPES)}); leave it out of the scope")
+def described(key: bytes, reply: list[Any]) -> tuple[str, int, bytes | None, str]:
+    """One key's row as the scripts return it: (digest, pttl, DUMP payload or None, type). A key of
+    a type polyshift cannot fingerprint comes back without a digest, and is refused here."""
+    digest, pttl, payload, kind = reply
+    kind = kind.decode() if isinstance(kind, bytes) else str(kind)
+    if not digest and kind != "none":
+        raise BackupError(f"key {key!r} has type {kind!r}, which polyshift cannot fingerprint "
+                          f"(supported: {', '.join(HASHED_TYPES)}); leave it out of the scope")
+    return (digest.decode() if isinstance(digest, bytes) else str(digest or ""), int(pttl), payload or None, kind)
 
 
 def digest_int(hexdigest: str | bytes) -> int:

@@ -24,7 +24,8 @@ from polyshift.framework.adopt.scripts import check_migration
 from polyshift.framework.adopt.sources import migration_files
 from polyshift.framework.adopt.sqitch import Sqitch
 from polyshift.framework.core.errors import MigrationLoadError, RefusedError, UsageError
-from polyshift.framework.core.loader import SCRIPT_LANG, load_store_migrations
+from polyshift.framework.core.kinds import store_kind
+from polyshift.framework.core.loader import load_store_migrations
 from polyshift.framework.core.migration import version_key
 
 READERS: dict[Format, SourceReader] = {
@@ -51,9 +52,9 @@ class ImportOptions:
 def plan_import(fmt: str, source: Path, store: str, kind: str, target: Path, options: ImportOptions) -> ImportPlan:
     """Everything ``import`` would write into ``target`` (``migrations/<store>/``), checked."""
     reader = reader_for(fmt)
-    lang = SCRIPT_LANG.get(kind)
-    if lang is None or lang[0] != reader.language.value:
-        takes = f"{lang[0]} scripts" if lang else "Python modules only"
+    lang = store_kind(kind, where=f"--store {store}").script
+    if lang is None or lang.extension != reader.language.value:
+        takes = f"{lang.extension} scripts" if lang else "Python modules only"
         raise UsageError(f"--store {store}: a {kind} store takes {takes}; {reader.format.value} migrations are "
                          f"{reader.language.value}")
     plan = reader.read(source)

@@ -14,7 +14,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Protocol
 
-from polyshift.framework.core.migration import version_key
+from polyshift.framework.core.kinds import script_language
+from polyshift.framework.core.migration import ScriptLanguage, version_key
 
 
 class Format(StrEnum):
@@ -36,8 +37,13 @@ class Language(StrEnum):
     CYPHER = "cypher"
 
     @property
+    def script(self) -> ScriptLanguage:
+        """The language as the store kinds that run it declare it (comment syntax included)."""
+        return script_language(self.value)
+
+    @property
     def comment(self) -> str:
-        return "--" if self is Language.SQL else "//"
+        return self.script.comment
 
 
 class Issue(StrEnum):

@@ -37,7 +37,7 @@ def _span(data: bytes, raw: ast.RawStmt) -> tuple[int, int]:
 
 def check_script(m: ImportedMigration, step: str, script: Script, language: Language) -> None:
     """Prepare ``script`` (one step of ``m``) in place, adding notes and problems to ``m``."""
-    if not has_statements(script.text, language.comment):
+    if not has_statements(script.text, language.script):
         if step == "validate":
             return  # an empty check checks nothing; the writer leaves it out and says so
         script.noop = True
@@ -75,7 +75,7 @@ def _check_sql(m: ImportedMigration, step: str, script: Script) -> None:
         script.text = kept.decode()
         m.notes.append(f"{script.source}: the wrapping '{data[begin_start:begin_end].decode().strip()}' … "
                        f"'{closer}' removed (polyshift runs the {step} step in one transaction)")
-        if not has_statements(script.text, "--"):
+        if not has_statements(script.text, Language.SQL.script):
             script.noop = True
         return
     for _, raw in control:
@@ -90,6 +90,6 @@ def check_migration(m: ImportedMigration, language: Language) -> None:
     for step, script in (("forward", m.forward), ("rollback", m.rollback), ("validate", m.validate)):
         if script is not None:
             check_script(m, step, script, language)
-    if m.validate is not None and not has_statements(m.validate.text, language.comment):
+    if m.validate is not None and not has_statements(m.validate.text, language.script):
         m.notes.append(f"{m.validate.source} has no statements: no validate step written")
         m.validate = None

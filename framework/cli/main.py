@@ -19,7 +19,7 @@ from polyshift.framework.cli.rehearse import rehearse
 from polyshift.framework.cli.sandbox import sandbox_app
 from polyshift.framework.core import errors, progress, secrets
 from polyshift.framework.core.config import DURATION_BOUNDS, parse_duration
-from polyshift.framework.core.loader import SCRIPT_LANG, next_version, split_names
+from polyshift.framework.core.loader import next_version, split_names
 from polyshift.framework.core.migration import check_version
 from rich.text import Text
 
@@ -170,15 +170,15 @@ def new(store: str, slug: str, python: bool = typer.Option(False, "--python", he
     version = next_version(directory)
     directory.mkdir(parents=True, exist_ok=True)
     ident = f"{version}_{slug}"
-    lang = SCRIPT_LANG.get(cfg.kind)
+    lang = cfg.spec.script
     if python or lang is None:
         files = {directory / f"{ident}.py": templates.PYTHON}
     else:
-        ext = lang[0]
+        ext = lang.extension
         files = {directory / f"{ident}.forward.{ext}": templates.SQL_FORWARD, directory / f"{ident}.rollback.{ext}": templates.SQL_ROLLBACK,
                  directory / f"{ident}.validate.{ext}": templates.SQL_VALIDATE}
     for path, body in files.items():
-        path.write_text(body.format(id=ident).replace("-- ", f"{lang[1]} ") if lang and lang[1] != "--" and not python
+        path.write_text(body.format(id=ident).replace("-- ", f"{lang.comment} ") if lang and lang.comment != "--" and not python
                         else body.format(id=ident))
     if output.opts["json"]:
         emit_json({"version": version, "files": [str(p) for p in files]})

@@ -2,73 +2,24 @@
 
 from __future__ import annotations
 
-import math
 import os
 import re
 import tomllib
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 from polyshift.framework.core import secrets
+from polyshift.framework.core.durations import DURATION_BOUNDS as DURATION_BOUNDS  # re-exported: settings read them here
+from polyshift.framework.core.durations import parse_duration as parse_duration
+from polyshift.framework.core.durations import setting_duration as setting_duration
 from polyshift.framework.core.errors import ConfigError
+from polyshift.framework.core.kinds import StoreKind, store_kind, text
 
 DEFAULT_STATE_URL = "sqlite:///.polyshift/state.db"
-KNOWN_KINDS = ("postgres", "pgvector", "redis", "neo4j", "falkordb")
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|min|m|h)?\s*$")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, None: 1.0, "min": 60.0, "m": 60.0, "h": 3600.0}
 _STORE_NAME = re.compile(r"^[a-z][a-z0-9_-]*$")
-
-
-MINUTE, HOUR, DAY = 60.0, 3600.0, 86400.0
-# (minimum, maximum) seconds for every duration setting. Below the minimum a value means "no
-# limit" to the server or a busy loop to us; above the maximum it is a typo ("1000000h").
-DURATION_BOUNDS: dict[str, tuple[float, float]] = {
-    "lock_timeout": (0.001, HOUR),
-    "statement_timeout": (0.001, 7 * DAY),
-    "retry_deadline": (0.0, DAY),
-    "lock_wait": (0.0, DAY),
-    "lock_ttl": (1.0, HOUR),
-    "bake_seconds": (0.0, DAY),
-    "timeout": (0.001, HOUR),          # a gate's
-    "refresh_interval": (0.1, HOUR),   # [flags]
-    "wait": (0.0, DAY),                # emergency-rollback --wait
-}
-
-
-def human_duration(seconds: float) -> str:
-    if seconds < 1:
-        return f"{seconds * 1000:g} ms"
-    for unit, size in (("days", DAY), ("h", HOUR), ("min", MINUTE)):
-        if seconds >= size and seconds % size == 0:
-            return f"{seconds / size:g} {unit}"
-    return f"{seconds:g} s"
-
-
-def parse_duration(value: Any, *, what: str, bounds: tuple[float, float] = (0.0, 7 * DAY)) -> float:
-    """Seconds from ``5``, ``"5s"``, ``"250ms"``, ``"2min"``, within ``bounds`` (inclusive).
-
-    NaN and infinities are refused, whatever the bounds: a NaN deadline never passes."""
-    if isinstance(value, bool):
-        raise ConfigError(f"{what}: expected a duration like '5s', got {value!r}")
-    if isinstance(value, (int, float)):
-        seconds = float(value)
-    elif isinstance(value, str) and (m := _DURATION.match(value)):
-        seconds = float(m.group(1)) * _UNIT_SECONDS[m.group(2)]
-    else:
-        raise ConfigError(f"{what}: expected a duration like '5s' or '250ms', got {value!r}")
-    low, high = bounds
-    if not math.isfinite(seconds) or not low <= seconds <= high:
-        raise ConfigError(f"{what}: must be between {human_duration(low)} and {human_duration(high)}, got {value!r}")
-    return seconds
-
-
-def setting_duration(value: Any, setting: str, *, where: str) -> float:
-    """A duration setting named in DURATION_BOUNDS, checked against its bounds."""
-    return parse_duration(value, what=f"{where} {setting}", bounds=DURATION_BOUNDS[setting])
 
 
 def interpolate(value: Any, where: str) -> Any:
@@ -106,6 +57,11 @@ class StoreConfig:
     def display_url(self) -> str:
         return secrets.url_without_password(self.url)
 
+    @property
+    def spec(self) -> StoreKind:
+        """What the store's kind is: its adapter, script language, options and capabilities."""
+        return store_kind(self.kind, where=f"[stores.{self.name}]")
+
 
 @dataclass(frozen=True)
 class Config:
@@ -131,77 +87,16 @@ class Config:
 _STORE_KEYS = {"kind", "url", "password", "lock_timeout", "statement_timeout", "retry_deadline", "lock_wait"}
 
 
-def _text(where: str, key: str, value: Any) -> str:
-    if not isinstance(value, str) or not value:
-        raise ConfigError(f"{where} {key}: expected a non-empty string, got {value!r}")
-    return value
-
-
-def _flag(where: str, key: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise ConfigError(f"{where} {key}: expected true or false, got {value!r}")
-    return value
-
-
-def _ef_search(where: str, key: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 1000:
-        raise ConfigError(f"{where} {key}: expected a whole number from 1 to 1000 (pgvector's range), got {value!r}")
-    return value
-
-
-def _memory(where: str, key: str, value: Any) -> str:
-    if isinstance(value, bool) or not isinstance(value, (str, int)) or not re.fullmatch(r"\d+\s*(kB|MB|GB|TB)?", str(value)):
-        raise ConfigError(f"{where} {key}: expected a PostgreSQL memory size like '256MB', got {value!r}")
-    return str(value)
-
-
-def _ttl(where: str, key: str, value: Any) -> float:
-    return setting_duration(value, key, where=where)
-
-
-LOCK_RETRY_MAX_ENTRIES = 100
-
-
-def lock_retry_schedule(where: str, key: str, value: Any) -> tuple[tuple[float, float], ...]:
-    """``lock_retry = ["100ms/50ms", "200ms/100ms"]``: each attempt's lock timeout and the sleep
-    after it fails, the last entry repeating until ``retry_deadline``; ``false`` turns the
-    schedule off (every attempt waits up to ``lock_timeout``). Returns seconds; () when off."""
-    if value is False:
-        return ()
-    if not isinstance(value, list) or not value:
-        raise ConfigError(f'{where} {key}: expected a list like ["100ms/50ms", "200ms/100ms"] (lock timeout/sleep per '
-                          f"attempt), or false to turn it off, got {value!r}")
-    if len(value) > LOCK_RETRY_MAX_ENTRIES:
-        raise ConfigError(f"{where} {key}: at most {LOCK_RETRY_MAX_ENTRIES} entries (the last one repeats), got {len(value)}")
-    schedule = []
-    for number, entry in enumerate(value, 1):
-        what = f"{where} {key} entry {number}"
-        if not isinstance(entry, str) or entry.count("/") != 1:
-            raise ConfigError(f'{what}: expected "lock timeout/sleep" like "200ms/100ms", got {entry!r}')
-        timeout, sleep = entry.split("/")
-        schedule.append((parse_duration(timeout, what=f"{what} lock timeout", bounds=DURATION_BOUNDS["lock_timeout"]),
-                         parse_duration(sleep, what=f"{what} sleep", bounds=(0.0, HOUR))))
-    return tuple(schedule)
-
-
-# Settings only some kinds understand, each with its check; anything else in a store table is a
-# typo worth stopping for.
-KIND_OPTIONS: dict[str, dict[str, Callable[[str, str, Any], Any]]] = {
-    "postgres": {"lock_retry": lock_retry_schedule},
-    "pgvector": {"maintenance_work_mem": _memory, "ef_search": _ef_search, "lock_retry": lock_retry_schedule},
-    "redis": {"prefix": _text, "cluster": _flag, "lock_ttl": _ttl},
-    "neo4j": {"user": _text, "database": _text, "lock_ttl": _ttl},
-    "falkordb": {"graph": _text, "lock_ttl": _ttl},
-}
 _URL_USERINFO = re.compile(r"^(?P<scheme>[^:/]+://)(?P<netloc>[^/?#]*)(?P<tail>.*)$", re.S)
 
 
-def _store_url(where: str, kind: str, url: str, password: Any, options: dict[str, Any]) -> str:
+def _store_url(where: str, url: str, password: Any, *, user_option: Any = None, needs_user: bool = False) -> str:
     """The URL drivers get: one password, in the userinfo, whether it was written there, in the
     query string (``?password=``, which libpq accepts) or as ``password =``. Every form is
-    registered for redaction."""
+    registered for redaction. ``needs_user``: a password without a user (in the URL or as
+    ``user_option``) is refused."""
     if password is not None:
-        password = _text(where, "password", password)
+        password = text(where, "password", password)
     m = _URL_USERINFO.match(url)
     if m is None:
         return url
@@ -214,7 +109,7 @@ def _store_url(where: str, kind: str, url: str, password: Any, options: dict[str
     if len(set(given)) > 1:
         raise ConfigError(f"{where}: two different passwords (in the url and in password =, or in the url's userinfo "
                           "and its query string); keep one")
-    if kind == "neo4j" and not unquote(user) and not options.get("user"):
+    if needs_user and not unquote(user) and not user_option:
         raise ConfigError(f"{where}: a neo4j password needs a user: bolt://neo4j@host:7687, or user = \"...\"")
     secrets.register(given[0])
     normalised = f"{m['scheme']}{user}:{quote(given[0], safe='')}@{hostpart}{tail}"
@@ -228,40 +123,35 @@ def _store(name: str, table: Any, where: str | None = None) -> StoreConfig:
         raise ConfigError(f"{where}: store names use lowercase letters, digits, '-' and '_'")
     if not isinstance(table, dict):
         raise ConfigError(f"{where} must be a table")
-    kind = table.get("kind")
-    if kind not in KNOWN_KINDS:
-        raise ConfigError(f"{where}: kind must be one of {', '.join(KNOWN_KINDS)}, got {kind!r}")
+    kind = store_kind(table.get("kind"), where=where)
     url = table.get("url")
     if not isinstance(url, str) or "://" not in url:
         raise ConfigError(f"{where}: url is required, e.g. postgresql://user@host:5432/db")
     raw_options = {k: v for k, v in table.items() if k not in _STORE_KEYS}
-    unknown = set(raw_options) - set(KIND_OPTIONS[kind])
+    unknown = set(raw_options) - set(kind.options)
     if unknown:
-        allowed = sorted(_STORE_KEYS | set(KIND_OPTIONS[kind]))
-        raise ConfigError(f"{where}: unknown key(s) {', '.join(sorted(unknown))} for kind {kind!r} (known: {', '.join(allowed)})")
-    options = {k: KIND_OPTIONS[kind][k](where, k, v) for k, v in raw_options.items()}
-    url = _store_url(where, kind, url, table.get("password"), options)
+        allowed = sorted(_STORE_KEYS | set(kind.options))
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(sorted(unknown))} for kind {kind.name!r} "
+                          f"(known: {', '.join(allowed)})")
+    options = {k: kind.options[k](where, k, v) for k, v in raw_options.items()}
+    url = _store_url(where, url, table.get("password"), user_option=options.get("user"), needs_user=kind.password_needs_user)
     durations = {key: setting_duration(table.get(key, default), key, where=where)
                  for key, default in (("lock_timeout", 5), ("statement_timeout", 300), ("retry_deadline", 60), ("lock_wait", 0))}
-    return StoreConfig(name=name, kind=kind, url=url, options=options, **durations)
-
-
-_DEFAULT_PORTS = {"postgres": 5432, "redis": 6379, "neo4j": 7687}
-_FAMILIES = {"postgres": "postgres", "pgvector": "postgres", "redis": "redis", "falkordb": "redis", "neo4j": "neo4j"}
+    return StoreConfig(name=name, kind=kind.name, url=url, options=options, **durations)
 
 
 def store_address(store: StoreConfig) -> tuple[str, str, int, str]:
     """Where a store's data lives: (server family, host, port, database). Two stores with one
     address are one store, however their URLs are spelled (user, password, options, localhost)."""
-    family = _FAMILIES[store.kind]
+    family, default_port = store.spec.server, store.spec.default_port
     parts = urlsplit(store.url)
     query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
     host = (query.get("host") or parts.hostname or "").lower()
     host = "127.0.0.1" if host in ("", "localhost", "::1", "[::1]") else host
     try:
-        port = int(query.get("port") or parts.port or _DEFAULT_PORTS[family])
+        port = int(query.get("port") or parts.port or default_port)
     except ValueError:
-        port = _DEFAULT_PORTS[family]
+        port = default_port
     path = unquote(parts.path.lstrip("/"))
     if family == "postgres":
         database = query.get("dbname") or path or unquote(parts.username or "")
@@ -328,8 +218,7 @@ def load_config(path: str | Path) -> Config:
     if not isinstance(stores_raw, dict) or not stores_raw:
         raise ConfigError(f"{path}: define at least one [stores.<name>] table")
     stores = {name: _store(name, table) for name, table in stores_raw.items()}
-    state_url = resolve_sqlite(_store_url("[project] state_url", "state", project.get("state_url", DEFAULT_STATE_URL),
-                                           None, {}), root)
+    state_url = resolve_sqlite(_store_url("[project] state_url", project.get("state_url", DEFAULT_STATE_URL), None), root)
     config = Config(
         path=path,
         root=root,

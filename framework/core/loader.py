@@ -26,17 +26,17 @@ from collections.abc import Callable
 from pathlib import Path
 
 from polyshift.framework.core.errors import MigrationLoadError
-from polyshift.framework.core.migration import Migration, Risk, Step, call_user_code, describe_failure, version_key
+from polyshift.framework.core.kinds import store_kind
+from polyshift.framework.core.migration import (
+    Migration,
+    Risk,
+    ScriptLanguage,
+    Step,
+    call_user_code,
+    describe_failure,
+    version_key,
+)
 
-# Script language per store kind: (file extension, line-comment prefix). Redis has none:
-# its migrations are Python modules only.
-SCRIPT_LANG: dict[str, tuple[str, str] | None] = {
-    "postgres": ("sql", "--"),
-    "pgvector": ("sql", "--"),
-    "neo4j": ("cypher", "//"),
-    "falkordb": ("cypher", "//"),
-    "redis": None,
-}
 _NAME = re.compile(r"^(?P<version>\d+(?:\.\d+)*)_(?P<slug>[a-z0-9][a-z0-9_]*)(?:\.(?P<step>forward|rollback|validate))?\.(?P<ext>[a-z]+)$")
 _DIRECTIVE_KEYS = {"backup", "irreversible", "flag", "risk", "vector", "noop", "allow"}
 _ROLLBACK_DIRECTIVE_KEYS = {"backup", "noop"}
@@ -121,10 +121,10 @@ def read_script(path: Path, origin: str) -> str:
     return text.removeprefix(_BOM)
 
 
-def has_statements(script: str, comment: str) -> bool:
+def has_statements(script: str, language: ScriptLanguage) -> bool:
     """Whether anything but whitespace, ``;`` and comments is left: the first such character is
     outside every comment, so no string literal needs reading to find it."""
-    nested = comment == "--"  # PostgreSQL nests /* */ comments; Cypher does not
+    comment, nested = language.comment, language.nested_block_comments
     i, n = 0, len(script)
     while i < n:
         if script[i].isspace() or script[i] == ";":
@@ -148,10 +148,11 @@ def has_statements(script: str, comment: str) -> bool:
     return False
 
 
-def _check_not_empty(store: str, path: Path, script: str, comment: str) -> None:
+def _check_not_empty(store: str, path: Path, script: str, language: ScriptLanguage) -> None:
     """An empty forward or rollback is a step someone forgot to write, unless it says it is empty."""
+    comment = language.comment
     noop = "noop" in parse_directives(script, comment, path)
-    filled = has_statements(script, comment)
+    filled = has_statements(script, language)
     if filled and noop:
         raise MigrationLoadError(f"{store}/{path.name}: marked '{comment} polyshift: noop' but has statements; "
                                  "remove one or the other")
@@ -201,12 +202,13 @@ def _allowed(value: str, path: Path) -> tuple[str, ...]:
     return tuple(dict.fromkeys(codes))
 
 
-def _load_script_migration(store: str, version: str, slug: str, files: dict[str, Path], comment: str) -> Migration:
+def _load_script_migration(store: str, version: str, slug: str, files: dict[str, Path], language: ScriptLanguage) -> Migration:
     forward_path = files.get("forward")
     if forward_path is None:
         present = ", ".join(p.name for p in files.values())
         raise MigrationLoadError(f"{store}/{version}_{slug}: no forward script (found only {present})")
     texts = {step: read_script(path, f"{store}/{path.name}") for step, path in files.items()}
+    comment = language.comment
     directives = parse_directives(texts["forward"], comment, forward_path)
     rollback_directives = parse_directives(texts["rollback"], comment, files["rollback"]) if "rollback" in files else {}
     misplaced = sorted(set(rollback_directives) - _ROLLBACK_DIRECTIVE_KEYS)
@@ -221,10 +223,10 @@ def _load_script_migration(store: str, version: str, slug: str, files: dict[str,
         )
     for step in ("forward", "rollback"):
         if step in files:
-            _check_not_empty(store, files[step], texts[step], comment)
+            _check_not_empty(store, files[step], texts[step], language)
     steps = {step: Step(name=step, path=path, script=texts[step]) for step, path in files.items()}
     # A validate script without statements checks nothing: the same as having none.
-    validate = steps.get("validate") if has_statements(texts.get("validate", ""), comment) else None
+    validate = steps.get("validate") if has_statements(texts.get("validate", ""), language) else None
     return Migration(
         version=version,
         slug=slug,
@@ -241,6 +243,7 @@ def _load_script_migration(store: str, version: str, slug: str, files: dict[str,
         irreversible=irreversible,
         allowed=_allowed(directives["allow"], forward_path) if "allow" in directives else (),
         directives=directives,
+        language=language,
     )
 
 
@@ -288,7 +291,7 @@ def load_store_migrations(directory: Path, store: str, kind: str) -> list[Migrat
     """Every migration for one store, ordered by version. Raises MigrationLoadError on bad files."""
     if not directory.is_dir():
         return []
-    lang = SCRIPT_LANG.get(kind)
+    lang = store_kind(kind, where=f"[stores.{store}]").script
     groups: dict[tuple[str, str], dict[str, Path]] = {}
     python: dict[tuple[str, str], Path] = {}
     for path in sorted(directory.iterdir()):
@@ -304,17 +307,17 @@ def load_store_migrations(directory: Path, store: str, kind: str) -> list[Migrat
         key = (m["version"], m["slug"])
         if m["ext"] == "py" and m["step"] is None:
             python[key] = path
-        elif lang is not None and m["ext"] == lang[0] and m["step"] is not None:
+        elif lang is not None and m["ext"] == lang.extension and m["step"] is not None:
             groups.setdefault(key, {})[m["step"]] = path
         else:
-            expected = f".{lang[0]} scripts or .py modules" if lang else ".py modules"
+            expected = f".{lang.extension} scripts or .py modules" if lang else ".py modules"
             raise MigrationLoadError(f"{store}/{path.name}: a {kind} store takes {expected}")
     migrations: list[Migration] = []
     for key in python.keys() & groups.keys():
         raise MigrationLoadError(f"{store}/{key[0]}_{key[1]}: both a Python module and scripts; keep one")
     for (version, slug), files in groups.items():
         assert lang is not None
-        migrations.append(_load_script_migration(store, version, slug, files, lang[1]))
+        migrations.append(_load_script_migration(store, version, slug, files, lang))
     for (version, slug), path in python.items():
         migrations.append(_load_python_migration(store, version, slug, path))
     seen: dict[tuple[int, ...], Migration] = {}

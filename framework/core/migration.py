@@ -34,9 +34,32 @@ class Risk(StrEnum):
         return max(risks, key=lambda r: r.value) if risks else Risk.A
 
 
+@dataclass(frozen=True)
+class ScriptLanguage:
+    """The language of a store kind's migration scripts (``polyshift.framework.core.kinds``)."""
+
+    extension: str                  # "sql": files are <version>_<slug>.forward.sql
+    comment: str                    # line comment that carries directives: "-- polyshift: backup=..."
+    scope_example: str              # what a backup scope lists, for hints: "table", "Label,:TYPE"
+    nested_block_comments: bool     # PostgreSQL nests /* */ comments; Cypher does not
+
+
 @dataclass
 class MigrationContext:
-    """What a Python step receives: the store's native client inside the step's transaction."""
+    """What a Python step receives. ``client`` by kind:
+
+    - postgres, pgvector: the driver's ``psycopg.Connection``, inside the step's transaction
+      (committed with its ledger row) unless the module sets ``TRANSACTION = False``;
+    - redis: the driver's ``redis.Redis``, or ``redis.cluster.RedisCluster`` for a cluster;
+      Redis has no transaction spanning a step;
+    - neo4j, falkordb: not the driver's session but polyshift's statement runner:
+      ``client.run(statement, params=None)`` returns the rows as lists of values and raises on a
+      statement the server refuses; on Neo4j it runs inside the step's transaction (committed
+      with its ledger entry) unless the module sets ``TRANSACTION = False``, on FalkorDB each
+      statement commits on its own.
+
+    ``helpers`` holds the kind's data-migration helpers (Redis, pgvector re-embedding) or None.
+    """
 
     client: Any
     store: str
@@ -110,6 +133,7 @@ class Migration:
     allowed: tuple[str, ...] = ()
     module: ModuleType | None = field(default=None, repr=False)
     directives: dict[str, str] = field(default_factory=dict)
+    language: ScriptLanguage | None = None   # the scripts' language; None for a Python migration
 
     @property
     def id(self) -> str:
@@ -126,24 +150,18 @@ class Migration:
     def directive_hint(self, key: str) -> str:
         """How directive ``key`` is written in this migration's own language, e.g.
         ``// polyshift: backup=Label,:TYPE,...`` in a Cypher file, ``BACKUP = [...]`` in Python."""
-        if self.is_python:
+        if self.is_python or self.language is None:
             return f"{key.upper()} = [...]" if key == "backup" else f"{key.upper()} = True"
-        suffix = self.forward.path.suffix
-        comment = _COMMENT.get(suffix, "--")
+        comment = self.language.comment
         if key != "backup":
             return f"{comment} polyshift: {key}"
-        return f"{comment} polyshift: backup={_SCOPE_EXAMPLE.get(suffix, 'name')},..."
+        return f"{comment} polyshift: backup={self.language.scope_example},..."
 
     def extra(self, name: str, default: Any = None) -> Any:
         """A module-level setting of a Python migration, or a header directive of a script."""
         if self.module is not None and hasattr(self.module, name):
             return getattr(self.module, name)
         return self.directives.get(name.lower(), default)
-
-
-# Line comments and the names a backup scope lists, by script language (file suffix).
-_COMMENT = {".sql": "--", ".cypher": "//"}
-_SCOPE_EXAMPLE = {".sql": "table", ".cypher": "Label,:TYPE"}
 
 
 def version_key(version: str) -> tuple[int, ...]:

@@ -20,6 +20,8 @@ if TYPE_CHECKING:
     from polyshift.framework.control.artifacts import ArtifactWriter, Manifest
     from polyshift.framework.core.progress import Progress
 
+ScopeSource = Literal["declared", "inferred", "declared+inferred", "none"]
+
 
 @dataclass(frozen=True)
 class Fingerprint:
@@ -76,9 +78,6 @@ class LedgerEntry:
         stored: object = self.direction  # adapters pass the word their ledger holds
         if isinstance(stored, str) and not isinstance(stored, Direction):
             object.__setattr__(self, "direction", Direction.from_ledger(stored))
-
-
-ScopeSource = Literal["declared", "inferred", "declared+inferred", "none"]
 
 
 class FindingKind(StrEnum):

@@ -36,6 +36,7 @@ from polyshift.framework.control.artifacts import ArtifactStore, Manifest
 from polyshift.framework.control.state import ControlPlane, actor
 from polyshift.framework.core.config import StoreConfig
 from polyshift.framework.core.errors import ChecksFailed, MigrationLoadError, PolyshiftError, RefusedError, UsageError
+from polyshift.framework.core.kinds import Capability
 from polyshift.framework.core.lifecycle import CheckStatus, DataSource, Direction, RehearsalCheck
 from polyshift.framework.core.migration import Migration, version_key
 from polyshift.framework.core.protocol import (
@@ -57,7 +58,6 @@ from polyshift.framework.engine.runner import Runner
 
 Emit = Callable[[str, dict[str, Any]], None]
 RELEASE_WIDE = "*"  # the store column of a check that belongs to the whole release (its gates)
-_SQL_KINDS = ("postgres", "pgvector")
 
 
 _DATA_WORDS = {
@@ -199,7 +199,7 @@ def summary(problems: list[str], shown: int = 3) -> str:
 def read_only(store: StoreConfig) -> StoreConfig:
     """The store as a rehearsal reads production: PostgreSQL sessions the server keeps read-only,
     so a write by mistake fails there instead of landing."""
-    if store.kind not in _SQL_KINDS:
+    if not store.spec.can(Capability.SQL):
         return store
     separator = "&" if "?" in store.url else "?"
     return replace(store, url=f"{store.url}{separator}options=-c%20default_transaction_read_only%3Don")
@@ -756,7 +756,7 @@ class Rehearsal:
         for name, manifests in loaded.items():
             for manifest in manifests:
                 restored = runner.restore_into(adapters[name], manifest, None, verified=source is DataSource.BACKUP, safety=False)
-                if not restored.verified and adapters[name].kind in (*_SQL_KINDS, "redis"):
+                if not restored.verified and self.project.config.store(name).spec.can(Capability.WHOLE_SCOPE_COPY):
                     # A rehearsal on data other than what it claims proves nothing about production.
                     raise ChecksFailed(f"{name}: the copy of {manifest.id} does not verify on the rehearsal store: "
                                        + "; ".join(restored.mismatches))

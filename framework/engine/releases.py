@@ -23,6 +23,7 @@ from typing import Any
 from polyshift.feature_flags.model import validate_name
 from polyshift.framework.core.config import Config, interpolate, read_toml, setting_duration
 from polyshift.framework.core.errors import ConfigError, PolyshiftError
+from polyshift.framework.core.kinds import Capability
 from polyshift.framework.core.migration import Migration, version_key
 
 DEFAULT_STAGES = (1.0, 10.0, 50.0, 100.0)
@@ -32,7 +33,6 @@ GATE_KINDS = {
     "shell": ({"command"}, {"timeout", "name"}),
     "python": ({"callable"}, {"timeout", "name"}),
 }
-_SQL_KINDS = ("postgres", "pgvector")
 _CALLABLE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
 
@@ -96,7 +96,7 @@ def _gate(raw: Any, version: str, index: int, config: Config) -> Gate:
         store = config.stores.get(raw["store"])
         if store is None:
             raise ConfigError(f"{where}: unknown store {raw['store']!r} (configured: {', '.join(config.stores)})")
-        if store.kind not in _SQL_KINDS:
+        if not store.spec.can(Capability.SQL):
             raise ConfigError(f"{where}: store {raw['store']!r} is {store.kind}; sql gates need a postgres or pgvector store")
     if kind == "http" and not raw["url"].startswith(("http://", "https://")):
         raise ConfigError(f"{where}: url must start with http:// or https://")
