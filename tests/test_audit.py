@@ -46,8 +46,9 @@ def test_rewritten_tail_with_recomputed_hash_still_breaks_the_link(ws: Workspace
     from polyshift.framework.control.state import _entry_hash
 
     db = _with_entries(ws)
-    row = db.execute("SELECT seq, at, actor, action, subject, detail, prev_hash FROM polyshift_audit WHERE seq = 2").fetchone()
-    entry = dict(zip(["seq", "at", "actor", "action", "subject", "detail", "prev_hash"], row, strict=True))
+    columns = ["seq", "at", "actor", "action", "subject", "detail", "prev_hash", "runner"]
+    row = db.execute(f"SELECT {', '.join(columns)} FROM polyshift_audit WHERE seq = 2").fetchone()
+    entry = dict(zip(columns, row, strict=True))
     entry["detail"] = '{"forged": true}'
     db.execute("UPDATE polyshift_audit SET detail = ?, hash = ? WHERE seq = 2", (entry["detail"], _entry_hash(entry)))
     db.commit()
