@@ -2,6 +2,8 @@
 # beyond python3 (>= 3.11) with venv. Where a JDK and Maven are present, install also fetches
 # Neo4j Community (5.26 LTS, and the newest line on Java 21+) from Maven Central and builds the
 # launcher the sandbox and the tests start it with (jars in ~/.m2, launcher in ~/.cache/polyshift).
+# Where Go is present, install also builds VersityGW, the S3-compatible server the object-store
+# tests start, with go install from the Go module proxy (cached in ~/.cache/polyshift/versitygw).
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -13,11 +15,12 @@ STAMP  := $(VENV)/.installed
 # type checker reads packages from directories and cannot follow setuptools' package-dir mapping.
 TYPECHECK := build/typecheck
 
-$(STAMP): pyproject.toml framework/sandbox/neo4j_launcher/pom.xml framework/sandbox/neo4j_launcher/src/main/java/polyshift/neo4j/Launcher.java
+$(STAMP): pyproject.toml framework/sandbox/neo4j_launcher/pom.xml framework/sandbox/neo4j_launcher/src/main/java/polyshift/neo4j/Launcher.java framework/sandbox/objectstore.py
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	$(BIN)/python -m polyshift.framework.sandbox.neo4j build
+	$(BIN)/python -m polyshift.framework.sandbox.objectstore build
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -33,8 +36,15 @@ typecheck: install
 	ln -s $(CURDIR)/feature_flags $(TYPECHECK)/polyshift/feature_flags
 	cd $(TYPECHECK) && $(CURDIR)/$(BIN)/mypy --config-file $(CURDIR)/pyproject.toml -p polyshift
 
+# The control plane both ways: the whole suite on SQLite, then the tests of what the control plane
+# decides (runs, journal, audit, recover, flags, releases) again on PostgreSQL.
+STATE_TESTS := tests/test_audit.py tests/test_lifecycle.py tests/test_concurrency.py tests/test_flags_admin.py \
+	tests/test_flags_evaluation.py tests/test_manifest_integrity.py tests/test_releases.py tests/test_release_crash.py \
+	tests/test_rollback_crash.py
+
 test: install lint typecheck
 	$(BIN)/python -m pytest
+	POLYSHIFT_TEST_STATE=postgres $(BIN)/python -m pytest $(STATE_TESTS)
 
 demo: install
 	$(BIN)/polyshift demo

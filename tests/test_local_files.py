@@ -67,8 +67,8 @@ _WRITER = """\
 import os, signal, sys, time
 sys.path.insert(0, {repo!r})
 from pathlib import Path
-from polyshift.framework.control.artifacts import ArtifactStore
-writer = ArtifactStore(Path({root!r})).new_writer(store="main", kind="postgres", version=None, scope=("t",), reason="test")
+from polyshift.framework.control.localstore import LocalArtifactStore
+writer = LocalArtifactStore(Path({root!r})).new_writer(store="main", kind="postgres", version=None, scope=("t",), reason="test")
 writer.write_bytes("rows.copy.zst", b"half a backup")
 print(writer.directory, flush=True)
 if {die}:

@@ -7,11 +7,8 @@ every script parsed, the release flags reachable, and free disk for the backups.
 
 from __future__ import annotations
 
-import shutil
-
 from polyshift.framework.control.runs import refuse_unfinished
 from polyshift.framework.core.errors import (
-    BackupError,
     MigrationFailedRestored,
     MigrationFailedUnverified,
     PolyshiftError,
@@ -174,9 +171,5 @@ class Pipeline:
                 if isinstance(adapter, EstimatesBackup):
                     scope = adapter.resolve_scope(analyses[m.store, m.version].scope, missing_ok=True)
                     needed += adapter.estimate_backup_bytes(scope)
-        directory = self.project.config.backups_dir
-        self.project.artifacts.check_usable()  # a file in its place, or no write permission: exit 2 here
-        free = shutil.disk_usage(directory).free
-        if free < needed:
-            raise BackupError(f"backups need about {needed / 2**20:,.0f} MiB but {directory} has {free / 2**20:,.0f} MiB free",
-                              hint="free space, or point [project] backups at a larger volume")
+        self.project.artifacts.check_usable()  # a file in its place, no write permission, no bucket: exit 2 here
+        self.project.artifacts.check_room(needed)
