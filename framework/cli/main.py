@@ -15,7 +15,7 @@ from polyshift.feature_flags.cli import flags_app
 from polyshift.framework.cli import output, templates
 from polyshift.framework.cli.output import emit_json, say, table
 from polyshift.framework.cli.sandbox import sandbox_app
-from polyshift.framework.control.runs import interruptions, refuse_unfinished
+from polyshift.framework.control.runs import interruptions, lock_holders, refuse_unfinished
 from polyshift.framework.core import errors, progress, secrets
 from polyshift.framework.core.config import DURATION_BOUNDS, parse_duration
 from polyshift.framework.core.lifecycle import Direction
@@ -187,11 +187,13 @@ def status(store: str | None = typer.Option(None, "--store", "-s")) -> None:
     proj = project()
     runner = Runner(proj)
     unfinished = interruptions(proj.state, list(proj.config.stores))
+    holders = lock_holders(proj.state, list(proj.config.stores))
     result: list[dict[str, Any]] = []
     for name in runner.stores(store):
         with runner.adapter(name) as adapter:
             st = runner.status(adapter)
             st.interrupted = unfinished.get(name)
+            st.locked_by = holders.get(name)
             result.append(st.to_json())
     if output.opts["json"]:
         emit_json(result)
@@ -200,6 +202,8 @@ def status(store: str | None = typer.Option(None, "--store", "-s")) -> None:
           [[r["store"], r["kind"], r["current"] or "-", " ".join(r["pending"]) or "-", " ".join(r["drift"]) or "-",
             " ".join(r["missing"]) or "-"] for r in result])
     for r in result:
+        if r["locked_by"]:
+            output.warn(f"{r['store']} is locked by {r['locked_by']}")
         if r["interrupted"]:
             output.warn(f"{r['store']} is {r['interrupted']}")
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from polyshift.framework.control.state import ControlPlane
 from polyshift.framework.core.errors import LockHeldError, RefusedError
-from polyshift.framework.core.lifecycle import BEGAN_CHANGING, CHANGING_COMMANDS, RunCommand
+from polyshift.framework.core.lifecycle import BEGAN_CHANGING, CHANGING_COMMANDS, Phase, RunCommand, Step
 
 
 def describe_run(run: dict[str, Any]) -> str:
@@ -47,6 +47,22 @@ def refuse_unfinished(state: ControlPlane, then: str) -> None:
             # its stores are spoken for even where a lock has lapsed.
             raise LockHeldError(f"the stores are locked by another polyshift run: {describe_run(run)}",
                                 hint="wait for it to finish")
+
+
+def lock_holders(state: ControlPlane, every: list[str]) -> dict[str, str]:
+    """Per store, who holds its lock as the control plane knows it: a live run that journaled
+    taking it, named with the runner that took it (host, pid, CI job)."""
+    found: dict[str, str] = {}
+    for run in state.unfinished_runs(CHANGING_COMMANDS):
+        if not state.run_is_alive(run):
+            continue
+        for entry in state.journal_entries(run["id"]):
+            store = entry["store"]
+            if (entry["step"], entry["phase"]) == (Step.LOCK, Phase.DONE) and store in every and store not in found:
+                runner = entry.get("runner") or run.get("runner") or f"{run['host']} pid={run['pid']}"
+                found[store] = (f"{runner} (run {run['id'][:8]}, {run['command']} by {run['actor']}, "
+                                f"locked at {entry['at']:%Y-%m-%d %H:%M:%S})")
+    return found
 
 
 def interruptions(state: ControlPlane, every: list[str]) -> dict[str, str]:

@@ -20,11 +20,12 @@ class StoreStatus:
     missing: list[str] = field(default_factory=list)
     out_of_order: list[str] = field(default_factory=list)
     interrupted: str | None = None    # an unfinished run left this store mid-release, mid-rollback or mid-restore
+    locked_by: str | None = None      # the runner (host, pid, CI job) of a live run holding the store's lock
 
     def to_json(self) -> dict[str, object]:
         return {"store": self.store, "kind": self.kind, "current": self.current, "applied": self.applied,
                 "pending": self.pending, "drift": self.drift, "missing": self.missing, "out_of_order": self.out_of_order,
-                "interrupted": self.interrupted}
+                "interrupted": self.interrupted, "locked_by": self.locked_by}
 
 
 def applied_entries(ledger: list[LedgerEntry]) -> dict[str, LedgerEntry]:

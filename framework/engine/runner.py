@@ -5,7 +5,6 @@ restores, explicit rollbacks. Releases (``up``) are driven by ``polyshift.framew
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
@@ -14,10 +13,12 @@ from typing import Any
 
 from polyshift.adapters import adapter_for
 from polyshift.framework.control.artifacts import ArtifactStore, Manifest
-from polyshift.framework.control.runs import refuse_unfinished
+from polyshift.framework.control.identity import this_runner
+from polyshift.framework.control.runs import lock_holders, refuse_unfinished
 from polyshift.framework.control.state import actor
 from polyshift.framework.core.errors import (
     DriftError,
+    LockHeldError,
     MigrationFailedRestored,
     MigrationFailedUnverified,
     PolyshiftError,
@@ -106,7 +107,8 @@ class Runner:
             adapter.close()
 
     def holder(self, run_id: str) -> str:
-        return f"{actor()} pid={os.getpid()} run={run_id[:8]}"
+        """How a lock names its holder in the store itself: who, the run, and the runner (host, pid, CI job)."""
+        return f"{actor()} run={run_id[:8]} on {this_runner().label()}"
 
     def stores(self, only: str | None) -> list[str]:
         if only is not None:
@@ -253,7 +255,15 @@ class Runner:
                     if outlive_dead:
                         ttl = adapter.lock_ttl_ms / 1000 if isinstance(adapter, ExpiringLock) else 0.0
                         patience = max(patience, ttl + 5)
-                    adapter.acquire_lock(self.holder(run_id), patience)
+                    try:
+                        adapter.acquire_lock(self.holder(run_id), patience)
+                    except LockHeldError as exc:
+                        # The store's own record of the holder may be cut short (PostgreSQL keeps 63
+                        # characters); the control plane knows the whole runner.
+                        known = lock_holders(self.state, [name]).get(name)
+                        if known:
+                            exc.message = f"{exc.message}; the control plane says: {known}"
+                        raise
                     self.state.journal(run_id, Step.LOCK, Phase.DONE, store=name)
             yield adapters
         finally:
