@@ -57,6 +57,7 @@ bench: install
 	$(BIN)/python bench/flags_eval.py --write bench/FLAGS_RESULTS.md
 	$(BIN)/python bench/release_noop.py --write bench/RELEASE_RESULTS.md
 	$(BIN)/python bench/lock_hazards.py --write bench/LOCK_HAZARDS_RESULTS.md
+	$(BIN)/python bench/object_store.py --write bench/OBJECT_STORE_RESULTS.md
 
 clean:
 	rm -rf $(VENV) .polyshift .pytest_cache .ruff_cache *.egg-info
