@@ -54,6 +54,9 @@ class Pipeline:
         status = RunStatus.FAILED
         try:
             with self.runner.locked(names, run_id, lock=not dry_run) as adapters:
+                if not dry_run:
+                    # Again, holding the locks: a run may have begun and died while we waited for them.
+                    refuse_unfinished(self.project.state, then="polyshift up")
                 by_name = {a.name: a for a in adapters}
                 pending = self.pending(every, by_name, to, release)
                 analyses = self.preflight(pending, by_name, allow_irreversible, dry_run=dry_run)

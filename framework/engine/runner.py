@@ -323,6 +323,8 @@ class Runner:
         status = RunStatus.FAILED
         try:
             with self.locked(names, run_id, lock=not dry_run) as adapters:
+                if not dry_run:
+                    refuse_unfinished(self.state, then="polyshift rollback")  # again, holding the locks
                 plan = self._plan_rollback(adapters, to, steps, dry_run=dry_run)
                 if dry_run:
                     status = RunStatus.SUCCEEDED
@@ -489,6 +491,7 @@ class Runner:
         status = RunStatus.FAILED
         try:
             with self.locked([manifest.store], run_id, lock=True) as (adapter,):
+                refuse_unfinished(self.state, then="polyshift backup restore")  # again, holding the lock
                 report = self.journaled_restore(adapter, manifest, run_id)
             status = RunStatus.SUCCEEDED if report.verified else RunStatus.UNVERIFIED
         finally:
