@@ -107,8 +107,11 @@ class Runner:
             adapter.close()
 
     def holder(self, run_id: str) -> str:
-        """How a lock names its holder in the store itself: who, the run, and the runner (host, pid, CI job)."""
-        return f"{actor()} run={run_id[:8]} on {this_runner().label()}"
+        """How a lock names its holder in the store itself: who, the process, the CI job, the run and the
+        host, most telling first (PostgreSQL keeps the first 63 characters)."""
+        me = this_runner()
+        job = f" [{me.ci_job}]" if me.ci_job else ""
+        return f"{actor()} pid={me.pid}{job} run={run_id[:8]} host={me.host}"
 
     def stores(self, only: str | None) -> list[str]:
         if only is not None:
