@@ -45,6 +45,15 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(f"POLYSHIFT_TEST_STATE={STATE_BACKEND!r}: expected one of {', '.join(STATE_BACKENDS)}")
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if STATE_BACKEND == "sqlite":
+        return
+    skip = pytest.mark.skip(reason="checks the SQLite control-plane file itself")
+    for item in items:
+        if item.get_closest_marker("sqlite_state") is not None:
+            item.add_marker(skip)
+
+
 @dataclass
 class Server:
     admin_url: str      # superuser-ish URL, with password
@@ -113,6 +122,15 @@ def state_url(request: pytest.FixtureRequest) -> Iterator[str]:
         os.environ["TEST_STATE_PASSWORD"] = str(params.get("password", ""))
         yield (f"postgresql://{params.get('user')}:${{TEST_STATE_PASSWORD}}@{params.get('host')}:{params.get('port')}/"
                f"{params.get('dbname')}")
+
+
+@pytest.fixture
+def control_plane_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A control plane's URL for tests that open one directly (POLYSHIFT_TEST_STATE decides which)."""
+    if STATE_BACKEND == "sqlite":
+        yield f"sqlite:///{tmp_path / 'state.db'}"
+        return
+    yield from _fresh_database(request.getfixturevalue("pg_server"))
 
 
 @dataclass
