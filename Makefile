@@ -2,6 +2,8 @@
 # beyond python3 (>= 3.11) with venv. Where a JDK and Maven are present, install also fetches
 # Neo4j Community (5.26 LTS, and the newest line on Java 21+) from Maven Central and builds the
 # launcher the sandbox and the tests start it with (jars in ~/.m2, launcher in ~/.cache/polyshift).
+# Where Go is present, install also builds VersityGW, the S3-compatible server the object-store
+# tests start, with go install from the Go module proxy (cached in ~/.cache/polyshift/versitygw).
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -16,11 +18,12 @@ NODE_STAMP := $(NODE_CHECK)/node_modules/.installed
 # type checker reads packages from directories and cannot follow setuptools' package-dir mapping.
 TYPECHECK := build/typecheck
 
-$(STAMP): pyproject.toml framework/sandbox/neo4j_launcher/pom.xml framework/sandbox/neo4j_launcher/src/main/java/polyshift/neo4j/Launcher.java
+$(STAMP): pyproject.toml framework/sandbox/neo4j_launcher/pom.xml framework/sandbox/neo4j_launcher/src/main/java/polyshift/neo4j/Launcher.java framework/sandbox/objectstore.py
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	$(BIN)/python -m polyshift.framework.sandbox.neo4j build
+	$(BIN)/python -m polyshift.framework.sandbox.objectstore build
 	touch $(STAMP)
 
 $(NODE_STAMP): $(NODE_CHECK)/package.json $(NODE_CHECK)/package-lock.json
@@ -53,9 +56,16 @@ typecheck: install
 	ln -s $(CURDIR)/feature_flags $(TYPECHECK)/polyshift/feature_flags
 	cd $(TYPECHECK) && $(CURDIR)/$(BIN)/mypy --config-file $(CURDIR)/pyproject.toml -p polyshift
 
+# The control plane both ways: the whole suite on SQLite, then the tests of what the control plane
+# decides (runs, journal, audit, recover, flags, releases) again on PostgreSQL.
+STATE_TESTS := tests/test_audit.py tests/test_lifecycle.py tests/test_concurrency.py tests/test_flags_admin.py \
+	tests/test_flags_evaluation.py tests/test_manifest_integrity.py tests/test_releases.py tests/test_release_crash.py \
+	tests/test_rollback_crash.py
+
 test: install lint typecheck
 	$(BIN)/python -m pytest
 	mkdir -p build && $(BIN)/polyshift --config compose/polyshift.toml rehearse --junit build/rehearsal.xml
+	POLYSHIFT_TEST_STATE=postgres $(BIN)/python -m pytest $(STATE_TESTS)
 
 demo: install
 	$(BIN)/polyshift demo
@@ -72,6 +82,7 @@ bench: install
 	$(BIN)/python bench/rehearse.py --write bench/REHEARSE_RESULTS.md
 	$(BIN)/python bench/zero_downtime.py --write bench/ZERO_DOWNTIME_RESULTS.md
 	$(BIN)/python bench/quick_commands.py --write bench/QUICK_COMMANDS_RESULTS.md
+	$(BIN)/python bench/object_store.py --write bench/OBJECT_STORE_RESULTS.md
 
 clean:
 	rm -rf $(VENV) .polyshift .pytest_cache .ruff_cache *.egg-info

@@ -1,4 +1,5 @@
-"""Flags in the control-plane database (SQLAlchemy Core): a table of flags and one version row."""
+"""Flags in the control-plane database (SQLAlchemy Core): a table of flags and one version row,
+both part of the control plane's versioned schema (``polyshift.framework.control.schema``)."""
 
 from __future__ import annotations
 
@@ -7,30 +8,18 @@ import json
 import sqlalchemy as sa
 from polyshift.feature_flags.model import Flag
 from polyshift.feature_flags.stores import ConflictError
+from polyshift.framework.control.schema import flags as flags_table
+from polyshift.framework.control.schema import flags_version
 from polyshift.framework.control.state import make_engine
 from polyshift.framework.core.errors import StoreError
 from polyshift.framework.core.secrets import redact, url_without_password
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
-_meta = sa.MetaData()
-flags_table = sa.Table(
-    "polyshift_flags", _meta,
-    sa.Column("name", sa.String(100), primary_key=True),
-    sa.Column("version", sa.Integer, nullable=False),
-    sa.Column("data", sa.Text, nullable=False),
-)
-flags_version = sa.Table(
-    "polyshift_flags_version", _meta,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
-    sa.Column("version", sa.BigInteger, nullable=False),
-)
-
 
 class SqlFlagStore:
     def __init__(self, url: str, engine: sa.Engine | None = None) -> None:
         self.description = f"state database {url_without_password(url)}"
-        self.engine = engine or make_engine(url)
-        _meta.create_all(self.engine)
+        self.engine = engine or make_engine(url)  # creates or upgrades the tables, serialized with other runners
 
     def _fail(self, exc: Exception) -> StoreError:
         return StoreError(f"flags: {self.description} is unreachable: {redact(str(exc).splitlines()[0])}")

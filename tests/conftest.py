@@ -6,6 +6,10 @@ POLYSHIFT_TEST_POSTGRES_URL points the suite at an existing PostgreSQL instead, 
 POLYSHIFT_TEST_DOCKER=1 starts pgvector in a container through testcontainers;
 POLYSHIFT_TEST_NEO4J_URL points every Neo4j test at an existing server.
 Each test gets its own database and its own polyshift workspace (config, state, backups).
+
+POLYSHIFT_TEST_STATE selects the control plane of every project a test builds: ``sqlite`` (the
+default, ``.polyshift/state.db``) or ``postgres`` (a fresh database of its own on the session's
+PostgreSQL). ``make test`` runs the control-plane, release, crash/recover and flag tests both ways.
 """
 
 from __future__ import annotations
@@ -30,6 +34,24 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 REPO = Path(__file__).resolve().parent.parent
 # A password no output may ever contain (see test_secrets.py).
 SENTINEL_PASSWORD = "Sentinel-pw-5f3e9a"
+
+SQLITE_STATE = "sqlite:///.polyshift/state.db"
+STATE_BACKENDS = ("sqlite", "postgres")
+STATE_BACKEND = os.environ.get("POLYSHIFT_TEST_STATE", "sqlite")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if STATE_BACKEND not in STATE_BACKENDS:
+        raise pytest.UsageError(f"POLYSHIFT_TEST_STATE={STATE_BACKEND!r}: expected one of {', '.join(STATE_BACKENDS)}")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if STATE_BACKEND == "sqlite":
+        return
+    skip = pytest.mark.skip(reason="checks the SQLite control-plane file itself")
+    for item in items:
+        if item.get_closest_marker("sqlite_state") is not None:
+            item.add_marker(skip)
 
 
 @dataclass
@@ -88,6 +110,29 @@ def _fresh_database(pg_server: Server) -> Iterator[str]:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+@pytest.fixture
+def state_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    """``[project] state_url`` for a test's project (see POLYSHIFT_TEST_STATE above). The
+    password reaches polyshift through ${ENV} interpolation, as in a real pipeline."""
+    if STATE_BACKEND == "sqlite":
+        yield SQLITE_STATE
+        return
+    for url in _fresh_database(request.getfixturevalue("pg_server")):
+        params = conninfo_to_dict(url)
+        os.environ["TEST_STATE_PASSWORD"] = str(params.get("password", ""))
+        yield (f"postgresql://{params.get('user')}:${{TEST_STATE_PASSWORD}}@{params.get('host')}:{params.get('port')}/"
+               f"{params.get('dbname')}")
+
+
+@pytest.fixture
+def control_plane_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A control plane's URL for tests that open one directly (POLYSHIFT_TEST_STATE decides which)."""
+    if STATE_BACKEND == "sqlite":
+        yield f"sqlite:///{tmp_path / 'state.db'}"
+        return
+    yield from _fresh_database(request.getfixturevalue("pg_server"))
+
+
 @dataclass
 class CliResult:
     exit_code: int
@@ -142,11 +187,40 @@ class CliProject:
 
         return json.loads(self.run("backup", "list", "--json").stdout)
 
+    def state_sql(self, query: str, **params: Any) -> list[tuple[Any, ...]]:
+        """A statement on this project's control plane, whichever database it is (``:name`` parameters)."""
+        import sqlalchemy as sa
+        from polyshift.framework.control.state import driver_url
+        from polyshift.framework.core.config import load_config
+
+        engine = sa.create_engine(driver_url(load_config(self.config).state_url))
+        try:
+            with engine.begin() as conn:
+                result = conn.execute(sa.text(query), params)
+                return [tuple(r) for r in result] if result.returns_rows else []
+        finally:
+            engine.dispose()
+
+    def reset_state(self) -> None:
+        """An empty control plane: the SQLite file goes with .polyshift/, a database's tables are dropped."""
+        import sqlalchemy as sa
+        from polyshift.framework.control.schema import metadata
+        from polyshift.framework.control.state import driver_url
+        from polyshift.framework.core.config import load_config
+
+        url = load_config(self.config).state_url
+        if not url.startswith("sqlite"):
+            engine = sa.create_engine(driver_url(url))
+            try:
+                metadata.drop_all(engine)
+            finally:
+                engine.dispose()
+
 
 class Workspace(CliProject):
     """A polyshift project in a temp dir whose 'main' store is the test's database."""
 
-    def __init__(self, root: Path, url: str) -> None:
+    def __init__(self, root: Path, url: str, state_url: str = SQLITE_STATE) -> None:
         self.root = root
         self.url = url
         self.migrations = root / "migrations"
@@ -160,7 +234,7 @@ class Workspace(CliProject):
         self.config.write_text(textwrap.dedent(f"""\
             [project]
             migrations = "migrations"
-            state_url = "sqlite:///.polyshift/state.db"
+            state_url = "{state_url}"
             backups = ".polyshift/backups"
 
             [stores.main]
@@ -211,8 +285,8 @@ class Workspace(CliProject):
         return [(r[0], r[1]) for r in self.sql("SELECT version, direction FROM _polyshift.schema_history ORDER BY installed_rank")]
 
 @pytest.fixture
-def ws(tmp_path: Path, database: str) -> Workspace:
-    return Workspace(tmp_path, database)
+def ws(tmp_path: Path, database: str, state_url: str) -> Workspace:
+    return Workspace(tmp_path, database, state_url)
 
 
 def make_url_without_password(url: str) -> str:
@@ -240,14 +314,15 @@ def redis_url() -> Iterator[str]:
 class FlagProject(CliProject):
     """A polyshift project whose [flags] live in the state database or in Redis."""
 
-    def __init__(self, root: Path, store: str, redis_url: str | None, refresh: float = 0.2) -> None:
+    def __init__(self, root: Path, store: str, redis_url: str | None, refresh: float = 0.2,
+                 state_url: str = SQLITE_STATE) -> None:
         self.root = root
         self.config = root / "polyshift.toml"
         self.prefix = f"t{uuid.uuid4().hex[:8]}:"
         flags = f'store = "redis"\nurl = "{redis_url}"\nprefix = "{self.prefix}"' if store == "redis" else 'store = "state"'
         self.config.write_text(textwrap.dedent(f"""\
             [project]
-            state_url = "sqlite:///.polyshift/state.db"
+            state_url = "{state_url}"
             [stores.main]
             kind = "postgres"
             url = "postgresql://app@127.0.0.1:1/unused"
@@ -271,15 +346,15 @@ class FlagProject(CliProject):
 
 
 @pytest.fixture(params=["state", "redis"])
-def flags(request: pytest.FixtureRequest, tmp_path: Path) -> FlagProject:
+def flags(request: pytest.FixtureRequest, tmp_path: Path, state_url: str) -> FlagProject:
     redis = request.getfixturevalue("redis_url") if request.param == "redis" else None
-    return FlagProject(tmp_path, request.param, redis)
+    return FlagProject(tmp_path, request.param, redis, state_url=state_url)
 
 
 class RedisWorkspace(CliProject):
     """A project whose 'cache' store is its own throwaway redis-server."""
 
-    def __init__(self, root: Path, server: Any, extra: str = "") -> None:
+    def __init__(self, root: Path, server: Any, extra: str = "", state_url: str = SQLITE_STATE) -> None:
         import redis
 
         self.root = root
@@ -289,7 +364,7 @@ class RedisWorkspace(CliProject):
         self.config = root / "polyshift.toml"
         self.config.write_text(textwrap.dedent(f"""\
             [project]
-            state_url = "sqlite:///.polyshift/state.db"
+            state_url = "{state_url}"
             [stores.cache]
             kind = "redis"
             url = "{server.url}"
@@ -329,14 +404,14 @@ def redis_server() -> Iterator[Any]:
 
 
 @pytest.fixture
-def rws(tmp_path: Path, redis_server: Any) -> RedisWorkspace:
-    return RedisWorkspace(tmp_path, redis_server)
+def rws(tmp_path: Path, redis_server: Any, state_url: str) -> RedisWorkspace:
+    return RedisWorkspace(tmp_path, redis_server, state_url=state_url)
 
 
 @pytest.fixture
-def vws(tmp_path: Path, database: str) -> Workspace:
+def vws(tmp_path: Path, database: str, state_url: str) -> Workspace:
     """Like ``ws``, with the 'main' store declared as kind = "pgvector"."""
-    workspace = Workspace(tmp_path, database)
+    workspace = Workspace(tmp_path, database, state_url)
     workspace.config.write_text(workspace.config.read_text().replace('kind = "postgres"', 'kind = "pgvector"'))
     return workspace
 
@@ -344,7 +419,8 @@ def vws(tmp_path: Path, database: str) -> Workspace:
 class GraphWorkspace(CliProject):
     """A project whose 'graph' store is a real graph server: FalkorDB natively or Neo4j over Bolt."""
 
-    def __init__(self, root: Path, kind: str, url: str, *, graph: str = "app", extra: str = "") -> None:
+    def __init__(self, root: Path, kind: str, url: str, *, graph: str = "app", extra: str = "",
+                 state_url: str = SQLITE_STATE) -> None:
         self.root = root
         self.kind = kind                # "falkordb" or "neo4j": the server behind the URL
         self.migrations = root / "migrations"
@@ -353,7 +429,7 @@ class GraphWorkspace(CliProject):
         options = f'graph = "{graph}"\n' if kind == "falkordb" else ""
         self.config.write_text(textwrap.dedent(f"""\
             [project]
-            state_url = "sqlite:///.polyshift/state.db"
+            state_url = "{state_url}"
             [stores.graph]
             kind = "{kind}"
             url = "{url}"
@@ -482,10 +558,11 @@ GRAPH_SERVERS = ["falkordb", "neo4j-5.26", "neo4j-2026"]
 
 
 def graph_workspace(request: pytest.FixtureRequest, tmp_path: Path, server: str, extra: str = "") -> GraphWorkspace:
+    state_url = request.getfixturevalue("state_url")
     if server == "falkordb":
-        return GraphWorkspace(tmp_path, "falkordb", request.getfixturevalue("falkordb_server").url, extra=extra)
+        return GraphWorkspace(tmp_path, "falkordb", request.getfixturevalue("falkordb_server").url, extra=extra, state_url=state_url)
     servers: Neo4jServers = request.getfixturevalue("neo4j_servers")
-    ws = GraphWorkspace(tmp_path, "neo4j", servers.url(server.removeprefix("neo4j-")), extra=extra)
+    ws = GraphWorkspace(tmp_path, "neo4j", servers.url(server.removeprefix("neo4j-")), extra=extra, state_url=state_url)
     clean_neo4j(ws.q)
     return ws
 
@@ -508,7 +585,8 @@ def nws(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[GraphWorkspa
 
 
 @pytest.fixture
-def app(request: pytest.FixtureRequest, tmp_path: Path, database: str, second_database: str, redis_server: Any) -> Any:
+def app(request: pytest.FixtureRequest, tmp_path: Path, database: str, second_database: str, redis_server: Any,
+        state_url: str) -> Any:
     """Four real stores and one release that changes them all (see tests/release_app.py).
     The graph store is FalkorDB (native protocol); ``@pytest.mark.neo4j`` puts it on real Neo4j 5.26."""
     from tests.release_app import ReleaseApp
@@ -517,7 +595,32 @@ def app(request: pytest.FixtureRequest, tmp_path: Path, database: str, second_da
         graph: tuple[str, str] = ("neo4j", request.getfixturevalue("neo4j_servers").url("5.26"))
     else:
         graph = ("falkordb", request.getfixturevalue("falkordb_server").url)
-    project = ReleaseApp(tmp_path, database, second_database, redis_server, graph)
+    project = ReleaseApp(tmp_path, database, second_database, redis_server, graph, state_url=state_url)
     os.environ.update(project.env)
     project.reset()
     return project
+
+
+# -- S3-compatible object storage ---------------------------------------------------------------
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[Any]:
+    """VersityGW (an S3 gateway over a directory) built with go install, for the whole session.
+    On CI (and with POLYSHIFT_TEST_REQUIRE_S3=1) a server that cannot start fails the tests."""
+    from polyshift.framework.sandbox.objectstore import EmbeddedObjectStore, ObjectStoreUnavailable
+
+    try:
+        server = EmbeddedObjectStore().start()
+    except ObjectStoreUnavailable as exc:
+        if os.environ.get("CI") or os.environ.get("POLYSHIFT_TEST_REQUIRE_S3") == "1":
+            pytest.fail(f"S3-compatible server unavailable: {exc}")
+        pytest.skip(f"S3-compatible server unavailable: {exc}")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_server: Any, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A fresh bucket; the standard AWS variables point this process and its children at the server."""
+    for key, value in s3_server.env().items():
+        monkeypatch.setenv(key, value)
+    return str(s3_server.create_bucket(f"t-{uuid.uuid4().hex[:12]}"))

@@ -22,7 +22,7 @@ import psycopg
 import redis
 from psycopg.conninfo import conninfo_to_dict
 
-from tests.conftest import SENTINEL_PASSWORD, CliProject, clean_neo4j
+from tests.conftest import SENTINEL_PASSWORD, SQLITE_STATE, CliProject, clean_neo4j
 
 SCOPES = {
     "main": ("documents",),
@@ -79,7 +79,8 @@ MIGRATIONS = {
 
 class ReleaseApp(CliProject):
     def __init__(self, root: Path, main_url: str, vectors_url: str, redis_server: Any, graph: tuple[str, str],
-                 *, gates: str = '{ kind = "shell", command = "true" }', stages: str = "[50, 100]", bake: float = 0) -> None:
+                 *, gates: str = '{ kind = "shell", command = "true" }', stages: str = "[50, 100]", bake: float = 0,
+                 state_url: str = SQLITE_STATE) -> None:
         self.root = root
         self.main_url, self.vectors_url = main_url, vectors_url
         self.config = root / "polyshift.toml"
@@ -98,7 +99,7 @@ class ReleaseApp(CliProject):
             graph_options += '\n            graph = "app"'
         self.config.write_text(textwrap.dedent(f"""\
             [project]
-            state_url = "sqlite:///.polyshift/state.db"
+            state_url = "{state_url}"
 
             [stores.main]
             kind = "postgres"
@@ -193,6 +194,7 @@ class ReleaseApp(CliProject):
             graph.t.run("MATCH (d:Doc), (t:Topic) WHERE t.name = 'topic ' + toString(1 + d.id % 10) CREATE (d)-[:ABOUT]->(t)")
         finally:
             graph.close()
+        self.reset_state()
         shutil.rmtree(self.root / ".polyshift", ignore_errors=True)
 
     def graph(self) -> Any:

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import sqlite3
-
 from tests.conftest import Workspace
 
 
-def _with_entries(ws: Workspace) -> sqlite3.Connection:
+def _with_entries(ws: Workspace) -> None:
     ws.migration("0001_t", "CREATE TABLE t (id int); INSERT INTO t VALUES (1);", "DROP TABLE t;")
     ws.migration("0002_d", "DELETE FROM t;", "INSERT INTO t VALUES (1);")
     assert ws.run("up").exit_code == 0
     assert ws.run("rollback").exit_code == 0
-    return sqlite3.connect(ws.root / ".polyshift" / "state.db")
 
 
 def test_intact_chain_verifies(ws: Workspace) -> None:
@@ -23,20 +20,17 @@ def test_intact_chain_verifies(ws: Workspace) -> None:
 
 
 def test_edited_entry_is_named(ws: Workspace) -> None:
-    db = _with_entries(ws)
-    count = db.execute("SELECT count(*) FROM polyshift_audit").fetchone()[0]
-    assert count >= 4
-    db.execute("UPDATE polyshift_audit SET actor = 'mallory' WHERE seq = 3")
-    db.commit()
+    _with_entries(ws)
+    assert ws.state_sql("SELECT count(*) FROM polyshift_audit")[0][0] >= 4
+    ws.state_sql("UPDATE polyshift_audit SET actor = 'mallory' WHERE seq = 3")
     result = ws.run("audit", "--verify")
     assert result.exit_code == 2
     assert "audit entry 3 was altered" in result.stderr
 
 
 def test_deleted_entry_is_named(ws: Workspace) -> None:
-    db = _with_entries(ws)
-    db.execute("DELETE FROM polyshift_audit WHERE seq = 2")
-    db.commit()
+    _with_entries(ws)
+    ws.state_sql("DELETE FROM polyshift_audit WHERE seq = 2")
     result = ws.run("audit", "--verify")
     assert result.exit_code == 2
     assert "audit entry 2 is missing" in result.stderr
@@ -45,12 +39,13 @@ def test_deleted_entry_is_named(ws: Workspace) -> None:
 def test_rewritten_tail_with_recomputed_hash_still_breaks_the_link(ws: Workspace) -> None:
     from polyshift.framework.control.state import _entry_hash
 
-    db = _with_entries(ws)
-    row = db.execute("SELECT seq, at, actor, action, subject, detail, prev_hash FROM polyshift_audit WHERE seq = 2").fetchone()
-    entry = dict(zip(["seq", "at", "actor", "action", "subject", "detail", "prev_hash"], row, strict=True))
+    _with_entries(ws)
+    columns = ["seq", "at", "actor", "action", "subject", "detail", "prev_hash", "runner"]
+    row = ws.state_sql(f"SELECT {', '.join(columns)} FROM polyshift_audit WHERE seq = 2")[0]
+    entry = dict(zip(columns, row, strict=True))
     entry["detail"] = '{"forged": true}'
-    db.execute("UPDATE polyshift_audit SET detail = ?, hash = ? WHERE seq = 2", (entry["detail"], _entry_hash(entry)))
-    db.commit()
+    ws.state_sql("UPDATE polyshift_audit SET detail = :detail, hash = :hash WHERE seq = 2", detail=entry["detail"],
+                 hash=_entry_hash(entry))
     result = ws.run("audit", "--verify")
     assert result.exit_code == 2
     assert "audit entry 3 does not chain to entry 2" in result.stderr

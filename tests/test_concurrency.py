@@ -76,3 +76,51 @@ def test_lock_timeout_past_the_retry_deadline_fails_cleanly_with_exit_3(ws: Work
     assert result.exit_code == 3, result.output
     assert "55P03" in result.stderr  # lock_not_available, after retries
     assert ws.ledger() == [("0001", "up")]
+
+
+def _running_runs(ws: Workspace) -> int:
+    from sqlalchemy.exc import SQLAlchemyError
+
+    try:
+        return int(ws.state_sql("SELECT count(*) FROM polyshift_runs WHERE status = 'running'")[0][0])
+    except SQLAlchemyError:  # the control plane is not created yet
+        return 0
+
+
+def test_a_runner_that_waited_for_the_lock_refuses_a_release_another_runner_left_unfinished_meanwhile(ws: Workspace) -> None:
+    # B passes the unfinished-run check, then waits for the lock; meanwhile another runner (A)
+    # began a release and died. Holding the lock at last, B must see A's run, not apply over it.
+    import subprocess
+    import sys
+
+    from polyshift.adapters.postgres.adapter import PostgresAdapter
+    from polyshift.framework.control.state import ControlPlane
+    from polyshift.framework.core.config import load_config
+    from polyshift.framework.core.lifecycle import Phase, RunCommand, Step
+
+    ws.migration("0001_t", "CREATE TABLE t (id int); INSERT INTO t VALUES (1);", "DROP TABLE t;")
+    ws.config.write_text(ws.config.read_text().replace('lock_timeout = "2s"', 'lock_timeout = "2s"\nlock_wait = "60s"'))
+    config = load_config(ws.config)
+    holder = PostgresAdapter(config.store("main"))
+    holder.connect()
+    holder.acquire_lock("runner-a pid=1 run=aaaaaaaa", wait=0)
+    runner_b = ws.spawn("up")
+    try:
+        deadline = time.monotonic() + 60
+        while not _running_runs(ws):  # B has started its run: it is waiting for the lock
+            assert time.monotonic() < deadline and runner_b.poll() is None, runner_b.communicate()
+            time.sleep(0.05)
+        dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
+        plane = ControlPlane(config.state_url)
+        try:
+            run_a = plane.start_run(RunCommand.UP, {"stores": ["main"]})
+            plane.journal(run_a, Step.RELEASE, Phase.INTENT, version="0001", detail={"stores": ["main"]})
+        finally:
+            plane.close()
+        ws.state_sql("UPDATE polyshift_runs SET pid = :pid WHERE id = :id", pid=int(dead.stdout), id=run_a)
+    finally:
+        holder.close()  # A's lock goes with it; B gets it
+    _, err = runner_b.communicate(timeout=120)
+    assert runner_b.returncode == 2, err
+    assert "did not finish" in err and "polyshift recover" in err
+    assert ws.value("SELECT to_regclass('t')") is None

@@ -175,6 +175,7 @@ def test_a_wrong_password_in_the_url_query_string_is_masked_in_the_error(ws: Wor
         assert wrong not in result.output, args
 
 
+@pytest.mark.sqlite_state
 def test_a_password_in_the_state_url_query_string_is_masked(ws: Workspace) -> None:
     secret = "State-pw-query-91ce"
     ws.config.write_text(ws.config.read_text().replace('state_url = "sqlite:///.polyshift/state.db"',

@@ -25,7 +25,7 @@ def test_status_json_reports_current_pending_and_drift(ws: Workspace) -> None:
     (ws.migrations / "main" / "0001_t.rollback.sql").write_text("DROP TABLE IF EXISTS t;")
     status = json.loads(ws.run("status", "--json").stdout)
     assert status == [{"store": "main", "kind": "postgres", "current": "0001", "applied": ["0001"], "pending": ["0002"],
-                       "drift": ["0001"], "missing": [], "out_of_order": [], "interrupted": None}]
+                       "drift": ["0001"], "missing": [], "out_of_order": [], "interrupted": None, "locked_by": None}]
 
 
 def test_applied_migration_missing_on_disk_is_refused(ws: Workspace) -> None:

@@ -3,8 +3,6 @@ ledger's direction words, read back the same by recover and by older ledgers."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 from polyshift.framework.control.journal import Journal
 from polyshift.framework.control.state import ControlPlane
@@ -14,8 +12,8 @@ from polyshift.framework.core.protocol import LedgerEntry
 
 
 @pytest.fixture
-def journal(tmp_path: Path) -> Journal:
-    plane = ControlPlane(f"sqlite:///{tmp_path / 'state.db'}")
+def journal(control_plane_url: str) -> Journal:
+    plane = ControlPlane(control_plane_url)
     return Journal(plane, plane.start_run(RunCommand.UP), "0001")
 
 

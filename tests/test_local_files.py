@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import REPO, Workspace
 
 
@@ -67,8 +69,8 @@ _WRITER = """\
 import os, signal, sys, time
 sys.path.insert(0, {repo!r})
 from pathlib import Path
-from polyshift.framework.control.artifacts import ArtifactStore
-writer = ArtifactStore(Path({root!r})).new_writer(store="main", kind="postgres", version=None, scope=("t",), reason="test")
+from polyshift.framework.control.localstore import LocalArtifactStore
+writer = LocalArtifactStore(Path({root!r})).new_writer(store="main", kind="postgres", version=None, scope=("t",), reason="test")
 writer.write_bytes("rows.copy.zst", b"half a backup")
 print(writer.directory, flush=True)
 if {die}:
@@ -121,6 +123,7 @@ def _mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
 
 
+@pytest.mark.sqlite_state
 def test_the_state_database_and_events_log_are_private(ws: Workspace) -> None:
     old = os.umask(0o022)
     try:
@@ -138,6 +141,7 @@ def test_the_state_database_and_events_log_are_private(ws: Workspace) -> None:
         os.umask(old)
 
 
+@pytest.mark.sqlite_state
 def test_a_state_database_in_a_directory_of_the_users_keeps_that_directorys_mode(ws: Workspace) -> None:
     shared = ws.root / "shared"
     shared.mkdir(mode=0o755)

@@ -5,7 +5,6 @@ and the artifact file names it lists are held to the rule the writer follows."""
 from __future__ import annotations
 
 import json
-import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -44,10 +43,6 @@ def _retarget(ws: Workspace) -> Any:
     return edit
 
 
-def _state_db(ws: Workspace) -> sqlite3.Connection:
-    return sqlite3.connect(ws.root / ".polyshift" / "state.db")
-
-
 def test_an_edited_manifest_fails_verify(ws: Workspace) -> None:
     backup, manifest = _twins_backup(ws)
     _edit(manifest, _retarget(ws))
@@ -72,8 +67,8 @@ def test_a_manifest_whose_id_names_another_backup_is_refused(ws: Workspace) -> N
     backup, manifest = _twins_backup(ws)
     other = json.loads(ws.run("backup", "create", "main", "--scope", "payments", "--json").stdout)["id"]
     _edit(manifest, lambda m: m.update(id=other))
-    with _state_db(ws) as db:  # even with a digest that matches the edited file
-        db.execute("UPDATE polyshift_backups SET manifest_sha256 = NULL WHERE id = ?", (backup,))
+    # even with a digest that matches the edited file
+    ws.state_sql("UPDATE polyshift_backups SET manifest_sha256 = NULL WHERE id = :id", id=backup)
     result = ws.run("backup", "verify", backup)
     assert result.exit_code == 2, result.output
     assert other in result.stderr
@@ -93,8 +88,8 @@ def test_a_file_name_that_leaves_the_backup_directory_is_refused(ws: Workspace) 
         m["meta"]["tables"][0]["stem"] = "../elsewhere"
 
     _edit(manifest, escape)
-    with _state_db(ws) as db:  # a backup from before digests were recorded: only the name rule protects it
-        db.execute("UPDATE polyshift_backups SET manifest_sha256 = NULL WHERE id = ?", (backup,))
+    # a backup from before digests were recorded: only the name rule protects it
+    ws.state_sql("UPDATE polyshift_backups SET manifest_sha256 = NULL WHERE id = :id", id=backup)
     for command in (["backup", "verify", backup], ["backup", "restore", backup, "--yes"]):
         result = ws.run(*command)
         assert result.exit_code == 2, (command, result.output)
@@ -103,8 +98,9 @@ def test_a_file_name_that_leaves_the_backup_directory_is_refused(ws: Workspace) 
 
 def test_a_backup_taken_before_digests_were_recorded_still_verifies_and_restores(ws: Workspace) -> None:
     backup, _manifest = _twins_backup(ws)
-    with _state_db(ws) as db:
-        db.execute("ALTER TABLE polyshift_backups DROP COLUMN manifest_sha256")
+    # A control plane from before digests were kept, which was also before its schema had a version.
+    ws.state_sql("ALTER TABLE polyshift_backups DROP COLUMN manifest_sha256")
+    ws.state_sql("DROP TABLE polyshift_schema")
     ws.sql("DELETE FROM invoices WHERE id > 10")
     verify = ws.run("backup", "verify", backup)
     assert verify.exit_code == 0, verify.output
@@ -112,19 +108,15 @@ def test_a_backup_taken_before_digests_were_recorded_still_verifies_and_restores
     restore = ws.run("backup", "restore", backup, "--yes")
     assert restore.exit_code == 0, restore.output
     assert ws.value("SELECT count(*) FROM invoices") == 1000
-    with _state_db(ws) as db:
-        columns = [row[1] for row in db.execute("PRAGMA table_info(polyshift_backups)")]
-        recorded = db.execute("SELECT count(*) FROM polyshift_backups WHERE manifest_sha256 IS NOT NULL").fetchone()[0]
-    assert "manifest_sha256" in columns
-    assert recorded == 1  # the safety backup taken before the restore
+    recorded = ws.state_sql("SELECT count(*) FROM polyshift_backups WHERE manifest_sha256 IS NOT NULL")[0][0]
+    assert recorded == 1  # the safety backup taken before the restore (the column is back)
 
 
 def test_every_backup_records_the_sha256_of_its_manifest(ws: Workspace) -> None:
     import hashlib
 
     backup, manifest = _twins_backup(ws)
-    with _state_db(ws) as db:
-        recorded = db.execute("SELECT manifest_sha256 FROM polyshift_backups WHERE id = ?", (backup,)).fetchone()[0]
+    recorded = ws.state_sql("SELECT manifest_sha256 FROM polyshift_backups WHERE id = :id", id=backup)[0][0]
     assert recorded == hashlib.sha256(manifest.read_bytes()).hexdigest()
 
 
@@ -136,6 +128,7 @@ def test_a_postgresql_control_plane_from_before_digests_gains_the_column(databas
     ControlPlane(url).close()
     with psycopg.connect(database, autocommit=True) as conn:
         conn.execute("ALTER TABLE polyshift_backups DROP COLUMN manifest_sha256")
+        conn.execute("DROP TABLE polyshift_schema")  # as before the schema had a version
     plane = ControlPlane(url)
     try:
         assert plane.manifest_digest("20261123T000000Z-main-000000") is None

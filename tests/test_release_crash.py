@@ -4,15 +4,13 @@ everything the release touches (rows, vectors, nodes, relationships, keys)."""
 
 from __future__ import annotations
 
-import sqlite3
 from typing import Any
 
 FAIL_AT_100 = '{ kind = "shell", name = "late-gate", command = "test $POLYSHIFT_PERCENT -lt 100" }'
 
 
 def _journal_writes(app: Any) -> list[tuple[str, str, str | None]]:
-    with sqlite3.connect(app.root / ".polyshift" / "state.db") as db:
-        return db.execute("SELECT step, phase, store FROM polyshift_journal ORDER BY id").fetchall()
+    return app.state_sql("SELECT step, phase, store FROM polyshift_journal ORDER BY id")
 
 
 def _crash_then_recover(app: Any, n: int, blue: dict[str, Any], green: dict[str, Any] | None) -> str:

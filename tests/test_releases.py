@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 import sys
 import time
 from typing import Any
@@ -14,8 +13,7 @@ FAIL_AT_10 = '{ kind = "shell", name = "error-rate", command = "test $POLYSHIFT_
 
 
 def _journal(app: Any) -> list[tuple[str, str, str | None]]:
-    with sqlite3.connect(app.root / ".polyshift" / "state.db") as db:
-        return db.execute("SELECT step, phase, store FROM polyshift_journal ORDER BY id").fetchall()
+    return app.state_sql("SELECT step, phase, store FROM polyshift_journal ORDER BY id")
 
 
 def _audit_actions(app: Any) -> list[str]:

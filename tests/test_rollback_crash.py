@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import signal
-import sqlite3
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -15,10 +14,9 @@ from tests.conftest import RedisWorkspace, Workspace
 from tests.test_up_failures import ORDERS
 
 
-def _journal(root: Path) -> list[tuple[str, str, str | None, str]]:
-    with sqlite3.connect(root / ".polyshift" / "state.db") as db:
-        return db.execute("SELECT j.step, j.phase, j.store, r.command FROM polyshift_journal j "
-                          "JOIN polyshift_runs r ON r.id = j.run_id ORDER BY j.id").fetchall()
+def _journal(project: Any) -> list[tuple[str, str, str | None, str]]:
+    return project.state_sql("SELECT j.step, j.phase, j.store, r.command FROM polyshift_journal j "
+                             "JOIN polyshift_runs r ON r.id = j.run_id ORDER BY j.id")
 
 
 def _killed(project: Any, *args: str, failpoint: str | None = None) -> None:
@@ -54,9 +52,9 @@ def test_kill_9_at_every_journal_step_of_a_rollback_then_recover_leaves_each_mig
     both_back = _pg_state(ws)
     assert ws.run("up").exit_code == 0
     assert _pg_state(ws) == all_applied
-    learned = len(_journal(ws.root))
+    learned = len(_journal(ws))
     assert ws.run("rollback", "--to", "0001").exit_code == 0
-    writes = len(_journal(ws.root)) - learned
+    writes = len(_journal(ws)) - learned
     assert writes >= 5  # the locks, then intent and done for each of the two migrations
     assert ws.run("up").exit_code == 0
     ends = set()
@@ -158,9 +156,9 @@ def test_kill_9_at_every_journal_step_of_a_restore_then_recover_leaves_the_backu
     backup = json.loads(ws.run("backup", "create", "main", "--scope", "orders", "--json").stdout)["id"]
     ws.sql("DELETE FROM orders WHERE id > 100")
     changed = ws.fingerprint("orders")
-    learned = len(_journal(ws.root))
+    learned = len(_journal(ws))
     assert ws.run("backup", "restore", backup, "--yes").exit_code == 0
-    writes = len(_journal(ws.root)) - learned
+    writes = len(_journal(ws)) - learned
     assert writes >= 3  # the lock, then the restore's intent and done
     ends = set()
     for n in range(1, writes + 1):
@@ -195,20 +193,20 @@ def test_a_rollback_killed_under_an_older_polyshift_is_closed_by_recover_and_rep
     import sys
 
     from polyshift.framework.control.state import ControlPlane
+    from polyshift.framework.core.config import load_config
 
     ws.migration("0001_orders", ORDERS, "DROP TABLE orders;")
     assert ws.run("up").exit_code == 0
     # What an older polyshift left behind: a rollback run whose process is gone, and an intent
     # journaled without the fingerprint this version records with it.
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
-    plane = ControlPlane(f"sqlite:///{ws.root / '.polyshift' / 'state.db'}")
+    plane = ControlPlane(load_config(ws.config).state_url)
     try:
         run_id = plane.start_run("rollback", {"stores": ["main"]})
-        with sqlite3.connect(ws.root / ".polyshift" / "state.db") as db:
-            db.execute("UPDATE polyshift_runs SET pid = ? WHERE id = ?", (int(dead.stdout), run_id))
         plane.journal(run_id, "rollback", "intent", store="main", version="0001")
     finally:
-        plane.close()
+        plane.close()  # on PostgreSQL, its run lock goes with it
+    ws.state_sql("UPDATE polyshift_runs SET pid = :pid WHERE id = :id", pid=int(dead.stdout), id=run_id)
     assert "mid-rollback" in (_interrupted(ws) or "")
     result = ws.run("recover")
     assert result.exit_code == 4, result.output

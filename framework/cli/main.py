@@ -204,6 +204,8 @@ def status(store: str | None = typer.Option(None, "--store", "-s")) -> None:
           [[st.store, st.kind, st.current or "-", " ".join(st.pending) or "-", " ".join(st.drift) or "-",
             " ".join(st.missing) or "-"] for st in result])
     for st in result:
+        if st.locked_by:
+            output.warn(f"{st.store} is locked by {st.locked_by}")
         if st.interrupted:
             output.warn(f"{st.store} is {st.interrupted}")
 

@@ -1,50 +1,41 @@
-"""Local artifact store: one directory per backup (0700), files 0600, a JSON manifest with sha256.
+"""Backups (artifacts): what every artifact store guarantees, and the store a project configures.
 
-Files are zstd-compressed as they are streamed, so nothing is held in memory, and the
-sha256 is computed over the bytes on disk. ``verify`` reads every file back from disk,
-recomputes the digest and decompresses it (zstd frame checksums) before anything may
-rely on the backup.
+Two stores keep the same promises: a local directory (``localstore``, the default) and an
+S3-compatible bucket (``s3store``, ``backups = "s3://bucket/prefix"``) that every runner of a
+pipeline can reach. Either way:
 
-The manifest itself is what says which table or keys a file holds, so it is trusted only as it
-was sealed: its own sha256 is recorded in the control plane (``ManifestIndex``) and checked on
-every read, and every file name it lists must follow the rule the writer follows.
-
-A backup is written in ``.<id>.partial/`` and renamed to ``<id>/`` once its manifest is on
-disk, so a backup directory is sealed whole or not at all. The writer holds an exclusive
-``flock`` on its partial directory, which the kernel drops if the writer dies; the next
-backup removes partial directories nobody holds, and never a sealed one. File-system errors
-(the directory is a file, not writable, full) are a ``BackupError``: exit 2, nothing changed.
+- files are zstd-compressed as they are streamed, so memory stays flat whatever the size, and
+  the sha256 is computed over the stored bytes;
+- ``seal`` writes the manifest last and then reads every file back from where it is stored,
+  checking its sha256 and zstd frames, before anything may rely on the backup;
+- the manifest is trusted only as it was sealed: its own sha256 is recorded in the control plane
+  (``ManifestIndex``) and checked on every read, and every file name it lists must follow the rule
+  the writer follows (``valid_file_name``);
+- nothing is ever overwritten: a name that exists already is an error, not a replacement;
+- storage errors are a ``BackupError`` naming the place (exit 2, nothing changed).
 """
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
-import logging
-import os
 import re
 import secrets as pysecrets
-import shutil
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from pathlib import Path
-from typing import IO, Any, Protocol, cast
+from typing import IO, TYPE_CHECKING, Any, Protocol, cast
 
 import zstandard
 from polyshift.framework import __version__
-from polyshift.framework.control.localfiles import private_dir
-from polyshift.framework.core.errors import BackupCorruptError, BackupError, UsageError
+from polyshift.framework.core.errors import BackupCorruptError
 
-log = logging.getLogger("polyshift.artifacts")
-_CHUNK = 1 << 20
-_ID_PATTERN = r"[0-9]{8}T[0-9]{6}Z-[a-z0-9_-]+-[0-9a-f]{6}"
-_ID = re.compile(rf"^{_ID_PATTERN}$")
-_PARTIAL = re.compile(rf"^\.{_ID_PATTERN}\.partial$")
+if TYPE_CHECKING:
+    from polyshift.framework.core.config import Config
 
-
+CHUNK = 1 << 20
+ID_PATTERN = r"[0-9]{8}T[0-9]{6}Z-[a-z0-9_-]+-[0-9a-f]{6}"
+ID = re.compile(rf"^{ID_PATTERN}$")
 MANIFEST = "manifest.json"
 
 
@@ -60,16 +51,6 @@ class ManifestIndex(Protocol):
 
     def manifest_digest(self, artifact_id: str) -> str | None:
         """The digest recorded when the backup was sealed; None if none is on record."""
-
-
-@contextmanager
-def _disk(directory: Path) -> Iterator[None]:
-    """A file-system error is an unusable backups directory, named: never an unexpected crash."""
-    try:
-        yield
-    except OSError as exc:
-        raise BackupError(f"backups directory {directory} is unusable: {exc.strerror or exc}",
-                          hint="point [project] backups at a writable directory with free space") from None
 
 
 @dataclass(frozen=True)
@@ -122,251 +103,159 @@ class Manifest:
         )
 
 
-class _HashingWriter:
-    """File object the zstd stream writes into: counts and hashes what reaches the disk."""
+class ArtifactWriter(Protocol):
+    """Collects the files of one backup while an adapter streams them."""
 
-    def __init__(self, raw: IO[bytes], directory: Path) -> None:
+    base: dict[str, Any]
+    files: list[ArtifactFile]
+
+    def write_stream(self, name: str, chunks: Iterator[bytes], meta: dict[str, Any] | None = None) -> ArtifactFile:
+        """Compress ``chunks`` into ``name``; memory stays bounded whatever the size."""
+
+    def write_bytes(self, name: str, data: bytes, meta: dict[str, Any] | None = None) -> ArtifactFile: ...
+
+
+class ArtifactStore(Protocol):
+    """Where backups are kept: a local directory or an S3-compatible bucket."""
+
+    index: ManifestIndex | None
+
+    @property
+    def location(self) -> str:
+        """Where the backups are, as users configured it (a directory, ``s3://bucket/prefix``)."""
+
+    def check_usable(self) -> None:
+        """Preflight: the place exists (or is created) and takes a new object; BackupError otherwise."""
+
+    def check_room(self, needed: int) -> None:
+        """Preflight: ``needed`` bytes of backups fit; BackupError naming the shortfall otherwise."""
+
+    def new_writer(self, *, store: str, kind: str, version: str | None, scope: tuple[str, ...], reason: str) -> ArtifactWriter: ...
+
+    def seal(self, writer: ArtifactWriter, meta: dict[str, Any]) -> Manifest:
+        """Write the manifest, then read every file back and verify it; the sealed manifest."""
+
+    def discard(self, writer: ArtifactWriter) -> None:
+        """Remove a backup that failed before or during sealing. Never raises."""
+
+    def manifest(self, artifact_id: str, *, expected_digest: str | None = None) -> Manifest:
+        """The manifest as sealed (checked against the digest on record, or ``expected_digest``)."""
+
+    def list(self) -> list[Manifest]:
+        """Every sealed backup whose manifest checks out."""
+
+    def verify(self, artifact_id: str, *, decompress: bool = True, expected_digest: str | None = None) -> Manifest:
+        """The manifest, then every file's sha256 (and, unless told otherwise, zstd frames) as stored."""
+
+    def open(self, manifest: Manifest, name: str) -> IO[bytes]:
+        """A decompressing reader over one file of a verified backup."""
+
+    def iter_chunks(self, manifest: Manifest, name: str, size: int = CHUNK) -> Iterator[bytes]: ...
+
+
+def new_artifact_id(store: str) -> tuple[str, datetime]:
+    now = datetime.now(UTC)
+    return f"{now:%Y%m%dT%H%M%SZ}-{store}-{pysecrets.token_hex(3)}", now
+
+
+def writer_base(artifact_id: str, now: datetime, *, store: str, kind: str, version: str | None,
+                scope: tuple[str, ...], reason: str) -> dict[str, Any]:
+    return {"id": artifact_id, "store": store, "kind": kind, "version": version, "scope": scope,
+            "created_at": now.isoformat(timespec="microseconds"), "reason": reason}
+
+
+def sealed_manifest(writer: ArtifactWriter, meta: dict[str, Any]) -> tuple[Manifest, bytes]:
+    """The manifest of a finished writer and the exact bytes that are stored as manifest.json."""
+    b = writer.base
+    manifest = Manifest(b["id"], b["store"], b["kind"], b["version"], tuple(b["scope"]), b["created_at"],
+                        tuple(writer.files), meta, b["reason"])
+    return manifest, json.dumps(manifest.to_json(), indent=2, sort_keys=True).encode()
+
+
+def checked_manifest(artifact_id: str, body: bytes, recorded: str | None) -> Manifest:
+    """A manifest read back as stored, trusted only as sealed. Raises BackupCorruptError when its
+    sha256 differs from the one on record, when it names another backup, or lists a file name the
+    writer could not have written."""
+    digest = hashlib.sha256(body).hexdigest()
+    if recorded is not None and recorded != digest:
+        raise BackupCorruptError(
+            f"backup {artifact_id}: {MANIFEST} was changed after the backup was sealed (sha256 {digest[:12]}… != "
+            f"{recorded[:12]}… on record); it will not be used",
+            hint="restore the original manifest.json, or use another backup ('polyshift backup list')")
+    try:
+        manifest = Manifest.from_json(json.loads(body))
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise BackupCorruptError(f"backup {artifact_id}: {MANIFEST} is unreadable ({exc})") from None
+    if manifest.id != artifact_id:
+        raise BackupCorruptError(f"backup {artifact_id}: {MANIFEST} describes backup {manifest.id}; it will not be used")
+    for f in manifest.files:
+        if not valid_file_name(f.name):
+            raise BackupCorruptError(f"backup {artifact_id}: {MANIFEST} lists an invalid file name {f.name!r} "
+                                     "(outside the backup's directory); it will not be used")
+    return replace(manifest, digest=digest, on_record=recorded is not None)
+
+
+class Sink(Protocol):
+    """Where compressed bytes go: a file on disk, or the parts of an object being uploaded."""
+
+    def write(self, data: bytes) -> int: ...
+
+
+class HashingSink:
+    """File object the zstd stream writes into: counts and hashes what reaches storage."""
+
+    def __init__(self, raw: Sink) -> None:
         self.raw = raw
-        self.directory = directory
         self.digest = hashlib.sha256()
         self.size = 0
 
     def write(self, data: bytes) -> int:
         self.digest.update(data)
         self.size += len(data)
-        with _disk(self.directory):
-            return self.raw.write(data)
+        self.raw.write(data)
+        return len(data)
 
     def flush(self) -> None:
-        self.raw.flush()
+        pass
 
 
-class ArtifactWriter:
-    """Collects the files of one backup while an adapter streams them."""
-
-    def __init__(self, directory: Path, manifest_base: dict[str, Any], lock_fd: int | None = None) -> None:
-        self.directory = directory
-        self.base = manifest_base
-        self.files: list[ArtifactFile] = []
-        self._lock_fd = lock_fd
-
-    def _open(self, name: str) -> IO[bytes]:
-        if not valid_file_name(name):
-            raise BackupError(f"invalid artifact file name {name!r}")
-        with _disk(self.directory.parent):
-            fd = os.open(self.directory / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        return os.fdopen(fd, "wb")
-
-    def write_stream(self, name: str, chunks: Iterator[bytes], meta: dict[str, Any] | None = None) -> ArtifactFile:
-        """Compress ``chunks`` into ``name``; memory stays at one chunk whatever the size."""
-        with self._open(name) as raw:
-            sink = _HashingWriter(raw, self.directory.parent)
-            # Level 1 in the calling thread: measured faster than multi-threaded level 3 and smaller
-            # (threaded mode compresses independent jobs), and the other core serves the database.
-            compressor = zstandard.ZstdCompressor(level=1, write_checksum=True)
-            with compressor.stream_writer(cast("IO[bytes]", sink), closefd=False) as zw:
-                for chunk in chunks:
-                    zw.write(chunk)
-            with _disk(self.directory.parent):
-                raw.flush()
-                os.fsync(raw.fileno())
-        entry = ArtifactFile(name, sink.size, sink.digest.hexdigest(), dict(meta or {}))
-        self.files.append(entry)
-        return entry
-
-    def write_bytes(self, name: str, data: bytes, meta: dict[str, Any] | None = None) -> ArtifactFile:
-        return self.write_stream(name, iter([data]), meta)
-
-    def unlock(self) -> None:
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)  # closing drops the flock
-            self._lock_fd = None
+def compress_into(raw: Sink, chunks: Iterator[bytes]) -> tuple[int, str]:
+    """zstd-compress ``chunks`` into ``raw`` one chunk at a time; the stored size and sha256."""
+    sink = HashingSink(raw)
+    # Level 1 in the calling thread: measured faster than multi-threaded level 3 and smaller
+    # (threaded mode compresses independent jobs), and the other core serves the database.
+    compressor = zstandard.ZstdCompressor(level=1, write_checksum=True)
+    with compressor.stream_writer(cast("IO[bytes]", sink), closefd=False) as zw:
+        for chunk in chunks:
+            zw.write(chunk)
+    return sink.size, sink.digest.hexdigest()
 
 
-class ArtifactStore:
-    def __init__(self, root: Path, index: ManifestIndex | None = None) -> None:
-        self.root = root
-        self.index = index
+class HashingReader:
+    """Reads through to ``raw`` and hashes every byte that passes (read-back verification)."""
 
-    def _ensure_root(self) -> None:
-        with _disk(self.root):
-            private_dir(self.root)
-            os.chmod(self.root, 0o700)
+    def __init__(self, raw: IO[bytes]) -> None:
+        self.raw = raw
+        self.digest = hashlib.sha256()
+        self.size = 0
 
-    def check_usable(self) -> None:
-        """Preflight: the directory exists (or is created) and takes a file; BackupError otherwise."""
-        self._ensure_root()
-        probe = self.root / f".probe-{pysecrets.token_hex(4)}"
-        with _disk(self.root):
-            os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-            probe.unlink()
+    def read(self, size: int = CHUNK) -> bytes:
+        data = self.raw.read(size)
+        self.digest.update(data)
+        self.size += len(data)
+        return data
 
-    def new_writer(self, *, store: str, kind: str, version: str | None, scope: tuple[str, ...], reason: str) -> ArtifactWriter:
-        self._ensure_root()
-        self.remove_abandoned()
-        now = datetime.now(UTC)
-        artifact_id = f"{now:%Y%m%dT%H%M%SZ}-{store}-{pysecrets.token_hex(3)}"
-        # Created under a name no cleanup looks at, locked, then renamed to .<id>.partial: a
-        # cleanup running meanwhile never sees a partial directory before its writer holds it.
-        fresh, partial = self.root / f".{artifact_id}.new", self.root / f".{artifact_id}.partial"
-        with _disk(self.root):
-            fresh.mkdir(mode=0o700)
-            lock_fd = os.open(fresh, os.O_RDONLY | os.O_DIRECTORY)
-            fcntl.flock(lock_fd, fcntl.LOCK_EX)
-            os.rename(fresh, partial)
-        return ArtifactWriter(partial, {
-            "id": artifact_id, "store": store, "kind": kind, "version": version, "scope": scope,
-            "created_at": now.isoformat(timespec="microseconds"), "reason": reason,
-        }, lock_fd)
+    def drain(self) -> None:
+        while self.read(CHUNK):
+            pass
 
-    def remove_abandoned(self) -> list[str]:
-        """Remove partial directories whose writer is gone (its flock is free); never a sealed backup."""
-        removed = []
-        for child in self.root.iterdir():
-            if not _PARTIAL.match(child.name) or child.is_symlink() or not child.is_dir():
-                continue
-            try:
-                fd = os.open(child, os.O_RDONLY | os.O_DIRECTORY)
-            except OSError:
-                continue
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                continue  # a live writer
-            else:
-                shutil.rmtree(child, ignore_errors=True)
-                removed.append(child.name)
-                log.info("removed %s, left by a backup whose writer stopped", child.name)
-            finally:
-                os.close(fd)
-        return removed
 
-    def seal(self, writer: ArtifactWriter, meta: dict[str, Any]) -> Manifest:
-        """Write the manifest, rename the partial directory to the backup's id, then read every file back and verify it."""
-        b = writer.base
-        manifest = Manifest(b["id"], b["store"], b["kind"], b["version"], tuple(b["scope"]), b["created_at"],
-                            tuple(writer.files), meta, b["reason"])
-        body = json.dumps(manifest.to_json(), indent=2, sort_keys=True).encode()
-        sealed = self.root / manifest.id
-        with _disk(self.root):
-            fd = os.open(writer.directory / MANIFEST, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(body)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.rename(writer.directory, sealed)
-            root_fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                os.fsync(root_fd)  # the rename itself survives a crash
-            finally:
-                os.close(root_fd)
-        writer.directory = sealed
-        writer.unlock()
-        digest = hashlib.sha256(body).hexdigest()
-        # Not on record yet (the caller records it once this returns): check against what we wrote.
-        read_back = self.verify(manifest.id, expected_digest=digest)
-        return replace(manifest, digest=read_back.digest, on_record=True)
+def open_artifact_store(config: Config, index: ManifestIndex | None) -> ArtifactStore:
+    """The store ``[project] backups`` names: an ``s3://`` URL, else a local directory."""
+    if config.backups_url is not None:
+        from polyshift.framework.control.s3store import S3ArtifactStore  # boto3 only for projects that use it
 
-    def discard(self, writer: ArtifactWriter) -> None:
-        """Remove a backup that failed before or during sealing. Called while another error is
-        on its way out, so it never raises; what it cannot remove, the next backup does."""
-        try:
-            shutil.rmtree(writer.directory)
-        except OSError as exc:
-            log.warning("could not remove %s: %s", writer.directory, exc)
-        writer.unlock()
+        return S3ArtifactStore(config.backups_url, index)
+    from polyshift.framework.control.localstore import LocalArtifactStore
 
-    def path(self, artifact_id: str) -> Path:
-        if not _ID.match(artifact_id):
-            raise UsageError(f"{artifact_id!r} is not a backup id (see 'polyshift backup list')")
-        directory = self.root / artifact_id
-        if not directory.is_dir():
-            raise UsageError(f"no backup {artifact_id} in {self.root}")
-        return directory
-
-    def manifest(self, artifact_id: str, *, expected_digest: str | None = None) -> Manifest:
-        """The manifest as sealed. Raises BackupCorruptError when its sha256 differs from the one on
-        record (or ``expected_digest``), when it names another backup, or lists a file name the
-        writer could not have written."""
-        path = self.path(artifact_id) / MANIFEST
-        try:
-            body = path.read_bytes()
-        except FileNotFoundError:
-            raise BackupCorruptError(f"backup {artifact_id}: {MANIFEST} is missing") from None
-        digest = hashlib.sha256(body).hexdigest()
-        recorded = expected_digest or (self.index.manifest_digest(artifact_id) if self.index is not None else None)
-        if recorded is not None and recorded != digest:
-            raise BackupCorruptError(
-                f"backup {artifact_id}: {MANIFEST} was changed after the backup was sealed (sha256 {digest[:12]}… != "
-                f"{recorded[:12]}… on record); it will not be used",
-                hint="restore the original manifest.json, or use another backup ('polyshift backup list')")
-        try:
-            data = json.loads(body)
-            manifest = Manifest.from_json(data)
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise BackupCorruptError(f"backup {artifact_id}: {MANIFEST} is unreadable ({exc})") from None
-        if manifest.id != artifact_id:
-            raise BackupCorruptError(f"backup {artifact_id}: {MANIFEST} describes backup {manifest.id}; it will not be used")
-        for f in manifest.files:
-            if not valid_file_name(f.name):
-                raise BackupCorruptError(f"backup {artifact_id}: {MANIFEST} lists an invalid file name {f.name!r} "
-                                         "(outside the backup's directory); it will not be used")
-        return replace(manifest, digest=digest, on_record=recorded is not None)
-
-    def list(self) -> list[Manifest]:
-        if not self.root.is_dir():
-            return []
-        found = []
-        for child in sorted(self.root.iterdir()):
-            if child.is_dir() and _ID.match(child.name):
-                try:
-                    found.append(self.manifest(child.name))
-                except BackupCorruptError:
-                    continue  # listed by 'backup verify', not by list
-        return found
-
-    def verify(self, artifact_id: str, *, decompress: bool = True, expected_digest: str | None = None) -> Manifest:
-        """The manifest's own sha256, then every file's sha256 (and, unless told otherwise, its zstd
-        frames) checked from disk.
-
-        Raises BackupCorruptError naming the file. ``seal`` decompresses once when the backup is
-        written; after that a matching sha256 proves the file is that same verified file, so a
-        restore skips the second decompression.
-        """
-        manifest = self.manifest(artifact_id, expected_digest=expected_digest)
-        directory = self.path(artifact_id)
-        for entry in manifest.files:
-            path = directory / entry.name
-            if not path.is_file():
-                raise BackupCorruptError(f"backup {artifact_id}: file {entry.name} is missing")
-            digest = hashlib.sha256()
-            with open(path, "rb") as fh:
-                while block := fh.read(_CHUNK):
-                    digest.update(block)
-            if digest.hexdigest() != entry.sha256:
-                raise BackupCorruptError(
-                    f"backup {artifact_id}: {entry.name} is corrupted (sha256 {digest.hexdigest()[:12]}… "
-                    f"!= manifest {entry.sha256[:12]}…); it will not be restored",
-                )
-            if not decompress:
-                continue
-            try:
-                with open(path, "rb") as fh, zstandard.ZstdDecompressor().stream_reader(fh) as reader:
-                    while reader.read(_CHUNK):
-                        pass
-            except zstandard.ZstdError as exc:
-                raise BackupCorruptError(f"backup {artifact_id}: {entry.name} does not decompress ({exc})") from None
-        return manifest
-
-    def open(self, manifest: Manifest, name: str) -> IO[bytes]:
-        """A decompressing reader over one file of a verified backup."""
-        manifest.file(name)
-        if not valid_file_name(name):
-            raise BackupCorruptError(f"backup {manifest.id}: invalid file name {name!r}; it will not be read")
-        raw = open(self.path(manifest.id) / name, "rb")  # noqa: SIM115 - closed by the reader (closefd)
-        return zstandard.ZstdDecompressor().stream_reader(raw, closefd=True)
-
-    def iter_chunks(self, manifest: Manifest, name: str, size: int = _CHUNK) -> Iterator[bytes]:
-        with self.open(manifest, name) as reader:
-            while block := reader.read(size):
-                yield block
+    return LocalArtifactStore(config.backups_dir, index)

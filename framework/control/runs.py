@@ -8,22 +8,17 @@ consistent end; until then no other command may change a store underneath it.
 
 from __future__ import annotations
 
-import socket
 from typing import Any
 
 from polyshift.framework.control.state import ControlPlane
 from polyshift.framework.core.errors import LockHeldError, RefusedError
-from polyshift.framework.core.lifecycle import BEGAN_CHANGING, CHANGING_COMMANDS, RunCommand
-from polyshift.framework.core.processes import pid_alive
-
-
-def run_is_alive(run: dict[str, Any]) -> bool:
-    return run["host"] == socket.gethostname() and pid_alive(run["pid"])
+from polyshift.framework.core.lifecycle import BEGAN_CHANGING, CHANGING_COMMANDS, Phase, RunCommand, Step
 
 
 def describe_run(run: dict[str, Any]) -> str:
-    return (f"run {run['id'][:8]} ({run['command']} by {run['actor']} pid={run['pid']} on {run['host']}, "
-            f"started {run['started_at']:%Y-%m-%d %H:%M:%S})")
+    """The run and the runner driving it: host, pid and CI job where it recorded them."""
+    runner = run.get("runner") or f"{run['host']} pid={run['pid']}"
+    return f"run {run['id'][:8]} ({run['command']} by {run['actor']} on {runner}, started {run['started_at']:%Y-%m-%d %H:%M:%S})"
 
 
 def midway(run: dict[str, Any]) -> str:
@@ -42,7 +37,7 @@ def refuse_unfinished(state: ControlPlane, then: str) -> None:
     and only recover may go on from there. ``then`` is the command to run again afterwards."""
     for run in state.unfinished_runs(CHANGING_COMMANDS):
         began = any(e["step"] in BEGAN_CHANGING for e in state.journal_entries(run["id"]))
-        if not run_is_alive(run):
+        if not state.run_is_alive(run):
             stores = run["detail"].get("stores")
             where = f"store(s) {', '.join(stores)}" if isinstance(stores, list) and stores else "its stores"
             raise RefusedError(f"{describe_run(run)} did not finish: {where} may be {midway(run)}",
@@ -54,11 +49,27 @@ def refuse_unfinished(state: ControlPlane, then: str) -> None:
                                 hint="wait for it to finish")
 
 
+def lock_holders(state: ControlPlane, every: list[str]) -> dict[str, str]:
+    """Per store, who holds its lock as the control plane knows it: a live run that journaled
+    taking it, named with the runner that took it (host, pid, CI job)."""
+    found: dict[str, str] = {}
+    for run in state.unfinished_runs(CHANGING_COMMANDS):
+        if not state.run_is_alive(run):
+            continue
+        for entry in state.journal_entries(run["id"]):
+            store = entry["store"]
+            if (entry["step"], entry["phase"]) == (Step.LOCK, Phase.DONE) and store in every and store not in found:
+                runner = entry.get("runner") or run.get("runner") or f"{run['host']} pid={run['pid']}"
+                found[store] = (f"{runner} (run {run['id'][:8]}, {run['command']} by {run['actor']}, "
+                                f"locked at {entry['at']:%Y-%m-%d %H:%M:%S})")
+    return found
+
+
 def interruptions(state: ControlPlane, every: list[str]) -> dict[str, str]:
     """Per store, the unfinished run that concerns it, as ``status`` reports it."""
     found: dict[str, str] = {}
     for run in state.unfinished_runs(CHANGING_COMMANDS):
-        if run_is_alive(run):
+        if state.run_is_alive(run):
             text = f"{run['command']} in progress: {describe_run(run)}"
         else:
             text = f"{midway(run)}: {describe_run(run)} did not finish; run 'polyshift recover'"

@@ -75,6 +75,7 @@ class Config:
     on_event: str | None = None
     events_log: Path | None = None
     rehearsal_stores: dict[str, StoreConfig] = field(default_factory=dict)  # [rehearsal.stores.<name>]
+    backups_url: str | None = None     # s3://bucket/prefix: backups in object storage instead of backups_dir
 
     def store(self, name: str) -> StoreConfig:
         try:
@@ -219,12 +220,18 @@ def load_config(path: str | Path) -> Config:
         raise ConfigError(f"{path}: define at least one [stores.<name>] table")
     stores = {name: _store(name, table) for name, table in stores_raw.items()}
     state_url = resolve_sqlite(_store_url("[project] state_url", project.get("state_url", DEFAULT_STATE_URL), None), root)
+    backups = project.get("backups", ".polyshift/backups")
+    backups_url = None
+    if "://" in backups:
+        parse_s3_url(backups, where=f"{path}: [project] backups")
+        backups_url, backups = backups, ".polyshift/backups"
     config = Config(
         path=path,
         root=root,
         migrations_dir=(root / project.get("migrations", "migrations")).resolve(),
         state_url=state_url,
-        backups_dir=(root / project.get("backups", ".polyshift/backups")).resolve(),
+        backups_dir=(root / backups).resolve(),
+        backups_url=backups_url,
         stores=stores,
         raw=raw,
         on_event=project.get("on_event"),
@@ -235,6 +242,27 @@ def load_config(path: str | Path) -> Config:
 
     flag_settings(config)
     return config
+
+
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+
+
+def parse_s3_url(url: str, *, where: str = "backups") -> tuple[str, str]:
+    """``s3://bucket/prefix`` as (bucket, prefix without surrounding slashes); ConfigError naming
+    what is wrong. Endpoint and credentials come from the standard AWS environment, not the URL."""
+    scheme, _, rest = url.partition("://")
+    if scheme != "s3":
+        raise ConfigError(f"{where}: {url!r}: only s3:// URLs name object storage (or give a directory path)")
+    if "@" in rest or "?" in rest or "#" in rest:
+        raise ConfigError(f"{where}: {url!r}: write s3://bucket/prefix; credentials and the endpoint come from the "
+                          "standard AWS settings (AWS_ACCESS_KEY_ID, AWS_ENDPOINT_URL, ~/.aws/config)")
+    bucket, _, prefix = rest.partition("/")
+    if not _BUCKET.match(bucket) or ".." in bucket:
+        raise ConfigError(f"{where}: {url!r}: {bucket!r} is not a bucket name (3-63 lowercase letters, digits, dots, hyphens)")
+    prefix = prefix.strip("/")
+    if any(part in ("", ".", "..") for part in prefix.split("/")) and prefix:
+        raise ConfigError(f"{where}: {url!r}: the prefix has an empty, '.' or '..' segment")
+    return bucket, prefix
 
 
 def read_toml(path: Path) -> dict[str, Any]:

@@ -34,6 +34,10 @@ class ConfigError(PolyshiftError):
     """polyshift.toml is missing, malformed, or names something that does not exist."""
 
 
+class ControlPlaneVersionError(ConfigError):
+    """The control plane's schema was written by a newer polyshift than this one."""
+
+
 class UsageError(PolyshiftError):
     """Command-line arguments that cannot be acted on."""
 

@@ -23,11 +23,12 @@ class StoreStatus:
     # Another tool's history in a store whose polyshift ledger is empty (a warning; not in the JSON,
     # whose shape is documented).
     unadopted: str | None = None
+    locked_by: str | None = None      # the runner (host, pid, CI job) of a live run holding the store's lock
 
     def to_json(self) -> dict[str, object]:
         return {"store": self.store, "kind": self.kind, "current": self.current, "applied": self.applied,
                 "pending": self.pending, "drift": self.drift, "missing": self.missing, "out_of_order": self.out_of_order,
-                "interrupted": self.interrupted}
+                "interrupted": self.interrupted, "locked_by": self.locked_by}
 
 
 def applied_entries(ledger: list[LedgerEntry]) -> dict[str, LedgerEntry]:

@@ -9,7 +9,7 @@ backup: a safety backup precedes each rollback step and differences become integ
 from __future__ import annotations
 
 from polyshift.feature_flags.admin import Change
-from polyshift.framework.control.runs import describe_run, midway, run_is_alive
+from polyshift.framework.control.runs import describe_run, midway
 from polyshift.framework.control.state import actor
 from polyshift.framework.core.errors import MigrationFailedRestored, RefusedError, UsageError
 from polyshift.framework.core.lifecycle import RELEASE_COMMANDS, STORE_COMMANDS, Phase, ReleaseEvent, RunCommand, RunStatus, Step
@@ -38,11 +38,11 @@ class EmergencyRollback:
             raise UsageError(f"emergency-rollback {version}: no migration has that version")
         killed = self._kill_now(rel)
         for run in self.project.state.unfinished_runs(STORE_COMMANDS):
-            if not run_is_alive(run):
+            if not self.project.state.run_is_alive(run):
                 raise RefusedError(f"{describe_run(run)} did not finish: its store may be {midway(run)}",
                                    hint="run 'polyshift recover' first; the flag is killed already")
         for run in self.project.state.unfinished_runs(RELEASE_COMMANDS):
-            if run_is_alive(run):
+            if self.project.state.run_is_alive(run):
                 continue  # a live runner sees the kill and undoes its release; its locks make us wait below
             replay = self.recovery.replay(run["id"])
             if replay is not None and replay.version != version:

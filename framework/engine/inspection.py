@@ -7,21 +7,24 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from polyshift.framework.adopt.history import unadopted
-from polyshift.framework.control.runs import interruptions
+from polyshift.framework.control.runs import interruptions, lock_holders
 from polyshift.framework.core.status import StoreStatus
 from polyshift.framework.engine.project import Project
 from polyshift.framework.engine.runner import Runner
 
 
 def store_statuses(project: Project, store: str | None = None) -> list[StoreStatus]:
-    """Each store's ledger against the files on disk, with the unfinished run that concerns it."""
+    """Each store's ledger against the files on disk, with the unfinished run that concerns it
+    and the runner holding its lock."""
     runner = Runner(project)
     unfinished = interruptions(project.state, list(project.config.stores))
+    holders = lock_holders(project.state, list(project.config.stores))
     result = []
     for name in runner.stores(store):
         with runner.adapter(name) as adapter:
             status = runner.status(adapter)
             status.interrupted = unfinished.get(name)
+            status.locked_by = holders.get(name)
             history = unadopted(adapter, status)
             status.unadopted = history.describe() if history else None
             result.append(status)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from polyshift.framework.control.runs import describe_run, run_is_alive
+from polyshift.framework.control.runs import describe_run
 from polyshift.framework.core.errors import PolyshiftError
 from polyshift.framework.core.lifecycle import RELEASE_COMMANDS, Phase, Step
 from polyshift.framework.core.status import applied_entries
@@ -28,8 +28,8 @@ def release_listing(session: Session) -> list[dict[str, Any]]:
     for run in session.project.state.unfinished_runs(RELEASE_COMMANDS):
         replay = recovery.replay(run["id"])
         if replay is not None:
-            interrupted[replay.version] = ("in progress: " if run_is_alive(run) else "interrupted, run 'polyshift recover': ") \
-                + describe_run(run)
+            alive = session.project.state.run_is_alive(run)
+            interrupted[replay.version] = ("in progress: " if alive else "interrupted, run 'polyshift recover': ") + describe_run(run)
     rows = []
     for rel in session.releases(names):
         ends = [e for e in journal if e["version"] == rel.version and e["step"] in (Step.RELEASE, Step.COMPLETE, Step.UNDO, Step.STAGE)]

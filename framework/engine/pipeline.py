@@ -7,12 +7,9 @@ every script parsed, the release flags reachable, and free disk for the backups.
 
 from __future__ import annotations
 
-import shutil
-
 from polyshift.framework.adopt.history import refuse_unadopted
 from polyshift.framework.control.runs import refuse_unfinished
 from polyshift.framework.core.errors import (
-    BackupError,
     MigrationFailedRestored,
     MigrationFailedUnverified,
     PolyshiftError,
@@ -58,6 +55,9 @@ class Pipeline:
         status = RunStatus.FAILED
         try:
             with self.runner.locked(names, run_id, lock=not dry_run) as adapters:
+                if not dry_run:
+                    # Again, holding the locks: a run may have begun and died while we waited for them.
+                    refuse_unfinished(self.project.state, then="polyshift up")
                 by_name = {a.name: a for a in adapters}
                 pending = self.pending(every, by_name, to, release)
                 analyses = self.preflight(pending, by_name, allow_irreversible, dry_run=dry_run,
@@ -178,9 +178,5 @@ class Pipeline:
                 if isinstance(adapter, EstimatesBackup):
                     scope = adapter.resolve_scope(analyses[m.store, m.version].scope, missing_ok=True)
                     needed += adapter.estimate_backup_bytes(scope)
-        directory = self.project.config.backups_dir
-        self.project.artifacts.check_usable()  # a file in its place, or no write permission: exit 2 here
-        free = shutil.disk_usage(directory).free
-        if free < needed:
-            raise BackupError(f"backups need about {needed / 2**20:,.0f} MiB but {directory} has {free / 2**20:,.0f} MiB free",
-                              hint="free space, or point [project] backups at a larger volume")
+        self.project.artifacts.check_usable()  # a file in its place, no write permission, no bucket: exit 2 here
+        self.project.artifacts.check_room(needed)

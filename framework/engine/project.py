@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from polyshift.framework.control.artifacts import ArtifactStore
+from polyshift.framework.control.artifacts import ArtifactStore, open_artifact_store
 from polyshift.framework.control.state import ControlPlane
 from polyshift.framework.core.config import Config, load_config
 from polyshift.framework.core.loader import load_all
@@ -41,5 +41,5 @@ def open_project(config_path: str | Path, progress: Progress | None = None) -> P
     config = load_config(config_path)
     state = ControlPlane(config.state_url)
     # Manifests are checked against the digests the control plane recorded when they were sealed.
-    return Project(config=config, state=state, artifacts=ArtifactStore(config.backups_dir, state),
+    return Project(config=config, state=state, artifacts=open_artifact_store(config, state),
                    progress=progress or NullProgress())

@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from polyshift.framework.control.runs import describe_run, run_is_alive
+from polyshift.framework.control.runs import describe_run
 from polyshift.framework.control.state import actor
 from polyshift.framework.core.errors import (
     ConfigError,
@@ -182,7 +182,7 @@ class Recovery:
     def recover(self) -> list[RecoveryResult]:
         results = []
         for run in self.project.state.unfinished_runs(CHANGING_COMMANDS):
-            if run_is_alive(run):
+            if self.project.state.run_is_alive(run):
                 raise LockHeldError(f"{describe_run(run)} is still running; it will finish or undo its {run['command']} itself",
                                     hint="wait for it; recover only takes over runs whose process is gone")
             if run["command"] == RunCommand.ROLLBACK:

@@ -32,7 +32,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from polyshift.adapters import adapter_for
-from polyshift.framework.control.artifacts import ArtifactStore, Manifest
+from polyshift.framework.control.artifacts import Manifest
+from polyshift.framework.control.localstore import LocalArtifactStore
 from polyshift.framework.control.state import ControlPlane, actor
 from polyshift.framework.core.config import StoreConfig
 from polyshift.framework.core.errors import ChecksFailed, MigrationLoadError, PolyshiftError, RefusedError, UsageError
@@ -620,7 +621,7 @@ class Rehearsal:
         backup = self.check_input(every)
         self.scratch.mkdir(parents=True, exist_ok=True)
         plane = self._scratch_plane = ControlPlane(f"sqlite:///{self.scratch / 'state.db'}")
-        artifacts = ArtifactStore(self.scratch / "backups", plane)
+        artifacts = LocalArtifactStore(self.scratch / "backups", plane)
         provisional = Runner(Project(self.config, plane, artifacts, self.project.progress))
         copies: dict[str, list[Manifest]] = {}
         precedes = self.backup_precedes(backup, every) if backup is not None else None

@@ -5,7 +5,6 @@ restores, explicit rollbacks. Releases (``up``) are driven by ``polyshift.framew
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
@@ -14,10 +13,12 @@ from typing import Any
 
 from polyshift.adapters import adapter_for
 from polyshift.framework.control.artifacts import ArtifactStore, Manifest
-from polyshift.framework.control.runs import refuse_unfinished
+from polyshift.framework.control.identity import this_runner
+from polyshift.framework.control.runs import lock_holders, refuse_unfinished
 from polyshift.framework.control.state import actor
 from polyshift.framework.core.errors import (
     DriftError,
+    LockHeldError,
     MigrationFailedRestored,
     MigrationFailedUnverified,
     PolyshiftError,
@@ -118,7 +119,11 @@ class Runner:
             adapter.close()
 
     def holder(self, run_id: str) -> str:
-        return f"{actor()} pid={os.getpid()} run={run_id[:8]}"
+        """How a lock names its holder in the store itself: who, the process, the CI job, the run and the
+        host, most telling first (PostgreSQL keeps the first 63 characters)."""
+        me = this_runner()
+        job = f" [{me.ci_job}]" if me.ci_job else ""
+        return f"{actor()} pid={me.pid}{job} run={run_id[:8]} host={me.host}"
 
     def stores(self, only: str | None) -> list[str]:
         if only is not None:
@@ -298,7 +303,15 @@ class Runner:
                     if outlive_dead:
                         ttl = adapter.lock_ttl_ms / 1000 if isinstance(adapter, ExpiringLock) else 0.0
                         patience = max(patience, ttl + 5)
-                    adapter.acquire_lock(self.holder(run_id), patience)
+                    try:
+                        adapter.acquire_lock(self.holder(run_id), patience)
+                    except LockHeldError as exc:
+                        # The store's own record of the holder may be cut short (PostgreSQL keeps 63
+                        # characters); the control plane knows the whole runner.
+                        known = lock_holders(self.state, [name]).get(name)
+                        if known:
+                            exc.message = f"{exc.message}; the control plane says: {known}"
+                        raise
                     self.state.journal(run_id, Step.LOCK, Phase.DONE, store=name)
             yield adapters
         finally:
@@ -358,6 +371,8 @@ class Runner:
         status = RunStatus.FAILED
         try:
             with self.locked(names, run_id, lock=not dry_run) as adapters:
+                if not dry_run:
+                    refuse_unfinished(self.state, then="polyshift rollback")  # again, holding the locks
                 plan = self._plan_rollback(adapters, to, steps, dry_run=dry_run)
                 if dry_run:
                     status = RunStatus.SUCCEEDED
@@ -526,6 +541,7 @@ class Runner:
         status = RunStatus.FAILED
         try:
             with self.locked([manifest.store], run_id, lock=True) as (adapter,):
+                refuse_unfinished(self.state, then="polyshift backup restore")  # again, holding the lock
                 report = self.journaled_restore(adapter, manifest, run_id)
             status = RunStatus.SUCCEEDED if report.verified else RunStatus.UNVERIFIED
         finally:

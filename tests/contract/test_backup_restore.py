@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from polyshift.framework.control.artifacts import ArtifactStore, Manifest
+from polyshift.framework.control.localstore import LocalArtifactStore
 from polyshift.framework.core.progress import NullProgress
 from polyshift.framework.core.protocol import Adapter, EstimatesBackup
 
@@ -13,7 +14,7 @@ from tests.contract.stores import ContractStore
 
 
 def _backup(adapter: Adapter, scope: tuple[str, ...], root: Path) -> tuple[ArtifactStore, Manifest]:
-    artifacts = ArtifactStore(root)
+    artifacts = LocalArtifactStore(root)
     writer = artifacts.new_writer(store=adapter.name, kind=adapter.kind, version=None, scope=scope, reason="contract suite")
     manifest = artifacts.seal(writer, adapter.backup(scope, writer, NullProgress()))
     return artifacts, manifest
