@@ -70,6 +70,8 @@ bench: install
 	$(BIN)/python bench/release_noop.py --write bench/RELEASE_RESULTS.md
 	$(BIN)/python bench/lock_hazards.py --write bench/LOCK_HAZARDS_RESULTS.md
 	$(BIN)/python bench/rehearse.py --write bench/REHEARSE_RESULTS.md
+	$(BIN)/python bench/zero_downtime.py --write bench/ZERO_DOWNTIME_RESULTS.md
+	$(BIN)/python bench/quick_commands.py --write bench/QUICK_COMMANDS_RESULTS.md
 
 clean:
 	rm -rf $(VENV) .polyshift .pytest_cache .ruff_cache *.egg-info

@@ -3,22 +3,28 @@
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING
 
 import typer
-from polyshift.feature_flags.admin import Change, FlagAdmin
-from polyshift.feature_flags.client import FlagClient
 from polyshift.feature_flags.model import validate_name
 from polyshift.feature_flags.settings import flag_settings, open_store
 from polyshift.framework.cli import output
 from polyshift.framework.cli.output import emit_json, say, table
-from polyshift.framework.control.state import ControlPlane
 from polyshift.framework.core.config import load_config
 from polyshift.framework.core.errors import StoreError, UsageError
+
+# The admin writes the audit log through the control plane (SQLAlchemy): imported by the commands
+# that change or audit flags, so 'flags list' and 'polyshift --help' do not pay for it (issue 19).
+if TYPE_CHECKING:
+    from polyshift.feature_flags.admin import FlagAdmin
 
 flags_app = typer.Typer(no_args_is_help=True, help="Feature flags that switch traffic between blue and green.")
 
 
 def _admin() -> FlagAdmin:
+    from polyshift.feature_flags.admin import FlagAdmin
+    from polyshift.framework.control.state import ControlPlane
+
     config = load_config(output.opts["config"])
     return FlagAdmin(open_store(flag_settings(config)), ControlPlane(config.state_url))
 
@@ -34,8 +40,8 @@ def _describe(flag_json: dict) -> str:  # type: ignore[type-arg]
 @flags_app.command("list")
 def flags_list() -> None:
     """Every flag with its state.  Example: polyshift flags list --json"""
-    admin = _admin()
-    _, flags = admin.store.load()
+    # Reading needs only the flag store: no control plane, hence no SQLAlchemy for a Redis store.
+    _, flags = open_store(flag_settings(load_config(output.opts["config"]))).load()
     rows = [f.to_json() for f in sorted(flags.values(), key=lambda f: f.name)]
     if output.json_mode():
         emit_json(rows)
@@ -73,6 +79,8 @@ def flags_set(
     create: bool = typer.Option(False, "--create", help="Create the flag if it does not exist."),
 ) -> None:
     """Change a flag.  Example: polyshift flags set checkout_v2 --on --percent 10 --reason "canary" """
+    from polyshift.feature_flags.admin import Change
+
     if on and off:
         raise UsageError("--on and --off contradict each other; pass one")
     change = Change(enabled=True if on else (False if off else None), percent=percent, allow_add=tuple(allow),
@@ -113,6 +121,8 @@ def flags_history(name: str) -> None:
 @flags_app.command("check")
 def flags_check(name: str, subject: str | None = typer.Option(None, "--subject", help="The subject key to evaluate for.")) -> None:
     """Evaluate a flag as an application would.  Example: polyshift flags check checkout_v2 --subject user-42"""
+    from polyshift.feature_flags.client import FlagClient
+
     validate_name(name)
     client = FlagClient.from_config(output.opts["config"], background=False)
     try:

@@ -1,4 +1,5 @@
-"""PostgreSQL adapter (psycopg 3): advisory lock, ledger table, transactional steps, COPY backups."""
+"""PostgreSQL adapter (psycopg 3): advisory lock, ledger table, transactional steps taken in short
+lock attempts, lock-hazard findings sized from the catalog, COPY backups."""
 
 from __future__ import annotations
 
@@ -17,24 +18,30 @@ from polyshift.adapters.boundary import python_checks, step_failed, translate, t
 from polyshift.adapters.postgres import backup as pg_backup
 from polyshift.adapters.postgres import catalog as cat
 from polyshift.adapters.postgres import inventory as pg_inventory
+from polyshift.adapters.postgres import locking
 from polyshift.adapters.postgres.analysis import Statement, analyze_sql
 from polyshift.adapters.postgres.errors import PSYCOPG_ERRORS
-from polyshift.adapters.postgres.kinds import POSTGRES
+from polyshift.adapters.postgres.hazards import CODES, THRESHOLD, Kind, TableSize
 from polyshift.adapters.postgres.scope import ScopeExpander
 from polyshift.adapters.postgres.timing import StatementClock
-from polyshift.framework.core.errors import BackupError, LockHeldError, StepFailed
-from polyshift.framework.core.kinds import StoreKind
+from polyshift.framework.core.errors import BackupError, LockHeldError, MigrationLoadError, StepFailed
+from polyshift.framework.core.kinds import POSTGRES, StoreKind
 from polyshift.framework.core.lifecycle import Direction
 from polyshift.framework.core.migration import Migration, MigrationContext, Risk, Step
-from polyshift.framework.core.protocol import Analysis, Fingerprint, LedgerEntry, RestoreReport, StatementTiming, StepResult
+from polyshift.framework.core.protocol import (
+    Analysis,
+    AttemptObserver,
+    Finding,
+    Fingerprint,
+    LedgerEntry,
+    LockAttempt,
+    RestoreReport,
+    ScopeSource,
+    StatementTiming,
+    StepResult,
+)
 from polyshift.framework.core.secrets import redact
 from psycopg import sql
-from tenacity import (
-    Retrying,
-    retry_if_exception,
-    stop_after_delay,
-    wait_exponential_jitter,
-)
 
 if TYPE_CHECKING:
     from polyshift.framework.control.artifacts import ArtifactStore, ArtifactWriter, Manifest
@@ -44,7 +51,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("polyshift.postgres")
 
 _LOCK_CLASS = 0x706F6C79  # "poly": first half of the two-int advisory lock key
-_RETRYABLE = (psycopg.errors.LockNotAvailable, psycopg.errors.SerializationFailure, psycopg.errors.DeadlockDetected)
 
 _LEDGER_DDL = f"""
 CREATE SCHEMA IF NOT EXISTS {cat.LEDGER_SCHEMA};
@@ -85,6 +91,9 @@ class PostgresAdapter:
         self._lock_key = (_LOCK_CLASS, zlib.crc32(config.name.encode()) & 0x7FFFFFFF)
         self._notices: list[str] = []
         self._clock: StatementClock | None = None
+        self._observer: AttemptObserver | None = None
+        self._watch = locking.BlockerWatch(lambda: self._open(f"watch {self.name}"))
+        self._schedule = locking.schedule_for(config.options.get("lock_retry"), config.lock_timeout)
 
     # -- connection -------------------------------------------------------------------
     def _open(self, purpose: str) -> psycopg.Connection:
@@ -110,6 +119,7 @@ class PostgresAdapter:
         return self._conn
 
     def close(self) -> None:
+        self._watch.close()
         for c in (self._lock_conn, self._conn):
             try:
                 if c is not None:
@@ -216,9 +226,22 @@ class PostgresAdapter:
         return analyze_sql(step.script, origin=f"{self.name}/{step.path.name}")
 
     def parse(self, migration: Migration) -> None:
+        self._check_allowed(migration)
         for step in (migration.forward, migration.rollback, migration.validate):
             if step is not None and not step.is_python:
                 self._statements(step)
+
+    def _check_allowed(self, migration: Migration) -> None:
+        """``allow=`` names lock findings this adapter reports; anything else is a mistake to stop at."""
+        where = f"{self.name}/{migration.forward.path.name}"
+        for code in migration.allowed:
+            if code not in CODES:
+                raise MigrationLoadError(f"{where}: allow={code}: no such finding code (PostgreSQL's lock findings: "
+                                         f"{', '.join(c for c, (k, _) in CODES.items() if k is Kind.LOCK)})")
+            kind = CODES[code][0]
+            if kind is not Kind.LOCK:
+                raise MigrationLoadError(f"{where}: allow={code}: {code} is a {kind.value} finding, and allow= acknowledges "
+                                         "lock findings only ('up' never refuses the others: data at risk is backed up first)")
 
     def analyze(self, migration: Migration, direction: Direction = Direction.FORWARD) -> Analysis:
         step = migration.forward if direction is Direction.FORWARD else migration.rollback
@@ -229,8 +252,11 @@ class PostgresAdapter:
             outside = ("Python step with TRANSACTION = False",) if self._python_outside_tx(migration) else ()
             return Analysis(migration.declared_risk or Risk.C, scope, "declared" if scope else "none", non_transactional=outside)
         assert step.script is not None
+        self._check_allowed(migration)
         with _translated(self.name, "reading the catalog for the lock hazards"):
-            statements = analyze_sql(step.script, origin=f"{self.name}/{step.path.name}", facts=cat.CatalogFacts(self.conn))
+            facts = cat.CatalogFacts(self.conn)
+            statements = analyze_sql(step.script, origin=f"{self.name}/{step.path.name}", facts=facts)
+            findings = self._findings(statements, facts, migration.allowed if direction is Direction.FORWARD else ())
         with _translated(self.name, "reading the catalog for the backup scope"):
             coverage = ScopeExpander(self.conn).expand(statements)
         risk = Risk.highest([s.risk for s in statements] + [coverage.risk] +
@@ -238,15 +264,40 @@ class PostgresAdapter:
         inferred = tuple(t.qualified for t in coverage.tables)
         reasons = {t.qualified: "; ".join(why) for t, why in coverage.tables.items()}
         declared = migration.declared_scope if direction is Direction.FORWARD else migration.rollback_scope
+        source: ScopeSource
         if declared is not None:
             extra = tuple(t for t in inferred if t not in declared)
             scope, source = declared + extra, ("declared+inferred" if extra else "declared")
         else:
             scope, source = inferred, ("inferred" if inferred else "none")
-        notes = tuple([n for s in statements for n in s.notes] +
-                      [f"{f.code} {f.kind.value}: {f.message}; instead: {f.safe}" for s in statements for f in s.findings])
+        notes = tuple(n for s in statements for n in s.notes)
         non_tx = tuple(f"{s.non_transactional}: {s.sql[:80]}" for s in statements if s.non_transactional)
-        return Analysis(risk, scope, source, non_tx, len(statements), notes, reasons, tuple(coverage.unproven))
+        return Analysis(risk, scope, source, non_tx, len(statements), notes, reasons, tuple(coverage.unproven),
+                        findings, THRESHOLD)
+
+    @staticmethod
+    def _findings(statements: list[Statement], facts: cat.CatalogFacts, allowed: tuple[str, ...]) -> tuple[Finding, ...]:
+        """Every statement's findings, each with the size of the table it works on as the catalog
+        estimates it now. A finding that names no one table (``CLUSTER`` of every clustered table,
+        a domain's columns) is sized by the largest table the statement works on, or unknown."""
+        sizes: dict[str, TableSize | None] = {}
+
+        def size(table: str) -> TableSize | None:
+            if table not in sizes:
+                sizes[table] = facts.size(table)
+            return sizes[table]
+
+        out = []
+        for st in statements:
+            for f in st.findings:
+                if f.table is not None:
+                    measured = size(f.table)
+                else:
+                    worked = [size(t) for t, work in (st.locks.work.items() if st.locks else ()) if work]
+                    known = [s for s in worked if s is not None]
+                    measured = max(known, key=lambda s: (s.large, s.bytes)) if known else TableSize(None, 0)
+                out.append(f.reported(measured, acknowledged=f.code in allowed))
+        return tuple(out)
 
     def resolve_scope(self, scope: tuple[str, ...], *, missing_ok: bool) -> tuple[str, ...]:
         with _translated(self.name, "resolving the backup scope"):
@@ -257,17 +308,13 @@ class PostgresAdapter:
         return tuple(t.qualified for t in tables)
 
     # -- steps ------------------------------------------------------------------------
-    def _retrying(self) -> Retrying:
-        return Retrying(
-            retry=retry_if_exception(lambda e: isinstance(e, _RETRYABLE)),
-            stop=stop_after_delay(self.config.retry_deadline),
-            wait=wait_exponential_jitter(multiplier=0.05, max=2.0, jitter=0.05),
-            reraise=True,
-        )
+    def observe_attempts(self, observer: AttemptObserver | None) -> None:
+        self._observer = observer
 
-    def _set_timeouts(self, *, local: bool) -> None:
-        for name, seconds in (("lock_timeout", self.config.lock_timeout), ("statement_timeout", self.config.statement_timeout)):
-            self.conn.execute("SELECT set_config(%s, %s, %s)", (name, f"{int(seconds * 1000)}ms", local))
+    def _set_timeouts(self, *, local: bool, lock_timeout: float | None = None) -> None:
+        for name, seconds in (("lock_timeout", self.config.lock_timeout if lock_timeout is None else lock_timeout),
+                              ("statement_timeout", self.config.statement_timeout)):
+            self.conn.execute("SELECT set_config(%s, %s, %s)", (name, f"{max(1, round(seconds * 1000))}ms", local))
 
     @staticmethod
     def _python_outside_tx(migration: Migration) -> bool:
@@ -288,9 +335,11 @@ class PostgresAdapter:
     def apply(self, migration: Migration, direction: Direction, *, run_id: str, actor: str) -> StepResult:
         """Run forward or rollback; the ledger row commits in the same transaction as the step.
 
-        Transactional work is retried on lock timeouts, serialization failures and deadlocks
-        until ``retry_deadline``: a Python step may therefore run more than once.
-        Statements that PostgreSQL refuses inside a transaction run on their own, in order.
+        Transactional work waits for its locks in short attempts (``lock_retry``), the whole
+        transaction rolled back and tried again after a lock timeout, deadlock or serialization
+        failure until ``retry_deadline``: a Python step may therefore run more than once. Each
+        attempt is reported to the observer. Statements that PostgreSQL refuses inside a
+        transaction run on their own, in order, waiting up to ``lock_timeout`` once.
         """
         step = migration.forward if direction is Direction.FORWARD else migration.rollback
         if step is None:
@@ -312,17 +361,21 @@ class PostgresAdapter:
         for index, (transactional, statements) in enumerate(segments):
             last = index == len(segments) - 1
             if transactional:
+                def attempt(lock_timeout: float, step: Step = step, statements: list[Statement] = statements,
+                            last: bool = last) -> None:
+                    self._run_transaction(migration, step, statements, direction, run_id, actor, started,
+                                          record=last, non_tx=non_tx, lock_timeout=lock_timeout)
+
                 try:
-                    for attempt in self._retrying():
-                        with attempt:
-                            attempts += 1
-                            self._run_transaction(migration, step, statements, direction, run_id, actor, started,
-                                                  record=last, non_tx=non_tx)
-                except _RETRYABLE as exc:
-                    raise StepFailed(
-                        f"{self.name} {migration.id} {step.name} gave up after {attempts} attempts within "
-                        f"retry_deadline {self.config.retry_deadline:g}s: {_describe(exc)}", step=step.name,
-                    ) from None
+                    attempts += locking.run_in_attempts(
+                        attempt, schedule=self._schedule, deadline=self.config.retry_deadline,
+                        backend_pid=lambda: self.conn.info.backend_pid, watch=self._watch,
+                        report=lambda a: self._report(migration, a))
+                except locking.LocksNotAcquired as exc:
+                    kept = "nothing it does was committed" if index == 0 else \
+                        "its transaction was rolled back (the statements outside a transaction before it had run)"
+                    raise StepFailed(f"{self.name} {migration.id} {step.name} {exc.describe()}; {kept}",
+                                     step=step.name) from None
             elif step.is_python:
                 self._run_python_outside_transaction(migration, step)
             else:
@@ -334,17 +387,23 @@ class PostgresAdapter:
         return StepResult(int((time.monotonic() - started) * 1000), sum(len(s) for _, s in segments), non_tx, attempts,
                           tuple(self._notices))
 
+    def _report(self, migration: Migration, attempt: LockAttempt) -> None:
+        log.info("%s %s attempt %d (lock_timeout %d ms): %s", self.name, migration.id, attempt.number,
+                 attempt.lock_timeout_ms, attempt.outcome.value)
+        if self._observer is not None:
+            self._observer(migration, attempt)
+
     def _run_transaction(self, migration: Migration, step: Step, statements: list[Statement], direction: Direction,
-                         run_id: str, actor: str, started: float, *, record: bool, non_tx: bool) -> None:
+                         run_id: str, actor: str, started: float, *, record: bool, non_tx: bool, lock_timeout: float) -> None:
         current = None
         try:
             with self.conn.transaction():
-                self._set_timeouts(local=True)
+                self._set_timeouts(local=True, lock_timeout=lock_timeout)
                 if step.is_python:
                     self._run_python(migration, step)
                 for current in statements:
                     began = time.monotonic()
-                    self.conn.execute(current.sql)  # type: ignore[arg-type]
+                    self.conn.execute(current.sql)
                     if self._clock is not None:
                         self._clock.ran(current, began, transactional=True)
                 if record:
@@ -352,7 +411,7 @@ class PostgresAdapter:
                                  duration_ms=int((time.monotonic() - started) * 1000), non_transactional=non_tx)
             if self._clock is not None:
                 self._clock.committed()
-        except _RETRYABLE:
+        except locking.RETRYABLE_ERRORS:
             if self._clock is not None:
                 self._clock.abandoned()
             raise
@@ -374,7 +433,7 @@ class PostgresAdapter:
         try:
             self._set_timeouts(local=False)
             began = time.monotonic()
-            self.conn.execute(statement.sql)  # type: ignore[arg-type]
+            self.conn.execute(statement.sql)
             if self._clock is not None:
                 self._clock.ran(statement, began, transactional=False)
         except psycopg.Error as exc:
@@ -427,7 +486,7 @@ class PostgresAdapter:
         label = f"check {number} `{' '.join(st.sql.split())[:100]}`"
         try:
             with self.conn.transaction():  # savepoint: one failing check does not hide the others
-                cur = self.conn.execute(st.sql)  # type: ignore[arg-type]
+                cur = self.conn.execute(st.sql)
                 if cur.description is None:
                     return []
                 for row_number, row in enumerate(cur, 1):
@@ -506,5 +565,5 @@ class PostgresAdapter:
             self._clock = None
 
     def query_value(self, query: str, params: Any = None) -> Any:
-        row = self.conn.execute(sql.SQL(query), params).fetchone()  # type: ignore[arg-type]
+        row = self.conn.execute(sql.SQL(query), params).fetchone()
         return None if row is None else row[0]

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import psycopg
+from polyshift.adapters.postgres.hazards import LARGE_ROWS, TableSize
 from polyshift.adapters.postgres.names import RelName, quote_ident
 from psycopg import sql
 
@@ -482,7 +483,7 @@ class CatalogFacts:
         self.conn = conn
 
     def _one(self, query: str, params: tuple[Any, ...]) -> Any:
-        row = self.conn.execute(query, params).fetchone()  # type: ignore[arg-type]
+        row = self.conn.execute(query, params).fetchone()
         return None if row is None else row[0]
 
     def _oid(self, table: RelName) -> int | None:
@@ -501,6 +502,41 @@ class CatalogFacts:
             return 0.0
         tuples = self._one("SELECT reltuples FROM pg_class WHERE oid = %s", (oid,))
         return float(tuples) if tuples is not None and tuples >= 0 else float("nan")
+
+    def size(self, table: str) -> TableSize | None:
+        """The table's estimated size (``table``: its SQL spelling), every partition summed; None
+        when it does not exist. Rows come from pg_class.reltuples; a table PostgreSQL never counted
+        (reltuples = -1: never vacuumed or analyzed) has its rows counted, up to LARGE_ROWS only."""
+        oid = self._one("SELECT to_regclass(%s)::oid", (table,))
+        if oid is None:
+            return None
+        leaves = self.conn.execute(
+            "SELECT c.oid, c.reltuples, greatest(c.relpages::bigint * current_setting('block_size')::bigint, "
+            "pg_relation_size(c.oid)) FROM pg_class c WHERE c.oid IN (SELECT relid FROM pg_partition_tree(%s::oid) "
+            "WHERE isleaf UNION SELECT %s::oid) AND c.relkind <> 'p'", (oid, oid)).fetchall()
+        rows, size, counted = 0.0, 0, False
+        for leaf, tuples, nbytes in leaves:
+            size += int(nbytes)
+            if tuples >= 0:
+                rows += float(tuples)
+            elif nbytes > 0 and rows < LARGE_ROWS:
+                found = self._count_up_to(leaf, LARGE_ROWS - int(rows))
+                if found is None:
+                    return TableSize(None, size)
+                rows, counted = rows + found, True
+        return TableSize(rows, size, counted)
+
+    def _count_up_to(self, oid: int, limit: int) -> int | None:
+        """Rows of a table PostgreSQL never counted, at most ``limit``; None when a session holding
+        a strong lock on it keeps even that from being read (the cautious answer)."""
+        name = self._one("SELECT format('%%I.%%I', n.nspname, c.relname) FROM pg_class c "
+                         "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = %s", (oid,))
+        try:
+            with self.conn.transaction():
+                self.conn.execute("SET LOCAL lock_timeout = '1s'")
+                return int(self._one(f"SELECT count(*) FROM (SELECT FROM {name} LIMIT %s) t", (limit,)))
+        except (psycopg.errors.LockNotAvailable, psycopg.errors.QueryCanceled):
+            return None
 
     def partitioned(self, table: RelName) -> bool | None:
         oid = self._oid(table)

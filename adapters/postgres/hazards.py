@@ -24,6 +24,8 @@ from typing import Any, Protocol
 import pglast
 from pglast import ast, enums, visitors
 from polyshift.adapters.postgres.names import RelName
+from polyshift.framework.core import protocol
+from polyshift.framework.core.protocol import FindingKind
 
 AT = enums.AlterTableType
 CT = enums.ConstrType
@@ -57,11 +59,42 @@ class Work(StrEnum):
     INDEX = "index build"
 
 
-class Kind(StrEnum):
-    LOCK = "lock"
-    DATA_LOSS = "data-loss"
-    BREAKING = "breaking"
-    FAILS = "fails"
+Kind = FindingKind  # one vocabulary with the Analysis record every adapter returns
+
+# ``up`` refuses a lock finding on a table at least this big, as pg_class estimates it when the
+# migration is planned: past it, holding SHARE or stronger for the whole rewrite, scan or build
+# stalls the application for long enough to notice. Below it the finding is information.
+LARGE_ROWS = 10_000
+LARGE_BYTES = 64 * 2**20
+THRESHOLD = "10,000 estimated rows or 64 MiB"
+
+
+@dataclass(frozen=True)
+class TableSize:
+    """A table's size as the catalog estimates it (every partition summed).
+
+    ``rows`` is pg_class.reltuples; for a table PostgreSQL has never counted (never vacuumed or
+    analyzed) it is the rows actually there, counted up to LARGE_ROWS, or None when even that
+    could not be read."""
+
+    rows: float | None
+    bytes: int
+    counted: bool = False
+
+    @property
+    def large(self) -> bool:
+        return self.rows is None or self.rows >= LARGE_ROWS or self.bytes >= LARGE_BYTES
+
+    def describe(self) -> str:
+        if self.rows is None and not self.bytes:
+            return "which tables, and their size, unknown"
+        if self.rows is None:
+            rows = "rows unknown"
+        elif self.counted:
+            rows = f"at least {LARGE_ROWS:,} rows" if self.rows >= LARGE_ROWS else f"{self.rows:,.0f} rows (counted)"
+        else:
+            rows = f"~{self.rows:,.0f} rows"
+        return f"{rows}, {self.bytes / 2**20:,.1f} MiB"
 
 
 @dataclass(frozen=True)
@@ -79,6 +112,13 @@ class Finding:
         return {"code": self.code, "kind": self.kind.value, "statement": self.statement, "table": self.table,
                 "lock": self.lock.label if self.lock else None, "work": [w.value for w in self.work],
                 "message": self.message, "safe": self.safe}
+
+    def reported(self, size: TableSize | None, *, acknowledged: bool) -> protocol.Finding:
+        """The store-neutral record ``plan`` lists and ``up`` decides on. ``size``: the largest
+        existing table the statement does its work on (None: none exists yet)."""
+        return protocol.Finding(self.code, self.kind, self.statement, self.message, self.safe, self.table,
+                                self.lock.label if self.lock else None, tuple(w.value for w in self.work),
+                                size.describe() if size else None, bool(size and size.large), acknowledged)
 
 
 @dataclass
@@ -464,9 +504,9 @@ class Reader:
             st.take(table, ae)
             if con.indexname:
                 index = RelName(table.schema, str(con.indexname))
-                columns = list(_names(con.keys)) or (self.facts.index_columns(index) if self.facts else [])
-                if kind == CT.CONSTR_PRIMARY and existing and self.facts is not None and columns and not all(
-                        self.facts.column_not_null(table, c) or self._not_null_proven(table, c) for c in columns):
+                keys = list(_names(con.keys)) or (self.facts.index_columns(index) if self.facts else [])
+                if kind == CT.CONSTR_PRIMARY and existing and self.facts is not None and keys and not all(
+                        self.facts.column_not_null(table, c) or self._not_null_proven(table, c) for c in keys):
                     st.take(table, ae, Work.SCAN)
                     self.add("PS114", st, table, ae, Work.SCAN)
             elif existing:

@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING
 import typer
 from polyshift.framework.cli import output
 from polyshift.framework.cli.output import emit_json, say, table
-from polyshift.framework.control.state import ControlPlane, actor
 from polyshift.framework.core.config import load_config
 from polyshift.framework.core.errors import UsageError
 
@@ -29,8 +28,15 @@ server_app.add_typer(apikeys_app, name="apikeys")
 
 def _accounts() -> Accounts:
     from polyshift.feature_flags.server.accounts import Accounts
+    from polyshift.framework.control.state import ControlPlane
 
     return Accounts(ControlPlane(load_config(output.opts["config"]).state_url))
+
+
+def _actor() -> str:
+    from polyshift.framework.control.state import actor
+
+    return actor()
 
 
 @server_app.command()
@@ -87,7 +93,7 @@ def users_add(
         password = typer.prompt(f"password for {name}", hide_input=True, confirmation_prompt=True)
     else:
         raise UsageError("no terminal to ask for the password on: pass --password-stdin and write it to stdin")
-    user = _accounts().add_user(name, role, password, who=actor())
+    user = _accounts().add_user(name, role, password, who=_actor())
     if output.json_mode():
         emit_json({"name": user.name, "role": user.role.value})
         return
@@ -97,7 +103,7 @@ def users_add(
 @users_app.command("remove")
 def users_remove(name: str) -> None:
     """Remove an account and end its sessions.  Example: polyshift users remove alice"""
-    _accounts().remove_user(name, who=actor())
+    _accounts().remove_user(name, who=_actor())
     if output.json_mode():
         emit_json({"name": name, "removed": True})
         return
@@ -118,7 +124,7 @@ def users_list() -> None:
 @apikeys_app.command("create")
 def apikeys_create(name: str, scope: str = typer.Option("read", "--scope", help="read (evaluate) or admin (also change flags).")) -> None:
     """A new API key, printed once.  Example: polyshift apikeys create checkout-service --scope read"""
-    key, secret = _accounts().create_key(name, scope, who=actor())
+    key, secret = _accounts().create_key(name, scope, who=_actor())
     if output.json_mode():
         emit_json({"key": secret, "id": key.id, "name": key.name, "scope": key.scope.value})
         return
@@ -142,7 +148,7 @@ def apikeys_list() -> None:
 @apikeys_app.command("revoke")
 def apikeys_revoke(which: str) -> None:
     """Revoke a key by id or name; servers stop accepting it within one refresh interval.  Example: polyshift apikeys revoke ID"""
-    key = _accounts().revoke_key(which, who=actor())
+    key = _accounts().revoke_key(which, who=_actor())
     if output.json_mode():
         emit_json({"id": key.id, "name": key.name, "revoked": True})
         return

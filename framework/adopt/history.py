@@ -8,14 +8,18 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import psycopg
 from polyshift.framework.adopt.model import Format
 from polyshift.framework.core.errors import RefusedError, StoreError
 from polyshift.framework.core.protocol import Adapter
 from polyshift.framework.core.secrets import redact
 from polyshift.framework.core.status import StoreStatus
+
+# psycopg loads when a PostgreSQL store's history is read, not for 'status' of a Redis or graph
+# project (issue 19).
+if TYPE_CHECKING:
+    import psycopg
 
 Query = Callable[[str, tuple[Any, ...]], list[tuple[Any, ...]]]
 
@@ -51,6 +55,8 @@ class ForeignHistory:
 
 
 def _pg_query(adapter: Adapter) -> Query:
+    import psycopg
+
     conn: psycopg.Connection = adapter.conn  # type: ignore[attr-defined]
 
     def query(sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:

@@ -4,15 +4,17 @@ the main app by ``register``; errors go to the one boundary in ``main``."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
-from polyshift.framework.adopt.importer import ImportOptions, plan_import, write
-from polyshift.framework.adopt.model import ImportPlan
 from polyshift.framework.cli import output
 from polyshift.framework.cli.output import emit_json, say, table
 from polyshift.framework.core import errors
 from polyshift.framework.core.config import load_config
+
+# The parsers of the other tools' formats (pglast among them) load only when 'import' runs.
+if TYPE_CHECKING:
+    from polyshift.framework.adopt.model import ImportPlan
 
 
 def _plan_json(plan: ImportPlan) -> dict[str, Any]:
@@ -51,6 +53,8 @@ def import_command(
 ) -> None:
     """Convert another tool's migrations into polyshift's layout, with a provenance header in every file.
     Example: polyshift import --from goose db/migrations --store main --dry-run"""
+    from polyshift.framework.adopt.importer import ImportOptions, plan_import, write
+
     config = load_config(output.opts["config"])
     cfg = config.store(store)
     target = config.migrations_dir / store

@@ -8,7 +8,7 @@ import logging
 import re
 import sys
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import typer
 from polyshift.feature_flags.cli import flags_app
@@ -17,21 +17,16 @@ from polyshift.framework.cli import adopt, output, templates
 from polyshift.framework.cli.output import emit_json, say, table
 from polyshift.framework.cli.rehearse import rehearse
 from polyshift.framework.cli.sandbox import sandbox_app
-from polyshift.framework.control.runs import refuse_unfinished
 from polyshift.framework.core import errors, progress, secrets
 from polyshift.framework.core.config import DURATION_BOUNDS, parse_duration
-from polyshift.framework.core.lifecycle import Direction
 from polyshift.framework.core.loader import next_version, split_names
 from polyshift.framework.core.migration import check_version
-from polyshift.framework.engine.emergency import EmergencyRollback
-from polyshift.framework.engine.inspection import ledger_history, store_statuses, validation_report
-from polyshift.framework.engine.listing import release_listing
-from polyshift.framework.engine.pipeline import Pipeline
-from polyshift.framework.engine.project import Project, open_project
-from polyshift.framework.engine.recovery import Recovery
-from polyshift.framework.engine.runner import Runner
-from polyshift.framework.engine.session import Session
 from rich.text import Text
+
+# The engine, the control plane (SQLAlchemy) and through them the store drivers are imported
+# inside the commands that use them, so --help, flags list and the like start quickly (issue 19).
+if TYPE_CHECKING:
+    from polyshift.framework.engine.project import Project
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Safe, reversible migrations across PostgreSQL, pgvector, Neo4j and Redis.")
@@ -48,6 +43,8 @@ def _version(value: str | None, option: str) -> str | None:
 
 
 def project() -> Project:
+    from polyshift.framework.engine.project import open_project
+
     return open_project(output.opts["config"], progress.for_output(output.opts["json"]))
 
 
@@ -193,6 +190,8 @@ def new(store: str, slug: str, python: bool = typer.Option(False, "--python", he
 @app.command()
 def status(store: str | None = typer.Option(None, "--store", "-s")) -> None:
     """Current version, pending and drifted migrations per store.  Example: polyshift status --json"""
+    from polyshift.framework.engine.inspection import store_statuses
+
     result = store_statuses(project(), store)
     for st in result:
         if st.unadopted:
@@ -212,6 +211,9 @@ def status(store: str | None = typer.Option(None, "--store", "-s")) -> None:
 @app.command()
 def plan(store: str | None = typer.Option(None, "--store", "-s"), to: str | None = typer.Option(None, "--to")) -> None:
     """What 'up' would do: risk, backup scope, non-transactional statements.  Example: polyshift plan"""
+    from polyshift.framework.core.lifecycle import Direction
+    from polyshift.framework.engine.runner import Runner
+
     to = _version(to, "--to")
     proj = project()
     runner = Runner(proj)
@@ -226,17 +228,30 @@ def plan(store: str | None = typer.Option(None, "--store", "-s"), to: str | None
                              "scope": list(a.scope), "scope_source": a.scope_source, "reasons": a.reasons,
                              "unproven": list(a.unproven), "statements": a.statements,
                              "non_transactional": list(a.non_transactional), "irreversible": m.irreversible,
-                             "flag": m.flag, "notes": list(a.notes)})
+                             "flag": m.flag, "notes": list(a.notes), "findings": [f.to_json() for f in a.findings],
+                             "refused": bool(a.refused), "threshold": a.threshold or None})
     if output.opts["json"]:
         emit_json(rows)
         return
     if not rows:
         say("nothing pending")
         return
-    table("plan", ["store", "migration", "risk", "backup scope", "outside tx", "notes"],
+    table("plan", ["store", "migration", "risk", "backup scope", "outside tx", "findings and notes"],
           [[r["store"], f"{r['version']}_{r['slug']}" + (" (irreversible)" if r["irreversible"] else ""), r["risk"],
             _scope_lines(r), "\n".join(r["non_transactional"]) or "-",
-            "\n".join([*r["notes"], *(f"unproven: {u}" for u in r["unproven"])]) or ""] for r in rows])
+            "\n".join([*map(_finding_line, r["findings"]), *r["notes"], *(f"unproven: {u}" for u in r["unproven"])]) or ""]
+           for r in rows])
+    if any(r["refused"] for r in rows):
+        output.warn("'up' refuses the findings marked REFUSED: a lock held on a large table (at least "
+                    f"{next(r['threshold'] for r in rows if r['refused'])}) for the whole of its work; write the safe form, "
+                    "or acknowledge them with '-- polyshift: allow=CODE' or 'up --allow-lock-hazard'")
+
+
+def _finding_line(f: dict[str, Any]) -> str:
+    """``PS130 lock [~1,000,000 rows, 42.0 MiB] REFUSED: … ; instead: …``"""
+    size = f" [{f['size']}]" if f["size"] else ""
+    verdict = " REFUSED" if f["refuses"] else (" acknowledged" if f["acknowledged"] else "")
+    return f"{f['code']} {f['kind']}{size}{verdict}: {f['message']}; instead: {f['safe']}"
 
 
 def _scope_lines(row: dict[str, Any]) -> str:
@@ -250,6 +265,8 @@ def _scope_lines(row: dict[str, Any]) -> str:
 @app.command()
 def history(store: str | None = typer.Option(None, "--store", "-s")) -> None:
     """The stores' own ledgers, newest last.  Example: polyshift history --store main"""
+    from polyshift.framework.engine.inspection import ledger_history
+
     rows = [r.to_json() for r in ledger_history(project(), store)]
     if output.opts["json"]:
         emit_json(rows)
@@ -267,11 +284,17 @@ def up(
     store: str | None = typer.Option(None, "--store", "-s", help="Only this store's migrations."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Check and show what would run; change nothing."),
     allow_irreversible: bool = typer.Option(False, "--allow-irreversible", help="Also run migrations without a rollback."),
+    allow_lock_hazard: bool = typer.Option(False, "--allow-lock-hazard",
+                                           help="Also run migrations that hold a long lock on a large table."),
 ) -> None:
     """Apply pending releases: preflight, verified backups, forward, validate, staged flag cutover.  Example: polyshift up --to 0003"""
+    from polyshift.framework.engine.pipeline import Pipeline
+    from polyshift.framework.engine.session import Session
+
     to, release = _version(to, "--to"), _version(release, "--release")
     with Session(project(), _event) as session:
-        outcomes = Pipeline(session).up(store=store, to=to, release=release, dry_run=dry_run, allow_irreversible=allow_irreversible)
+        outcomes = Pipeline(session).up(store=store, to=to, release=release, dry_run=dry_run, allow_irreversible=allow_irreversible,
+                                          allow_lock_hazard=allow_lock_hazard)
     if output.opts["json"]:
         emit_json([o.to_json() for o in outcomes])
     elif not outcomes:
@@ -285,6 +308,9 @@ def up(
 @app.command()
 def recover() -> None:
     """Finish or undo a release whose runner died (reads the journal).  Example: polyshift recover"""
+    from polyshift.framework.engine.recovery import Recovery
+    from polyshift.framework.engine.session import Session
+
     with Session(project(), _event) as session:
         results = Recovery(session).recover()
     if output.opts["json"]:
@@ -301,6 +327,9 @@ def emergency_rollback(
     wait: float = typer.Option(120.0, "--wait", help="Seconds to wait for a running release to let go of its locks."),
 ) -> None:
     """Kill the release's flag now, then undo the release in every store.  Example: polyshift emergency-rollback 0003"""
+    from polyshift.framework.engine.emergency import EmergencyRollback
+    from polyshift.framework.engine.session import Session
+
     check_version(version, "emergency-rollback")
     parse_duration(wait, what="--wait", bounds=DURATION_BOUNDS["wait"])
     with Session(project(), _event) as session:
@@ -313,6 +342,9 @@ def emergency_rollback(
 @app.command()
 def releases() -> None:
     """Every release (version) with its state per store, its flag and its last run.  Example: polyshift releases"""
+    from polyshift.framework.engine.listing import release_listing
+    from polyshift.framework.engine.session import Session
+
     with Session(project(), _event) as session:
         rows = release_listing(session)
     if output.opts["json"]:
@@ -332,6 +364,8 @@ def rollback(
     dry_run: bool = typer.Option(False, "--dry-run"),
 ) -> None:
     """Run rollback steps, newest first, each after a verified backup.  Example: polyshift rollback --steps 1 --store main"""
+    from polyshift.framework.engine.runner import Runner
+
     to = _version(to, "--to")
     outcomes = Runner(project(), _event).rollback(store=store, to=to, steps=steps, dry_run=dry_run)
     if output.opts["json"]:
@@ -347,6 +381,8 @@ def rollback(
 @app.command()
 def validate(store: str | None = typer.Option(None, "--store", "-s")) -> None:
     """Re-run the checks of every applied migration and report drift.  Example: polyshift validate"""
+    from polyshift.framework.engine.inspection import validation_report
+
     report = [r.to_json() for r in validation_report(project(), store)]
     failed = [r for r in report if r["failures"]]
     if output.opts["json"]:
@@ -437,6 +473,9 @@ def backup_verify(backup_id: str) -> None:
 @backup_app.command("restore")
 def backup_restore(backup_id: str, yes: bool = typer.Option(False, "--yes", help="Confirm overwriting the scope.")) -> None:
     """Put a backup's scope back (after a safety backup of what is there now).  Example: polyshift backup restore ID --yes"""
+    from polyshift.framework.control.runs import refuse_unfinished
+    from polyshift.framework.engine.runner import Runner
+
     proj = project()
     refuse_unfinished(proj.state, then="polyshift backup restore")  # before asking anything
     manifest = proj.artifacts.verify(backup_id, decompress=False)
@@ -463,6 +502,8 @@ def backup_restore(backup_id: str, yes: bool = typer.Option(False, "--yes", help
 @backup_app.command("create")
 def backup_create(store: str, scope: str = typer.Option(..., "--scope", help="Comma-separated tables (or keys/labels).")) -> None:
     """Take a verified backup by hand.  Example: polyshift backup create main --scope users,orders"""
+    from polyshift.framework.engine.runner import Runner
+
     names = tuple(n for n in split_names(scope) if n)
     manifest = Runner(project(), _event).backup(store, names)
     if output.opts["json"]:

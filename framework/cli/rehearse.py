@@ -11,7 +11,7 @@ import tempfile
 import xml.etree.ElementTree as ET
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from polyshift.framework.cli import output
@@ -19,8 +19,10 @@ from polyshift.framework.cli.output import emit_json, say, table
 from polyshift.framework.core import errors, progress, secrets
 from polyshift.framework.core.lifecycle import CheckStatus, DataSource, RehearsalCheck
 from polyshift.framework.core.migration import check_version
-from polyshift.framework.engine.project import open_project
-from polyshift.framework.engine.rehearsal import Rehearsal, RehearsalOptions, RehearsalReport
+
+# The engine (and through it the control plane and the drivers) loads when 'rehearse' runs.
+if TYPE_CHECKING:
+    from polyshift.framework.engine.rehearsal import RehearsalReport
 
 
 def _event(kind: str, data: dict[str, Any]) -> None:
@@ -60,6 +62,9 @@ def rehearse(
     """Prove each pending release on rehearsal stores: forward, back to exactly where it was, forward again, restore.
 
     Example: polyshift rehearse --junit rehearsal.xml"""
+    from polyshift.framework.engine.project import open_project
+    from polyshift.framework.engine.rehearsal import Rehearsal, RehearsalOptions
+
     if release is not None:
         check_version(release, "--release")
     if from_production and from_backup is not None:

@@ -11,17 +11,19 @@ backups = ".polyshift/backups"                # verified backup artifacts (0700)
 [stores.main]
 kind = "postgres"
 url = "${DATABASE_URL:-postgresql://postgres@127.0.0.1:5432/postgres}"
-lock_timeout = "5s"          # SET LOCAL lock_timeout for each step
+lock_timeout = "5s"          # lock wait of statements outside a transaction (CREATE INDEX CONCURRENTLY)
 statement_timeout = "5min"   # SET LOCAL statement_timeout for each step
-retry_deadline = "60s"       # lock timeouts / serialization failures are retried until then
+retry_deadline = "60s"       # a step's locks are tried for in short attempts until then
+# lock_retry = ["100ms/50ms", "100ms/100ms", "150ms/250ms", "200ms/500ms", "200ms/1s", "200ms/2s"]
 lock_wait = "0s"             # how long to wait for another run's lock before exit 2
 """
 
 SQL_FORWARD = """\
--- Forward step of {id}. Runs in one transaction with the store's lock_timeout.
+-- Forward step of {id}. Runs in one transaction, taking its locks in short attempts.
 -- Directives are header lines of the form  -- polyshift: backup=users,orders
 -- (backup scope, inferred when omitted), flag=name, risk=A|B|C, irreversible, noop
--- (a step empty on purpose; a step with no statements is refused otherwise).
+-- (a step empty on purpose; a step with no statements is refused otherwise), and
+-- allow=PS130 (take a lock hazard on a large table anyway; 'polyshift plan' lists them).
 
 """
 

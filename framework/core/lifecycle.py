@@ -22,6 +22,7 @@ class Step(StrEnum):
     SNAPSHOT = "snapshot"        # pre-release fingerprint of a store's scope
     BACKUP = "backup"
     FORWARD = "forward"
+    LOCK_ATTEMPT = "lock-attempt"  # one try at a step's locks (done: it got them and committed)
     VALIDATE = "validate"
     INVARIANTS = "invariants"
     CUTOVER = "cutover"

@@ -6,8 +6,9 @@ Layout per store directory:
   <version>_<slug>.validate.<ext>  optional
   <version>_<slug>.py              Python migration: forward(ctx), rollback(ctx), validate(ctx)
 where <ext> is the store's script language (sql, cypher). Header comment lines of the
-forward script carry directives: ``-- polyshift: backup=users,orders``. A rollback script's
-header may carry ``backup=`` only: the scope its own step destroys.
+forward script carry directives: ``-- polyshift: backup=users,orders``; ``allow=PS130,PS110``
+acknowledges lock-hazard findings by code (the store's adapter checks each code is one it
+reports). A rollback script's header may carry ``backup=`` only: the scope its own step destroys.
 
 Scripts are UTF-8 (a byte-order mark is ignored; the checksum covers the bytes on disk). A
 forward or rollback script with no statement is refused unless its header says
@@ -37,10 +38,11 @@ from polyshift.framework.core.migration import (
 )
 
 _NAME = re.compile(r"^(?P<version>\d+(?:\.\d+)*)_(?P<slug>[a-z0-9][a-z0-9_]*)(?:\.(?P<step>forward|rollback|validate))?\.(?P<ext>[a-z]+)$")
-_DIRECTIVE_KEYS = {"backup", "irreversible", "flag", "risk", "vector", "noop"}
+_DIRECTIVE_KEYS = {"backup", "irreversible", "flag", "risk", "vector", "noop", "allow"}
 _ROLLBACK_DIRECTIVE_KEYS = {"backup", "noop"}
 _BOM = "\ufeff"
 _FLAG_NAME = re.compile(r"^[a-z0-9_.-]+$")
+_FINDING_CODE = re.compile(r"^[A-Z]{2}[0-9]{3}$")
 _IGNORED = {"README.md", ".gitkeep", "__pycache__", "__init__.py"}
 
 
@@ -188,6 +190,18 @@ def _flag(value: object, path: Path) -> str | None:
     return value
 
 
+def _allowed(value: str, path: Path) -> tuple[str, ...]:
+    """``allow=PS130,PS110``: finding codes, each written as the analysis prints it."""
+    codes = [c.strip().upper() for c in value.split(",")]
+    if not value.strip() or any(not c for c in codes):
+        raise MigrationLoadError(f"{path.name}: allow= needs finding codes separated by commas, e.g. allow=PS130,PS110")
+    malformed = [c for c in codes if not _FINDING_CODE.match(c)]
+    if malformed:
+        raise MigrationLoadError(f"{path.name}: allow={value}: {', '.join(malformed)} is not a finding code "
+                                 "(two letters and three digits, as 'polyshift plan' lists them, e.g. PS130)")
+    return tuple(dict.fromkeys(codes))
+
+
 def _load_script_migration(store: str, version: str, slug: str, files: dict[str, Path], language: ScriptLanguage) -> Migration:
     forward_path = files.get("forward")
     if forward_path is None:
@@ -227,6 +241,7 @@ def _load_script_migration(store: str, version: str, slug: str, files: dict[str,
         flag=_flag(directives.get("flag"), forward_path),
         declared_risk=_risk(directives.get("risk"), forward_path),
         irreversible=irreversible,
+        allowed=_allowed(directives["allow"], forward_path) if "allow" in directives else (),
         directives=directives,
         language=language,
     )

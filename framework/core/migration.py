@@ -129,6 +129,8 @@ class Migration:
     flag: str | None = None
     declared_risk: Risk | None = None
     irreversible: bool = False
+    # Finding codes the forward's header acknowledges (``allow=PS130``): ``up`` runs them anyway.
+    allowed: tuple[str, ...] = ()
     module: ModuleType | None = field(default=None, repr=False)
     directives: dict[str, str] = field(default_factory=dict)
     language: ScriptLanguage | None = None   # the scripts' language; None for a Python migration

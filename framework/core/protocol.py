@@ -6,9 +6,11 @@ driver's exceptions into ``polyshift.framework.core.errors`` at this boundary.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
+from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 from polyshift.framework.core.lifecycle import Direction
@@ -17,8 +19,6 @@ from polyshift.framework.core.migration import Migration, Risk
 if TYPE_CHECKING:
     from polyshift.framework.control.artifacts import ArtifactWriter, Manifest
     from polyshift.framework.core.progress import Progress
-
-ScopeSource = Literal["declared", "inferred", "declared+inferred", "none"]
 
 
 @dataclass(frozen=True)
@@ -78,6 +78,57 @@ class LedgerEntry:
             object.__setattr__(self, "direction", Direction.from_ledger(stored))
 
 
+ScopeSource = Literal["declared", "inferred", "declared+inferred", "none"]
+
+
+class FindingKind(StrEnum):
+    """What a finding says would go wrong if the statement ran as written."""
+
+    LOCK = "lock"            # holds a lock that stops writes (or reads) while work grows with the table
+    DATA_LOSS = "data-loss"  # rows or stored values go
+    BREAKING = "breaking"    # works, but running code using the old name or shape breaks
+    FAILS = "fails"          # errors on existing data
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One hazard an adapter reads in a statement before it runs, with the safe way to write it.
+
+    ``size`` describes the table as the store estimates it now ("~1,200,000 rows, 96 MiB");
+    ``large`` says it is above the store's stated threshold, where a lock held for the whole of
+    the work stalls the application; ``acknowledged`` says the migration accepts the hazard
+    (``-- polyshift: allow=<code>``).
+    """
+
+    code: str
+    kind: FindingKind
+    statement: str
+    message: str
+    safe: str
+    table: str | None = None
+    lock: str | None = None
+    work: tuple[str, ...] = ()
+    size: str | None = None
+    large: bool = False
+    acknowledged: bool = False
+
+    @property
+    def refuses(self) -> bool:
+        """Whether ``up`` refuses to run it (unless told ``--allow-lock-hazard``)."""
+        return self.kind is FindingKind.LOCK and self.large and not self.acknowledged
+
+    def to_json(self) -> dict[str, Any]:
+        return {"code": self.code, "kind": self.kind.value, "statement": self.statement, "message": self.message,
+                "safe": self.safe, "table": self.table, "lock": self.lock, "work": list(self.work), "size": self.size,
+                "large": self.large, "acknowledged": self.acknowledged, "refuses": self.refuses}
+
+    def describe(self) -> str:
+        """One line: code, kind, what happens, the table's size, and the safe form."""
+        size = f" [{self.size}]" if self.size else ""
+        ack = " (acknowledged)" if self.acknowledged else ""
+        return f"{self.code} {self.kind.value}{ack}: {self.message}{size}; instead: {self.safe}"
+
+
 @dataclass(frozen=True)
 class Analysis:
     """What an adapter reads out of a migration before running it.
@@ -96,6 +147,40 @@ class Analysis:
     notes: tuple[str, ...] = ()
     reasons: dict[str, str] = field(default_factory=dict)
     unproven: tuple[str, ...] = ()
+    findings: tuple[Finding, ...] = ()
+    threshold: str = ""  # the size above which a lock finding is refused, in the store's own terms
+
+    @property
+    def refused(self) -> tuple[Finding, ...]:
+        """Lock findings on large existing tables that the migration does not acknowledge."""
+        return tuple(f for f in self.findings if f.refuses)
+
+
+class AttemptOutcome(StrEnum):
+    ACQUIRED = "acquired"            # the transaction got its locks and committed
+    LOCK_TIMEOUT = "lock-timeout"    # a lock was not granted within the attempt's lock timeout
+    DEADLOCK = "deadlock"
+    SERIALIZATION = "serialization"
+
+
+@dataclass(frozen=True)
+class LockAttempt:
+    """One try at a step's transaction by an adapter that waits for locks in short attempts.
+    ``blockers`` describes the sessions seen holding what the attempt waited for."""
+
+    number: int
+    lock_timeout_ms: int
+    elapsed_ms: int
+    outcome: AttemptOutcome
+    sleep_ms: int = 0
+    blockers: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {"attempt": self.number, "lock_timeout_ms": self.lock_timeout_ms, "elapsed_ms": self.elapsed_ms,
+                "outcome": self.outcome.value, "sleep_ms": self.sleep_ms, "blockers": list(self.blockers)}
+
+
+AttemptObserver = Callable[[Migration, LockAttempt], None]
 
 
 @dataclass(frozen=True)
@@ -192,6 +277,15 @@ class EstimatesBackup(Protocol):
 
     def estimate_backup_bytes(self, scope: tuple[str, ...]) -> int:
         """Bytes the scope's backup could take at most."""
+
+
+@runtime_checkable
+class ReportsAttempts(Protocol):
+    """Optional: an adapter that takes a step's locks in several short attempts reports each one
+    (the runner journals them)."""
+
+    def observe_attempts(self, observer: AttemptObserver | None) -> None:
+        """Call ``observer`` after every attempt of every step from now on (None: stop)."""
 
 
 @runtime_checkable

@@ -42,7 +42,7 @@ class Pipeline:
 
     # -- up ---------------------------------------------------------------------------
     def up(self, *, store: str | None = None, to: str | None = None, release: str | None = None,
-           dry_run: bool = False, allow_irreversible: bool = False) -> list[Outcome]:
+           dry_run: bool = False, allow_irreversible: bool = False, allow_lock_hazard: bool = False) -> list[Outcome]:
         names = self.runner.stores(store)
         if to is not None and release is not None:
             raise UsageError("use either --to or --release, not both")
@@ -60,7 +60,8 @@ class Pipeline:
             with self.runner.locked(names, run_id, lock=not dry_run) as adapters:
                 by_name = {a.name: a for a in adapters}
                 pending = self.pending(every, by_name, to, release)
-                analyses = self.preflight(pending, by_name, allow_irreversible, dry_run=dry_run)
+                analyses = self.preflight(pending, by_name, allow_irreversible, dry_run=dry_run,
+                                          allow_lock_hazard=allow_lock_hazard)
                 if dry_run:
                     return self.would_apply(pending, analyses)
                 self.check_disk(pending, by_name, analyses)
@@ -127,7 +128,7 @@ class Pipeline:
         return releases
 
     def preflight(self, pending: list[Release], adapters: dict[str, Adapter], allow_irreversible: bool,
-                  *, dry_run: bool) -> dict[tuple[str, str], Analysis]:
+                  *, dry_run: bool, allow_lock_hazard: bool = False) -> dict[tuple[str, str], Analysis]:
         """Every script parsed (a syntax error stops us here) and every flag checked; returns the
         analyses by (store, version) for the dry run and the disk check."""
         self.parse_scripts(pending, adapters)
@@ -136,6 +137,7 @@ class Pipeline:
             for m in rel.ordered():
                 analyses[m.store, m.version] = adapters[m.store].analyze(m, Direction.FORWARD)
                 self.runner.refuse_irreversible(m, allow_irreversible)
+                self.runner.refuse_lock_hazards(m, analyses[m.store, m.version], allow_lock_hazard)
             for gate in rel.settings.gates:
                 gates.check(gate, rel.version, self.project.config)
             flag = rel.settings.flag

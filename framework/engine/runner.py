@@ -26,7 +26,18 @@ from polyshift.framework.core.errors import (
 )
 from polyshift.framework.core.lifecycle import Action, Direction, Phase, Progress, RunCommand, RunStatus, Step
 from polyshift.framework.core.migration import Migration, Risk, version_key
-from polyshift.framework.core.protocol import Adapter, Analysis, ExpiringLock, Fingerprint, RestoreReport, SamplesBackup
+from polyshift.framework.core.protocol import (
+    Adapter,
+    Analysis,
+    AttemptObserver,
+    AttemptOutcome,
+    ExpiringLock,
+    Fingerprint,
+    LockAttempt,
+    ReportsAttempts,
+    RestoreReport,
+    SamplesBackup,
+)
 from polyshift.framework.core.status import StoreStatus, applied_entries, store_status
 from polyshift.framework.engine.project import Project
 
@@ -204,6 +215,21 @@ class Runner:
             raise RefusedError(f"{m.store}/{m.id} is irreversible; run 'up --allow-irreversible' to apply it after a verified backup")
 
     @staticmethod
+    def refuse_lock_hazards(m: Migration, analysis: Analysis, allow_lock_hazard: bool) -> None:
+        """A lock held while a large existing table is rewritten, scanned or indexed stalls the
+        application for as long as the work takes: refused unless the migration or the command
+        says it is meant."""
+        refused = analysis.refused
+        if not refused or allow_lock_hazard:
+            return
+        codes = ",".join(dict.fromkeys(f.code for f in refused))
+        raise RefusedError(
+            f"{m.store}/{m.id} would stall the application on a large table (at least {analysis.threshold}): "
+            + "; ".join(f.describe() for f in refused),
+            hint=f"write the safe form; or, to take the lock anyway, acknowledge it in the header of "
+                 f"{m.forward.path.name} with '{m.directive_hint('allow')}={codes}', or run 'up --allow-lock-hazard'")
+
+    @staticmethod
     def _require_backup(m: Migration, analysis: Analysis, scope: tuple[str, ...]) -> None:
         """A destructive step runs only behind a backup of everything it may change: refuse when
         nothing can be backed up, or when some effect could not be read and no scope was declared."""
@@ -244,6 +270,13 @@ class Runner:
                                hint=f"declare what it changes in the header of {m.rollback.path.name}: "
                                     f"'{m.directive_hint('backup')}'")
 
+    def _attempt_journal(self, run_id: str) -> AttemptObserver:
+        """Each lock attempt of a step, journaled (done: it got its locks and committed)."""
+        def journal(m: Migration, attempt: LockAttempt) -> None:
+            phase = Phase.DONE if attempt.outcome is AttemptOutcome.ACQUIRED else Phase.FAILED
+            self._journal(run_id, Step.LOCK_ATTEMPT, phase, m, **attempt.to_json())
+        return journal
+
     @contextmanager
     def locked(self, names: list[str], run_id: str, *, lock: bool, wait: float | None = None,
                 outlive_dead: bool = False) -> Iterator[list[Adapter]]:
@@ -258,6 +291,8 @@ class Runner:
                 adapter = adapter_for(cfg)
                 adapters.append(adapter)
                 adapter.connect()
+                if isinstance(adapter, ReportsAttempts):
+                    adapter.observe_attempts(self._attempt_journal(run_id))
                 if lock:
                     patience = max(cfg.lock_wait, wait or 0.0)
                     if outlive_dead:
