@@ -1,9 +1,8 @@
 """One adapter per store kind; ``adapter_for`` builds the right one from a store's config.
 
-What each kind is (its adapter class, script language, options, capabilities) is declared in
-the ``kinds`` module of the package that serves it and collected by
-``polyshift.framework.core.kinds``; the adapter class is imported here, when a store of its
-kind is opened, so that reading a config imports no driver.
+What each kind is (its adapter class, script language, options, capabilities) is one record
+in ``polyshift.framework.core.kinds``; the adapter class it names is imported here, when a
+store of its kind is opened, so that reading a config imports no adapter and no driver.
 """
 
 from __future__ import annotations

@@ -40,15 +40,8 @@ def loaded_after(args: list[str], cwd: Path) -> tuple[int, list[str]]:
     return result["code"], result["modules"]
 
 
-def _kind_declaration(module: str) -> bool:
-    """What a store kind is (name, options, script language) is declared beside its adapter, in a
-    ``kinds`` module that imports no driver; reading any config loads these and their packages."""
-    parts = module.split(".")
-    return parts[:2] == ["polyshift", "adapters"] and (len(parts) <= 3 or parts[3:] == ["kinds"])
-
-
 def heavy(modules: list[str], names: tuple[str, ...]) -> list[str]:
-    return sorted({m for m in modules if any(m == n or m.startswith(n + ".") for n in names) and not _kind_declaration(m)})
+    return sorted({m for m in modules if any(m == n or m.startswith(n + ".") for n in names)})
 
 
 def test_help_imports_no_driver_engine_control_plane_or_web_server(tmp_path: Path) -> None:

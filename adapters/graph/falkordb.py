@@ -22,10 +22,10 @@ from urllib.parse import unquote, urlparse
 from polyshift.adapters.boundary import translate
 from polyshift.adapters.graph import cypher
 from polyshift.adapters.graph.adapter import GraphAdapter
-from polyshift.adapters.graph.kinds import FALKORDB
 from polyshift.adapters.graph.protocol import GraphQueryError
 from polyshift.adapters.redis.errors import REDIS_ERRORS
 from polyshift.framework.core.errors import BackupError
+from polyshift.framework.core.kinds import FALKORDB
 from polyshift.framework.core.secrets import url_without_password
 
 

@@ -27,9 +27,9 @@ from typing import Any
 from polyshift.adapters.boundary import translate
 from polyshift.adapters.graph import cypher
 from polyshift.adapters.graph.adapter import GraphAdapter
-from polyshift.adapters.graph.kinds import NEO4J
 from polyshift.adapters.graph.protocol import GraphQueryError
 from polyshift.framework.core.errors import StoreError
+from polyshift.framework.core.kinds import NEO4J
 from polyshift.framework.core.secrets import redact, url_without_password
 
 # One driver per server for the whole process, closed at exit: a driver is meant to live long

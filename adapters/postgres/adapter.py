@@ -22,11 +22,10 @@ from polyshift.adapters.postgres import locking
 from polyshift.adapters.postgres.analysis import Statement, analyze_sql
 from polyshift.adapters.postgres.errors import PSYCOPG_ERRORS
 from polyshift.adapters.postgres.hazards import CODES, THRESHOLD, Kind, TableSize
-from polyshift.adapters.postgres.kinds import POSTGRES
 from polyshift.adapters.postgres.scope import ScopeExpander
 from polyshift.adapters.postgres.timing import StatementClock
 from polyshift.framework.core.errors import BackupError, LockHeldError, MigrationLoadError, StepFailed
-from polyshift.framework.core.kinds import StoreKind
+from polyshift.framework.core.kinds import POSTGRES, StoreKind
 from polyshift.framework.core.lifecycle import Direction
 from polyshift.framework.core.migration import Migration, MigrationContext, Risk, Step
 from polyshift.framework.core.protocol import (

@@ -24,9 +24,9 @@ import psycopg
 from polyshift.adapters.postgres.adapter import PostgresAdapter
 from polyshift.adapters.postgres.catalog import Table, resolve
 from polyshift.adapters.postgres.errors import PSYCOPG_ERRORS
-from polyshift.adapters.postgres.kinds import PGVECTOR
 from polyshift.adapters.postgres.pgvector_helpers import VectorHelpers
 from polyshift.framework.core.errors import MigrationLoadError
+from polyshift.framework.core.kinds import PGVECTOR
 from polyshift.framework.core.migration import Migration
 from psycopg import sql
 

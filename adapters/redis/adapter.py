@@ -22,8 +22,8 @@ from polyshift.adapters.redis import inventory as redis_inventory
 from polyshift.adapters.redis import keys as rk
 from polyshift.adapters.redis.errors import REDIS_ERRORS
 from polyshift.adapters.redis.helpers import RedisHelpers
-from polyshift.adapters.redis.kinds import REDIS
 from polyshift.framework.core.errors import StepFailed, StoreError
+from polyshift.framework.core.kinds import REDIS
 from polyshift.framework.core.lifecycle import Direction
 from polyshift.framework.core.migration import Migration, MigrationContext, Risk
 from polyshift.framework.core.protocol import Analysis, Fingerprint, LedgerEntry, RestoreReport, StepResult

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from polyshift.framework.control.artifacts import ArtifactWriter, Manifest
     from polyshift.framework.core.progress import Progress
 
+
 ScopeSource = Literal["declared", "inferred", "declared+inferred", "none"]
 
 
