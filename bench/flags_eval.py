@@ -26,14 +26,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.common import write_results  # noqa: E402
 from polyshift.feature_flags import FlagClient  # noqa: E402
 from polyshift.feature_flags.admin import Change, FlagAdmin  # noqa: E402
 from polyshift.feature_flags.openfeature_provider import PolyshiftProvider  # noqa: E402
 from polyshift.feature_flags.settings import flag_settings, open_store  # noqa: E402
 from polyshift.framework.control.state import ControlPlane  # noqa: E402
 from polyshift.framework.core.config import load_config  # noqa: E402
-
-from bench.common import write_results  # noqa: E402
 
 SUBJECTS = [f"user-{i}" for i in range(100_000)]
 

@@ -23,9 +23,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from polyshift.framework.sandbox.neo4j import Neo4jServer  # noqa: E402
-
 from bench.common import measure, write_results  # noqa: E402
+from polyshift.framework.sandbox.neo4j import Neo4jServer  # noqa: E402
 
 PAGE = 2000
 

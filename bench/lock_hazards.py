@@ -33,14 +33,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.common import write_results  # noqa: E402
+from bench.lock_corpus_measure import Case, Corpus, Measurer, load_corpus, server_url  # noqa: E402
 from polyshift.adapters.postgres.analysis import analyze_sql  # noqa: E402
 from polyshift.adapters.postgres.catalog import CatalogFacts  # noqa: E402
 from polyshift.adapters.postgres.hazards import Facts  # noqa: E402
 from polyshift.framework.core.errors import MigrationLoadError  # noqa: E402
 from polyshift.framework.core.migration import Risk  # noqa: E402
-
-from bench.common import write_results  # noqa: E402
-from bench.lock_corpus_measure import Case, Corpus, Measurer, load_corpus, server_url  # noqa: E402
 
 PG_VERSION = "18.0"
 # squawk's rules by subject (names as squawk 2.x spells them; see https://squawkhq.com/docs/rules).

@@ -26,10 +26,9 @@ import psycopg
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.common import measure, write_results  # noqa: E402
 from polyshift.framework.sandbox.objectstore import EmbeddedObjectStore  # noqa: E402
 from polyshift.framework.sandbox.servers import EmbeddedPostgres  # noqa: E402
-
-from bench.common import measure, write_results  # noqa: E402
 
 
 def _load(url: str, rows: int) -> None:

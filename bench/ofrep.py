@@ -29,14 +29,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.common import write_results  # noqa: E402
 from polyshift.feature_flags import FlagClient  # noqa: E402
 from polyshift.feature_flags.admin import Change, FlagAdmin  # noqa: E402
 from polyshift.feature_flags.server.accounts import Accounts  # noqa: E402
 from polyshift.feature_flags.settings import flag_settings, open_store  # noqa: E402
 from polyshift.framework.control.state import ControlPlane  # noqa: E402
 from polyshift.framework.core.config import load_config  # noqa: E402
-
-from bench.common import write_results  # noqa: E402
 
 FLAGS = 50
 SUBJECT = "user-4242"

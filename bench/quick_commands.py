@@ -22,9 +22,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from polyshift.framework.sandbox.servers import EmbeddedPostgres, EmbeddedRedis  # noqa: E402
-
 from bench.common import measure, write_results  # noqa: E402
+from polyshift.framework.sandbox.servers import EmbeddedPostgres, EmbeddedRedis  # noqa: E402
 
 TARGET_MS = 250
 

@@ -26,9 +26,8 @@ import redis
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from polyshift.framework.sandbox.servers import EmbeddedRedis  # noqa: E402
-
 from bench.common import measure, write_results  # noqa: E402
+from polyshift.framework.sandbox.servers import EmbeddedRedis  # noqa: E402
 
 NAIVE_SLICE = 50_000
 

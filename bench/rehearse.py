@@ -36,10 +36,9 @@ import psycopg
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.common import measure, write_results  # noqa: E402
 from polyshift.framework.sandbox.demo import seed  # noqa: E402
 from polyshift.framework.sandbox.servers import EmbeddedPostgres, EmbeddedRedis, falkordb_args  # noqa: E402
-
-from bench.common import measure, write_results  # noqa: E402
 
 
 def polyshift(config: Path, *args: str) -> list[str]:

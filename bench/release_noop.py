@@ -31,9 +31,8 @@ import redis
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from polyshift.framework.sandbox.servers import EmbeddedPostgres, EmbeddedRedis, falkordb_args  # noqa: E402
-
 from bench.common import measure, write_results  # noqa: E402
+from polyshift.framework.sandbox.servers import EmbeddedPostgres, EmbeddedRedis, falkordb_args  # noqa: E402
 
 PHASES = [  # (label, journal entry that ends the phase)
     ("preflight (4 locks, drift, disk)", ("preflight", "done")),

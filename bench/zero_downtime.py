@@ -44,10 +44,9 @@ import psycopg
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.common import write_results  # noqa: E402
 from polyshift.adapters.postgres.tools import pg_tool  # noqa: E402
 from polyshift.framework.sandbox.servers import EmbeddedPostgres  # noqa: E402
-
-from bench.common import write_results  # noqa: E402
 
 CLIENTS = 4
 APP_SCRIPT = """\

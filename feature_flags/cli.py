@@ -6,6 +6,7 @@ import json
 from typing import TYPE_CHECKING
 
 import typer
+
 from polyshift.feature_flags.model import validate_name
 from polyshift.feature_flags.settings import flag_settings, open_store
 from polyshift.framework.cli import output

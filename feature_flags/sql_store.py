@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 
 import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+
 from polyshift.feature_flags.model import Flag
 from polyshift.feature_flags.stores import ConflictError
 from polyshift.framework.control.schema import flags as flags_table
@@ -13,7 +15,6 @@ from polyshift.framework.control.schema import flags_version
 from polyshift.framework.control.state import make_engine
 from polyshift.framework.core.errors import StoreError
 from polyshift.framework.core.secrets import redact, url_without_password
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 
 class SqlFlagStore:

@@ -9,7 +9,6 @@ import hashlib
 from pathlib import Path
 
 from polyshift.framework.adopt.flyway import flyway_checksum
-
 from tests.conftest import Workspace
 
 FLYWAY_DDL = """

@@ -28,8 +28,9 @@ from typing import Any
 
 import psycopg
 import pytest
-from polyshift.framework.sandbox.servers import EmbeddedPostgres
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from polyshift.framework.sandbox.servers import EmbeddedPostgres
 
 REPO = Path(__file__).resolve().parent.parent
 # A password no output may ever contain (see test_secrets.py).
@@ -190,6 +191,7 @@ class CliProject:
     def state_sql(self, query: str, **params: Any) -> list[tuple[Any, ...]]:
         """A statement on this project's control plane, whichever database it is (``:name`` parameters)."""
         import sqlalchemy as sa
+
         from polyshift.framework.control.state import driver_url
         from polyshift.framework.core.config import load_config
 
@@ -204,6 +206,7 @@ class CliProject:
     def reset_state(self) -> None:
         """An empty control plane: the SQLite file goes with .polyshift/, a database's tables are dropped."""
         import sqlalchemy as sa
+
         from polyshift.framework.control.schema import metadata
         from polyshift.framework.control.state import driver_url
         from polyshift.framework.core.config import load_config

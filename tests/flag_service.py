@@ -17,12 +17,12 @@ from typing import Any
 
 import httpx2 as httpx
 import pytest
+from starlette.testclient import TestClient
+
 from polyshift.feature_flags.admin import Change
 from polyshift.feature_flags.model import Flag
 from polyshift.feature_flags.server.app import create_app
 from polyshift.feature_flags.server.service import ServeSettings, Service
-from starlette.testclient import TestClient
-
 from tests.conftest import REPO, FlagProject
 
 PASSWORD = "correct horse battery staple"

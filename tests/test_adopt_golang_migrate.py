@@ -8,8 +8,8 @@ import subprocess
 from pathlib import Path
 
 import psycopg
-from polyshift.adapters.postgres import catalog
 
+from polyshift.adapters.postgres import catalog
 from tests.conftest import Workspace
 from tests.gotools import go_tool
 

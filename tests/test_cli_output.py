@@ -105,8 +105,9 @@ def test_init_into_a_missing_directory_is_named(tmp_path: Path) -> None:
 def test_a_progress_bar_shows_the_scope_as_written() -> None:
     import io
 
-    from polyshift.framework.core.progress import TerminalProgress
     from rich.console import Console
+
+    from polyshift.framework.core.progress import TerminalProgress
 
     screen = io.StringIO()
     bar = TerminalProgress(delay=0, console=Console(file=screen, force_terminal=True, width=200))

@@ -140,6 +140,7 @@ def _written_before_versioning(url: str) -> None:
     """The tables as a polyshift from before schema versioning created them, with one run and one
     audit entry hashed the way it hashed them."""
     import sqlalchemy as sa
+
     from polyshift.framework.control import schema
     from polyshift.framework.control.state import _entry_hash, driver_url
 
@@ -167,6 +168,7 @@ def empty_state(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 def test_a_schema_written_before_versioning_is_upgraded_in_place_keeping_its_history(empty_state: str) -> None:
     import sqlalchemy as sa
+
     from polyshift.framework.control import schema
     from polyshift.framework.control.state import ControlPlane
 
@@ -183,6 +185,7 @@ def test_a_schema_written_before_versioning_is_upgraded_in_place_keeping_its_his
 def test_an_older_polyshift_refuses_a_newer_control_plane_with_exit_2_and_writes_nothing(ws: Any) -> None:
     assert ws.run("status").exit_code == 0
     import sqlalchemy as sa
+
     from polyshift.framework.control import schema
     from polyshift.framework.core.config import load_config
 

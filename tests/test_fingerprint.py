@@ -62,6 +62,7 @@ def test_the_same_vectors_hash_the_same_in_another_database(database: str, secon
     # Each database has its own OID for pgvector's type; a backup restored into another database
     # (a rehearsal, a rebuilt replica) must verify when its rows are the same.
     import psycopg
+
     from polyshift.adapters.postgres.catalog import Table, table_data_hash
 
     hashes, oids = [], []

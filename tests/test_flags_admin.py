@@ -10,7 +10,6 @@ import threading
 import time
 
 from polyshift.feature_flags.admin import Change
-
 from tests.conftest import REPO, FlagProject
 
 

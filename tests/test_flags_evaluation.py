@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 
 from polyshift.feature_flags.admin import Change
-
 from tests.conftest import FlagProject
 
 SUBJECTS = [f"user-{i}" for i in range(100_000)]

@@ -9,8 +9,8 @@ import sys
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from polyshift.feature_flags.server import releases
 
+from polyshift.feature_flags.server import releases
 from tests import flag_service
 from tests.conftest import FlagProject
 from tests.flag_service import PASSWORD, Browser, Served

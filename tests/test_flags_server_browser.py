@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from polyshift.feature_flags.admin import Change
 
+from polyshift.feature_flags.admin import Change
 from tests import flag_service
 from tests.conftest import REPO
 from tests.flag_service import PASSWORD, LiveServer

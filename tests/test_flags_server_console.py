@@ -6,7 +6,6 @@ from __future__ import annotations
 import re
 
 from polyshift.feature_flags.server.service import ServeSettings
-
 from tests import flag_service
 from tests.flag_service import PASSWORD, Browser, Served, error_of
 

@@ -16,9 +16,9 @@ from openfeature import api
 from openfeature.contrib.provider.ofrep import OFREPProvider
 from openfeature.evaluation_context import EvaluationContext
 from openfeature.flag_evaluation import ErrorCode, Reason
+
 from polyshift.feature_flags import FlagClient
 from polyshift.feature_flags.admin import Change
-
 from tests import flag_service
 from tests.conftest import REPO
 from tests.flag_service import LiveServer, wait_for

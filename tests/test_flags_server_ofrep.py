@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 from polyshift.feature_flags.model import CompiledFlag
-
 from tests import flag_service
 from tests.conftest import FlagProject
 from tests.flag_service import Served, wait_for

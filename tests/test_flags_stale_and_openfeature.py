@@ -10,10 +10,10 @@ from openfeature import api
 from openfeature.evaluation_context import EvaluationContext
 from openfeature.exception import ErrorCode
 from openfeature.flag_evaluation import Reason
+
 from polyshift.feature_flags.admin import Change
 from polyshift.feature_flags.openfeature_provider import PolyshiftProvider
 from polyshift.framework.sandbox.servers import EmbeddedRedis
-
 from tests.conftest import FlagProject
 
 

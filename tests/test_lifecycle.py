@@ -4,6 +4,7 @@ ledger's direction words, read back the same by recover and by older ledgers."""
 from __future__ import annotations
 
 import pytest
+
 from polyshift.framework.control.journal import Journal
 from polyshift.framework.control.state import ControlPlane
 from polyshift.framework.core.errors import StepFailed

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import psycopg
 import pytest
-from polyshift.adapters.postgres.catalog import CatalogFacts
-from polyshift.adapters.postgres.hazards import Kind, Lock, read_script
 
 from bench.lock_corpus_measure import Measurer, _statements, load_corpus
+from polyshift.adapters.postgres.catalog import CatalogFacts
+from polyshift.adapters.postgres.hazards import Kind, Lock, read_script
 from tests.conftest import Server
 
 CORPUS = load_corpus()

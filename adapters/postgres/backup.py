@@ -16,13 +16,14 @@ from typing import TYPE_CHECKING, Any
 
 import pglast
 import psycopg
+from psycopg import pq, sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
 from polyshift.adapters.postgres import catalog as cat
 from polyshift.adapters.postgres.tools import pg_tool
 from polyshift.framework.core.errors import BackupCorruptError, BackupError, StoreError
 from polyshift.framework.core.protocol import RestoreReport
 from polyshift.framework.core.secrets import redact
-from psycopg import pq, sql
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 if TYPE_CHECKING:
     from polyshift.framework.control.artifacts import ArtifactStore, ArtifactWriter, Manifest

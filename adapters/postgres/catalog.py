@@ -11,9 +11,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import psycopg
+from psycopg import sql
+
 from polyshift.adapters.postgres.hazards import LARGE_ROWS, TableSize
 from polyshift.adapters.postgres.names import RelName, quote_ident
-from psycopg import sql
 
 LEDGER_SCHEMA = "_polyshift"  # leading underscore: never a role name, so never on "$user" search paths
 

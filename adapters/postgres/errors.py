@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import psycopg
-from polyshift.framework.core.secrets import redact
 from psycopg import errors
+
+from polyshift.framework.core.secrets import redact
 
 # The server went away or would not take us now: SQLSTATE class 08 (connection exception),
 # 57P01-57P03 (admin or crash shutdown, cannot connect now).

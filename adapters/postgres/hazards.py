@@ -23,6 +23,7 @@ from typing import Any, Protocol
 
 import pglast
 from pglast import ast, enums, visitors
+
 from polyshift.adapters.postgres.names import RelName
 from polyshift.framework.core import protocol
 from polyshift.framework.core.protocol import FindingKind

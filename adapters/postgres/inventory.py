@@ -8,6 +8,7 @@ import re
 from typing import Any
 
 import psycopg
+
 from polyshift.adapters.postgres import catalog as cat
 from polyshift.adapters.postgres.names import quote_ident
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import psycopg
+
 from polyshift.framework.core.protocol import AttemptOutcome, LockAttempt
 from polyshift.framework.core.secrets import redact
 

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import psycopg
+from psycopg import sql
+
 from polyshift.adapters.postgres.adapter import PostgresAdapter
 from polyshift.adapters.postgres.catalog import Table, resolve
 from polyshift.adapters.postgres.errors import PSYCOPG_ERRORS
@@ -28,7 +30,6 @@ from polyshift.adapters.postgres.pgvector_helpers import VectorHelpers
 from polyshift.framework.core.errors import MigrationLoadError
 from polyshift.framework.core.kinds import PGVECTOR
 from polyshift.framework.core.migration import Migration
-from psycopg import sql
 
 # Distance operator of each pgvector operator class: the ANN query must use the index's own.
 _OPERATORS = {"l2": "<->", "ip": "<#>", "cosine": "<=>", "l1": "<+>", "hamming": "<~>", "jaccard": "<%>"}

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import pglast
 import psycopg
 from pglast import ast
+
 from polyshift.adapters.postgres import catalog as cat
 from polyshift.adapters.postgres.analysis import (
     CascadeDrop,

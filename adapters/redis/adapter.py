@@ -15,6 +15,8 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import redis
+from redis.cluster import RedisCluster
+
 from polyshift.adapters.boundary import python_checks, run_python_step, translate, translated
 from polyshift.adapters.locking import Claim, ExpiringTokenLock, lock_ttl_ms
 from polyshift.adapters.redis import backup as redis_backup
@@ -27,7 +29,6 @@ from polyshift.framework.core.kinds import REDIS
 from polyshift.framework.core.lifecycle import Direction
 from polyshift.framework.core.migration import Migration, MigrationContext, Risk
 from polyshift.framework.core.protocol import Analysis, Fingerprint, LedgerEntry, RestoreReport, StepResult
-from redis.cluster import RedisCluster
 
 if TYPE_CHECKING:
     from polyshift.framework.control.artifacts import ArtifactStore, ArtifactWriter, Manifest

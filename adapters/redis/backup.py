@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import redis
+
 from polyshift.adapters.boundary import translated
 from polyshift.adapters.redis import keys as rk
 from polyshift.adapters.redis.errors import REDIS_ERRORS

@@ -4,8 +4,9 @@ FalkorDB transport (the falkordb client raises redis-py's exceptions)."""
 from __future__ import annotations
 
 import redis
-from polyshift.framework.core.secrets import redact
 from redis import exceptions
+
+from polyshift.framework.core.secrets import redact
 
 # Connection errors redis-py raises for a server that answered, and refused us.
 _REFUSED = (exceptions.AuthenticationError, exceptions.AuthorizationError)

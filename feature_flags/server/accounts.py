@@ -18,9 +18,10 @@ from datetime import UTC, datetime
 from enum import StrEnum
 
 import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+
 from polyshift.framework.control.state import ControlPlane
 from polyshift.framework.core.errors import StoreError, UsageError
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 USER_NAME = re.compile(r"^[a-z0-9][a-z0-9_.@-]{0,99}$")
 KEY_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,99}$")

@@ -16,16 +16,17 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
 from polyshift.feature_flags.admin import Change, FlagChanged
 from polyshift.feature_flags.model import validate_name, validate_percent
 from polyshift.feature_flags.server.accounts import ApiKey
 from polyshift.feature_flags.server.ofrep import MAX_BODY, OfrepError, authenticate
 from polyshift.feature_flags.server.service import Service, public_error
 from polyshift.framework.core.errors import PolyshiftError, UsageError
-from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
 
 _BOOLS = ("enabled", "killed")
 _TEXTS = {"description": 500, "owner": 100}

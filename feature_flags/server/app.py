@@ -7,8 +7,6 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from polyshift.feature_flags.server import api, console, ofrep
-from polyshift.feature_flags.server.service import Service
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -16,6 +14,9 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from polyshift.feature_flags.server import api, console, ofrep
+from polyshift.feature_flags.server.service import Service
 
 log = logging.getLogger("polyshift.serve")
 

@@ -11,6 +11,7 @@ import sys
 from typing import TYPE_CHECKING
 
 import typer
+
 from polyshift.framework.cli import output
 from polyshift.framework.cli.output import emit_json, say, table
 from polyshift.framework.core.config import load_config
@@ -62,6 +63,7 @@ def serve(
     except OSError as exc:
         raise UsageError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
     import uvicorn
+
     from polyshift.feature_flags.server.app import create_app
     from polyshift.feature_flags.server.service import ServeSettings, Service
 

@@ -22,17 +22,18 @@ from urllib.parse import quote, urlsplit
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from markupsafe import Markup
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import FormData
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.routing import Route
+
 from polyshift.feature_flags.admin import Change, FlagChanged
 from polyshift.feature_flags.model import Flag, validate_name, validate_percent
 from polyshift.feature_flags.server import releases as release_views
 from polyshift.feature_flags.server.accounts import Role, Session
 from polyshift.feature_flags.server.service import STORE_LABELS, Service, public_error
 from polyshift.framework.core.errors import PolyshiftError, UsageError
-from starlette.concurrency import run_in_threadpool
-from starlette.datastructures import FormData
-from starlette.requests import Request
-from starlette.responses import HTMLResponse, RedirectResponse, Response
-from starlette.routing import Route
 
 TEMPLATES = Path(__file__).parent / "templates"
 LOGIN_COOKIE = "polyshift_login"

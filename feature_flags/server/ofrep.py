@@ -26,12 +26,13 @@ import hashlib
 import json
 from typing import Any
 
-from polyshift.feature_flags.model import NAME, NO_SUBJECT, CompiledFlag, Evaluation
-from polyshift.feature_flags.server.accounts import ApiKey
-from polyshift.feature_flags.server.service import Service
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+
+from polyshift.feature_flags.model import NAME, NO_SUBJECT, CompiledFlag, Evaluation
+from polyshift.feature_flags.server.accounts import ApiKey
+from polyshift.feature_flags.server.service import Service
 
 MAX_BODY = 64 * 1024
 JSON = "application/json"

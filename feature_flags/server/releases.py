@@ -12,10 +12,11 @@ from datetime import datetime
 from typing import Any
 
 from markupsafe import escape
+from sqlalchemy.exc import SQLAlchemyError
+
 from polyshift.feature_flags.server.service import Service, public_error
 from polyshift.framework.core.errors import PolyshiftError
 from polyshift.framework.core.lifecycle import Phase, Step
-from sqlalchemy.exc import SQLAlchemyError
 
 log = logging.getLogger("polyshift.serve")
 

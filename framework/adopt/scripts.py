@@ -10,6 +10,7 @@ import re
 import pglast
 from pglast import ast
 from pglast.enums import TransactionStmtKind
+
 from polyshift.framework.adopt.model import ImportedMigration, Issue, Language, Problem, Script
 from polyshift.framework.core.loader import has_statements
 

@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import typer
+from rich.text import Text
+
 from polyshift.feature_flags.cli import flags_app
 from polyshift.feature_flags.server.cli import server_app
 from polyshift.framework.cli import adopt, output, templates
@@ -21,7 +23,6 @@ from polyshift.framework.core import errors, progress, secrets
 from polyshift.framework.core.config import DURATION_BOUNDS, parse_duration
 from polyshift.framework.core.loader import next_version, split_names
 from polyshift.framework.core.migration import check_version
-from rich.text import Text
 
 # The engine, the control plane (SQLAlchemy) and through them the store drivers are imported
 # inside the commands that use them, so --help, flags list and the like start quickly (issue 19).

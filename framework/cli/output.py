@@ -13,11 +13,12 @@ import sys
 from pathlib import Path
 from typing import Any, LiteralString
 
-from polyshift.framework.core import secrets
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
+
+from polyshift.framework.core import secrets
 
 # Without a terminal rich assumes 80 columns and truncates tables; pipelines read full values.
 # emoji=False: ":thumbs_up:" in a value is text, not a picture.

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import typer
+
 from polyshift.framework.cli import output
 from polyshift.framework.cli.output import emit_json, say, table
 from polyshift.framework.core import errors, progress, secrets

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import typer
+
 from polyshift.framework.cli import output
 from polyshift.framework.cli.output import emit_json, say
 from polyshift.framework.core.errors import StoreError

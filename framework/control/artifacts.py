@@ -27,6 +27,7 @@ from datetime import UTC, datetime
 from typing import IO, TYPE_CHECKING, Any, Protocol, cast
 
 import zstandard
+
 from polyshift.framework import __version__
 from polyshift.framework.core.errors import BackupCorruptError
 

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import zstandard
+
 from polyshift.framework.control.artifacts import (
     CHUNK,
     ID,

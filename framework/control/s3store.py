@@ -30,6 +30,7 @@ from dataclasses import replace
 from typing import IO, Any, cast
 
 import zstandard
+
 from polyshift.framework.control.artifacts import (
     CHUNK,
     ID,

@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from enum import IntEnum
 
 import sqlalchemy as sa
+
 from polyshift.framework import __version__
 from polyshift.framework.core.errors import ControlPlaneVersionError
 

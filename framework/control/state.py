@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
+
 from polyshift.framework.control import failpoints
 from polyshift.framework.control.identity import this_runner
 from polyshift.framework.control.localfiles import private_file
@@ -30,7 +32,6 @@ from polyshift.framework.core.errors import AuditChainBroken, ConfigError, Contr
 from polyshift.framework.core.lifecycle import UNFINISHED, Phase, RunCommand, RunStatus, Step
 from polyshift.framework.core.processes import pid_alive
 from polyshift.framework.core.secrets import redact, redact_obj, url_without_password
-from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 
 GENESIS = "0" * 64
 _HASHED = ("seq", "at", "actor", "action", "subject", "detail", "prev_hash")

@@ -6,7 +6,6 @@ import sys
 import time
 from typing import Protocol
 
-from polyshift.framework.core.secrets import redact
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -17,6 +16,8 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 from rich.progress import Progress as RichProgress
+
+from polyshift.framework.core.secrets import redact
 
 
 class Progress(Protocol):

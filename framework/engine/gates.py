@@ -21,6 +21,7 @@ from typing import Any
 
 import pglast
 import psycopg
+
 from polyshift.framework.core.config import Config
 from polyshift.framework.core.errors import ConfigError
 from polyshift.framework.core.migration import call_user_code, describe_failure

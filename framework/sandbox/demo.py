@@ -26,13 +26,14 @@ from typing import Any
 
 import psycopg
 import redis
+from rich.console import Console
+from rich.rule import Rule
+from rich.table import Table
+
 from polyshift.adapters import adapter_for
 from polyshift.adapters.graph.adapter import GraphAdapter
 from polyshift.framework.core.config import load_config
 from polyshift.framework.sandbox.demo_app import DemoApp
-from rich.console import Console
-from rich.rule import Rule
-from rich.table import Table
 
 # The CLI's own entry point, handed in by the CLI's demo command (the demo never imports the CLI).
 Invoke = Callable[[list[str]], None]

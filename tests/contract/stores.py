@@ -16,13 +16,13 @@ from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import pytest
+
 from polyshift.adapters import adapter_for
 from polyshift.framework.core.config import StoreConfig, load_config
 from polyshift.framework.core.kinds import store_kind
 from polyshift.framework.core.loader import load_store_migrations
 from polyshift.framework.core.migration import Migration
 from polyshift.framework.core.protocol import Adapter
-
 from tests.conftest import SENTINEL_PASSWORD, clean_neo4j
 
 STORE = "contract"

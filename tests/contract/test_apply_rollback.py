@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from polyshift.framework.core.lifecycle import Direction
-
 from tests.contract.stores import ContractStore
 
 

@@ -9,7 +9,6 @@ from polyshift.framework.control.artifacts import ArtifactStore, Manifest
 from polyshift.framework.control.localstore import LocalArtifactStore
 from polyshift.framework.core.progress import NullProgress
 from polyshift.framework.core.protocol import Adapter, EstimatesBackup
-
 from tests.contract.stores import ContractStore
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 from datetime import datetime
 
 from polyshift.framework.core.lifecycle import Direction
-
 from tests.contract.stores import ContractStore
 
 

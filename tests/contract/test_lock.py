@@ -9,9 +9,9 @@ import sys
 import textwrap
 
 import pytest
+
 from polyshift.framework.core.errors import LockHeldError
 from polyshift.framework.core.kinds import Capability
-
 from tests.contract.stores import STORE, ContractStore
 
 _HOLD = textwrap.dedent("""

@@ -5,9 +5,9 @@ from __future__ import annotations
 import importlib
 
 import pytest
+
 from polyshift.framework.core.errors import StepFailed
 from polyshift.framework.core.lifecycle import Direction
-
 from tests.contract.stores import STORE, ContractStore
 
 _VALIDATE = """\

@@ -5,9 +5,9 @@ from __future__ import annotations
 import re
 
 import pytest
+
 from polyshift.framework.core.errors import ConfigError, PolyshiftError, StepFailed
 from polyshift.framework.core.lifecycle import Direction
-
 from tests.contract.stores import ContractStore
 
 

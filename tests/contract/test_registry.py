@@ -8,7 +8,6 @@ import textwrap
 
 from polyshift.adapters import adapter_class
 from polyshift.framework.core.kinds import known_kinds, store_kind
-
 from tests.contract.stores import SERVERS
 
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 import socket
 
 import pytest
-from polyshift.framework.core.errors import StoreError, StoreUnavailable
 
+from polyshift.framework.core.errors import StoreError, StoreUnavailable
 from tests.contract.stores import STORE, ContractStore
 
 
