@@ -54,7 +54,9 @@ typecheck: install
 	ln -s $(CURDIR)/framework $(TYPECHECK)/polyshift/framework
 	ln -s $(CURDIR)/adapters $(TYPECHECK)/polyshift/adapters
 	ln -s $(CURDIR)/feature_flags $(TYPECHECK)/polyshift/feature_flags
-	cd $(TYPECHECK) && $(CURDIR)/$(BIN)/mypy --config-file $(CURDIR)/pyproject.toml -p polyshift
+	ln -s $(CURDIR)/tests $(TYPECHECK)/tests
+	cd $(TYPECHECK) && $(CURDIR)/$(BIN)/mypy --config-file $(CURDIR)/pyproject.toml -p polyshift -p tests
+	MYPYPATH=$(CURDIR)/$(TYPECHECK) $(BIN)/mypy --config-file pyproject.toml bench/*.py migrations/*/*.py
 
 # The control plane both ways: the whole suite on SQLite, then the tests of what the control plane
 # decides (runs, journal, audit, recover, flags, releases) again on PostgreSQL.

@@ -22,6 +22,7 @@ import time
 import zlib
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -77,8 +78,8 @@ def polyshift_client(work: Path) -> FlagClient:
 
 
 def unleash_client(work: Path):  # type: ignore[no-untyped-def]
-    from UnleashClient import UnleashClient
     from UnleashClient.cache import FileCache
+    from UnleashClient.clients.unleash_client import UnleashClient
 
     cache = FileCache("polyshift-bench", directory=str(work / "unleash-cache"))
     cache.bootstrap_from_dict({"version": 1, "features": [{
@@ -92,7 +93,7 @@ def unleash_client(work: Path):  # type: ignore[no-untyped-def]
     return client
 
 
-def in_memory_openfeature():  # type: ignore[no-untyped-def]
+def in_memory_openfeature() -> Any:
     from openfeature import api
     from openfeature.flag_evaluation import FlagResolutionDetails, Reason
     from openfeature.provider.in_memory_provider import InMemoryFlag, InMemoryProvider

@@ -226,7 +226,7 @@ def dump_corpus(corpus: Corpus, measured: dict[str, Measured]) -> str:
 def _with_db(url: str, dbname: str) -> str:
     params = conninfo_to_dict(url)
     params["dbname"] = dbname
-    return make_conninfo(**params)
+    return make_conninfo("", **params)
 
 
 def _statements(script: str) -> list[str]:
@@ -292,7 +292,7 @@ def _data(conn: psycopg.Connection[Any], tables: dict[int, tuple[str, int, str]]
             continue
         cols = _stored_columns(conn, oid)
         copy = f"lc_copy_{oid}"
-        exprs = [pgsql.SQL("{}::text AS {}").format(pgsql.Identifier(name), pgsql.Identifier(f"a{attnum}"))
+        exprs: list[pgsql.Composable] = [pgsql.SQL("{}::text AS {}").format(pgsql.Identifier(name), pgsql.Identifier(f"a{attnum}"))
                  for attnum, name, _ in cols] or [pgsql.SQL("1 AS a0")]
         conn.execute(pgsql.SQL("CREATE TEMP TABLE {} AS SELECT {} FROM {}").format(
             pgsql.Identifier(copy), pgsql.SQL(", ").join(exprs), _regclass(conn, oid)))

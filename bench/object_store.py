@@ -70,12 +70,12 @@ def main() -> None:
             statement_timeout = "30min"
             """
         configs = {}
-        for name, backups in (("local", f"{work}/backups"), ("s3", f"s3://{bucket}/bench")):
+        for name, target in (("local", f"{work}/backups"), ("s3", f"s3://{bucket}/bench")):
             configs[name] = work / f"{name}.toml"
             configs[name].write_text(textwrap.dedent(f"""\
                 [project]
                 state_url = "sqlite:///{work}/{name}-state.db"
-                backups = "{backups}"
+                backups = "{target}"
                 """) + textwrap.dedent(store))
         env = {**os.environ, **s3.env(), "BENCH_PW": pg.password, "PYTHONPATH": str(REPO)}
 

@@ -19,6 +19,7 @@ import tempfile
 import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
 import psycopg
 
@@ -79,7 +80,7 @@ def main() -> None:
         conninfo = f"host=127.0.0.1 port={pg.port} user={pg.user} dbname={pg.database}"
 
         results = []
-        runs = {name: [] for name in ("backup", "dump", "restore", "pg_restore")}
+        runs: dict[str, list[tuple[float, float, Any]]] = {name: [] for name in ("backup", "dump", "restore", "pg_restore")}
         dump = work / "big.dump"
         backup: dict[str, object] = {}
         for _ in range(args.repeat):

@@ -56,10 +56,12 @@ def load(r: redis.Redis, keys: int) -> None:
 
 def naive_backup(r: redis.Redis, n: int) -> tuple[float, list[tuple[bytes, int, bytes]]]:
     started = time.perf_counter()
-    records = []
+    records: list[tuple[bytes, int, bytes]] = []
     for i in range(n):
         key = f"k:{i}".encode()
-        records.append((key, r.pttl(key), r.dump(key)))
+        payload = r.dump(key)
+        assert payload is not None
+        records.append((key, r.pttl(key), payload))
     return n / (time.perf_counter() - started), records
 
 

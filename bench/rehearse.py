@@ -30,6 +30,7 @@ import textwrap
 import time
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import psycopg
 
@@ -99,7 +100,7 @@ def run(config: Path, env: dict[str, str], *args: str) -> tuple[float, str]:
     return seconds, done.stdout
 
 
-def contenders(config: Path, env: dict[str, str], first: str, last: str) -> dict[str, float]:
+def contenders(config: Path, env: dict[str, str], first: str, last: str) -> dict[str, Any]:
     """Rehearsal of the pending releases, then up + rollback of the same on production."""
     rehearsal, out = run(config, env, "rehearse", "--from-production", "--json")
     report = json.loads(out)

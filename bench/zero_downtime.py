@@ -92,7 +92,7 @@ class Server:
 
     def sql(self, query: str) -> list[tuple[object, ...]]:
         with psycopg.connect(self.url, autocommit=True) as conn:
-            cur = conn.execute(query)  # type: ignore[arg-type]
+            cur = conn.execute(query)
             return cur.fetchall() if cur.description else []
 
 
@@ -353,10 +353,10 @@ def index_table(server: Server, root: Path, args: argparse.Namespace) -> tuple[l
              "| run | app transactions | failed | p99 (whole run) | p99 while the index was built | vs baseline | build | index valid |",
              "|---|---:|---:|---:|---:|---:|---:|---|"]
     for how, r in built.items():
-        build = f"{r.window[1]:.1f} s (command {r.migration_s:.1f} s)" if r.landed is not None else "-"
+        took = f"{r.window[1]:.1f} s (command {r.migration_s:.1f} s)" if r.landed is not None else "-"
         ratio = f"{statistics.median(ratios[how]):.2f}x" if how in ratios else "1.00x"
         lines.append(f"| {r.label} | {r.transactions:,.0f} | {r.failed:.0f} | {r.p99_ms:.1f} ms | {r.window_p99_ms:.1f} ms | "
-                     f"{ratio} | {build} | {landed(r)} |")
+                     f"{ratio} | {took} | {landed(r)} |")
     lines += ["", "Pairs' ratios: " + "; ".join(f"{how} " + ", ".join(f"{x:.2f}x" for x in xs) for how, xs in ratios.items())]
     return lines, list(built.values())
 
@@ -407,7 +407,7 @@ def main() -> None:
 
 def pg_sql(pg: EmbeddedPostgres, query: str) -> None:
     with psycopg.connect(pg.url(), autocommit=True) as conn:
-        conn.execute(query)  # type: ignore[arg-type]
+        conn.execute(query)
 
 
 if __name__ == "__main__":

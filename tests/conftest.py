@@ -186,7 +186,8 @@ class CliProject:
     def backups(self) -> list[dict[str, Any]]:
         import json
 
-        return json.loads(self.run("backup", "list", "--json").stdout)
+        listed: list[dict[str, Any]] = json.loads(self.run("backup", "list", "--json").stdout)
+        return listed
 
     def state_sql(self, query: str, **params: Any) -> list[tuple[Any, ...]]:
         """A statement on this project's control plane, whichever database it is (``:name`` parameters)."""
@@ -295,7 +296,7 @@ def ws(tmp_path: Path, database: str, state_url: str) -> Workspace:
 def make_url_without_password(url: str) -> str:
     params = conninfo_to_dict(url)
     params.pop("password", None)
-    return make_conninfo(**params)
+    return make_conninfo("", **params)
 
 
 @pytest.fixture(scope="session")
@@ -372,6 +373,8 @@ class RedisWorkspace(CliProject):
             kind = "redis"
             url = "{server.url}"
             """) + extra)
+        # Tests talk to the server through redis-py's untyped command surface.
+        self.r: Any
         if server.url.startswith("redis+cluster://"):
             self.r = redis.RedisCluster.from_url(server.url.replace("redis+cluster://", "redis://", 1))
         else:
@@ -442,7 +445,8 @@ class GraphWorkspace(CliProject):
         self._client = self.adapter()
 
     def q(self, statement: str, params: dict[str, Any] | None = None) -> list[list[Any]]:
-        return self._client.t.run(statement, params)
+        rows: list[list[Any]] = self._client.t.run(statement, params)
+        return rows
 
     def migration(self, name: str, forward: str, rollback: str | None = None, validate: str | None = None) -> None:
         directory = self.migrations / "graph"

@@ -13,6 +13,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -88,7 +89,9 @@ def flag_create(url: str) -> dict[str, Any]:
     return {"created": True}
 
 
-ROLES = {"first-use": first_use, "audit": audit, "claim": claim, "flag-increment": flag_increment, "flag-create": flag_create}
+ROLES: dict[str, Callable[..., Any]] = {
+    "first-use": first_use, "audit": audit, "claim": claim, "flag-increment": flag_increment, "flag-create": flag_create,
+}
 
 
 BARRIER = Path()

@@ -28,7 +28,8 @@ def no_ledger(ws: Workspace) -> bool:
 
 
 def status(ws: Workspace) -> dict[str, Any]:
-    return run_json(ws, "status")[0]
+    first: dict[str, Any] = run_json(ws, "status")[0]
+    return first
 
 
 def import_dir(ws: Workspace, fmt: str, source: Path, *extra: str) -> None:

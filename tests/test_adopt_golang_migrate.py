@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import psycopg
 
@@ -17,10 +18,11 @@ DATA = Path(__file__).parent / "data" / "adopt" / "golang-migrate"
 SHOP = DATA / "shop"
 
 
-def _import(ws: Workspace, source: Path, *extra: str) -> dict:
+def _import(ws: Workspace, source: Path, *extra: str) -> dict[str, Any]:
     result = ws.run("--json", "import", "--from", "golang-migrate", str(source), "--store", "main", *extra)
     assert result.exit_code == 0, result.output
-    return json.loads(result.stdout)
+    report: dict[str, Any] = json.loads(result.stdout)
+    return report
 
 
 def test_a_44_migration_history_goes_up_down_to_nothing_and_up_again_to_the_same_schema(ws: Workspace) -> None:

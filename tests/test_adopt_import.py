@@ -19,13 +19,15 @@ DATA = Path(__file__).parent / "data" / "adopt"
 def imported(ws: CliProject, fmt: str, source: Path | str, *extra: str, store: str = "main") -> dict[str, Any]:
     result = ws.run("--json", "import", "--from", fmt, str(source), "--store", store, *extra)
     assert result.exit_code == 0, result.output
-    return json.loads(result.stdout)
+    report: dict[str, Any] = json.loads(result.stdout)
+    return report
 
 
 def refused(ws: CliProject, fmt: str, source: Path | str, *extra: str, code: int = 2) -> dict[str, Any]:
     result = ws.run("--json", "import", "--from", fmt, str(source), "--store", "main", *extra)
     assert result.exit_code == code, result.output
-    return json.loads(result.stdout)
+    report: dict[str, Any] = json.loads(result.stdout)
+    return report
 
 
 def files(ws: Workspace) -> list[str]:

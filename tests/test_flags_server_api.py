@@ -8,6 +8,7 @@ import json
 import sys
 from datetime import UTC, datetime, timedelta
 
+import httpx2 as httpx
 import pytest
 
 from polyshift.feature_flags.server import releases
@@ -19,7 +20,7 @@ served = flag_service.served  # the fixture
 
 
 def call(s: Served, method: str, path: str, key: str | None, body: object = None, raw: bytes | None = None,
-         content_type: str = "application/json") -> object:
+         content_type: str = "application/json") -> httpx.Response:
     headers = {"Content-Type": content_type} | ({"Authorization": f"Bearer {key}"} if key else {})
     content = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
     return s.http().request(method, path, content=content, headers=headers)
@@ -184,7 +185,7 @@ def test_users_add_hashes_the_password_and_the_user_can_sign_in(flags: FlagProje
     try:
         assert Browser(s.app).sign_in("alice").status_code == 303
         row = s.service.state.engine.connect().exec_driver_sql("SELECT password_hash FROM polyshift_console_users").scalar()
-        assert row.startswith("$argon2id$") and PASSWORD not in row
+        assert isinstance(row, str) and row.startswith("$argon2id$") and PASSWORD not in row
     finally:
         s.close()
 

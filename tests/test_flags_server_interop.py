@@ -15,7 +15,8 @@ import pytest
 from openfeature import api
 from openfeature.contrib.provider.ofrep import OFREPProvider
 from openfeature.evaluation_context import EvaluationContext
-from openfeature.flag_evaluation import ErrorCode, Reason
+from openfeature.exception import ErrorCode
+from openfeature.flag_evaluation import Reason
 
 from polyshift.feature_flags import FlagClient
 from polyshift.feature_flags.admin import Change
@@ -55,7 +56,8 @@ def of_client(live: LiveServer) -> Iterator[Any]:
 
 
 def in_process(live: LiveServer) -> FlagClient:
-    return live.project.client(background=False)
+    client: FlagClient = live.project.client(background=False)
+    return client
 
 
 # -- Python: openfeature-provider-ofrep -------------------------------------------------------

@@ -8,6 +8,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import httpx2 as httpx
+
 from polyshift.feature_flags.model import CompiledFlag
 from tests import flag_service
 from tests.conftest import FlagProject
@@ -19,7 +21,7 @@ ONE = "/ofrep/v1/evaluate/flags/{}"
 BULK = "/ofrep/v1/evaluate/flags"
 
 
-def post(s: Served, path: str, body: object = None, key: str | None = None, **headers: str) -> object:
+def post(s: Served, path: str, body: object = None, key: str | None = None, **headers: str) -> httpx.Response:
     http = s.http()
     sent = {"Authorization": f"Bearer {key}"} if key else {}
     content = body if isinstance(body, bytes) else json.dumps(body if body is not None else {"context": {}}).encode()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,9 +19,9 @@ from tests.conftest import FlagProject
 
 
 @pytest.fixture
-def own_redis() -> EmbeddedRedis:
+def own_redis() -> Iterator[EmbeddedRedis]:
     server = EmbeddedRedis().start()
-    yield server  # type: ignore[misc]
+    yield server
     server.stop()
 
 
@@ -28,12 +29,12 @@ def test_client_keeps_serving_last_values_when_redis_stops_and_says_it_is_stale(
     flags = FlagProject(tmp_path, "redis", own_redis.url, refresh=0.1)
     flags.admin().change("checkout_v2", Change(enabled=True, percent=100, deny_add=("blocked",)), reason="r", create=True)
     with flags.client() as client:
-        assert client.is_enabled("checkout_v2", "u1") is True and client.stale is False
+        assert client.is_enabled("checkout_v2", "u1") is True and not client.stale
         own_redis.stop(remove=False)
         deadline = time.monotonic() + 10
         while not client.stale and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert client.stale is True
+        assert client.stale
         assert "unreachable" in (client.last_error or "")
         # Last known values, evaluated exactly as before; nothing raises on the hot path.
         assert client.is_enabled("checkout_v2", "u1") is True
@@ -44,7 +45,7 @@ def test_client_keeps_serving_last_values_when_redis_stops_and_says_it_is_stale(
         deadline = time.monotonic() + 10
         while client.stale and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert client.stale is False
+        assert not client.stale
         assert client.is_enabled("checkout_v2", "u1", default=False) is False  # reloaded: flag no longer exists
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 
 import pytest
 
@@ -200,7 +201,7 @@ def test_the_database_option_selects_the_database_for_every_session(request: pyt
     ("system", "database = \"system\" is Neo4j's own catalogue"),
 ])
 def test_a_database_the_server_cannot_serve_is_refused_with_exit_2(
-        request: pytest.FixtureRequest, tmp_path, database: str, message: str) -> None:  # type: ignore[no-untyped-def]
+        request: pytest.FixtureRequest, tmp_path: Path, database: str, message: str) -> None:
     ws = graph_workspace(request, tmp_path / "ok", "neo4j-5.26")
     ws.close()
     config = ws.config.read_text() + f'database = "{database}"\n'

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
+from typing import Any
 
 from tests.conftest import RedisWorkspace
 
@@ -41,7 +43,7 @@ def test_every_type_round_trips_with_equal_fingerprints(rws: RedisWorkspace) -> 
 def test_fingerprint_sees_every_kind_of_change(rws: RedisWorkspace) -> None:
     _every_type(rws)
     base = rws.fingerprint("session:*")
-    changes = [
+    changes: list[Callable[[Any], object]] = [
         lambda r: r.set("session:s1", "alice2"),
         lambda r: r.hset("session:h", "cart", "4"),
         lambda r: r.rpush("session:l", "c"),

@@ -24,7 +24,7 @@ def cluster() -> Iterator[EmbeddedRedisCluster]:
 @pytest.fixture
 def cws(tmp_path: Path, cluster: EmbeddedRedisCluster) -> Iterator[RedisWorkspace]:
     ws = RedisWorkspace(tmp_path, cluster)
-    ws.r.flushall(target_nodes=redis.RedisCluster.PRIMARIES)  # type: ignore[call-arg]
+    ws.r.flushall(target_nodes=redis.RedisCluster.PRIMARIES)
     yield ws
     ws.r.close()
 
@@ -41,7 +41,7 @@ def test_backup_covers_every_primary_and_restore_puts_every_key_back(cws: RedisW
     manifest = json.loads(cws.run("backup", "show", backup["id"], "--json").stdout)
     assert manifest["meta"]["counts"] == {"session:*": 3000, "cart:*": 3000}
 
-    cws.r.flushall(target_nodes=redis.RedisCluster.PRIMARIES)  # type: ignore[call-arg]
+    cws.r.flushall(target_nodes=redis.RedisCluster.PRIMARIES)
     cws.r.set("session:late", "x")
     result = cws.run("backup", "restore", backup["id"], "--yes")
     assert result.exit_code == 0, result.output

@@ -192,7 +192,8 @@ def _falkordb_release(project: _Project, port: int) -> None:
     result = project.run("up")
     assert result.exit_code == 0, result.output
     assert PASSWORD not in result.output and ENCODED not in result.output
-    graph = redis.Redis(port=port, password=PASSWORD).execute_command("GRAPH.QUERY", "app", "MATCH (t:Topic) RETURN count(t)")
+    client: Any = redis.Redis(port=port, password=PASSWORD)
+    graph = client.execute_command("GRAPH.QUERY", "app", "MATCH (t:Topic) RETURN count(t)")
     assert graph[1] == [[1]]
 
 

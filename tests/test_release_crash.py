@@ -10,7 +10,8 @@ FAIL_AT_100 = '{ kind = "shell", name = "late-gate", command = "test $POLYSHIFT_
 
 
 def _journal_writes(app: Any) -> list[tuple[str, str, str | None]]:
-    return app.state_sql("SELECT step, phase, store FROM polyshift_journal ORDER BY id")
+    rows: list[tuple[str, str, str | None]] = app.state_sql("SELECT step, phase, store FROM polyshift_journal ORDER BY id")
+    return rows
 
 
 def _crash_then_recover(app: Any, n: int, blue: dict[str, Any], green: dict[str, Any] | None) -> str:

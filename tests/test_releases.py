@@ -13,7 +13,8 @@ FAIL_AT_10 = '{ kind = "shell", name = "error-rate", command = "test $POLYSHIFT_
 
 
 def _journal(app: Any) -> list[tuple[str, str, str | None]]:
-    return app.state_sql("SELECT step, phase, store FROM polyshift_journal ORDER BY id")
+    rows: list[tuple[str, str, str | None]] = app.state_sql("SELECT step, phase, store FROM polyshift_journal ORDER BY id")
+    return rows
 
 
 def _audit_actions(app: Any) -> list[str]:

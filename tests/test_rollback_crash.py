@@ -10,13 +10,15 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
+from polyshift.framework.core.lifecycle import Phase, RunCommand, Step
 from tests.conftest import RedisWorkspace, Workspace
 from tests.test_up_failures import ORDERS
 
 
 def _journal(project: Any) -> list[tuple[str, str, str | None, str]]:
-    return project.state_sql("SELECT j.step, j.phase, j.store, r.command FROM polyshift_journal j "
-                             "JOIN polyshift_runs r ON r.id = j.run_id ORDER BY j.id")
+    rows: list[tuple[str, str, str | None, str]] = project.state_sql(
+        "SELECT j.step, j.phase, j.store, r.command FROM polyshift_journal j JOIN polyshift_runs r ON r.id = j.run_id ORDER BY j.id")
+    return rows
 
 
 def _killed(project: Any, *args: str, failpoint: str | None = None) -> None:
@@ -26,7 +28,8 @@ def _killed(project: Any, *args: str, failpoint: str | None = None) -> None:
 
 
 def _interrupted(project: Any) -> str | None:
-    return json.loads(project.run("status", "--json").stdout)[0]["interrupted"]
+    interrupted: str | None = json.loads(project.run("status", "--json").stdout)[0]["interrupted"]
+    return interrupted
 
 
 # -- PostgreSQL: rollback --to killed at every journal write -----------------------------------------
@@ -202,8 +205,8 @@ def test_a_rollback_killed_under_an_older_polyshift_is_closed_by_recover_and_rep
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
     plane = ControlPlane(load_config(ws.config).state_url)
     try:
-        run_id = plane.start_run("rollback", {"stores": ["main"]})
-        plane.journal(run_id, "rollback", "intent", store="main", version="0001")
+        run_id = plane.start_run(RunCommand.ROLLBACK, {"stores": ["main"]})
+        plane.journal(run_id, Step.ROLLBACK, Phase.INTENT, store="main", version="0001")
     finally:
         plane.close()  # on PostgreSQL, its run lock goes with it
     ws.state_sql("UPDATE polyshift_runs SET pid = :pid WHERE id = :id", pid=int(dead.stdout), id=run_id)

@@ -294,7 +294,7 @@ def test_a_python_gate_that_exits_when_imported_is_refused_before_anything_chang
 def _killed_release(ws: Workspace) -> str:
     """0001 applied with a backup; 0002 killed (SIGKILL) after committing half of its change."""
     _orders(ws)
-    backup = json.loads(ws.run("backup", "create", "main", "--scope", "orders", "--json").stdout)["id"]
+    backup: str = json.loads(ws.run("backup", "create", "main", "--scope", "orders", "--json").stdout)["id"]
     ws.python_migration("0002_purge", """
         import os, signal
         BACKUP = ["orders"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import socket
+import subprocess
 import time
 
 import pytest
@@ -55,7 +56,7 @@ def test_runs_journal_and_audit_entries_name_the_runner_with_its_ci_job(ws: Work
     assert ws.run("audit", "--verify").exit_code == 0  # the runner is covered by each entry's hash
 
 
-def _holding_the_lock(ws: Workspace, env: dict[str, str]) -> object:
+def _holding_the_lock(ws: Workspace, env: dict[str, str]) -> subprocess.Popen[str]:
     proc = ws.spawn("up", env=env)
     deadline = time.monotonic() + 60
     while not ws.value("SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(4)%' AND state = 'active'"):
@@ -71,8 +72,8 @@ def test_status_names_the_runner_holding_a_stores_lock(ws: Workspace) -> None:
         shown = ws.run("status")
         listed = json.loads(ws.run("status", "--json").stdout)
     finally:
-        proc.communicate(timeout=120)  # type: ignore[attr-defined]
-    holder = f"{socket.gethostname()} pid={proc.pid}, gitlab 4242 (team/app)"  # type: ignore[attr-defined]
+        proc.communicate(timeout=120)
+    holder = f"{socket.gethostname()} pid={proc.pid}, gitlab 4242 (team/app)"
     assert f"main is locked by {holder}" in shown.stderr
     assert listed[0]["locked_by"].startswith(holder)
     assert json.loads(ws.run("status", "--json").stdout)[0]["locked_by"] is None  # let go when it finished
@@ -84,7 +85,7 @@ def test_a_second_runner_refused_a_lock_is_told_which_ci_job_holds_it(ws: Worksp
     try:
         second = ws.run("up")
     finally:
-        proc.communicate(timeout=120)  # type: ignore[attr-defined]
+        proc.communicate(timeout=120)
     assert second.exit_code == 2, second.output
     assert "locked by" in second.stderr and "buildkite 0190-ab (deploy)" in second.stderr
 

@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import redis
@@ -39,13 +40,14 @@ def test_sandbox_up_env_down(tmp_path: Path) -> None:
         with psycopg.connect(urls["POLYSHIFT_SANDBOX_POSTGRES_URL"], passfile=urls["PGPASSFILE"]) as conn:
             assert conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'vector'").fetchone() is not None
         assert redis.Redis.from_url(urls["POLYSHIFT_SANDBOX_REDIS_URL"]).ping()
-        graph = redis.Redis.from_url(urls["POLYSHIFT_SANDBOX_FALKORDB_URL"])
+        graph: Any = redis.Redis.from_url(urls["POLYSHIFT_SANDBOX_FALKORDB_URL"])
         assert graph.execute_command("GRAPH.QUERY", "g", "RETURN 1")
         from neo4j import GraphDatabase
 
         with GraphDatabase.driver(urls["POLYSHIFT_SANDBOX_NEO4J_URL"], auth=None) as driver, driver.session() as session:
             # Real Neo4j Community, not a stand-in: its own version and edition.
             row = session.run("CALL dbms.components() YIELD versions, edition RETURN versions[0], edition").single()
+            assert row is not None
             assert (row[0], row[1]) == (urls["POLYSHIFT_SANDBOX_NEO4J_VERSION"], "community")
         again = _cli(tmp_path, "--json", "sandbox", "up")
         assert json.loads(again.stdout) == urls  # idempotent: the running sandbox is reused
@@ -70,7 +72,7 @@ def test_sandbox_without_java_says_so_in_one_line_and_keeps_the_graph_on_falkord
         assert "POLYSHIFT_SANDBOX_NEO4J_URL" not in urls
         notes = [line for line in up.stderr.splitlines() if line.startswith("neo4j:")]
         assert len(notes) == 1 and "the graph runs on FalkorDB natively" in notes[0]
-        graph = redis.Redis.from_url(urls["POLYSHIFT_SANDBOX_FALKORDB_URL"])
+        graph: Any = redis.Redis.from_url(urls["POLYSHIFT_SANDBOX_FALKORDB_URL"])
         assert graph.execute_command("GRAPH.QUERY", "g", "RETURN 1")
     finally:
         assert _cli(tmp_path, "sandbox", "down", env=bare).returncode == 0

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from typing import Any
 
 from tests.conftest import Workspace
 
 
-def journal_details(ws: Workspace, step: str) -> list[dict]:
+def journal_details(ws: Workspace, step: str) -> list[dict[str, Any]]:
     with sqlite3.connect(ws.root / ".polyshift" / "state.db") as db:
         rows = db.execute("SELECT detail FROM polyshift_journal WHERE step = ? AND phase = 'done'", (step,)).fetchall()
     return [json.loads(r[0]) for r in rows]

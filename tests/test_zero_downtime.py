@@ -370,7 +370,9 @@ def _never_connects() -> psycopg.Connection:
 def _run(schedule: tuple[tuple[float, float], ...], deadline: float, fail_times: int) -> tuple[list[Any], FakeClock, Any]:
     from polyshift.adapters.postgres.locking import BlockerWatch, LocksNotAcquired, run_in_attempts
 
-    clock, reports, calls = FakeClock(), [], []
+    clock = FakeClock()
+    reports: list[Any] = []
+    calls: list[Any] = []
 
     def attempt(lock_timeout: float) -> None:
         calls.append(lock_timeout)
