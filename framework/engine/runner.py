@@ -14,6 +14,7 @@ from typing import Any
 from polyshift.adapters import adapter_for
 from polyshift.framework.control.artifacts import ArtifactStore, Manifest
 from polyshift.framework.control.identity import this_runner
+from polyshift.framework.control.journal import Journal
 from polyshift.framework.control.runs import lock_holders, refuse_unfinished
 from polyshift.framework.control.state import actor
 from polyshift.framework.core.errors import (
@@ -161,7 +162,7 @@ class Runner:
             self.emit(Progress.NOTICES, {"store": m.store, "version": m.version, "step": direction, "notices": list(notices)})
 
     def _journal(self, run_id: str, step: Step, phase: Phase, m: Migration | None = None, **detail: Any) -> None:
-        self.state.journal(run_id, step, phase, store=m.store if m else None, version=m.version if m else None, detail=detail)
+        Journal(self.state, run_id).write(step, phase, store=m.store if m else None, version=m.version if m else None, **detail)
 
     # -- preflight --------------------------------------------------------------------
     def check_status(self, status: StoreStatus) -> None:
@@ -461,17 +462,17 @@ class Runner:
             manifest = self.take_backup(adapter, scope, version=m.version, reason=f"before {m.id} rollback", run_id=run_id)
         snap = RollbackSnapshot(scope, pre, manifest, transactional=not analysis.non_transactional)
         self._step_open = True
-        self._journal(run_id, Step.ROLLBACK, Phase.INTENT, m, migration=m.id, checksum=m.checksum, **snap.to_json())
         try:
-            result = adapter.apply(m, Direction.ROLLBACK, run_id=run_id, actor=actor())
+            with Journal(self.state, run_id, m.version).step(Step.ROLLBACK, store=m.store, migration=m.id,
+                                                            checksum=m.checksum, **snap.to_json()) as entry:
+                result = adapter.apply(m, Direction.ROLLBACK, run_id=run_id, actor=actor())
+                entry.done(notices=list(result.notices))
         except PolyshiftError as exc:  # the step failed, did not parse, or its store stopped answering
-            self._journal(run_id, Step.ROLLBACK, Phase.FAILED, m, error=str(exc))
             self.state.audit("rollback.failed", m.store, {"version": m.version, "error": str(exc), "run": run_id})
             settled = self.settle_rollback(adapter, m, snap, run_id, cause=str(exc))
             self._step_open = settled.action is Action.FAILED_UNVERIFIED
             return Outcome(m.store, m.version, m.slug, settled.action, analysis.risk.value, list(scope),
                            manifest.id if manifest else None, error=settled.how, hint=settled.hint)
-        self._journal(run_id, Step.ROLLBACK, Phase.DONE, m, notices=list(result.notices))
         self.emit_notices(m, Direction.ROLLBACK, result.notices)
         self._step_open = False
         self.state.audit("migration.rolled_back", m.store, {"version": m.version, "slug": m.slug, "run": run_id,
