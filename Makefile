@@ -24,6 +24,7 @@ $(STAMP): pyproject.toml framework/sandbox/neo4j_launcher/pom.xml framework/sand
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	$(BIN)/python -m polyshift.framework.sandbox.neo4j build
 	$(BIN)/python -m polyshift.framework.sandbox.objectstore build
+	$(BIN)/python -m polyshift.framework.sandbox.histories fetch
 	touch $(STAMP)
 
 $(NODE_STAMP): $(NODE_CHECK)/package.json $(NODE_CHECK)/package-lock.json
