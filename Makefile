@@ -18,7 +18,7 @@ NODE_STAMP := $(NODE_CHECK)/node_modules/.installed
 # type checker reads packages from directories and cannot follow setuptools' package-dir mapping.
 TYPECHECK := build/typecheck
 
-$(STAMP): pyproject.toml framework/sandbox/neo4j_launcher/pom.xml framework/sandbox/neo4j_launcher/src/main/java/polyshift/neo4j/Launcher.java framework/sandbox/objectstore.py
+$(STAMP): pyproject.toml framework/sandbox/neo4j_launcher/pom.xml framework/sandbox/neo4j_launcher/src/main/java/polyshift/neo4j/Launcher.java framework/sandbox/objectstore.py framework/sandbox/histories.py
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
