@@ -59,16 +59,10 @@ typecheck: install
 	cd $(TYPECHECK) && $(CURDIR)/$(BIN)/mypy --config-file $(CURDIR)/pyproject.toml -p polyshift -p tests
 	MYPYPATH=$(CURDIR)/$(TYPECHECK) $(BIN)/mypy --config-file pyproject.toml bench/*.py migrations/*/*.py
 
-# The control plane both ways: the whole suite on SQLite, then the tests of what the control plane
-# decides (runs, journal, audit, recover, flags, releases) again on PostgreSQL.
-STATE_TESTS := tests/test_audit.py tests/test_lifecycle.py tests/test_concurrency.py tests/test_flags_admin.py \
-	tests/test_flags_evaluation.py tests/test_manifest_integrity.py tests/test_releases.py tests/test_release_crash.py \
-	tests/test_rollback_crash.py
-
+# Every test that has a control plane runs on SQLite and on PostgreSQL (tests/conftest.py).
 test: install lint typecheck
 	$(BIN)/python -m pytest
 	mkdir -p build && $(BIN)/polyshift --config compose/polyshift.toml rehearse --junit build/rehearsal.xml
-	POLYSHIFT_TEST_STATE=postgres $(BIN)/python -m pytest $(STATE_TESTS)
 
 demo: install
 	$(BIN)/polyshift demo
