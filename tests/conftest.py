@@ -579,8 +579,8 @@ def clean_neo4j(run: Any) -> None:
 GRAPH_SERVERS = ["falkordb", "neo4j-5.26", "neo4j-2026"]
 
 
-def graph_workspace(request: pytest.FixtureRequest, tmp_path: Path, server: str, extra: str = "") -> GraphWorkspace:
-    state_url = request.getfixturevalue("state_url")
+def graph_workspace(request: pytest.FixtureRequest, tmp_path: Path, server: str, state_url: str,
+                    extra: str = "") -> GraphWorkspace:
     if server == "falkordb":
         return GraphWorkspace(tmp_path, "falkordb", request.getfixturevalue("falkordb_server").url, extra=extra, state_url=state_url)
     servers: Neo4jServers = request.getfixturevalue("neo4j_servers")
@@ -590,18 +590,18 @@ def graph_workspace(request: pytest.FixtureRequest, tmp_path: Path, server: str,
 
 
 @pytest.fixture(params=GRAPH_SERVERS)
-def gws(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[GraphWorkspace]:
+def gws(request: pytest.FixtureRequest, tmp_path: Path, state_url: str) -> Iterator[GraphWorkspace]:
     """Every graph test runs on FalkorDB natively and on real Neo4j Community: 5.26 LTS (Java 17)
     and the newest line (Java 21+), each started once per session and emptied before each test."""
-    ws = graph_workspace(request, tmp_path, request.param)
+    ws = graph_workspace(request, tmp_path, request.param, state_url)
     yield ws
     ws.close()
 
 
 @pytest.fixture(params=["neo4j-5.26", "neo4j-2026"])
-def nws(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[GraphWorkspace]:
+def nws(request: pytest.FixtureRequest, tmp_path: Path, state_url: str) -> Iterator[GraphWorkspace]:
     """Neo4j only: what FalkorDB has no counterpart for (typed values, schema kinds, transactions)."""
-    ws = graph_workspace(request, tmp_path, request.param)
+    ws = graph_workspace(request, tmp_path, request.param, state_url)
     yield ws
     ws.close()
 
