@@ -121,7 +121,8 @@ def test_a_backup_sealed_after_it_was_listed_is_left_alone(s3_bucket: str) -> No
 # -- the local directory ---------------------------------------------------------------------------
 _KILLED_WRITER = textwrap.dedent("""\
     import os, sys
-        from polyshift.framework.control.localstore import LocalArtifactStore
+    from pathlib import Path
+    from polyshift.framework.control.localstore import LocalArtifactStore
     writer = LocalArtifactStore(Path(sys.argv[1])).new_writer(store="main", kind="postgres", version=None,
                                                              scope=("public.orders",), reason="test")
     writer.write_bytes("public.orders.copy.zst", b"half a backup")
