@@ -76,12 +76,15 @@ def from_history(store: str, migrations: list[Migration], history: ForeignHistor
     plan = BaselinePlan(store, [], history.describe(), history, notes=list(history.notes))
     chosen: dict[str, Migration] = {}
     if history.upto is not None:
-        for m, p in imported:
-            if int(p.source_id) <= int(history.upto):
-                chosen[m.version] = m
-        if not any(int(p.source_id) == int(history.upto) for _, p in imported):
-            raise RefusedError(f"store {store}: golang-migrate is at version {history.upto}, which no imported migration has",
+        # golang-migrate's one version, Alembic's head revision: it and every migration before it
+        # (Alembic's down_revision chain is the imported version order) are applied.
+        top = next((m for m, p in imported if _same(history.format, p.source_id, history.upto)), None)
+        if top is None:
+            raise RefusedError(f"store {store}: {history.format.value} is at {history.upto}, which no imported migration has",
                                hint="import the source directory the database was migrated from")
+        for m, _ in imported:
+            if m.version_key <= top.version_key:
+                chosen[m.version] = m
     if history.baseline is not None:
         for m, p in imported:
             if _same(history.format, p.source_id, history.baseline) or \
@@ -171,6 +174,7 @@ class Baseline:
         else:
             raise UsageError(f"store {adapter.name}: no --to given and no other tool's history found (looked for "
                              "schema_migrations, goose_db_version, flyway_schema_history, sqitch.changes, databasechangelog, "
+                             "alembic_version, "
                              ":__Neo4jMigration)", hint=f"polyshift baseline --store {adapter.name} --to VERSION")
         already = applied_entries(adapter.ledger())
         plan.migrations = [m for m in plan.migrations if m.version not in already]

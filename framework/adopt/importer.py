@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from polyshift.framework.adopt import provenance
+from polyshift.framework.adopt.alembic_revisions import AlembicRevisions
 from polyshift.framework.adopt.dbmate import Dbmate
 from polyshift.framework.adopt.flyway import Flyway
 from polyshift.framework.adopt.golang_migrate import GolangMigrate
@@ -30,7 +31,8 @@ from polyshift.framework.core.loader import load_store_migrations
 from polyshift.framework.core.migration import version_key
 
 READERS: dict[Format, SourceReader] = {
-    r.format: r for r in (GolangMigrate(), Goose(), Dbmate(), Flyway(), Sqitch(), Liquibase(), Neo4jMigrations(), Pop())}
+    r.format: r for r in (GolangMigrate(), Goose(), Dbmate(), Flyway(), Sqitch(), Liquibase(), Neo4jMigrations(), Pop(),
+                          AlembicRevisions())}
 # Formats whose directory holds several databases' scripts: the reader needs --dialect.
 _DIALECTED = {Format.POP}
 # Formats whose tool has no undo at all: their migrations are irreversible unless a rollback is supplied.
@@ -41,8 +43,7 @@ def reader_for(name: str, dialect_name: str | None = None) -> SourceReader:
     try:
         fmt = Format(name)
     except ValueError:
-        raise UsageError(f"--from {name!r}: not a format polyshift imports (known: {', '.join(f.value for f in Format)})",
-                         hint="Alembic revisions: see 'Coming from Alembic' in the README") from None
+        raise UsageError(f"--from {name!r}: not a format polyshift imports (known: {', '.join(f.value for f in Format)})") from None
     if fmt not in _DIALECTED:
         if dialect_name is not None:
             raise UsageError(f"--dialect applies to --from {', '.join(f.value for f in sorted(_DIALECTED))} only; "

@@ -29,6 +29,7 @@ class Format(StrEnum):
     LIQUIBASE = "liquibase"
     NEO4J_MIGRATIONS = "neo4j-migrations"
     POP = "pop"
+    ALEMBIC = "alembic"
 
 
 class Language(StrEnum):

@@ -47,8 +47,10 @@ def _show(plan: ImportPlan, store: str) -> None:
 
 
 def import_command(
-    source: Path = typer.Argument(..., help="The other tool's migration directory (a Liquibase changelog file also works)."),
-    from_format: str = typer.Option(..., "--from", help="golang-migrate, goose, dbmate, flyway, sqitch, liquibase, neo4j-migrations, pop."),
+    source: Path = typer.Argument(..., help="The other tool's migration directory (a Liquibase changelog or an "
+                                            "alembic.ini file also works)."),
+    from_format: str = typer.Option(..., "--from", help="golang-migrate, goose, dbmate, flyway, sqitch, liquibase, "
+                                                        "neo4j-migrations, pop, alembic."),
     store: str = typer.Option(..., "--store", "-s", help="The store whose migrations/<store>/ receives them."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Show the plan, with every problem; write nothing."),
     allow_irreversible: bool = typer.Option(False, "--allow-irreversible", help="Import migrations without a down as irreversible."),
