@@ -6,6 +6,7 @@ revision bodies filled in, and upgraded by the ``alembic`` CLI against the test'
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import subprocess
@@ -36,13 +37,17 @@ REVISIONS = [
 ]
 
 
+def _body(indented: str, match: re.Match[str]) -> str:
+    return match.group(1) + indented
+
+
 def _fill(path: Path, upgrade: str, downgrade: str) -> None:
     """Replace the generated ``pass`` bodies of upgrade() and downgrade()."""
     text = path.read_text()
     for name, body in (("upgrade", upgrade), ("downgrade", downgrade)):
         pattern = re.compile(rf"(def {name}\(\)[^:]*:\n)(?:    .*\n|\n)*?    pass\n")
         indented = "".join(f"    {line}\n" for line in body.splitlines())
-        text, count = pattern.subn(lambda m, indented=indented: m.group(1) + indented, text)
+        text, count = pattern.subn(functools.partial(_body, indented), text)
         assert count == 1, f"no generated {name}() in {path}"
     path.write_text(text)
 
