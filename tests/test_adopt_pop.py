@@ -189,3 +189,74 @@ def test_dialect_is_refused_for_a_format_with_one_database_per_directory(ws: Wor
     result = ws.run("import", "--from", "golang-migrate", str(source), "--store", "main", "--dialect", "postgres")
     assert result.exit_code == 2
     assert "--dialect applies to --from pop only" in result.output
+
+
+# -- baseline from pop's schema_migration -------------------------------------------------------
+# The table as Ory's popx creates it on PostgreSQL (pop's default name), one row per applied version.
+POPX_DDL = """
+CREATE TABLE schema_migration (version VARCHAR (48) NOT NULL, version_self INT NOT NULL DEFAULT 0);
+CREATE UNIQUE INDEX schema_migration_version_idx ON schema_migration (version);
+CREATE INDEX schema_migration_version_self_idx ON schema_migration (version_self);
+"""
+
+
+def pop_up(ws: Workspace, source: Path, *files: str) -> None:
+    """What popx does per version: the script and its schema_migration row, in one transaction."""
+    ws.sql(POPX_DDL)
+    for name in files:
+        ws.sql((source / name).read_text() + f"; INSERT INTO schema_migration (version) VALUES ('{name.split('_')[0]}')")
+
+
+def baseline(ws: Workspace, code: int = 0) -> dict[str, Any]:
+    result = ws.run("--json", "baseline", "--store", "main")
+    assert result.exit_code == code, result.output
+    out: dict[str, Any] = json.loads(result.stdout)
+    return out
+
+
+def status(ws: Workspace) -> dict[str, Any]:
+    out: dict[str, Any] = json.loads(ws.run("--json", "status").stdout)[0]
+    return out
+
+
+def test_a_database_pop_brought_to_the_end_is_baselined_and_nothing_is_pending(ws: Workspace, accounts: Path) -> None:
+    pop_up(ws, accounts, "20240101000000000000_accounts.postgres.up.sql", "20240101000000000001_accounts_email_idx.up.sql")
+    imported(ws, accounts)
+    out = baseline(ws)
+    assert out["versions"] == ["20240101000000000000", "20240101000000000001"]
+    assert out["source"] == "pop history schema_migration (2 applied, newest 20240101000000000001)"
+    st = status(ws)
+    assert st["current"] == "20240101000000000001" and st["pending"] == [] and st["drift"] == []
+
+
+def test_a_database_pop_left_part_way_is_baselined_to_there_and_up_applies_the_rest(ws: Workspace, accounts: Path) -> None:
+    pop_up(ws, accounts, "20240101000000000000_accounts.postgres.up.sql")
+    imported(ws, accounts)
+    assert baseline(ws)["versions"] == ["20240101000000000000"]
+    assert status(ws)["pending"] == ["20240101000000000001"]
+    assert ws.run("up").exit_code == 0
+    assert ws.value("SELECT to_regclass('accounts_email_idx')::text") == "accounts_email_idx"
+
+
+def test_a_legacy_14_digit_row_counts_for_every_version_it_begins_as_in_popx(ws: Workspace, accounts: Path) -> None:
+    pop_up(ws, accounts, "20240101000000000000_accounts.postgres.up.sql", "20240101000000000001_accounts_email_idx.up.sql")
+    ws.sql("DELETE FROM schema_migration; INSERT INTO schema_migration (version) VALUES ('20240101000000')")
+    imported(ws, accounts)
+    assert baseline(ws)["versions"] == ["20240101000000000000", "20240101000000000001"]
+    assert status(ws)["pending"] == []
+
+
+def test_up_is_refused_on_a_database_pop_migrated_until_it_is_baselined(ws: Workspace, accounts: Path) -> None:
+    pop_up(ws, accounts, "20240101000000000000_accounts.postgres.up.sql")
+    imported(ws, accounts)
+    up = ws.run("up")
+    assert up.exit_code == 2
+    assert "pop history schema_migration" in up.output and "polyshift baseline --store main" in up.output
+    assert ws.value("SELECT to_regclass('accounts_email_idx')") is None
+
+
+def test_a_pop_row_no_imported_migration_has_is_refused(ws: Workspace, accounts: Path) -> None:
+    pop_up(ws, accounts, "20240101000000000000_accounts.postgres.up.sql")
+    ws.sql("INSERT INTO schema_migration (version) VALUES ('20991231000000000000')")
+    imported(ws, accounts)
+    assert "records 20991231000000000000 as applied" in baseline(ws, code=2)["error"]

@@ -1,8 +1,9 @@
 """The other tool's history, read where it left it, never written: golang-migrate's and dbmate's
 ``schema_migrations``, goose's ``goose_db_version``, ``flyway_schema_history``, Sqitch's
-``sqitch.changes``, Liquibase's ``databasechangelog``, Alembic's ``alembic_version`` (PostgreSQL), neo4j-migrations'
-``:__Neo4jMigration`` nodes (Neo4j). PostgreSQL is read in a READ ONLY transaction, so adoption
-cannot change the store even by mistake."""
+``sqitch.changes``, Liquibase's ``databasechangelog``, Alembic's ``alembic_version``, pop's
+``schema_migration`` (PostgreSQL), neo4j-migrations' ``:__Neo4jMigration`` nodes (Neo4j).
+PostgreSQL is read in a READ ONLY transaction, so adoption cannot change the store even by
+mistake."""
 
 from __future__ import annotations
 
@@ -187,7 +188,17 @@ def _alembic(query: Query) -> ForeignHistory | None:
     return history
 
 
-_PG_READERS = (_golang_or_dbmate, _goose, _flyway, _sqitch, _liquibase, _alembic)
+def _pop(query: Query) -> ForeignHistory | None:
+    """pop (and Ory's popx) write one row per applied version into ``schema_migration``."""
+    table = _exists(query, "schema_migration")
+    if table is None:
+        return None
+    history = ForeignHistory(Format.POP, table)
+    history.applied = [Applied(str(r[0])) for r in query("SELECT version FROM schema_migration ORDER BY version", ())]
+    return history
+
+
+_PG_READERS = (_golang_or_dbmate, _goose, _flyway, _sqitch, _liquibase, _alembic, _pop)
 
 
 def _neo4j(adapter: Adapter) -> list[ForeignHistory]:
