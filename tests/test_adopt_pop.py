@@ -260,3 +260,14 @@ def test_a_pop_row_no_imported_migration_has_is_refused(ws: Workspace, accounts:
     ws.sql("INSERT INTO schema_migration (version) VALUES ('20991231000000000000')")
     imported(ws, accounts)
     assert "records 20991231000000000000 as applied" in baseline(ws, code=2)["error"]
+
+
+def test_versions_whose_text_and_number_order_disagree_are_refused(ws: Workspace, tmp_path: Path) -> None:
+    source = write(tmp_path / "pop", {
+        "20210101000000_t.postgres.up.sql": "CREATE TABLE t (id int);\n",
+        "20210101000000_t.postgres.down.sql": "DROP TABLE t;\n",
+        "20200101000000000001_u.postgres.up.sql": "CREATE TABLE u (id int);\n",
+        "20200101000000000001_u.postgres.down.sql": "DROP TABLE u;\n",
+    })
+    output = refused(ws, source, "--dialect", "postgres")
+    assert "pop runs 20200101000000000001 before 20210101000000 (it orders versions as text)" in output

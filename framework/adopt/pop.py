@@ -125,7 +125,15 @@ class Pop:
             slot[file_dialect] = file
         for value, count in sorted(other.items()):
             plan.ignored.append(f"{count} file(s) for dialect {value}: not the --dialect {self.dialect.value} history")
-        for version in sorted({v for v, _ in found}):
+        versions = sorted({v for v, _ in found})  # pop's order: the version strings'
+        numeric = sorted(versions, key=int)
+        if numeric != versions:
+            # polyshift orders versions as numbers; for pop they are strings, so different widths can disagree
+            first = next(i for i, (a, b) in enumerate(zip(versions, numeric, strict=True)) if a != b)
+            plan.problems.append(Problem(".", Issue.UNSUPPORTED,
+                                         f"pop runs {versions[first]} before {numeric[first]} (it orders versions as text); "
+                                         "as numbers, the order polyshift keeps, they come the other way round: give them one width"))
+        for version in versions:
             up = self._choose(plan, source, found.get((version, "up"), {}))
             down = self._choose(plan, source, found.get((version, "down"), {}))
             if up is None:
