@@ -212,3 +212,14 @@ def test_a_source_that_is_no_alembic_project_is_refused(ws: Workspace, tmp_path:
     result = ws.run("import", "--from", "alembic", str(tmp_path / "empty"), "--store", "main")
     assert result.exit_code == 2
     assert "neither an alembic.ini nor an Alembic script directory" in result.output
+
+
+def test_an_autocommit_block_is_refused_as_transaction_control(ws: Workspace, tmp_path: Path) -> None:
+    concurrently = ("with op.get_context().autocommit_block():\n"
+                    "    op.create_index('accounts_email_idx', 'accounts', ['email'], postgresql_concurrently=True)")
+    revisions = [REVISIONS[0], ("a7f0c0de0007", "index concurrently", concurrently,
+                                "op.drop_index('accounts_email_idx', table_name='accounts')")]
+    source = alembic_project(tmp_path / "p", ws.url, revisions)
+    result = ws.run("import", "--from", "alembic", str(source), "--store", "main")
+    assert result.exit_code == 2, result.output
+    assert "a7f0c0de0007_index_concurrently.py (upgrade): line 1: 'COMMIT' controls the transaction" in result.output
