@@ -136,6 +136,15 @@ def test_a_fizz_file_a_version_would_run_is_refused_by_name(ws: Workspace, tmp_p
     assert "[unsupported]" in output
 
 
+def test_a_fizz_up_under_a_sql_down_is_reported_once_by_name(ws: Workspace, tmp_path: Path) -> None:
+    source = write(tmp_path / "pop", {
+        "1_widgets.up.fizz": 'create_table("widgets") {\n  t.Column("id", "uuid", {primary: true})\n}\n',
+        "1_widgets.postgres.down.sql": "DROP TABLE widgets;\n",
+    })
+    output = refused(ws, source, "--dialect", "postgres")
+    assert "1_widgets.up.fizz: a fizz migration" in output and "without an up file" not in output
+
+
 def test_a_fizz_file_the_dialects_sql_replaces_is_listed_as_ignored(ws: Workspace, tmp_path: Path) -> None:
     source = write(tmp_path / "pop", {
         "1_t.up.fizz": 'create_table("t") {\n  t.Column("id", "int", {})\n}\n',
@@ -270,4 +279,5 @@ def test_versions_whose_text_and_number_order_disagree_are_refused(ws: Workspace
         "20200101000000000001_u.postgres.down.sql": "DROP TABLE u;\n",
     })
     output = refused(ws, source, "--dialect", "postgres")
-    assert "pop runs 20200101000000000001 before 20210101000000 (it orders versions as text)" in output
+    assert ("20200101000000000001_u.postgres.up.sql and 20210101000000_t.postgres.up.sql: pop runs 20200101000000000001 "
+            "before 20210101000000 (it orders versions as text)") in output

@@ -130,14 +130,16 @@ class Pop:
         if numeric != versions:
             # polyshift orders versions as numbers; for pop they are strings, so different widths can disagree
             first = next(i for i, (a, b) in enumerate(zip(versions, numeric, strict=True)) if a != b)
-            plan.problems.append(Problem(".", Issue.UNSUPPORTED,
+            files = [relative(f.path, source) for v in (versions[first], numeric[first])
+                     for f in found.get((v, "up"), found.get((v, "down"), {})).values()]
+            plan.problems.append(Problem(" and ".join(files), Issue.UNSUPPORTED,
                                          f"pop runs {versions[first]} before {numeric[first]} (it orders versions as text); "
                                          "as numbers, the order polyshift keeps, they come the other way round: give them one width"))
         for version in versions:
             up = self._choose(plan, source, found.get((version, "up"), {}))
             down = self._choose(plan, source, found.get((version, "down"), {}))
             if up is None:
-                if down is not None:
+                if down is not None and not found.get((version, "up")):  # an up pop has but polyshift cannot take is reported already
                     plan.problems.append(Problem(relative(down.path, source), Issue.MALFORMED,
                                                  f"a down file without an up file for version {version}"))
                 continue
