@@ -13,6 +13,7 @@ Driver errors leave these functions untranslated: the adapter translates them at
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 from collections.abc import Callable, Iterator
@@ -241,50 +242,61 @@ def backup(ks: Keyspace, scope: tuple[str, ...], writer: ArtifactWriter, progres
     """
     patterns = rk.validate_patterns(scope)
     nodes = ks.nodes()
-    tallies: list[_Counts] = []
     progress.start(f"backup {', '.join(patterns)[:60]}")
 
-    def reader(node_group: list[Any]) -> Callable[[], Iterator[tuple[int, bytes]]]:
-        def read() -> Iterator[tuple[int, bytes]]:
-            counts = _Counts()
-            tallies.append(counts)
-            by = counts.by
-            pack, kinds = rk.RECORD.pack, _RDB_KINDS
-            for node, batch in ks.batches(node_group, patterns, limit):
-                reply = ks.run(node, rk.DUMP_LUA, [key for _, key in batch])
-                now = int(reply[0]) * 1000 + int(reply[1]) // 1000
-                chunk = bytearray()
-                for i, (pattern, key) in enumerate(batch):
-                    payload = reply[2 * i + 2]
-                    if payload is None:
-                        continue  # deleted since SCAN listed it
-                    pttl = reply[2 * i + 3]
-                    kind = kinds.get(payload[0]) or ks.kind(node, key)
-                    chunk += pack(len(key), now + pttl if pttl > 0 else -1, len(payload))
-                    chunk += key
-                    chunk += payload
-                    by[pattern, kind] = by.get((pattern, kind), 0) + 1
-                yield len(batch), bytes(chunk)
+    counts = _Counts()
+    by = counts.by
+    kinds, own = _RDB_KINDS, ks.own
+    seen = dict.fromkeys(patterns, 0)
+
+    def reader(node_group: list[Any]) -> Callable[[], Iterator[tuple[Any, str, int, list[Any]]]]:
+        """SCAN pages of each node as the script returns them: this thread mostly waits on the
+        server, while the caller's thread frames, counts and compresses the previous page."""
+        def read() -> Iterator[tuple[Any, str, int, list[Any]]]:
+            for node in node_group:
+                for index, pattern in enumerate(patterns):
+                    cursor: Any = 0
+                    while limit is None or seen[pattern] < limit:
+                        reply = ks.run(node, rk.SCAN_DUMP_LUA, [cursor, pattern, _BATCH])
+                        cursor = reply[0]
+                        yield node, pattern, index, reply
+                        if cursor in (0, b"0"):
+                            break
         return read
 
     groups = [nodes] if limit is not None else [[node] for node in nodes]
+    earlier = [[rk.glob_regex(p) for p in patterns[:i]] for i in range(len(patterns))]
 
     def records() -> Iterator[bytes]:
-        for n, chunk in fan_in([reader(group) for group in groups]):
+        pack = rk.RECORD.pack
+        for node, pattern, index, reply in fan_in([reader(group) for group in groups]):
+            now = int(reply[1]) * 1000 + int(reply[2]) // 1000
+            before = earlier[index]
+            chunk = bytearray()
+            n = 0
+            for key, payload, pttl in zip(reply[3::3], reply[4::3], reply[5::3], strict=True):
+                if payload is None or key.startswith(own) or (before and any(r.match(key) for r in before)):
+                    continue  # vanished since SCAN listed it, polyshift's own, or an earlier pattern's
+                if limit is not None:
+                    if seen[pattern] >= limit:
+                        break
+                    seen[pattern] += 1
+                kind = kinds.get(payload[0]) or ks.kind(node, key)
+                chunk += pack(len(key), now + pttl if pttl > 0 else -1, len(payload))
+                chunk += key
+                chunk += payload
+                by[pattern, kind] = by.get((pattern, kind), 0) + 1
+                n += 1
             progress.advance(n)
-            yield chunk
+            yield bytes(chunk)
 
     try:
         with translated(REDIS_ERRORS, f"store {ks.store}: backup failed", BackupError):
             writer.write_stream("keys.bin.zst", records())
     finally:
         progress.finish()
-    merged = _Counts()
-    for counts in tallies:
-        for item, n in counts.by.items():
-            merged.by[item] = merged.by.get(item, 0) + n
-    counts, types = merged.per_pattern(patterns)
-    meta = {"patterns": list(patterns), "counts": counts, "types": types, "proof": PROOF}
+    per_pattern, types = counts.per_pattern(patterns)
+    meta = {"patterns": list(patterns), "counts": per_pattern, "types": types, "proof": PROOF}
     return meta | ({"sample": limit} if limit is not None else {})
 
 
@@ -292,32 +304,38 @@ class _NodeRestore:
     """One primary's share of a restore, run on that primary's own thread."""
 
     def __init__(self, ks: Keyspace, node: Any, marker: str, scratch: Callable[[bytes], str],
-                 attribute: Callable[[bytes], str]) -> None:
-        self.ks, self.node, self.marker, self.scratch, self.attribute = ks, node, marker, scratch, attribute
+                 patterns: tuple[str, ...]) -> None:
+        self.ks, self.node, self.marker, self.scratch = ks, node, marker, scratch
+        self.only = patterns[0]
+        self.attribute: Callable[[bytes], str] | None = None
+        if len(patterns) > 1:
+            regexes = [(p, rk.glob_regex(p)) for p in patterns]
+            self.attribute = lambda key: next((p for p, r in regexes if r.match(key)), patterns[0])
         self.restored: dict[str, int] = {}
         self.expired = 0
         self.reencoded = 0  # DUMP differed, content proven equal
         self.differing: list[bytes] = []
         self.ttl_wrong: list[bytes] = []
 
-    def __call__(self, batch: list[tuple[bytes, int, bytes]]) -> None:
-        args: list[Any] = [self.marker]
-        for record in batch:
-            args += record
-        expired, differs, ttl_wrong = self.ks.run(self.node, rk.RESTORE_LUA, args)
+    def __call__(self, batch: tuple[bytes, int]) -> None:
+        blob, count = batch
+        expired, differs, ttl_wrong = self.ks.run(self.node, rk.RESTORE_LUA, [self.marker, blob])
         self.expired += len(expired)
-        restored = self.restored
-        if len(expired):
-            gone = set(expired)
-            keys = [key for i, (key, _, _) in enumerate(batch, 1) if i not in gone]
+        records: list[tuple[bytes, int, bytes]] | None = None
+        if self.attribute is None:
+            self.restored[self.only] = self.restored.get(self.only, 0) + count - len(expired)
         else:
-            keys = [key for key, _, _ in batch]
-        for key in keys:
-            pattern = self.attribute(key)
-            restored[pattern] = restored.get(pattern, 0) + 1
-        if differs:
-            self.prove_content([batch[i - 1] for i in differs])
-        self.ttl_wrong += [batch[i - 1][0] for i in ttl_wrong]
+            records = list(rk.decode_records(io.BytesIO(blob)))
+            gone = set(expired)
+            for i, (key, _, _) in enumerate(records, 1):
+                if i not in gone:
+                    pattern = self.attribute(key)
+                    self.restored[pattern] = self.restored.get(pattern, 0) + 1
+        if differs or ttl_wrong:
+            records = records or list(rk.decode_records(io.BytesIO(blob)))
+            if differs:
+                self.prove_content([records[i - 1] for i in differs])
+            self.ttl_wrong += [records[i - 1][0] for i in ttl_wrong]
         failpoints.passed("restore-batch")
 
     def prove_content(self, records: list[tuple[bytes, int, bytes]]) -> None:
@@ -347,14 +365,8 @@ def restore(ks: Keyspace, manifest: Manifest, artifacts: ArtifactStore, progress
         markers = [ks.local_name(f"{ks.prefix}restore:{manifest.id}", None, i, route) for i in range(len(nodes))]
         for node, marker in zip(nodes, markers, strict=True):
             node.unlink(marker)
-    regexes = [(p, rk.glob_regex(p)) for p in patterns]
-
-    def attribute(key: bytes) -> str:
-        return next((p for p, r in regexes if r.match(key)), patterns[0])
-
     scratch_name = f"{ks.prefix}scratch"
-    workers = [_NodeRestore(ks, node, marker, lambda key: ks.local_name(scratch_name, key, 0, route),
-                            attribute if len(patterns) > 1 else lambda _key: patterns[0])
+    workers = [_NodeRestore(ks, node, marker, lambda key: ks.local_name(scratch_name, key, 0, route), patterns)
                for node, marker in zip(nodes, markers, strict=True)]
     removed = 0
     progress.start(f"restore {manifest.id}", total=sum(manifest.meta.get("counts", {}).values()) or None)
@@ -362,7 +374,8 @@ def restore(ks: Keyspace, manifest: Manifest, artifacts: ArtifactStore, progress
         with translated(REDIS_ERRORS, f"store {ks.store}: restore of {manifest.id} failed part-way",
                         hint="the safety backup taken before this restore holds what was there"):
             with artifacts.open(manifest, "keys.bin.zst") as stream:
-                fan_out(_routed(rk.decode_records(stream), route, len(nodes), progress), list(workers))
+                batches = rk.framed_batches(stream, _BATCH, route if ks.cluster else None, len(nodes))
+                fan_out(_advancing(batches, progress), list(workers))
             removed = sum(ks.remove_extras(node, patterns, marker) for node, marker in zip(nodes, markers, strict=True))
     finally:
         for node, marker in zip(nodes, markers, strict=True):
@@ -384,22 +397,10 @@ def restore(ks: Keyspace, manifest: Manifest, artifacts: ArtifactStore, progress
     return _report(manifest, restored, workers, removed)
 
 
-def _routed(records: Iterator[tuple[bytes, int, bytes]], route: Callable[[bytes], int], nodes: int,
-            progress: Progress) -> Iterator[tuple[int, list[tuple[bytes, int, bytes]]]]:
-    """Batches of records for each primary, as (primary index, batch)."""
-    pending: list[list[tuple[bytes, int, bytes]]] = [[] for _ in range(nodes)]
-    for record in records:
-        i = route(record[0])
-        batch = pending[i]
-        batch.append(record)
-        if len(batch) >= _BATCH:
-            progress.advance(len(batch))
-            yield i, batch
-            pending[i] = []
-    for i, batch in enumerate(pending):
-        if batch:
-            progress.advance(len(batch))
-            yield i, batch
+def _advancing(batches: Iterator[tuple[int, bytes, int]], progress: Progress) -> Iterator[tuple[int, tuple[bytes, int]]]:
+    for index, blob, count in batches:
+        progress.advance(count)
+        yield index, (blob, count)
 
 
 def _names(keys: list[bytes]) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 import struct
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import IO, Any
 
 from polyshift.framework.core.errors import BackupError, UsageError
@@ -157,32 +157,41 @@ for i, key in ipairs(ARGV) do out[i] = describe(key) end
 return out
 """
 
-# Backup of a batch (ARGV: key names): server time, then DUMP payload and PTTL of each key, flat.
-# Reading a payload costs Redis about as much as copying the value; no per-key digest here: the
-# restore proves its result against these very bytes (RESTORE_LUA).
-DUMP_LUA = """
+# Backup of one SCAN page (ARGV: cursor, pattern, count): the next cursor, server time, then each
+# key's name, DUMP payload (false if it vanished) and PTTL, flat. SCAN runs in the script so key
+# names cross the wire once; no per-key digest here: the restore proves its result against these
+# very bytes (RESTORE_LUA).
+SCAN_DUMP_LUA = """
+local page = redis.call('SCAN', ARGV[1], 'MATCH', ARGV[2], 'COUNT', ARGV[3])
 local t = redis.call('TIME')
-local out = {t[1], t[2]}
-for i, key in ipairs(ARGV) do
-  out[2 * i + 1] = redis.call('DUMP', key)
-  out[2 * i + 2] = redis.call('PTTL', key)
+local out = {page[1], t[1], t[2]}
+for i, key in ipairs(page[2]) do
+  out[3 * i + 1] = key
+  out[3 * i + 2] = redis.call('DUMP', key)
+  out[3 * i + 3] = redis.call('PTTL', key)
 end
 return out
 """
 
-# Restore of a batch (ARGV: marker set, then key, expire-at ms or -1, payload per key). Each key is
-# RESTOREd, named in the marker set, then proven: a DUMP of what is now stored, byte-equal to the
-# backed-up payload (type, encoding, content, RDB version and CRC64 all included), shows the key
-# holds exactly what was backed up, without a payload travelling back. Expiry is checked apart:
-# DUMP carries none. Returns {expired, differs, ttl-wrong} as lists of 1-based positions; keys
-# already past their expiry are left alone (restoring them would resurrect them).
+# Restore of a batch (ARGV: marker set, then the batch's records as framed in the artifact, one
+# string: fewer, larger arguments cost both sides less). Each key is RESTOREd, named in the marker
+# set, then proven: a DUMP of what is now stored, byte-equal to the backed-up payload (type,
+# encoding, content, RDB version and CRC64 all included), shows the key holds exactly what was
+# backed up, without a payload travelling back. Expiry is checked apart: DUMP carries none.
+# Returns {expired, differs, ttl-wrong} as lists of 1-based record positions; keys already past
+# their expiry are left alone (restoring them would resurrect them).
 RESTORE_LUA = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local marker = ARGV[1]
+local marker, blob = ARGV[1], ARGV[2]
 local expired, differs, ttl, names = {}, {}, {}, {}
-for i = 1, (#ARGV - 1) / 3 do
-  local key, at, payload = ARGV[3 * i - 1], tonumber(ARGV[3 * i]), ARGV[3 * i + 1]
+local pos, i, size = 1, 0, #blob
+while pos <= size do
+  i = i + 1
+  local key_len, at, payload_len, start = struct.unpack('>I4>l>I4', blob, pos)
+  local key = string.sub(blob, start, start + key_len - 1)
+  local payload = string.sub(blob, start + key_len, start + key_len + payload_len - 1)
+  pos = start + key_len + payload_len
   if at > 0 and at <= now then
     expired[#expired + 1] = i
   else
@@ -253,6 +262,54 @@ def encode_record(key: bytes, expire_at_ms: int, payload: bytes) -> bytes:
 
 
 _READ = 1 << 20
+
+
+def framed_batches(stream: IO[bytes], size: int, route: Callable[[bytes], int] | None = None,
+                   nodes: int = 1) -> Iterator[tuple[int, bytes, int]]:
+    """(node index, records as framed, count): batches of up to ``size`` whole records for each
+    node, cut from large reads; ``route`` gives a key's node (none: everything to node 0)."""
+    head = RECORD.size
+    unpack = RECORD.unpack_from
+    pending = [bytearray() for _ in range(nodes)]
+    counts = [0] * nodes
+    rest = b""
+    want = _READ
+    while True:
+        chunk = stream.read(want)
+        if not chunk:
+            if rest:
+                raise BackupError("backup artifact ends in the middle of a record")
+            break
+        buf = rest + chunk if rest else chunk
+        pos, end = 0, len(buf)
+        want = _READ
+        start, n = 0, counts[0]
+        while end - pos >= head:
+            key_len, _, payload_len = unpack(buf, pos)
+            stop = pos + head + key_len + payload_len
+            if stop > end:
+                want = max(_READ, stop - end)
+                break
+            if route is None:
+                pos, n = stop, n + 1
+                if n == size:
+                    yield 0, bytes(pending[0] + buf[start:pos]), n
+                    pending[0], start, n = bytearray(), pos, 0
+                continue
+            i = route(buf[pos + head:pos + head + key_len])
+            pending[i] += buf[pos:stop]
+            counts[i] += 1
+            pos = stop
+            if counts[i] == size:
+                yield i, bytes(pending[i]), size
+                pending[i], counts[i] = bytearray(), 0
+        if route is None:
+            pending[0] += buf[start:pos]
+            counts[0] = n
+        rest = buf[pos:]
+    for i, batch in enumerate(pending):
+        if counts[i]:
+            yield i, bytes(batch), counts[i]
 
 
 def decode_records(stream: IO[bytes]) -> Iterator[tuple[bytes, int, bytes]]:
