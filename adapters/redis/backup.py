@@ -300,7 +300,7 @@ def backup(ks: Keyspace, scope: tuple[str, ...], writer: ArtifactWriter, progres
     return meta | ({"sample": limit} if limit is not None else {})
 
 
-class _NodeRestore:
+class NodeRestore:
     """One primary's share of a restore, run on that primary's own thread."""
 
     def __init__(self, ks: Keyspace, node: Any, marker: str, scratch: Callable[[bytes], str],
@@ -366,7 +366,7 @@ def restore(ks: Keyspace, manifest: Manifest, artifacts: ArtifactStore, progress
         for node, marker in zip(nodes, markers, strict=True):
             node.unlink(marker)
     scratch_name = f"{ks.prefix}scratch"
-    workers = [_NodeRestore(ks, node, marker, lambda key: ks.local_name(scratch_name, key, 0, route), patterns)
+    workers = [NodeRestore(ks, node, marker, lambda key: ks.local_name(scratch_name, key, 0, route), patterns)
                for node, marker in zip(nodes, markers, strict=True)]
     removed = 0
     progress.start(f"restore {manifest.id}", total=sum(manifest.meta.get("counts", {}).values()) or None)
@@ -408,7 +408,7 @@ def _names(keys: list[bytes]) -> str:
     return shown + (f" and {len(keys) - 10} more" if len(keys) > 10 else "")
 
 
-def _report(manifest: Manifest, restored: dict[str, int], workers: list[_NodeRestore], removed: int) -> RestoreReport:
+def _report(manifest: Manifest, restored: dict[str, int], workers: list[NodeRestore], removed: int) -> RestoreReport:
     """Every key proven (its DUMP byte-equal to the backed-up payload, or its content equal to the
     payload's), expiry present exactly where the backup had one, and as many records as the backup counted."""
     expired = sum(w.expired for w in workers)
