@@ -16,6 +16,7 @@ import hashlib
 import io
 import json
 import logging
+from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -272,8 +273,8 @@ def backup(ks: Keyspace, scope: tuple[str, ...], writer: ArtifactWriter, progres
         for node, pattern, index, reply in fan_in([reader(group) for group in groups]):
             now = int(reply[1]) * 1000 + int(reply[2]) // 1000
             before = earlier[index]
-            chunk = bytearray()
-            n = 0
+            parts: list[bytes] = []
+            first = bytearray()  # each payload's first byte: its type, counted in C below
             for key, payload, pttl in zip(reply[3::3], reply[4::3], reply[5::3], strict=True):
                 if payload is None or key.startswith(own) or (before and any(r.match(key) for r in before)):
                     continue  # vanished since SCAN listed it, polyshift's own, or an earlier pattern's
@@ -281,14 +282,15 @@ def backup(ks: Keyspace, scope: tuple[str, ...], writer: ArtifactWriter, progres
                     if seen[pattern] >= limit:
                         break
                     seen[pattern] += 1
-                kind = kinds.get(payload[0]) or ks.kind(node, key)
-                chunk += pack(len(key), now + pttl if pttl > 0 else -1, len(payload))
-                chunk += key
-                chunk += payload
-                by[pattern, kind] = by.get((pattern, kind), 0) + 1
-                n += 1
-            progress.advance(n)
-            yield bytes(chunk)
+                parts += (pack(len(key), now + pttl if pttl > 0 else -1, len(payload)), key, payload)
+                first.append(payload[0])
+            for byte, n in Counter(first).items():
+                kind = kinds.get(byte)
+                if kind is None:  # not a type byte polyshift knows: ask the server (refused if unsupported)
+                    kind = next(ks.kind(node, parts[i + 1]) for i in range(0, len(parts), 3) if parts[i + 2][0] == byte)
+                by[pattern, kind] = by.get((pattern, kind), 0) + n
+            progress.advance(len(first))
+            yield b"".join(parts)
 
     try:
         with translated(REDIS_ERRORS, f"store {ks.store}: backup failed", BackupError):
