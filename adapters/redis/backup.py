@@ -119,8 +119,8 @@ class Keyspace:
         primaries = self.client.get_primaries()
         index = {p.name: i for i, p in enumerate(primaries)}
         cache = self.client.nodes_manager.slots_cache
-        owner = [index.get(cache[slot][0].name, -1) if slot in cache else -1 for slot in range(_SLOTS)]
-        keyslot = self.client.keyslot
+        owner: list[int] = [index.get(cache[slot][0].name, -1) if slot in cache else -1 for slot in range(_SLOTS)]
+        keyslot: Callable[[bytes], int] = self.client.keyslot
 
         def route(key: bytes) -> int:
             i = owner[keyslot(key)]
