@@ -158,17 +158,16 @@ class Keyspace:
         raise BackupError(f"store {self.store}: primary {node_index} serves no hash slot")
 
     def remove_extras(self, node: Any, patterns: tuple[str, ...], marker: str) -> int:
-        """Unlink the node's scope keys that the marker set (what the restore wrote there) does not name."""
+        """Unlink the node's scope keys that the marker set (what the restore wrote there) does not
+        name, a SCAN page per script call: key names never leave the server."""
         removed = 0
-        for batch in batched((key for _, key in rk.scope_keys([node], patterns, self.own)), _BATCH):
-            present = node.smismember(marker, batch)
-            extras = [k for k, p in zip(batch, present, strict=True) if not p]
-            if extras:
-                pipe = node.pipeline(transaction=False)
-                for key in extras:
-                    pipe.unlink(key)
-                pipe.execute()
-                removed += len(extras)
+        for pattern in patterns:
+            cursor: Any = 0
+            while True:
+                cursor, n = self.run(node, rk.REMOVE_EXTRAS_LUA, [cursor, pattern, _BATCH, marker, self.prefix])
+                removed += int(n)
+                if cursor in (0, b"0"):
+                    break
         return removed
 
 

@@ -213,6 +213,22 @@ if #names > 0 then redis.call('SADD', marker, unpack(names)) end
 return {expired, differs, ttl}
 """
 
+# After a restore, one SCAN page of a scope pattern (ARGV: cursor, pattern, count, marker set,
+# polyshift's own prefix): UNLINK each key the restore did not write (not in the marker set), so
+# the scope holds what the backup held and nothing else. Returns {next cursor, keys removed}.
+REMOVE_EXTRAS_LUA = """
+local page = redis.call('SCAN', ARGV[1], 'MATCH', ARGV[2], 'COUNT', ARGV[3])
+local marker, own = ARGV[4], ARGV[5]
+local removed = 0
+for _, key in ipairs(page[2]) do
+  if string.sub(key, 1, #own) ~= own and redis.call('SISMEMBER', marker, key) == 0 then
+    redis.call('UNLINK', key)
+    removed = removed + 1
+  end
+end
+return {page[1], removed}
+"""
+
 # Content proof for keys whose DUMP no longer equals the backed-up payload (ARGV: key, scratch
 # name, payload per key): the server re-encoded the value on RESTORE (other listpack limits, a
 # newer RDB version). The payload is restored under the scratch name, both keys' canonical
