@@ -1,11 +1,19 @@
 """Redis backups, restores and fingerprints, over a ``Keyspace``: the client, its primaries and
 the prefix of polyshift's own keys, which no scope ever includes.
 
-A backup is DUMP + PTTL + a content digest per key in one pass, with expiry stored as absolute
-server time (RESTORE ABSTTL). Redis has no snapshot to read from: each key is captured as it
-was when its batch was read, and the manifest's fingerprint is computed from exactly those
-values. A fingerprint is the order-independent sum of per-key content digests (key, type,
-has-TTL, value), per pattern; Redis has no schema, so its content stands in for one.
+A backup is SCAN + DUMP + PTTL per page, in one script call, one thread per primary, with expiry
+stored as absolute server time (RESTORE ABSTTL). Redis has no snapshot to read from: each key is
+captured as it was when its page was read. No digest is computed at backup time: a restore proves
+each key as it writes it, by a DUMP of the restored key byte-equal to the backed-up payload (the
+same serialization, so the same type and content; it includes the RDB version and a CRC64), and
+where the server re-encoded the value (other listpack limits, another RDB version) by comparing
+the key's content with the payload's in Redis. The artifact's sha256, read back when it is sealed
+and checked before a restore, proves the payloads are the ones that were read.
+
+A fingerprint (drift, rollback verification) is the order-independent sum of per-key content
+digests (key, type, has-TTL, value), per pattern: content, not encoding, since a hash whose
+fields were renamed and renamed back is equal but serialized differently. Redis has no schema,
+so its content stands in for one.
 
 Driver errors leave these functions untranslated: the adapter translates them at its boundary.
 """
