@@ -107,3 +107,27 @@ def test_a_cluster_with_uncovered_slots_is_an_invariant_problem(tmp_path: Path) 
         adapter.close()
     finally:
         own.stop()
+
+
+def test_a_sample_backup_holds_at_most_n_keys_of_each_pattern_across_every_primary(cws: RedisWorkspace) -> None:
+    from polyshift.adapters.redis.keys import decode_records
+    from polyshift.framework.control.artifacts import open_artifact_store
+    from polyshift.framework.core.config import load_config
+    from polyshift.framework.core.progress import NullProgress
+
+    for i in range(300):
+        cws.r.set(f"session:{i}", "v")
+        cws.r.set(f"cart:{i}", "c")
+    scope = ("session:*", "cart:*")
+    artifacts = open_artifact_store(load_config(cws.config), None)
+    adapter = cws.adapter()
+    try:
+        writer = artifacts.new_writer(store="cache", kind="redis", version=None, scope=scope, reason="sample")
+        meta = adapter.backup_sample(scope, writer, NullProgress(), limit=50)
+        manifest = artifacts.seal(writer, meta)
+    finally:
+        adapter.close()
+    assert meta["counts"] == {"session:*": 50, "cart:*": 50} and meta["sample"] == 50
+    with artifacts.open(manifest, "keys.bin.zst") as stream:
+        keys = [key for key, _, _ in decode_records(stream)]
+    assert len(keys) == 100 and len(set(keys)) == 100

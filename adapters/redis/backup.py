@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import redis
+from redis.crc import key_slot
 
 from polyshift.adapters.boundary import translated
 from polyshift.adapters.redis import keys as rk
@@ -128,7 +129,7 @@ class Keyspace:
         index = {p.name: i for i, p in enumerate(primaries)}
         cache = self.client.nodes_manager.slots_cache
         owner: list[int] = [index.get(cache[slot][0].name, -1) if slot in cache else -1 for slot in range(_SLOTS)]
-        keyslot: Callable[[bytes], int] = self.client.keyslot
+        keyslot: Callable[[bytes], int] = key_slot  # the client's keyslot encodes first: these are bytes already
 
         def route(key: bytes) -> int:
             i = owner[keyslot(key)]
