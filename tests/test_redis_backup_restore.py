@@ -231,3 +231,50 @@ def test_cluster_and_single_node_fingerprints_agree_for_every_type(rws: RedisWor
         assert other.fingerprint("session:*").items == single.items
     finally:
         cluster.stop()
+
+
+def _legacy_backup(rws: RedisWorkspace, scope: tuple[str, ...], sealed_fingerprint: Any = None) -> tuple[Any, Any]:
+    """A backup as versions before the byte-level proof sealed it: no ``proof``, and a content
+    fingerprint taken with the payloads (or ``sealed_fingerprint``, to seal one that does not match)."""
+    from polyshift.framework.control.artifacts import open_artifact_store
+    from polyshift.framework.core.config import load_config
+    from polyshift.framework.core.progress import NullProgress
+
+    artifacts = open_artifact_store(load_config(rws.config), None)
+    adapter = rws.adapter()
+    try:
+        writer = artifacts.new_writer(store="cache", kind="redis", version=None, scope=scope, reason="legacy")
+        meta = adapter.backup(scope, writer, NullProgress())
+        del meta["proof"], meta["types"]
+        meta["fingerprint"] = (sealed_fingerprint or adapter.fingerprint(scope)).to_json()
+        return artifacts, artifacts.seal(writer, meta)
+    finally:
+        adapter.close()
+
+
+def _restore_in_process(rws: RedisWorkspace, artifacts: Any, manifest: Any) -> Any:
+    from polyshift.framework.core.progress import NullProgress
+
+    adapter = rws.adapter()
+    try:
+        return adapter.restore(manifest, artifacts, NullProgress())
+    finally:
+        adapter.close()
+
+
+def test_a_backup_sealed_with_a_content_fingerprint_is_verified_against_it(rws: RedisWorkspace) -> None:
+    _every_type(rws)
+    artifacts, manifest = _legacy_backup(rws, ("session:*",))
+    rws.r.flushdb()
+    report = _restore_in_process(rws, artifacts, manifest)
+    assert report.verified and report.items == {"session:*": 7}
+
+
+def test_a_backup_whose_content_fingerprint_does_not_match_is_not_verified(rws: RedisWorkspace) -> None:
+    _every_type(rws)
+    rws.r.set("session:gone", "in the fingerprint, not in the payloads")
+    stale = rws.fingerprint("session:*")
+    rws.r.delete("session:gone")
+    artifacts, manifest = _legacy_backup(rws, ("session:*",), sealed_fingerprint=stale)
+    report = _restore_in_process(rws, artifacts, manifest)
+    assert not report.verified and report.mismatches == ("content differs from the backup for session:*",)
