@@ -278,3 +278,24 @@ def test_a_backup_whose_content_fingerprint_does_not_match_is_not_verified(rws: 
     artifacts, manifest = _legacy_backup(rws, ("session:*",), sealed_fingerprint=stale)
     report = _restore_in_process(rws, artifacts, manifest)
     assert not report.verified and report.mismatches == ("content differs from the backup for session:*",)
+
+
+def test_a_payload_redis_refuses_stops_the_restore_with_the_servers_reason(rws: RedisWorkspace) -> None:
+    import pytest
+
+    from polyshift.adapters.redis.keys import encode_record
+    from polyshift.framework.control.artifacts import open_artifact_store
+    from polyshift.framework.core.config import load_config
+    from polyshift.framework.core.errors import PolyshiftError
+
+    rws.r.set("session:a", "kept")
+    artifacts = open_artifact_store(load_config(rws.config), None)
+    writer = artifacts.new_writer(store="cache", kind="redis", version=None, scope=("session:*",), reason="bad payload")
+    # A sound artifact (its sha256 matches) holding a payload no Redis accepts: the restore's
+    # worker thread meets the server's refusal, and the caller gets it.
+    writer.write_stream("keys.bin.zst", iter([encode_record(b"session:b", -1, b"not a DUMP payload")]))
+    manifest = artifacts.seal(writer, {"patterns": ["session:*"], "counts": {"session:*": 1}, "proof": "dump"})
+    with pytest.raises(PolyshiftError, match="failed part-way") as failure:
+        _restore_in_process(rws, artifacts, manifest)
+    assert "checksum" in str(failure.value).lower() or "payload" in str(failure.value).lower()
+    assert rws.r.get("session:a") == b"kept" and rws.r.exists("session:b") == 0
