@@ -40,6 +40,70 @@ def test_every_type_round_trips_with_equal_fingerprints(rws: RedisWorkspace) -> 
     assert rws.r.xrange("session:stream")[0][0] == b"1-1"
 
 
+def _restore_json(rws: RedisWorkspace, backup_id: str) -> dict[str, Any]:
+    result = rws.run("backup", "restore", backup_id, "--yes", "--json")
+    assert result.exit_code == 0, result.output
+    out: dict[str, Any] = json.loads(result.stdout)
+    return out
+
+
+def test_every_type_with_expiries_is_proven_byte_for_byte_on_restore(rws: RedisWorkspace) -> None:
+    _every_type(rws)
+    for key in ("session:s1", "session:h", "session:l", "session:set", "session:z", "session:stream"):
+        rws.r.expire(key, 3600)
+    before = rws.fingerprint("session:*")
+    backup = json.loads(rws.run("backup", "create", "cache", "--scope", "session:*", "--json").stdout)
+    meta = json.loads(rws.run("backup", "show", backup["id"], "--json").stdout)["meta"]
+    assert meta["proof"] == "dump" and meta["counts"] == {"session:*": 7}
+    assert meta["types"] == {"session:*": {"string": 2, "hash": 1, "list": 1, "set": 1, "zset": 1, "stream": 1}}
+    rws.r.flushdb()
+    report = _restore_json(rws, backup["id"])
+    assert report["verified"] is True and report["rows"] == {"session:*": 7}
+    assert not any("re-encoded" in note for note in report["notes"])  # every DUMP equal to its payload
+    assert rws.fingerprint("session:*") == before
+    assert 3590 < rws.r.ttl("session:stream") <= 3600 and rws.r.ttl("session:bin\x00\xff") == -1
+
+
+def test_values_the_server_re_encodes_on_restore_are_verified_by_content(rws: RedisWorkspace) -> None:
+    rws.r.hset("session:h", mapping={"user": "bob", "cart": "3"})
+    rws.r.sadd("session:ints", 1, 2, 3)
+    rws.r.sadd("session:words", "x", "y")
+    rws.r.zadd("session:z", {"m1": 1.5, "m2": -2.0})
+    rws.r.set("session:s", "plain")
+    rws.r.expire("session:h", 3600)
+    before = rws.fingerprint("session:*")
+    backup = json.loads(rws.run("backup", "create", "cache", "--scope", "session:*", "--json").stdout)
+    rws.r.flushdb()
+    # Limits this low make RESTORE convert every compact encoding, so no DUMP equals its payload.
+    for limit in ("hash-max-listpack-entries", "set-max-intset-entries", "set-max-listpack-entries", "zset-max-listpack-entries"):
+        rws.r.config_set(limit, 0)
+    report = _restore_json(rws, backup["id"])
+    assert report["verified"] is True
+    assert "4 keys were re-encoded by the server on restore and verified by content" in report["notes"]
+    assert rws.r.object("encoding", "session:h") == b"hashtable"
+    assert rws.fingerprint("session:*") == before
+    assert rws.r.exists("polyshift:scratch") == 0
+
+
+def test_a_key_whose_content_differs_from_its_payload_is_reported_not_verified(rws: RedisWorkspace) -> None:
+    from polyshift.adapters.redis.backup import NodeRestore
+
+    rws.r.hset("session:a", mapping={"f": "backed up"})
+    rws.r.hset("session:b", mapping={"f": "same"})
+    payloads = {key: rws.r.dump(key) for key in ("session:a", "session:b")}
+    rws.r.hset("session:a", "f", "changed after the backup")
+    adapter = rws.adapter()
+    try:
+        node = adapter.nodes()[0]
+        proof = NodeRestore(adapter.keyspace, node, "polyshift:restore:test", lambda _key: "polyshift:scratch", ("session:*",))
+        proof.prove_content([(key.encode(), -1, payload) for key, payload in payloads.items()])
+    finally:
+        adapter.close()
+    assert proof.differing == [b"session:a"] and proof.reencoded == 1
+    assert rws.r.exists("polyshift:scratch") == 0
+    assert rws.r.hget("session:a", "f") == b"changed after the backup"  # the proof reads, never writes, the key
+
+
 def test_fingerprint_sees_every_kind_of_change(rws: RedisWorkspace) -> None:
     _every_type(rws)
     base = rws.fingerprint("session:*")
@@ -167,3 +231,71 @@ def test_cluster_and_single_node_fingerprints_agree_for_every_type(rws: RedisWor
         assert other.fingerprint("session:*").items == single.items
     finally:
         cluster.stop()
+
+
+def _legacy_backup(rws: RedisWorkspace, scope: tuple[str, ...], sealed_fingerprint: Any = None) -> tuple[Any, Any]:
+    """A backup as versions before the byte-level proof sealed it: no ``proof``, and a content
+    fingerprint taken with the payloads (or ``sealed_fingerprint``, to seal one that does not match)."""
+    from polyshift.framework.control.artifacts import open_artifact_store
+    from polyshift.framework.core.config import load_config
+    from polyshift.framework.core.progress import NullProgress
+
+    artifacts = open_artifact_store(load_config(rws.config), None)
+    adapter = rws.adapter()
+    try:
+        writer = artifacts.new_writer(store="cache", kind="redis", version=None, scope=scope, reason="legacy")
+        meta = adapter.backup(scope, writer, NullProgress())
+        del meta["proof"], meta["types"]
+        meta["fingerprint"] = (sealed_fingerprint or adapter.fingerprint(scope)).to_json()
+        return artifacts, artifacts.seal(writer, meta)
+    finally:
+        adapter.close()
+
+
+def _restore_in_process(rws: RedisWorkspace, artifacts: Any, manifest: Any) -> Any:
+    from polyshift.framework.core.progress import NullProgress
+
+    adapter = rws.adapter()
+    try:
+        return adapter.restore(manifest, artifacts, NullProgress())
+    finally:
+        adapter.close()
+
+
+def test_a_backup_sealed_with_a_content_fingerprint_is_verified_against_it(rws: RedisWorkspace) -> None:
+    _every_type(rws)
+    artifacts, manifest = _legacy_backup(rws, ("session:*",))
+    rws.r.flushdb()
+    report = _restore_in_process(rws, artifacts, manifest)
+    assert report.verified and report.items == {"session:*": 7}
+
+
+def test_a_backup_whose_content_fingerprint_does_not_match_is_not_verified(rws: RedisWorkspace) -> None:
+    _every_type(rws)
+    rws.r.set("session:gone", "in the fingerprint, not in the payloads")
+    stale = rws.fingerprint("session:*")
+    rws.r.delete("session:gone")
+    artifacts, manifest = _legacy_backup(rws, ("session:*",), sealed_fingerprint=stale)
+    report = _restore_in_process(rws, artifacts, manifest)
+    assert not report.verified and report.mismatches == ("content differs from the backup for session:*",)
+
+
+def test_a_payload_redis_refuses_stops_the_restore_with_the_servers_reason(rws: RedisWorkspace) -> None:
+    import pytest
+
+    from polyshift.adapters.redis.keys import encode_record
+    from polyshift.framework.control.artifacts import open_artifact_store
+    from polyshift.framework.core.config import load_config
+    from polyshift.framework.core.errors import PolyshiftError
+
+    rws.r.set("session:a", "kept")
+    artifacts = open_artifact_store(load_config(rws.config), None)
+    writer = artifacts.new_writer(store="cache", kind="redis", version=None, scope=("session:*",), reason="bad payload")
+    # A sound artifact (its sha256 matches) holding a payload no Redis accepts: the restore's
+    # worker thread meets the server's refusal, and the caller gets it.
+    writer.write_stream("keys.bin.zst", iter([encode_record(b"session:b", -1, b"not a DUMP payload")]))
+    manifest = artifacts.seal(writer, {"patterns": ["session:*"], "counts": {"session:*": 1}, "proof": "dump"})
+    with pytest.raises(PolyshiftError, match="failed part-way") as failure:
+        _restore_in_process(rws, artifacts, manifest)
+    assert "checksum" in str(failure.value).lower() or "payload" in str(failure.value).lower()
+    assert rws.r.get("session:a") == b"kept" and rws.r.exists("session:b") == 0

@@ -49,6 +49,31 @@ def test_backup_covers_every_primary_and_restore_puts_every_key_back(cws: RedisW
     assert cws.r.ttl("session:0") > 3500 and cws.r.ttl("session:1") == -1
 
 
+def test_cluster_restore_proves_every_key_and_checks_content_where_a_primary_re_encodes(
+        cws: RedisWorkspace, cluster: EmbeddedRedisCluster) -> None:
+    for i in range(600):
+        cws.r.hset(f"cart:{i}", mapping={"items": str(i), "total": "9"})
+        cws.r.sadd(f"tags:{i}", "a", "b")
+        if i % 2:
+            cws.r.expire(f"cart:{i}", 3600)
+    before = cws.fingerprint("cart:*", "tags:*")
+    backup = json.loads(cws.run("backup", "create", "cache", "--scope", "cart:*,tags:*", "--json").stdout)
+    cws.r.flushall(target_nodes=redis.RedisCluster.PRIMARIES)
+    first = redis.Redis(port=cluster.nodes[0].port)
+    first.config_set("hash-max-listpack-entries", 0)  # this primary alone re-encodes hashes on RESTORE
+    try:
+        result = cws.run("backup", "restore", backup["id"], "--yes", "--json")
+        assert result.exit_code == 0, result.output
+        report = json.loads(result.stdout)
+        carts_there = sum(1 for _ in first.scan_iter(match="cart:*", count=1000))
+    finally:
+        first.config_set("hash-max-listpack-entries", 128)
+    assert report["verified"] is True and report["rows"] == {"cart:*": 600, "tags:*": 600}
+    assert f"{carts_there} keys were re-encoded by the server on restore and verified by content" in report["notes"]
+    assert 0 < carts_there < 600
+    assert cws.fingerprint("cart:*", "tags:*") == before
+
+
 def test_rename_prefix_works_across_hash_slots(cws: RedisWorkspace) -> None:
     for i in range(500):
         cws.r.set(f"session:{i}", f"v{i}", ex=600)
@@ -82,3 +107,27 @@ def test_a_cluster_with_uncovered_slots_is_an_invariant_problem(tmp_path: Path) 
         adapter.close()
     finally:
         own.stop()
+
+
+def test_a_sample_backup_holds_at_most_n_keys_of_each_pattern_across_every_primary(cws: RedisWorkspace) -> None:
+    from polyshift.adapters.redis.keys import decode_records
+    from polyshift.framework.control.artifacts import open_artifact_store
+    from polyshift.framework.core.config import load_config
+    from polyshift.framework.core.progress import NullProgress
+
+    for i in range(300):
+        cws.r.set(f"session:{i}", "v")
+        cws.r.set(f"cart:{i}", "c")
+    scope = ("session:*", "cart:*")
+    artifacts = open_artifact_store(load_config(cws.config), None)
+    adapter = cws.adapter()
+    try:
+        writer = artifacts.new_writer(store="cache", kind="redis", version=None, scope=scope, reason="sample")
+        meta = adapter.backup_sample(scope, writer, NullProgress(), limit=50)
+        manifest = artifacts.seal(writer, meta)
+    finally:
+        adapter.close()
+    assert meta["counts"] == {"session:*": 50, "cart:*": 50} and meta["sample"] == 50
+    with artifacts.open(manifest, "keys.bin.zst") as stream:
+        keys = [key for key, _, _ in decode_records(stream)]
+    assert len(keys) == 100 and len(set(keys)) == 100

@@ -291,4 +291,4 @@ class RedisAdapter:
     def inventory(self, scope: tuple[str, ...]) -> dict[str, str]:
         patterns = rk.validate_patterns(scope)
         with translated(REDIS_ERRORS, f"store {self.name}: inventory failed"):
-            return redis_inventory.account(patterns, self.keyspace.walk(patterns, dump=False))
+            return redis_inventory.account(patterns, self.keyspace.walk(patterns))
