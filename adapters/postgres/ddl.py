@@ -213,7 +213,7 @@ def _table(conn: psycopg.Connection, table: cat.Table, pre: list[str], post: lis
     constraints = conn.execute(_CONSTRAINTS_SQL, {"oid": oid}).fetchall()
     body: list[str] = []
     after: list[str] = []  # column settings that CREATE TABLE has no clause for
-    for (name, typ, collation, not_null, identity, generated, default, local, _inh, parent_default, storage, compression,
+    for (name, typ, collation, not_null, identity, generated, default, _local, _inh, parent_default, storage, compression,
          stattarget, col_comment, id_seq, id_typ, start, inc, lo, hi, cache, cycle) in columns:
         col = quote_ident(name)
         if is_partition:
