@@ -39,8 +39,8 @@ sys.path.insert(0, str(REPO))
 
 from bench.common import write_results  # noqa: E402
 from polyshift.adapters.postgres.tools import pg_tool  # noqa: E402
-from polyshift.framework.core.loader import has_statements  # noqa: E402
 from polyshift.framework.core.kinds import SQL  # noqa: E402
+from polyshift.framework.core.loader import has_statements  # noqa: E402
 from polyshift.framework.sandbox.histories import KRATOS, fetch  # noqa: E402
 from polyshift.framework.sandbox.servers import EmbeddedPostgres  # noqa: E402
 
@@ -178,9 +178,9 @@ def main() -> None:
     base = statistics.median(contenders["per-file"])
     lines = [f"{KRATOS.cite()}: {len(history)} PostgreSQL migrations, applied to an empty database.", "",
              "| contender | wall time (median) | ratio | backups taken |", "|---|---:|---:|---:|",
-             f"| psql once per file, `-1` (baseline) | {base:.2f} s | 1.00x | – |",
+             f"| psql once per file, `-1` (baseline) | {base:.2f} s | 1.00x | - |",
              f"| one psql process, every file | {statistics.median(contenders['once']):.2f} s | "
-             f"{statistics.median(contenders['once']) / base:.2f}x | – |"]
+             f"{statistics.median(contenders['once']) / base:.2f}x | - |"]
     if args.before:
         before = statistics.median(contenders["before"])
         lines.append(f"| `polyshift up`, before (`{args.before}`) | {before:.2f} s | {before / base:.2f}x | {backups['before']} |")
