@@ -14,14 +14,16 @@ loaded; *post* adds what is cheaper built over loaded rows or must see them (pri
 and exclusion constraints, indexes, NOT VALID checks, foreign keys, triggers, rules, policies,
 extended statistics).
 
-A family this module cannot write faithfully is named by ``unsupported`` and the backup falls
+A family this module cannot write faithfully is named by ``_UNSUPPORTED_SQL`` and the backup falls
 back to pg_dump for that family alone. The restore checks the re-created tables against the
 fingerprint taken at backup time either way.
 """
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
+from typing import Any
 
 import psycopg
 
@@ -48,7 +50,7 @@ SELECT c.oid, CASE
   WHEN EXISTS (SELECT 1 FROM pg_seclabel l WHERE l.objoid = c.oid AND l.classoid = 'pg_class'::regclass) THEN 'a security label'
   WHEN c.relreplident = 'i' THEN 'a replica identity index'
 END
-FROM pg_class c WHERE c.oid = ANY (%(oids)s::oid[])
+FROM pg_class c WHERE c.oid IN (SELECT to_regclass(x) FROM unnest(%(names)s::text[]) x)
 """
 
 _TABLE_SQL = """
@@ -85,7 +87,7 @@ LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
 LEFT JOIN pg_depend dep ON a.attidentity <> '' AND dep.refclassid = 'pg_class'::regclass AND dep.refobjid = a.attrelid
      AND dep.refobjsubid = a.attnum AND dep.classid = 'pg_class'::regclass AND dep.deptype = 'i'
 LEFT JOIN pg_sequence s ON s.seqrelid = dep.objid
-WHERE a.attrelid = %(oid)s AND a.attnum > 0 AND NOT a.attisdropped
+WHERE a.attrelid = to_regclass(%(t)s) AND a.attnum > 0 AND NOT a.attisdropped
 ORDER BY a.attnum
 """
 
@@ -95,14 +97,14 @@ SELECT s.seqrelid::regclass::text, format_type(s.seqtypid, NULL), s.seqstart, s.
        s.seqcache, s.seqcycle, sc.relpersistence::text, a.attname
 FROM pg_depend d JOIN pg_sequence s ON s.seqrelid = d.objid JOIN pg_class sc ON sc.oid = s.seqrelid
 JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid
-WHERE d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass AND d.refobjid = %(oid)s AND d.deptype = 'a'
+WHERE d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass AND d.refobjid = to_regclass(%(t)s) AND d.deptype = 'a'
 ORDER BY s.seqrelid
 """
 
 _CONSTRAINTS_SQL = """
 SELECT co.conname, co.contype::text, pg_get_constraintdef(co.oid), co.convalidated, co.conislocal, co.coninhcount,
        co.conparentid <> 0, obj_description(co.oid, 'pg_constraint')
-FROM pg_constraint co WHERE co.conrelid = %(oid)s
+FROM pg_constraint co WHERE co.conrelid = to_regclass(%(t)s)
 ORDER BY co.contype, co.conname
 """
 
@@ -114,30 +116,30 @@ SELECT ic.oid::regclass::text, pg_get_indexdef(i.indexrelid),
                AND co.contype IN ('p', 'u', 'x')),
        (SELECT pi.inhparent::regclass::text FROM pg_inherits pi WHERE pi.inhrelid = i.indexrelid),
        obj_description(i.indexrelid, 'pg_class'), i.indisclustered, ic.relname
-FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid WHERE i.indrelid = %(oid)s
+FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid WHERE i.indrelid = to_regclass(%(t)s)
 ORDER BY ic.relname
 """
 
 _TRIGGERS_SQL = """
 SELECT t.tgname, pg_get_triggerdef(t.oid), t.tgenabled::text, obj_description(t.oid, 'pg_trigger')
-FROM pg_trigger t WHERE t.tgrelid = %(oid)s AND NOT t.tgisinternal AND t.tgparentid = 0 ORDER BY t.tgname
+FROM pg_trigger t WHERE t.tgrelid = to_regclass(%(t)s) AND NOT t.tgisinternal AND t.tgparentid = 0 ORDER BY t.tgname
 """
 
 _RULES_SQL = """
 SELECT r.rulename, pg_get_ruledef(r.oid), r.ev_enabled::text, obj_description(r.oid, 'pg_rewrite')
-FROM pg_rewrite r WHERE r.ev_class = %(oid)s AND r.rulename <> '_RETURN' ORDER BY r.rulename
+FROM pg_rewrite r WHERE r.ev_class = to_regclass(%(t)s) AND r.rulename <> '_RETURN' ORDER BY r.rulename
 """
 
 _POLICIES_SQL = """
 SELECT p.polname, p.polpermissive, p.polcmd::text,
        (SELECT array_agg(CASE WHEN r = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(r)) END ORDER BY r) FROM unnest(p.polroles) r),
        pg_get_expr(p.polqual, p.polrelid), pg_get_expr(p.polwithcheck, p.polrelid), obj_description(p.oid, 'pg_policy')
-FROM pg_policy p WHERE p.polrelid = %(oid)s ORDER BY p.polname
+FROM pg_policy p WHERE p.polrelid = to_regclass(%(t)s) ORDER BY p.polname
 """
 
 _STATISTICS_SQL = """
 SELECT pg_get_statisticsobjdef(s.oid), format('%%I.%%I', n.nspname, s.stxname), obj_description(s.oid, 'pg_statistic_ext')
-FROM pg_statistic_ext s JOIN pg_namespace n ON n.oid = s.stxnamespace WHERE s.stxrelid = %(oid)s ORDER BY s.stxname
+FROM pg_statistic_ext s JOIN pg_namespace n ON n.oid = s.stxnamespace WHERE s.stxrelid = to_regclass(%(t)s) ORDER BY s.stxname
 """
 
 _COMMANDS = {"r": "SELECT", "a": "INSERT", "w": "UPDATE", "d": "DELETE", "*": "ALL"}
@@ -163,33 +165,44 @@ def _script(statements: list[str]) -> str:
     return "".join(f"{s};\n" for s in statements)
 
 
-def unsupported(conn: psycopg.Connection, family: list[cat.Table]) -> str | None:
-    """Why the catalog DDL cannot stand for this family (pg_dump then writes it), or None."""
-    oids = [conn.execute("SELECT to_regclass(%s)::oid", (t.qualified,)).fetchone()[0] for t in family]  # type: ignore[index]
-    for _oid, reason in conn.execute(_UNSUPPORTED_SQL, {"oids": oids}).fetchall():
-        if reason is not None:
-            return str(reason)
-    return None
+_PER_TABLE = {"table": _TABLE_SQL, "serials": _SERIAL_SQL, "columns": _COLUMNS_SQL, "constraints": _CONSTRAINTS_SQL,
+              "indexes": _INDEXES_SQL, "triggers": _TRIGGERS_SQL, "rules": _RULES_SQL, "policies": _POLICIES_SQL,
+              "statistics": _STATISTICS_SQL}
+
+Rows = dict[str, list[tuple[Any, ...]]]
+
+
+def _read(conn: psycopg.Connection, family: list[cat.Table]) -> tuple[str | None, dict[cat.Table, Rows]]:
+    """Everything the DDL is written from, in one round trip (pipeline mode) rather than one per
+    query: a history backs up hundreds of small tables, and ten queries a table added up."""
+    pipelined = contextlib.nullcontext() if not psycopg.Pipeline.is_supported() else conn.pipeline()
+    with pipelined:
+        why = conn.execute(_UNSUPPORTED_SQL, {"names": [t.qualified for t in family]})
+        cursors = {t: {key: conn.execute(query, {"t": t.qualified}) for key, query in _PER_TABLE.items()} for t in family}
+    reasons = [str(reason) for _oid, reason in why.fetchall() if reason is not None]
+    return (reasons[0] if reasons else None), {t: {k: c.fetchall() for k, c in found.items()} for t, found in cursors.items()}
 
 
 def family_ddl(conn: psycopg.Connection, family: list[cat.Table]) -> FamilyDDL | None:
     """Pre- and post-data DDL of a table and its partitions (parents before children), or None
-    when ``unsupported`` names a shape it cannot write. Call inside the backup's transaction:
+    when ``_UNSUPPORTED_SQL`` names a shape it cannot write. Call inside the backup's transaction:
     names come out schema-qualified (the search path is pg_catalog for the duration)."""
     with cat.qualified_names(conn):
-        if unsupported(conn, family) is not None:
-            return None
-        pre: list[str] = []
-        post: list[str] = []
-        attaches: list[str] = []
-        fks: list[str] = []
-        for table in family:
-            _table(conn, table, pre, post, attaches, fks)
-        # Deepest partition's index first: a partitioned index turns valid once every child is attached.
-        post += reversed(attaches)
-        post += fks  # after every key of the family, which a self-reference needs
-        for table in family:
-            _behaviour(conn, table, post)
+        why, rows = _read(conn, family)
+    if why is not None:
+        return None
+    not_null_in_catalog = conn.info.server_version >= 180000  # PostgreSQL 18 keeps NOT NULL as named constraints
+    pre: list[str] = []
+    post: list[str] = []
+    attaches: list[str] = []
+    fks: list[str] = []
+    for table in family:
+        _table(table, rows[table], not_null_in_catalog, pre, post, attaches, fks)
+    # Deepest partition's index first: a partitioned index turns valid once every child is attached.
+    post += reversed(attaches)
+    post += fks  # after every key of the family, which a self-reference needs
+    for table in family:
+        _behaviour(table, rows[table], post)
     return FamilyDDL(_script(pre), _script(post))
 
 
@@ -198,19 +211,15 @@ def _sequence_options(typ: str, start: int, inc: int, lo: int, hi: int, cache: i
             f"{' CYCLE' if cycle else ' NO CYCLE'}")
 
 
-def _table(conn: psycopg.Connection, table: cat.Table, pre: list[str], post: list[str], attaches: list[str],
-           fks: list[str]) -> None:
-    row = conn.execute(_TABLE_SQL, {"t": table.qualified}).fetchone()
-    assert row is not None  # the family was read in this snapshot
-    oid, kind, persistence, is_partition, replident, rls, force_rls, options, am, partkey, bound, parent, comment = row
+def _table(table: cat.Table, rows: Rows, not_null_in_catalog: bool, pre: list[str], post: list[str],
+           attaches: list[str], fks: list[str]) -> None:
+    _oid, kind, persistence, is_partition, replident, rls, force_rls, options, am, partkey, bound, parent, comment = rows["table"][0]
     ident = table.qualified
-    not_null_in_catalog = conn.info.server_version >= 180000  # PostgreSQL 18 keeps NOT NULL as named constraints
-    serials = conn.execute(_SERIAL_SQL, {"oid": oid}).fetchall()
+    serials = rows["serials"]
     for seq, typ, start, inc, lo, hi, cache, cycle, seq_persistence, _col in serials:
         unlogged = "UNLOGGED " if seq_persistence == "u" else ""
         pre.append(f"CREATE {unlogged}SEQUENCE {seq} {_sequence_options(typ, start, inc, lo, hi, cache, cycle)}")
-    columns = conn.execute(_COLUMNS_SQL, {"oid": oid}).fetchall()
-    constraints = conn.execute(_CONSTRAINTS_SQL, {"oid": oid}).fetchall()
+    columns, constraints = rows["columns"], rows["constraints"]
     body: list[str] = []
     after: list[str] = []  # column settings that CREATE TABLE has no clause for
     for (name, typ, collation, not_null, identity, generated, default, _local, _inh, parent_default, storage, compression,
@@ -283,7 +292,7 @@ def _table(conn: psycopg.Connection, table: cat.Table, pre: list[str], post: lis
         pre.append(f"ALTER TABLE ONLY {ident} FORCE ROW LEVEL SECURITY")
     if comment is not None:
         pre.append(f"COMMENT ON TABLE {ident} IS {_lit(comment)}")
-    for index, definition, owned, parent_index, idx_comment, clustered, index_name in conn.execute(_INDEXES_SQL, {"oid": oid}).fetchall():
+    for index, definition, owned, parent_index, idx_comment, clustered, index_name in rows["indexes"]:
         if not owned:
             post.append(definition)
         if parent_index is not None:
@@ -294,23 +303,22 @@ def _table(conn: psycopg.Connection, table: cat.Table, pre: list[str], post: lis
             post.append(f"ALTER TABLE ONLY {ident} CLUSTER ON {quote_ident(index_name)}")
 
 
-def _behaviour(conn: psycopg.Connection, table: cat.Table, post: list[str]) -> None:
+def _behaviour(table: cat.Table, rows: Rows, post: list[str]) -> None:
     """Triggers, rules, policies and extended statistics: after the rows, so none fires on the load."""
     ident = table.qualified
-    oid = conn.execute("SELECT to_regclass(%s)::oid", (ident,)).fetchone()[0]  # type: ignore[index]
-    for name, definition, enabled, comment in conn.execute(_TRIGGERS_SQL, {"oid": oid}).fetchall():
+    for name, definition, enabled, comment in rows["triggers"]:
         post.append(definition)
         if enabled in _TRIGGER_STATE:
             post.append(f"ALTER TABLE {ident} {_TRIGGER_STATE[enabled]} {quote_ident(name)}")
         if comment is not None:
             post.append(f"COMMENT ON TRIGGER {quote_ident(name)} ON {ident} IS {_lit(comment)}")
-    for name, definition, enabled, comment in conn.execute(_RULES_SQL, {"oid": oid}).fetchall():
+    for name, definition, enabled, comment in rows["rules"]:
         post.append(definition.rstrip().rstrip(";"))
         if enabled in _RULE_STATE:
             post.append(f"ALTER TABLE {ident} {_RULE_STATE[enabled]} {quote_ident(name)}")
         if comment is not None:
             post.append(f"COMMENT ON RULE {quote_ident(name)} ON {ident} IS {_lit(comment)}")
-    for name, permissive, cmd, roles, qual, check, comment in conn.execute(_POLICIES_SQL, {"oid": oid}).fetchall():
+    for name, permissive, cmd, roles, qual, check, comment in rows["policies"]:
         policy = (f"CREATE POLICY {quote_ident(name)} ON {ident} AS {'PERMISSIVE' if permissive else 'RESTRICTIVE'} "
                   f"FOR {_COMMANDS[cmd]} TO {', '.join(roles or ['PUBLIC'])}")
         if qual is not None:
@@ -320,7 +328,7 @@ def _behaviour(conn: psycopg.Connection, table: cat.Table, post: list[str]) -> N
         post.append(policy)
         if comment is not None:
             post.append(f"COMMENT ON POLICY {quote_ident(name)} ON {ident} IS {_lit(comment)}")
-    for definition, name, comment in conn.execute(_STATISTICS_SQL, {"oid": oid}).fetchall():
+    for definition, name, comment in rows["statistics"]:
         post.append(definition)
         if comment is not None:
             post.append(f"COMMENT ON STATISTICS {name} IS {_lit(comment)}")
