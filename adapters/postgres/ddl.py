@@ -39,8 +39,8 @@ _UNSUPPORTED_SQL = """
 SELECT c.oid, CASE
   WHEN c.relkind NOT IN ('r', 'p') THEN 'a ' || CASE c.relkind WHEN 'f' THEN 'foreign table' ELSE 'non-table' END || ' in the family'
   WHEN c.reloftype <> 0 THEN 'a typed table (OF type)'
-  WHEN EXISTS (SELECT 1 FROM pg_inherits i WHERE (i.inhrelid = c.oid AND NOT c.relispartition)
-                 OR (i.inhparent = c.oid AND c.relkind <> 'p')) THEN 'table inheritance without partitioning'
+  WHEN (NOT c.relispartition AND EXISTS (SELECT 1 FROM pg_inherits i WHERE i.inhrelid = c.oid))
+    OR (c.relkind <> 'p' AND EXISTS (SELECT 1 FROM pg_inherits i WHERE i.inhparent = c.oid)) THEN 'table inheritance without partitioning'
   WHEN c.relpersistence = 't' THEN 'a temporary table'
   WHEN c.reltablespace <> 0 THEN 'a tablespace'
   WHEN c.relacl IS NOT NULL THEN 'table privileges'
@@ -84,9 +84,9 @@ SELECT a.attname, format_type(a.atttypid, a.atttypmod),
        s.seqcache, s.seqcycle
 FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
 LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
-LEFT JOIN pg_depend dep ON a.attidentity <> '' AND dep.refclassid = 'pg_class'::regclass AND dep.refobjid = a.attrelid
-     AND dep.refobjsubid = a.attnum AND dep.classid = 'pg_class'::regclass AND dep.deptype = 'i'
-LEFT JOIN pg_sequence s ON s.seqrelid = dep.objid
+LEFT JOIN LATERAL (SELECT q.* FROM pg_depend dep JOIN pg_sequence q ON q.seqrelid = dep.objid
+                   WHERE a.attidentity <> '' AND dep.refclassid = 'pg_class'::regclass AND dep.refobjid = a.attrelid
+                     AND dep.refobjsubid = a.attnum AND dep.classid = 'pg_class'::regclass AND dep.deptype = 'i') s ON true
 WHERE a.attrelid = to_regclass(%(t)s) AND a.attnum > 0 AND NOT a.attisdropped
 ORDER BY a.attnum
 """
