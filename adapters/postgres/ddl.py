@@ -187,6 +187,8 @@ def family_ddl(conn: psycopg.Connection, family: list[cat.Table]) -> FamilyDDL |
     """Pre- and post-data DDL of a table and its partitions (parents before children), or None
     when ``_UNSUPPORTED_SQL`` names a shape it cannot write. Call inside the backup's transaction:
     names come out schema-qualified (the search path is pg_catalog for the duration)."""
+    if conn.info.server_version < 140000:
+        return None  # the queries read pg_attribute.attcompression, new in PostgreSQL 14
     with cat.qualified_names(conn):
         why, rows = _read(conn, family)
     if why is not None:
