@@ -11,6 +11,9 @@ STAMP  := $(VENV)/.installed
 # The Node OFREP provider the interop test runs, where node and npm are present (the test skips otherwise).
 NODE_CHECK := tests/ofrep_node
 NODE_STAMP := $(NODE_CHECK)/node_modules/.installed
+# The real dbmate CLI (its npm distribution) the adoption tests write a dbmate history with.
+ADOPT_NODE := tests/adopt_node
+ADOPT_STAMP := $(ADOPT_NODE)/node_modules/.installed
 
 .PHONY: install test demo bench lint typecheck clean
 
@@ -32,6 +35,11 @@ $(NODE_STAMP): $(NODE_CHECK)/package.json $(NODE_CHECK)/package-lock.json
 		npm ci --prefix $(NODE_CHECK) --no-audit --no-fund --loglevel=error && touch $@; \
 	else echo "node/npm not found: the Node OFREP interop test will be skipped"; fi
 
+$(ADOPT_STAMP): $(ADOPT_NODE)/package.json $(ADOPT_NODE)/package-lock.json
+	@if command -v npm >/dev/null 2>&1 && command -v node >/dev/null 2>&1; then \
+		npm ci --prefix $(ADOPT_NODE) --no-audit --no-fund --loglevel=error && touch $@; \
+	else echo "node/npm not found: the tests that run the real dbmate will be skipped"; fi
+
 # Debian's chromium for the console's browser test, where apt is ours to use (CI runs as root on
 # Debian); elsewhere the test says it is skipped and why.
 BROWSER_STAMP := $(VENV)/.browser
@@ -44,7 +52,7 @@ $(BROWSER_STAMP): $(STAMP)
 	else echo "chromium not installed: the console's browser test will be skipped"; fi
 	touch $@
 
-install: $(STAMP) $(NODE_STAMP) $(BROWSER_STAMP)
+install: $(STAMP) $(NODE_STAMP) $(ADOPT_STAMP) $(BROWSER_STAMP)
 
 lint: install
 	$(BIN)/ruff check .
@@ -59,16 +67,10 @@ typecheck: install
 	cd $(TYPECHECK) && $(CURDIR)/$(BIN)/mypy --config-file $(CURDIR)/pyproject.toml -p polyshift -p tests
 	MYPYPATH=$(CURDIR)/$(TYPECHECK) $(BIN)/mypy --config-file pyproject.toml bench/*.py migrations/*/*.py
 
-# The control plane both ways: the whole suite on SQLite, then the tests of what the control plane
-# decides (runs, journal, audit, recover, flags, releases) again on PostgreSQL.
-STATE_TESTS := tests/test_audit.py tests/test_lifecycle.py tests/test_concurrency.py tests/test_flags_admin.py \
-	tests/test_flags_evaluation.py tests/test_manifest_integrity.py tests/test_releases.py tests/test_release_crash.py \
-	tests/test_rollback_crash.py
-
+# Every test that has a control plane runs on SQLite and on PostgreSQL (tests/conftest.py).
 test: install lint typecheck
 	$(BIN)/python -m pytest
 	mkdir -p build && $(BIN)/polyshift --config compose/polyshift.toml rehearse --junit build/rehearsal.xml
-	POLYSHIFT_TEST_STATE=postgres $(BIN)/python -m pytest $(STATE_TESTS)
 
 demo: install
 	$(BIN)/polyshift demo

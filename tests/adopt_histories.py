@@ -1,7 +1,8 @@
 """Other tools' history tables as each tool creates them in PostgreSQL (columns, types and the
 rows it writes), for databases that tool brought to a version. Only where the real tool cannot
 run here (Flyway, Sqitch and Liquibase need a JVM or Perl distribution this suite does not
-install; dbmate's module is not served by the Go proxy) is the table written by these helpers."""
+install) is the table written by these helpers; dbmate's is written by the real dbmate
+(tests/test_adopt_dbmate_tool.py) as well as by ``DBMATE_DDL`` here."""
 
 from __future__ import annotations
 

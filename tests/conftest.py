@@ -7,9 +7,10 @@ POLYSHIFT_TEST_DOCKER=1 starts pgvector in a container through testcontainers;
 POLYSHIFT_TEST_NEO4J_URL points every Neo4j test at an existing server.
 Each test gets its own database and its own polyshift workspace (config, state, backups).
 
-POLYSHIFT_TEST_STATE selects the control plane of every project a test builds: ``sqlite`` (the
-default, ``.polyshift/state.db``) or ``postgres`` (a fresh database of its own on the session's
-PostgreSQL). ``make test`` runs the control-plane, release, crash/recover and flag tests both ways.
+Every test that builds a project or opens a control plane runs twice, once per control plane:
+``[sqlite]`` (``.polyshift/state.db``) and ``[postgres]`` (a fresh database of its own on the
+session's PostgreSQL). POLYSHIFT_TEST_STATE=sqlite or =postgres keeps one of the two (for a quick
+local run); ``make test`` runs both.
 """
 
 from __future__ import annotations
@@ -38,21 +39,35 @@ SENTINEL_PASSWORD = "Sentinel-pw-5f3e9a"
 
 SQLITE_STATE = "sqlite:///.polyshift/state.db"
 STATE_BACKENDS = ("sqlite", "postgres")
-STATE_BACKEND = os.environ.get("POLYSHIFT_TEST_STATE", "sqlite")
+_CHOSEN = os.environ.get("POLYSHIFT_TEST_STATE", "")
+SELECTED_BACKENDS = STATE_BACKENDS if _CHOSEN in ("", "both") else (_CHOSEN,)
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    if STATE_BACKEND not in STATE_BACKENDS:
-        raise pytest.UsageError(f"POLYSHIFT_TEST_STATE={STATE_BACKEND!r}: expected one of {', '.join(STATE_BACKENDS)}")
+    if any(backend not in STATE_BACKENDS for backend in SELECTED_BACKENDS):
+        raise pytest.UsageError(
+            f"POLYSHIFT_TEST_STATE={_CHOSEN!r}: expected one of {', '.join(STATE_BACKENDS)} or both (the default)")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if STATE_BACKEND == "sqlite":
-        return
-    skip = pytest.mark.skip(reason="checks the SQLite control-plane file itself")
-    for item in items:
-        if item.get_closest_marker("sqlite_state") is not None:
-            item.add_marker(skip)
+    # A test about the SQLite file itself has nothing to check on PostgreSQL: it keeps its sqlite
+    # variant only, instead of reporting a skip per run.
+    kept = [item for item in items
+            if not (item.get_closest_marker("sqlite_state") is not None and _state_backend_of(item) == "postgres")]
+    if len(kept) != len(items):
+        config.hook.pytest_deselected(items=[item for item in items if item not in kept])
+        items[:] = kept
+
+
+def _state_backend_of(item: pytest.Item) -> str | None:
+    callspec = getattr(item, "callspec", None)
+    return callspec.params.get("state_backend") if callspec is not None else None
+
+
+@pytest.fixture(params=SELECTED_BACKENDS)
+def state_backend(request: pytest.FixtureRequest) -> str:
+    """The control plane this run of the test uses: every test that has one runs on both."""
+    return str(request.param)
 
 
 @dataclass
@@ -112,10 +127,10 @@ def _fresh_database(pg_server: Server) -> Iterator[str]:
 
 
 @pytest.fixture
-def state_url(request: pytest.FixtureRequest) -> Iterator[str]:
-    """``[project] state_url`` for a test's project (see POLYSHIFT_TEST_STATE above). The
+def state_url(request: pytest.FixtureRequest, state_backend: str) -> Iterator[str]:
+    """``[project] state_url`` for a test's project (see the module's docstring). The
     password reaches polyshift through ${ENV} interpolation, as in a real pipeline."""
-    if STATE_BACKEND == "sqlite":
+    if state_backend == "sqlite":
         yield SQLITE_STATE
         return
     for url in _fresh_database(request.getfixturevalue("pg_server")):
@@ -126,9 +141,9 @@ def state_url(request: pytest.FixtureRequest) -> Iterator[str]:
 
 
 @pytest.fixture
-def control_plane_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """A control plane's URL for tests that open one directly (POLYSHIFT_TEST_STATE decides which)."""
-    if STATE_BACKEND == "sqlite":
+def control_plane_url(request: pytest.FixtureRequest, tmp_path: Path, state_backend: str) -> Iterator[str]:
+    """A control plane's URL for tests that open one directly (on both backends, see above)."""
+    if state_backend == "sqlite":
         yield f"sqlite:///{tmp_path / 'state.db'}"
         return
     yield from _fresh_database(request.getfixturevalue("pg_server"))
@@ -564,8 +579,8 @@ def clean_neo4j(run: Any) -> None:
 GRAPH_SERVERS = ["falkordb", "neo4j-5.26", "neo4j-2026"]
 
 
-def graph_workspace(request: pytest.FixtureRequest, tmp_path: Path, server: str, extra: str = "") -> GraphWorkspace:
-    state_url = request.getfixturevalue("state_url")
+def graph_workspace(request: pytest.FixtureRequest, tmp_path: Path, server: str, state_url: str,
+                    extra: str = "") -> GraphWorkspace:
     if server == "falkordb":
         return GraphWorkspace(tmp_path, "falkordb", request.getfixturevalue("falkordb_server").url, extra=extra, state_url=state_url)
     servers: Neo4jServers = request.getfixturevalue("neo4j_servers")
@@ -575,18 +590,18 @@ def graph_workspace(request: pytest.FixtureRequest, tmp_path: Path, server: str,
 
 
 @pytest.fixture(params=GRAPH_SERVERS)
-def gws(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[GraphWorkspace]:
+def gws(request: pytest.FixtureRequest, tmp_path: Path, state_url: str) -> Iterator[GraphWorkspace]:
     """Every graph test runs on FalkorDB natively and on real Neo4j Community: 5.26 LTS (Java 17)
     and the newest line (Java 21+), each started once per session and emptied before each test."""
-    ws = graph_workspace(request, tmp_path, request.param)
+    ws = graph_workspace(request, tmp_path, request.param, state_url)
     yield ws
     ws.close()
 
 
 @pytest.fixture(params=["neo4j-5.26", "neo4j-2026"])
-def nws(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[GraphWorkspace]:
+def nws(request: pytest.FixtureRequest, tmp_path: Path, state_url: str) -> Iterator[GraphWorkspace]:
     """Neo4j only: what FalkorDB has no counterpart for (typed values, schema kinds, transactions)."""
-    ws = graph_workspace(request, tmp_path, request.param)
+    ws = graph_workspace(request, tmp_path, request.param, state_url)
     yield ws
     ws.close()
 

@@ -96,8 +96,8 @@ def test_goose_file_without_up_annotation_is_malformed(ws: Workspace, tmp_path: 
 # -- dbmate ------------------------------------------------------------------------------------
 def test_dbmate_sections_run_and_transaction_false_is_noted(ws: Workspace) -> None:
     plan = imported(ws, "dbmate", DATA / "dbmate" / "db" / "migrations")
-    assert [m["version"] for m in plan["migrations"]] == ["20240105101500", "20240106093000", "20240201120000"]
-    assert any("transaction:false" in n for n in plan["migrations"][2]["notes"])
+    assert [m["version"] for m in plan["migrations"]] == ["20240105101500", "20240106093000", "20240201120000", "20240201120100"]
+    assert any("transaction:false" in n for n in plan["migrations"][3]["notes"])
     assert ws.run("up").exit_code == 0
     assert ws.value("SELECT count(*) FROM pg_indexes WHERE indexname = 'books_isbn_key'") == 1
 

@@ -15,8 +15,8 @@ SRC = Path(__file__).parent / "data" / "adopt" / "neo4j-migrations"
 
 
 @pytest.fixture
-def neo4j(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[GraphWorkspace]:
-    ws = graph_workspace(request, tmp_path, "neo4j-5.26")
+def neo4j(request: pytest.FixtureRequest, tmp_path: Path, state_url: str) -> Iterator[GraphWorkspace]:
+    ws = graph_workspace(request, tmp_path, "neo4j-5.26", state_url)
     yield ws
     ws.close()
 

@@ -250,8 +250,9 @@ def test_configuration_needs_an_api_key(served: Served) -> None:
     assert served.http().get("/ofrep/v1/configuration").status_code == 401
 
 
-def test_a_store_outage_serves_the_last_flags_marked_stale_and_refuses_writes(tmp_path: Path, redis_server: Any) -> None:
-    project = FlagProject(tmp_path, "redis", redis_server.url)
+def test_a_store_outage_serves_the_last_flags_marked_stale_and_refuses_writes(tmp_path: Path, redis_server: Any,
+                                                                              state_url: str) -> None:
+    project = FlagProject(tmp_path, "redis", redis_server.url, state_url=state_url)
     s = Served(project)
     try:
         s.set("checkout", enabled=True, percent=100)

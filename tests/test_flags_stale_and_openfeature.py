@@ -25,8 +25,9 @@ def own_redis() -> Iterator[EmbeddedRedis]:
     server.stop()
 
 
-def test_client_keeps_serving_last_values_when_redis_stops_and_says_it_is_stale(tmp_path: Path, own_redis: EmbeddedRedis) -> None:
-    flags = FlagProject(tmp_path, "redis", own_redis.url, refresh=0.1)
+def test_client_keeps_serving_last_values_when_redis_stops_and_says_it_is_stale(tmp_path: Path, own_redis: EmbeddedRedis,
+                                                                              state_url: str) -> None:
+    flags = FlagProject(tmp_path, "redis", own_redis.url, refresh=0.1, state_url=state_url)
     flags.admin().change("checkout_v2", Change(enabled=True, percent=100, deny_add=("blocked",)), reason="r", create=True)
     with flags.client() as client:
         assert client.is_enabled("checkout_v2", "u1") is True and not client.stale
@@ -49,16 +50,16 @@ def test_client_keeps_serving_last_values_when_redis_stops_and_says_it_is_stale(
         assert client.is_enabled("checkout_v2", "u1", default=False) is False  # reloaded: flag no longer exists
 
 
-def test_client_started_while_the_store_is_down_serves_defaults(tmp_path: Path, own_redis: EmbeddedRedis) -> None:
-    flags = FlagProject(tmp_path, "redis", own_redis.url)
+def test_client_started_while_the_store_is_down_serves_defaults(tmp_path: Path, own_redis: EmbeddedRedis, state_url: str) -> None:
+    flags = FlagProject(tmp_path, "redis", own_redis.url, state_url=state_url)
     own_redis.stop(remove=False)
     with flags.client(background=False) as client:
         assert client.stale is True
         assert client.is_enabled("anything", "u", default=True) is True
 
 
-def test_admin_changes_against_an_unreachable_store_exit_2(tmp_path: Path, own_redis: EmbeddedRedis) -> None:
-    flags = FlagProject(tmp_path, "redis", own_redis.url)
+def test_admin_changes_against_an_unreachable_store_exit_2(tmp_path: Path, own_redis: EmbeddedRedis, state_url: str) -> None:
+    flags = FlagProject(tmp_path, "redis", own_redis.url, state_url=state_url)
     own_redis.stop(remove=False)
     result = flags.run("flags", "set", "x", "--create", "--on", "--reason", "r")
     assert result.exit_code == 2
@@ -104,8 +105,8 @@ def test_openfeature_unknown_flag_and_wrong_type_return_the_default_with_an_erro
     assert (wrong.value, wrong.error_code) == ("fallback", ErrorCode.TYPE_MISMATCH)
 
 
-def test_openfeature_reports_stale_when_serving_last_known_values(tmp_path: Path, own_redis: EmbeddedRedis) -> None:
-    flags = FlagProject(tmp_path, "redis", own_redis.url)
+def test_openfeature_reports_stale_when_serving_last_known_values(tmp_path: Path, own_redis: EmbeddedRedis, state_url: str) -> None:
+    flags = FlagProject(tmp_path, "redis", own_redis.url, state_url=state_url)
     flags.admin().change("checkout_v2", Change(enabled=True, percent=100), reason="r", create=True)
     client = flags.client(background=False)
     api.set_provider(PolyshiftProvider(client))

@@ -115,8 +115,8 @@ def test_an_empty_validate_script_means_no_checks(ws: Workspace) -> None:
 
 # -- the same rules for Cypher --------------------------------------------------------------------
 @pytest.fixture
-def graph(tmp_path: Any, falkordb_server: Any) -> Any:
-    project = GraphWorkspace(tmp_path, "falkordb", falkordb_server.url)
+def graph(tmp_path: Any, falkordb_server: Any, state_url: str) -> Any:
+    project = GraphWorkspace(tmp_path, "falkordb", falkordb_server.url, state_url=state_url)
     yield project
     project.close()
 

@@ -184,8 +184,9 @@ def test_migrations_backups_and_restores_draw_no_deprecation_notice_from_the_ser
     assert not [n for n in notices if "deprecat" in n.lower()], notices
 
 
-def test_the_database_option_selects_the_database_for_every_session(request: pytest.FixtureRequest, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    explicit = graph_workspace(request, tmp_path / "explicit", "neo4j-5.26", extra='database = "neo4j"\n')
+def test_the_database_option_selects_the_database_for_every_session(request: pytest.FixtureRequest, tmp_path: Path,
+                                                                    state_url: str) -> None:
+    explicit = graph_workspace(request, tmp_path / "explicit", "neo4j-5.26", state_url, extra='database = "neo4j"\n')
     try:
         explicit.q("CREATE (:Marker {n: 1})")
         assert explicit.run("status").exit_code == 0
@@ -201,8 +202,8 @@ def test_the_database_option_selects_the_database_for_every_session(request: pyt
     ("system", "database = \"system\" is Neo4j's own catalogue"),
 ])
 def test_a_database_the_server_cannot_serve_is_refused_with_exit_2(
-        request: pytest.FixtureRequest, tmp_path: Path, database: str, message: str) -> None:
-    ws = graph_workspace(request, tmp_path / "ok", "neo4j-5.26")
+        request: pytest.FixtureRequest, tmp_path: Path, database: str, message: str, state_url: str) -> None:
+    ws = graph_workspace(request, tmp_path / "ok", "neo4j-5.26", state_url)
     ws.close()
     config = ws.config.read_text() + f'database = "{database}"\n'
     ws.config.write_text(config)

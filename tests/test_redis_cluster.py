@@ -22,8 +22,8 @@ def cluster() -> Iterator[EmbeddedRedisCluster]:
 
 
 @pytest.fixture
-def cws(tmp_path: Path, cluster: EmbeddedRedisCluster) -> Iterator[RedisWorkspace]:
-    ws = RedisWorkspace(tmp_path, cluster)
+def cws(tmp_path: Path, cluster: EmbeddedRedisCluster, state_url: str) -> Iterator[RedisWorkspace]:
+    ws = RedisWorkspace(tmp_path, cluster, state_url=state_url)
     ws.r.flushall(target_nodes=redis.RedisCluster.PRIMARIES)
     yield ws
     ws.r.close()

@@ -93,14 +93,15 @@ REKEY = """
 """
 
 
-def _redis(tmp_path: Path, redis_server: Any) -> RedisWorkspace:
-    rws = RedisWorkspace(tmp_path, redis_server, extra='lock_ttl = "1s"\n')
+def _redis(tmp_path: Path, redis_server: Any, state_url: str) -> RedisWorkspace:
+    rws = RedisWorkspace(tmp_path, redis_server, extra='lock_ttl = "1s"\n', state_url=state_url)
     rws.r.mset({f"session:{i}": f"user {i}" for i in range(1000)})
     return rws
 
 
-def test_a_rollback_step_killed_half_way_is_reported_and_recover_restores_the_backup(tmp_path: Path, redis_server: Any) -> None:
-    rws = _redis(tmp_path, redis_server)
+def test_a_rollback_step_killed_half_way_is_reported_and_recover_restores_the_backup(tmp_path: Path, redis_server: Any,
+                                                                                     state_url: str) -> None:
+    rws = _redis(tmp_path, redis_server, state_url)
     rws.python_migration("0001_rekey", textwrap.dedent(REKEY).replace("{kill_at}", "500"))
     assert rws.run("up").exit_code == 0
     forwarded = rws.fingerprint("session:*", "sess:v2:*")
@@ -118,8 +119,9 @@ def test_a_rollback_step_killed_half_way_is_reported_and_recover_restores_the_ba
     assert rws.run("recover").stdout.strip() == "nothing to recover: every run finished"
 
 
-def test_a_rollback_refused_after_an_interrupted_rollback_until_recover_ran(tmp_path: Path, redis_server: Any) -> None:
-    rws = _redis(tmp_path, redis_server)
+def test_a_rollback_refused_after_an_interrupted_rollback_until_recover_ran(tmp_path: Path, redis_server: Any,
+                                                                            state_url: str) -> None:
+    rws = _redis(tmp_path, redis_server, state_url)
     rws.python_migration("0001_rekey", textwrap.dedent(REKEY).replace("{kill_at}", "500"))
     assert rws.run("up").exit_code == 0
     _killed(rws, "rollback")
@@ -130,8 +132,9 @@ def test_a_rollback_refused_after_an_interrupted_rollback_until_recover_ran(tmp_
 
 
 # -- Redis: a restore killed half-way ---------------------------------------------------------------
-def test_a_restore_killed_half_way_is_reported_and_recover_finishes_it(tmp_path: Path, redis_server: Any) -> None:
-    rws = _redis(tmp_path, redis_server)
+def test_a_restore_killed_half_way_is_reported_and_recover_finishes_it(tmp_path: Path, redis_server: Any,
+                                                                       state_url: str) -> None:
+    rws = _redis(tmp_path, redis_server, state_url)
     rws.r.mset({f"session:{i}": f"user {i}" for i in range(1000, 3500)})
     backed_up = rws.fingerprint("session:*")
     backup = json.loads(rws.run("backup", "create", "cache", "--scope", "session:*", "--json").stdout)["id"]

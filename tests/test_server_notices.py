@@ -4,16 +4,14 @@ the journal and the outcome: a `DROP … IF EXISTS` that did nothing must not lo
 from __future__ import annotations
 
 import json
-import sqlite3
 from typing import Any
 
 from tests.conftest import Workspace
 
 
 def journal_details(ws: Workspace, step: str) -> list[dict[str, Any]]:
-    with sqlite3.connect(ws.root / ".polyshift" / "state.db") as db:
-        rows = db.execute("SELECT detail FROM polyshift_journal WHERE step = ? AND phase = 'done'", (step,)).fetchall()
-    return [json.loads(r[0]) for r in rows]
+    rows = ws.state_sql("SELECT detail FROM polyshift_journal WHERE step = :step AND phase = 'done'", step=step)
+    return [r[0] if isinstance(r[0], dict) else json.loads(r[0]) for r in rows]
 
 
 def test_a_notice_from_a_forward_step_is_shown_with_the_step(ws: Workspace) -> None:

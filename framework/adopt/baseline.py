@@ -76,12 +76,15 @@ def from_history(store: str, migrations: list[Migration], history: ForeignHistor
     plan = BaselinePlan(store, [], history.describe(), history, notes=list(history.notes))
     chosen: dict[str, Migration] = {}
     if history.upto is not None:
-        for m, p in imported:
-            if int(p.source_id) <= int(history.upto):
-                chosen[m.version] = m
-        if not any(int(p.source_id) == int(history.upto) for _, p in imported):
-            raise RefusedError(f"store {store}: golang-migrate is at version {history.upto}, which no imported migration has",
+        # golang-migrate's one version, Alembic's head revision: it and every migration before it
+        # (Alembic's down_revision chain is the imported version order) are applied.
+        top = next((m for m, p in imported if _same(history.format, p.source_id, history.upto)), None)
+        if top is None:
+            raise RefusedError(f"store {store}: {history.format.value} is at {history.upto}, which no imported migration has",
                                hint="import the source directory the database was migrated from")
+        for m, _ in imported:
+            if m.version_key <= top.version_key:
+                chosen[m.version] = m
     if history.baseline is not None:
         for m, p in imported:
             if _same(history.format, p.source_id, history.baseline) or \
@@ -91,9 +94,12 @@ def from_history(store: str, migrations: list[Migration], history: ForeignHistor
     unknown = []
     taken: set[str] = set()
     for entry in history.applied:
+        legacy = _pop_legacy(history.format, entry.source_id, imported)
+        chosen.update((m.version, m) for m in legacy)  # not 'taken': popx also writes their full versions once it has seen them
         match = _match(history.format, entry.source_id, imported, taken)
         if match is None:
-            unknown.append(entry.source_id)
+            if not legacy:
+                unknown.append(entry.source_id)
             continue
         m, p = match
         taken.add(m.version)
@@ -108,6 +114,14 @@ def from_history(store: str, migrations: list[Migration], history: ForeignHistor
                            f"in migrations/{store}/ was imported from it", hint="import the directory the database was migrated from")
     plan.migrations = sorted(chosen.values(), key=lambda m: m.version_key)
     return plan
+
+
+def _pop_legacy(fmt: Format, source_id: str, imported: list[tuple[Migration, provenance.Provenance]]) -> list[Migration]:
+    """pop once kept 14-digit versions; popx counts a longer version as applied when its first 14
+    digits are recorded, so such a row stands for every imported version it begins."""
+    if fmt is not Format.POP or len(source_id) != 14:
+        return []
+    return [m for m, p in imported if len(p.source_id) > 14 and p.source_id.startswith(source_id)]
 
 
 def _match(fmt: Format, source_id: str, imported: list[tuple[Migration, provenance.Provenance]],
@@ -171,6 +185,7 @@ class Baseline:
         else:
             raise UsageError(f"store {adapter.name}: no --to given and no other tool's history found (looked for "
                              "schema_migrations, goose_db_version, flyway_schema_history, sqitch.changes, databasechangelog, "
+                             "alembic_version, schema_migration, "
                              ":__Neo4jMigration)", hint=f"polyshift baseline --store {adapter.name} --to VERSION")
         already = applied_entries(adapter.ledger())
         plan.migrations = [m for m in plan.migrations if m.version not in already]

@@ -1,8 +1,9 @@
 """The other tool's history, read where it left it, never written: golang-migrate's and dbmate's
 ``schema_migrations``, goose's ``goose_db_version``, ``flyway_schema_history``, Sqitch's
-``sqitch.changes``, Liquibase's ``databasechangelog`` (PostgreSQL), neo4j-migrations'
-``:__Neo4jMigration`` nodes (Neo4j). PostgreSQL is read in a READ ONLY transaction, so adoption
-cannot change the store even by mistake."""
+``sqitch.changes``, Liquibase's ``databasechangelog``, Alembic's ``alembic_version``, pop's
+``schema_migration`` (PostgreSQL), neo4j-migrations' ``:__Neo4jMigration`` nodes (Neo4j).
+PostgreSQL is read in a READ ONLY transaction, so adoption cannot change the store even by
+mistake."""
 
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ class ForeignHistory:
     format: Format
     table: str
     applied: list[Applied] = field(default_factory=list)
-    upto: str | None = None          # golang-migrate: one row, every version up to it is applied
+    upto: str | None = None          # golang-migrate, Alembic: one row, every version up to it is applied
     baseline: str | None = None      # a Flyway/neo4j-migrations baseline: every version up to it counts as applied
     problems: list[str] = field(default_factory=list)   # a dirty or failed state: baselining from it is refused
     notes: list[str] = field(default_factory=list)
@@ -171,7 +172,33 @@ def _liquibase(query: Query) -> ForeignHistory | None:
     return history
 
 
-_PG_READERS = (_golang_or_dbmate, _goose, _flyway, _sqitch, _liquibase)
+def _alembic(query: Query) -> ForeignHistory | None:
+    """Alembic keeps only its head: one row per head revision, the chain below it implied by the
+    revisions' down_revision (which import turned into version order)."""
+    table = _exists(query, "alembic_version")
+    if table is None:
+        return None
+    history = ForeignHistory(Format.ALEMBIC, table)
+    heads = sorted(r[0] for r in query("SELECT version_num FROM alembic_version", ()))
+    if len(heads) > 1:
+        history.problems.append(f"Alembic is at {len(heads)} heads ({', '.join(heads)}): a branched history; polyshift "
+                                "applies one line of migrations (merge the heads, upgrade, then adopt)")
+    elif heads:
+        history.upto = heads[0]
+    return history
+
+
+def _pop(query: Query) -> ForeignHistory | None:
+    """pop (and Ory's popx) write one row per applied version into ``schema_migration``."""
+    table = _exists(query, "schema_migration")
+    if table is None:
+        return None
+    history = ForeignHistory(Format.POP, table)
+    history.applied = [Applied(str(r[0])) for r in query("SELECT version FROM schema_migration ORDER BY version", ())]
+    return history
+
+
+_PG_READERS = (_golang_or_dbmate, _goose, _flyway, _sqitch, _liquibase, _alembic, _pop)
 
 
 def _neo4j(adapter: Adapter) -> list[ForeignHistory]:

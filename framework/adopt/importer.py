@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from polyshift.framework.adopt import provenance
+from polyshift.framework.adopt.alembic_revisions import AlembicRevisions
 from polyshift.framework.adopt.dbmate import Dbmate
 from polyshift.framework.adopt.flyway import Flyway
 from polyshift.framework.adopt.golang_migrate import GolangMigrate
@@ -20,6 +21,7 @@ from polyshift.framework.adopt.goose import Goose
 from polyshift.framework.adopt.liquibase import Liquibase
 from polyshift.framework.adopt.model import Format, ImportedMigration, ImportPlan, Issue, Language, Problem, Script, SourceReader
 from polyshift.framework.adopt.neo4j_migrations import Neo4jMigrations
+from polyshift.framework.adopt.pop import POSTGRES_DIALECTS, Pop, dialect
 from polyshift.framework.adopt.scripts import check_migration
 from polyshift.framework.adopt.sources import migration_files
 from polyshift.framework.adopt.sqitch import Sqitch
@@ -29,17 +31,25 @@ from polyshift.framework.core.loader import load_store_migrations
 from polyshift.framework.core.migration import version_key
 
 READERS: dict[Format, SourceReader] = {
-    r.format: r for r in (GolangMigrate(), Goose(), Dbmate(), Flyway(), Sqitch(), Liquibase(), Neo4jMigrations())}
+    r.format: r for r in (GolangMigrate(), Goose(), Dbmate(), Flyway(), Sqitch(), Liquibase(), Neo4jMigrations(), Pop(),
+                          AlembicRevisions())}
+# Formats whose directory holds several databases' scripts: the reader needs --dialect.
+_DIALECTED = {Format.POP}
 # Formats whose tool has no undo at all: their migrations are irreversible unless a rollback is supplied.
 _NO_UNDO = {Format.NEO4J_MIGRATIONS}
 
 
-def reader_for(name: str) -> SourceReader:
+def reader_for(name: str, dialect_name: str | None = None) -> SourceReader:
     try:
-        return READERS[Format(name)]
+        fmt = Format(name)
     except ValueError:
-        raise UsageError(f"--from {name!r}: not a format polyshift imports (known: {', '.join(f.value for f in Format)})",
-                         hint="Alembic revisions: see 'Coming from Alembic' in the README") from None
+        raise UsageError(f"--from {name!r}: not a format polyshift imports (known: {', '.join(f.value for f in Format)})") from None
+    if fmt not in _DIALECTED:
+        if dialect_name is not None:
+            raise UsageError(f"--dialect applies to --from {', '.join(f.value for f in sorted(_DIALECTED))} only; "
+                             f"a {fmt.value} directory is one database's history")
+        return READERS[fmt]
+    return Pop(dialect(dialect_name))
 
 
 @dataclass(frozen=True)
@@ -47,16 +57,20 @@ class ImportOptions:
     allow_irreversible: bool = False
     exclude: tuple[str, ...] = ()
     rollbacks: Path | None = None
+    dialect: str | None = None     # which database's scripts of a pop directory
 
 
 def plan_import(fmt: str, source: Path, store: str, kind: str, target: Path, options: ImportOptions) -> ImportPlan:
     """Everything ``import`` would write into ``target`` (``migrations/<store>/``), checked."""
-    reader = reader_for(fmt)
+    reader = reader_for(fmt, options.dialect)
     lang = store_kind(kind, where=f"--store {store}").script
     if lang is None or lang.extension != reader.language.value:
         takes = f"{lang.extension} scripts" if lang else "Python modules only"
         raise UsageError(f"--store {store}: a {kind} store takes {takes}; {reader.format.value} migrations are "
                          f"{reader.language.value}")
+    if isinstance(reader, Pop) and reader.dialect not in POSTGRES_DIALECTS:
+        raise UsageError(f"--dialect {reader.dialect.value}: a {kind} store runs PostgreSQL SQL; the {reader.dialect.value} "
+                         f"scripts would not run there (PostgreSQL's: {', '.join(d.value for d in POSTGRES_DIALECTS)})")
     plan = reader.read(source)
     _exclude(plan, options.exclude)
     if options.rollbacks is not None:

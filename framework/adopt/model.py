@@ -28,6 +28,8 @@ class Format(StrEnum):
     SQITCH = "sqitch"
     LIQUIBASE = "liquibase"
     NEO4J_MIGRATIONS = "neo4j-migrations"
+    POP = "pop"
+    ALEMBIC = "alembic"
 
 
 class Language(StrEnum):
@@ -100,6 +102,9 @@ class ImportedMigration:
     irreversible: bool = False
     source_checksum: str | None = None
     notes: list[str] = field(default_factory=list)
+    # Written as the source has it, but worth a look: an empty down under an up that changes
+    # something rolls back nothing.
+    warnings: list[str] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
 
     @property

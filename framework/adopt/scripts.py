@@ -91,6 +91,13 @@ def check_migration(m: ImportedMigration, language: Language) -> None:
     for step, script in (("forward", m.forward), ("rollback", m.rollback), ("validate", m.validate)):
         if script is not None:
             check_script(m, step, script, language)
+    if m.rollback is not None and m.rollback.noop and not m.forward.noop:
+        # Kept as the source tool runs it (an empty down does nothing, there as here), not made
+        # irreversible: histories split one change over several versions and undo the whole group
+        # in the first version's down, leaving the others' downs empty on purpose.
+        m.warnings.append(f"{m.rollback.source} is empty but {m.forward.source} changes something: rolling back "
+                          f"{m.version} undoes nothing of it (another version's down may undo it; if none does, "
+                          "write one)")
     if m.validate is not None and not has_statements(m.validate.text, language.script):
         m.notes.append(f"{m.validate.source} has no statements: no validate step written")
         m.validate = None

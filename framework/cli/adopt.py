@@ -24,7 +24,7 @@ def _plan_json(plan: ImportPlan) -> dict[str, Any]:
         "migrations": [{"version": m.version, "slug": m.slug, "source": m.forward.source, "source_id": m.source_id,
                         "rollback": m.rollback.source if m.rollback else None,
                         "validate": m.validate.source if m.validate else None, "irreversible": m.irreversible,
-                        "notes": m.notes, "problems": [p.describe() for p in m.problems]} for m in plan.migrations],
+                        "notes": m.notes, "warnings": m.warnings, "problems": [p.describe() for p in m.problems]} for m in plan.migrations],
         "problems": [{"source": p.source, "issue": p.issue.value, "reason": p.reason} for p in plan.all_problems()],
         "excluded": plan.excluded, "ignored": plan.ignored,
     }
@@ -35,6 +35,9 @@ def _show(plan: ImportPlan, store: str) -> None:
           [[m.version, m.slug + (" (irreversible)" if m.irreversible else ""), m.forward.source,
             (m.rollback.source + (" (noop)" if m.rollback.noop else "")) if m.rollback else "-",
             m.validate.source if m.validate else "-", "\n".join(m.notes)] for m in plan.migrations])
+    for m in plan.migrations:
+        for warning in m.warnings:
+            output.warn(warning)
     for item in plan.excluded:
         say("excluded: {item}", item=item)
     for item in plan.ignored:
@@ -44,13 +47,16 @@ def _show(plan: ImportPlan, store: str) -> None:
 
 
 def import_command(
-    source: Path = typer.Argument(..., help="The other tool's migration directory (a Liquibase changelog file also works)."),
-    from_format: str = typer.Option(..., "--from", help="golang-migrate, goose, dbmate, flyway, sqitch, liquibase, neo4j-migrations."),
+    source: Path = typer.Argument(..., help="The other tool's migration directory (a Liquibase changelog or an "
+                                            "alembic.ini file also works)."),
+    from_format: str = typer.Option(..., "--from", help="golang-migrate, goose, dbmate, flyway, sqitch, liquibase, "
+                                                        "neo4j-migrations, pop, alembic."),
     store: str = typer.Option(..., "--store", "-s", help="The store whose migrations/<store>/ receives them."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Show the plan, with every problem; write nothing."),
     allow_irreversible: bool = typer.Option(False, "--allow-irreversible", help="Import migrations without a down as irreversible."),
     exclude: list[str] = typer.Option([], "--exclude", help="Leave out source files (or ids) matching this glob; listed as excluded."),
     rollbacks: Path | None = typer.Option(None, "--rollbacks", help="A directory of undo scripts named like the forward files."),
+    dialect: str | None = typer.Option(None, "--dialect", help="pop only (required there): whose scripts to take, e.g. postgres."),
 ) -> None:
     """Convert another tool's migrations into polyshift's layout, with a provenance header in every file.
     Example: polyshift import --from goose db/migrations --store main --dry-run"""
@@ -60,7 +66,7 @@ def import_command(
     cfg = config.store(store)
     target = config.migrations_dir / store
     plan = plan_import(from_format, source, store, cfg.kind, target,
-                       ImportOptions(allow_irreversible, tuple(exclude), rollbacks))
+                       ImportOptions(allow_irreversible, tuple(exclude), rollbacks, dialect))
     problems = plan.all_problems()
     if dry_run:
         if output.opts["json"]:

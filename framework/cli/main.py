@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Safe, reversible migrations across PostgreSQL, pgvector, Neo4j and Redis.")
-backup_app = typer.Typer(no_args_is_help=True, help="Verified backups (rollback points): list, show, verify, restore, create.")
+backup_app = typer.Typer(no_args_is_help=True, help="Verified backups (rollback points): list, show, verify, restore, create, clean.")
 app.add_typer(backup_app, name="backup")
 app.add_typer(flags_app, name="flags")
 app.add_typer(sandbox_app, name="sandbox")
@@ -513,6 +513,31 @@ def backup_create(store: str, scope: str = typer.Option(..., "--scope", help="Co
         emit_json(_manifest_row(manifest))
         return
     say("backup {id} of {scope}: {size:,} bytes, verified", id=manifest.id, scope=", ".join(manifest.scope), size=manifest.size)
+
+
+@backup_app.command("clean")
+def backup_clean(
+    older_than: str = typer.Option("24h", "--older-than", help="Only what nothing was written to for this long."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="List them; remove nothing."),
+) -> None:
+    """Remove what unsealed backups left (a runner killed mid-backup); never a sealed one.  Example: polyshift backup clean --dry-run"""
+    quiet = parse_duration(older_than, what="--older-than", bounds=(0.0, 365 * 86400.0))
+    proj = project()
+    found = proj.artifacts.leftovers(quiet)
+    removed = [] if dry_run else [leftover for leftover in found if proj.artifacts.remove_leftover(leftover)]
+    for leftover in removed:
+        proj.state.audit("backup.leftover_removed", leftover.id, leftover.to_json())
+    if output.opts["json"]:
+        emit_json({"location": proj.artifacts.location, "dry_run": dry_run, "found": [f.to_json() for f in found],
+                   "removed": [r.id for r in removed]})
+        return
+    for leftover in found:
+        verb = "would remove" if dry_run else ("removed" if leftover in removed else "left alone (written to or sealed since)")
+        say("{verb} {id}: {files} files, {bytes:,} bytes, {uploads} unfinished uploads, last written {when}", verb=verb,
+            id=leftover.id, files=leftover.files, bytes=leftover.bytes, uploads=leftover.uploads,
+            when=leftover.last_written.isoformat(timespec="seconds") if leftover.last_written else "-")
+    if not found:
+        say("no leftovers of unsealed backups in {where}", where=proj.artifacts.location)
 
 
 @app.command()

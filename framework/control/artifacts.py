@@ -17,6 +17,7 @@ pipeline can reach. Either way:
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import json
 import re
@@ -116,6 +117,22 @@ class ArtifactWriter(Protocol):
     def write_bytes(self, name: str, data: bytes, meta: dict[str, Any] | None = None) -> ArtifactFile: ...
 
 
+@dataclass(frozen=True)
+class Leftover:
+    """What a backup that never sealed left behind (its runner was killed mid-backup). Never a
+    rollback point: nothing lists or restores a backup without its manifest."""
+
+    id: str
+    files: int
+    bytes: int
+    uploads: int  # multipart uploads begun and never finished (object storage)
+    last_written: datetime | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "files": self.files, "bytes": self.bytes, "uploads": self.uploads,
+                "last_written": self.last_written.isoformat() if self.last_written else None}
+
+
 class ArtifactStore(Protocol):
     """Where backups are kept: a local directory or an S3-compatible bucket."""
 
@@ -152,6 +169,12 @@ class ArtifactStore(Protocol):
         """A decompressing reader over one file of a verified backup."""
 
     def iter_chunks(self, manifest: Manifest, name: str, size: int = CHUNK) -> Iterator[bytes]: ...
+
+    def leftovers(self, older_than: float) -> builtins.list[Leftover]:
+        """Backups that never sealed and whose writer is gone, nothing written for ``older_than`` seconds."""
+
+    def remove_leftover(self, leftover: Leftover) -> bool:
+        """Remove one, if it is still unsealed and still abandoned (looked at again first)."""
 
 
 def new_artifact_id(store: str) -> tuple[str, datetime]:

@@ -20,9 +20,11 @@ import os
 import re
 import secrets as pysecrets
 import shutil
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
@@ -35,6 +37,7 @@ from polyshift.framework.control.artifacts import (
     MANIFEST,
     ArtifactFile,
     ArtifactWriter,
+    Leftover,
     Manifest,
     ManifestIndex,
     checked_manifest,
@@ -153,25 +156,58 @@ class LocalArtifactStore:
 
     def remove_abandoned(self) -> list[str]:
         """Remove partial directories whose writer is gone (its flock is free); never a sealed backup."""
-        removed = []
-        for child in self.root.iterdir():
+        return [leftover.id for leftover in self.leftovers(0.0) if self.remove_leftover(leftover)]
+
+    def leftovers(self, older_than: float) -> list[Leftover]:
+        """Partial directories nobody holds: the kernel dropped the writer's flock when it died, so
+        unlike object storage no age is needed to tell them from a live backup; ``older_than``
+        only keeps the recent ones for a look."""
+        found: list[Leftover] = []
+        if not self.root.is_dir():
+            return found
+        now = time.time()
+        for child in sorted(self.root.iterdir()):
             if not _PARTIAL.match(child.name) or child.is_symlink() or not child.is_dir():
                 continue
-            try:
-                fd = os.open(child, os.O_RDONLY | os.O_DIRECTORY)
-            except OSError:
-                continue
+            with self._held(child) as free:
+                if not free:
+                    continue  # a live writer
+                stats = [entry.stat() for entry in child.iterdir() if entry.is_file()]
+                newest = max([child.stat().st_mtime, *(st.st_mtime for st in stats)])
+                if now - newest < older_than:
+                    continue
+                found.append(Leftover(child.name[1:-len(".partial")], len(stats), sum(st.st_size for st in stats), 0,
+                                      datetime.fromtimestamp(newest, UTC)))
+        return found
+
+    def remove_leftover(self, leftover: Leftover) -> bool:
+        child = self.root / f".{leftover.id}.partial"
+        if not ID.match(leftover.id) or child.is_symlink() or not child.is_dir():
+            return False
+        with self._held(child) as free:
+            if not free:
+                return False
+            shutil.rmtree(child, ignore_errors=True)
+        log.info("removed %s, left by a backup whose writer stopped", child.name)
+        return True
+
+    @contextmanager
+    def _held(self, directory: Path) -> Iterator[bool]:
+        """Whether the directory's flock was free; held meanwhile so no writer can take it back."""
+        try:
+            fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+        except OSError:
+            yield False
+            return
+        try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                continue  # a live writer
+                yield False
             else:
-                shutil.rmtree(child, ignore_errors=True)
-                removed.append(child.name)
-                log.info("removed %s, left by a backup whose writer stopped", child.name)
-            finally:
-                os.close(fd)
-        return removed
+                yield True
+        finally:
+            os.close(fd)
 
     def seal(self, writer: ArtifactWriter, meta: dict[str, Any]) -> Manifest:
         """Write the manifest, rename the partial directory to the backup's id, then read every file back and verify it."""

@@ -21,12 +21,14 @@ never from polyshift.toml. Errors name the bucket and the S3 error code (exit 2)
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import logging
 import secrets as pysecrets
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from typing import IO, Any, cast
 
 import zstandard
@@ -38,6 +40,7 @@ from polyshift.framework.control.artifacts import (
     ArtifactFile,
     ArtifactWriter,
     HashingReader,
+    Leftover,
     Manifest,
     ManifestIndex,
     checked_manifest,
@@ -193,6 +196,29 @@ class S3ArtifactWriter:
             self._upload.abort()
 
 
+_NEVER = datetime.min.replace(tzinfo=UTC)
+
+
+@dataclass
+class _Unsealed:
+    keys: list[str] = field(default_factory=list)
+    size: int = 0
+    uploads: list[tuple[str, str]] = field(default_factory=list)
+    last_written: datetime = _NEVER
+
+    def add_object(self, key: str, size: int, modified: datetime) -> None:
+        self.keys.append(key)
+        self.size += size
+        self.last_written = max(self.last_written, modified)
+
+    def add_upload(self, key: str, upload_id: str, initiated: datetime) -> None:
+        self.uploads.append((key, upload_id))
+        self.last_written = max(self.last_written, initiated)
+
+    def leftover(self, artifact_id: str) -> Leftover:
+        return Leftover(artifact_id, len(self.keys), self.size, len(self.uploads), self.last_written)
+
+
 class S3ArtifactStore:
     def __init__(self, url: str, index: ManifestIndex | None = None, *, part_size: int = PART_SIZE) -> None:
         self.url = url.rstrip("/")
@@ -330,10 +356,13 @@ class S3ArtifactStore:
         recorded = expected_digest or (self.index.manifest_digest(artifact_id) if self.index is not None else None)
         return checked_manifest(artifact_id, body, recorded)
 
+    def _root(self) -> str:
+        prefix = self.key("", "")
+        return prefix + "/" if prefix and not prefix.endswith("/") else prefix
+
     def list(self) -> list[Manifest]:
         found = []
-        prefix = self.key("", "")
-        prefix = prefix + "/" if prefix and not prefix.endswith("/") else prefix
+        prefix = self._root()
         with _s3(self.url, "listing backups"):
             pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix, Delimiter="/")
             ids = sorted(p["Prefix"][len(prefix):].rstrip("/") for page in pages for p in page.get("CommonPrefixes", []))
@@ -345,6 +374,49 @@ class S3ArtifactStore:
             except BackupCorruptError:
                 continue  # listed by 'backup verify', not by list
         return found
+
+    # -- leftovers of backups that never sealed ------------------------------------------------
+    def _unsealed(self) -> dict[str, _Unsealed]:
+        """Per backup id under the prefix: its objects and unfinished uploads, if it has no manifest."""
+        root = self._root()
+        seen: dict[str, _Unsealed] = {}
+        sealed: set[str] = set()
+        with _s3(self.url, "listing backups"):
+            for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=root):
+                for obj in page.get("Contents", []):
+                    artifact_id, _, name = obj["Key"][len(root):].partition("/")
+                    if not ID.match(artifact_id):
+                        continue
+                    if name == MANIFEST:
+                        sealed.add(artifact_id)
+                    seen.setdefault(artifact_id, _Unsealed()).add_object(obj["Key"], obj["Size"], obj["LastModified"])
+            for page in self.client.get_paginator("list_multipart_uploads").paginate(Bucket=self.bucket, Prefix=root):
+                for upload in page.get("Uploads", []):
+                    artifact_id = upload["Key"][len(root):].partition("/")[0]
+                    if ID.match(artifact_id):
+                        seen.setdefault(artifact_id, _Unsealed()).add_upload(upload["Key"], upload["UploadId"], upload["Initiated"])
+        return {artifact_id: found for artifact_id, found in seen.items() if artifact_id not in sealed}
+
+    def leftovers(self, older_than: float) -> builtins.list[Leftover]:
+        """Backups without a manifest where nothing was written for ``older_than`` seconds. Object
+        storage has no lock that dies with its writer, so quiet time is the only sign that the
+        writer is gone: it must be longer than any one file of a backup takes to upload."""
+        now = datetime.now(UTC)
+        return [found.leftover(artifact_id) for artifact_id, found in sorted(self._unsealed().items())
+                if (now - found.last_written).total_seconds() >= older_than]
+
+    def remove_leftover(self, leftover: Leftover) -> bool:
+        found = self._unsealed().get(leftover.id)
+        # Looked at again: sealed since, or written to since it was listed, it is left alone.
+        if found is None or found.leftover(leftover.id) != leftover:
+            return False
+        with _s3(self.url, f"removing the leftovers of backup {leftover.id}"):
+            for key, upload_id in found.uploads:
+                self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+            for key in found.keys:
+                self.client.delete_object(Bucket=self.bucket, Key=key)
+        log.info("removed %s, left by a backup whose writer stopped", self.where(self.key(leftover.id, "")))
+        return True
 
     def verify(self, artifact_id: str, *, decompress: bool = True, expected_digest: str | None = None) -> Manifest:
         """The manifest's own sha256, then every file downloaded: its size and sha256 (and, unless
