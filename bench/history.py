@@ -2,12 +2,9 @@
 baseline) and one psql process for the whole history, in the same run, on the same PostgreSQL.
 
 The history is Ory Kratos v1.3.1's PostgreSQL migrations, fetched at that pinned version by
-``polyshift.framework.sandbox.histories.fetch()``. Kratos keeps pop's layout: per migration a
-``<version>_<name>.postgres.up.sql`` / ``.down.sql`` pair, or dialect-less ``<version>_<name>.up.sql``
-files that apply to every database. Per migration the PostgreSQL file is taken, else the
-dialect-less one; other dialects are skipped. ``lay_out`` below writes them in polyshift's layout
-(until ``polyshift import --from pop`` lands): a version shared by two migrations gets ``.1``,
-``.2`` in name order (pop's order), and an empty file gets polyshift's explicit noop marker.
+``polyshift.framework.sandbox.histories.fetch()`` and laid out by ``polyshift import --from pop
+--dialect postgres`` (per migration its ``.postgres.`` file, else the dialect-less one); psql runs
+the same source files in the same order.
 
 Each contender starts from a fresh, empty database and runs as its own process(es), interpreter
 start included. ``--before PYTHON`` adds a row for another polyshift install (for example the main
@@ -22,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
 import statistics
 import subprocess
@@ -39,46 +35,34 @@ sys.path.insert(0, str(REPO))
 
 from bench.common import write_results  # noqa: E402
 from polyshift.adapters.postgres.tools import pg_tool  # noqa: E402
-from polyshift.framework.core.kinds import SQL  # noqa: E402
-from polyshift.framework.core.loader import has_statements  # noqa: E402
 from polyshift.framework.sandbox.histories import KRATOS, fetch  # noqa: E402
 from polyshift.framework.sandbox.servers import EmbeddedPostgres  # noqa: E402
 
-_POP = re.compile(r"^(?P<version>\d+)_(?P<name>.+?)(?:\.(?P<dialect>[a-z0-9]+))?\.(?P<direction>up|down)\.sql$")
+
+def import_history(source: Path, root: Path, url: str) -> list[Path]:
+    """``polyshift import --from pop`` of the history into a project at ``root``; the picked source
+    files in the order polyshift applies them (what the psql contenders run)."""
+    config = write_config(root, url)
+    done = subprocess.run([sys.executable, "-m", "polyshift.framework.cli.main", "--config", str(config), "--json", "import",
+                           "--from", "pop", str(source), "--store", "main", "--dialect", "postgres"],
+                          cwd=root, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"polyshift import --from pop failed: {(done.stdout + done.stderr)[-3000:]}")
+    return [source / m["source"] for m in json.loads(done.stdout)["migrations"]]
 
 
-def pick(source: Path) -> list[tuple[str, str, Path, Path | None]]:
-    """(version, name, up file, down file) per migration in pop's order: the PostgreSQL file, else the dialect-less one."""
-    found: dict[tuple[str, str], dict[tuple[str | None, str], Path]] = {}
-    for path in sorted(source.iterdir()):
-        m = _POP.match(path.name)
-        if m is None or m["dialect"] not in (None, "postgres"):
-            continue
-        found.setdefault((m["version"], m["name"]), {})[(m["dialect"], m["direction"])] = path
-    out = []
-    for (version, name), files in sorted(found.items(), key=lambda kv: (int(kv[0][0]), kv[0][1])):
-        up = files.get(("postgres", "up")) or files.get((None, "up"))
-        if up is None:
-            continue
-        out.append((version, name, up, files.get(("postgres", "down")) or files.get((None, "down"))))
-    return out
-
-
-def lay_out(history: list[tuple[str, str, Path, Path | None]], target: Path) -> None:
-    """The picked files as polyshift migrations of store ``main``."""
-    directory = target / "main"
-    directory.mkdir(parents=True)
-    seen: dict[str, int] = {}
-    for version, name, up, down in history:
-        seen[version] = seen.get(version, 0) + 1
-        shared = sum(1 for v, *_ in history if v == version) > 1
-        stem = f"{version}.{seen[version]}" if shared else version
-        slug = re.sub(r"[^a-z0-9_]", "_", name.lower()).strip("_") or "migration"
-        for step, path in (("forward", up), ("rollback", down)):
-            text = path.read_text() if path is not None else ""
-            if not has_statements(text, SQL):
-                text = "-- polyshift: noop\n" + text
-            (directory / f"{stem}_{slug}.{step}.sql").write_text(text)
+def write_config(root: Path, url: str) -> Path:
+    config = root / "polyshift.toml"
+    config.write_text(textwrap.dedent(f"""\
+        [project]
+        migrations = "migrations"
+        state_url = "sqlite:///.polyshift/state.db"
+        backups = ".polyshift/backups"
+        [stores.main]
+        kind = "postgres"
+        url = "{url}"
+        """))
+    return config
 
 
 def fresh(admin_url: str, name: str) -> None:
@@ -93,19 +77,10 @@ def run(cmd: list[str], env: dict[str, str], cwd: Path | None = None) -> None:
         raise SystemExit(f"{' '.join(cmd[:3])}… failed ({done.returncode}): {(done.stdout + done.stderr)[-3000:]}")
 
 
-def polyshift_up(python: str, root: Path, url: str, migrations: Path) -> tuple[float, int]:
+def polyshift_up(python: str, root: Path) -> tuple[float, int]:
     """Wall seconds of one `polyshift up` process, and how many backups it took."""
     shutil.rmtree(root / ".polyshift", ignore_errors=True)
     config = root / "polyshift.toml"
-    config.write_text(textwrap.dedent(f"""\
-        [project]
-        migrations = "{migrations}"
-        state_url = "sqlite:///.polyshift/state.db"
-        backups = ".polyshift/backups"
-        [stores.main]
-        kind = "postgres"
-        url = "{url}"
-        """))
     env = {**os.environ}
     env.pop("PYTHONPATH", None)  # each install runs its own code
     started = time.perf_counter()
@@ -149,15 +124,14 @@ def main() -> None:
     parser.add_argument("--write", type=Path)
     args = parser.parse_args()
     write = args.write.resolve() if args.write else None
-    history = pick(fetch(KRATOS))
-    files = [up for _, _, up, _ in history]
+    source = fetch(KRATOS)
     root = Path(tempfile.mkdtemp(prefix="polyshift-bench-history-"))
     pg = EmbeddedPostgres(password="bench-pw").start()
     env = {**os.environ, "PGPASSWORD": "bench-pw"}
     try:
-        lay_out(history, root / "migrations")
         admin = pg.url()
         url = pg.url("history")
+        files = import_history(source, root, url)
         contenders: dict[str, list[float]] = {"per-file": [], "once": [], "after": []}
         if args.before:
             contenders["before"] = []
@@ -171,17 +145,17 @@ def main() -> None:
             contenders["once"].append(psql_once(url, files, env, root))
             if args.before:
                 fresh(admin, "history")
-                seconds, backups["before"] = polyshift_up(args.before, root, url, root / "migrations")
+                seconds, backups["before"] = polyshift_up(args.before, root)
                 contenders["before"].append(seconds)
             fresh(admin, "history")
-            seconds, backups["after"] = polyshift_up(sys.executable, root, url, root / "migrations")
+            seconds, backups["after"] = polyshift_up(sys.executable, root)
             contenders["after"].append(seconds)
             shape["polyshift"] = tables_and_rows(url)
     finally:
         pg.stop()
         shutil.rmtree(root, ignore_errors=True)
     base = statistics.median(contenders["per-file"])
-    lines = [f"{KRATOS.cite()}: {len(history)} PostgreSQL migrations, applied to an empty database.", "",
+    lines = [f"{KRATOS.cite()}: {len(files)} PostgreSQL migrations, applied to an empty database.", "",
              "| contender | wall time (median) | ratio | backups taken |", "|---|---:|---:|---:|",
              f"| psql once per file, `-1` (baseline) | {base:.2f} s | 1.00x | - |",
              f"| one psql process, every file | {statistics.median(contenders['once']):.2f} s | "
