@@ -180,6 +180,10 @@ class _InlineHasher:
 _PARALLEL_HASH_BYTES = 256 << 10
 
 
+_SIZE = ("SELECT pg_table_size(r) + coalesce((SELECT sum(pg_table_size(p.relid)) FROM pg_partition_tree(r) p WHERE p.relid <> r), 0) "
+         "FROM to_regclass(%s) r")
+
+
 def backup(conn: psycopg.Connection, url: str, tables: list[cat.Table], writer: ArtifactWriter,
            progress: Progress, *, limit: int | None = None) -> dict[str, Any]:
     """Stream every table of the scope into the artifact; returns the manifest metadata.
@@ -192,10 +196,8 @@ def backup(conn: psycopg.Connection, url: str, tables: list[cat.Table], writer: 
     with conn.transaction():
         conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         snapshot = conn.execute("SELECT pg_export_snapshot()").fetchone()[0]  # type: ignore[index]
-        # Over the partition tree: a partitioned parent has no storage of its own.
-        sizes = [int(conn.execute("SELECT sum(pg_table_size(relid)) FROM pg_partition_tree(to_regclass(%s))",  # type: ignore[index]
-                                  (t.ident.as_string(conn),)).fetchone()[0] or 0)
-                 for t in tables]
+        # With its partitions: a partitioned parent has no storage of its own.
+        sizes = [int(conn.execute(_SIZE, (t.ident.as_string(conn),)).fetchone()[0] or 0) for t in tables]  # type: ignore[index]
         progress.start(f"backup {', '.join(t.qualified for t in tables)[:60]}", total=sum(sizes) or None)
         # A second connection costs more than it saves on small tables (and a history's backups
         # are mostly of empty ones): below _PARALLEL_HASH_BYTES the rows are hashed on this
