@@ -56,7 +56,7 @@ def _pg_dump_ddl(url: str, tables: list[cat.Table], section: str, snapshot: str)
 
 def _family_ddl(conn: psycopg.Connection, url: str, family: list[cat.Table], snapshot: str) -> tuple[str, str]:
     """Pre- and post-data DDL from the catalog on this connection; pg_dump only for a shape the
-    catalog DDL does not write (``ddl.unsupported``), for that family alone."""
+    catalog DDL does not write (``ddl._UNSUPPORTED_SQL`` names them), for that family alone."""
     written = pg_ddl.family_ddl(conn, family)
     if written is not None:
         return written.pre, written.post
@@ -221,7 +221,7 @@ def _backup_tables(conn: psycopg.Connection, url: str, tables: list[cat.Table], 
     for index, table in enumerate(tables):
         fingerprint = hasher.submit(table, limit)  # hashed in the server while COPY streams
         stem = _file_stem(index, table)
-        # pg_dump runs before the COPY, not beside it: on two cores running both was measured slower.
+        # DDL (pg_dump where it still runs) before the COPY, not beside it: on two cores both at once was measured slower.
         family = [table, *cat.partitions(conn, table)]
         partitioned = cat.is_partitioned(conn, table)
         pre, post = _family_ddl(conn, url, family, snapshot)
