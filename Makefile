@@ -88,6 +88,7 @@ bench: install
 	$(BIN)/python bench/zero_downtime.py --write bench/ZERO_DOWNTIME_RESULTS.md
 	$(BIN)/python bench/quick_commands.py --write bench/QUICK_COMMANDS_RESULTS.md
 	$(BIN)/python bench/object_store.py --write bench/OBJECT_STORE_RESULTS.md
+	$(BIN)/python bench/history.py --write bench/HISTORY_RESULTS.md
 
 clean:
 	rm -rf $(VENV) .polyshift .pytest_cache .ruff_cache *.egg-info

@@ -20,6 +20,7 @@ from psycopg import pq, sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from polyshift.adapters.postgres import catalog as cat
+from polyshift.adapters.postgres import ddl as pg_ddl
 from polyshift.adapters.postgres.tools import pg_tool
 from polyshift.framework.core.errors import BackupCorruptError, BackupError, StoreError
 from polyshift.framework.core.protocol import RestoreReport
@@ -51,6 +52,20 @@ def _pg_dump_ddl(url: str, tables: list[cat.Table], section: str, snapshot: str)
     if proc.returncode != 0:
         raise BackupError(f"pg_dump could not capture the DDL of {tables[0].qualified}: {redact(proc.stderr.strip())}")
     return str(proc.stdout)
+
+
+def _family_ddl(conn: psycopg.Connection, url: str, family: list[cat.Table], snapshot: str) -> tuple[str, str]:
+    """Pre- and post-data DDL from the catalog on this connection; pg_dump only for a shape the
+    catalog DDL does not write (``ddl._UNSUPPORTED_SQL`` names them), for that family alone."""
+    written = pg_ddl.family_ddl(conn, family)
+    if written is not None:
+        return written.pre, written.post
+    global pg_dump_calls
+    pg_dump_calls += 2
+    return _pg_dump_ddl(url, family, "pre-data", snapshot), _pg_dump_ddl(url, family, "post-data", snapshot)
+
+
+pg_dump_calls = 0  # pg_dump processes started by this process's backups; the benchmark and tests read it
 
 
 def _ddl_statements(ddl: str) -> list[str]:
@@ -146,6 +161,29 @@ class _SnapshotHasher:
         self.conn.close()
 
 
+class _InlineHasher:
+    """The fingerprint on the backup's own connection, computed when submitted."""
+
+    def __init__(self, conn: psycopg.Connection) -> None:
+        self.conn = conn
+
+    def submit(self, table: cat.Table, limit: int | None) -> Future[tuple[int, str]]:
+        done: Future[tuple[int, str]] = Future()
+        done.set_result(cat.table_data_hash(self.conn, table, limit))
+        return done
+
+    def close(self) -> None:
+        pass
+
+
+# A second connection takes ~5 ms to open; hashing a quarter MiB in the server takes about as long.
+_PARALLEL_HASH_BYTES = 256 << 10
+
+
+_SIZE = ("SELECT pg_table_size(r) + coalesce((SELECT sum(pg_table_size(p.relid)) FROM pg_partition_tree(r) p WHERE p.relid <> r), 0) "
+         "FROM to_regclass(%s) r")
+
+
 def backup(conn: psycopg.Connection, url: str, tables: list[cat.Table], writer: ArtifactWriter,
            progress: Progress, *, limit: int | None = None) -> dict[str, Any]:
     """Stream every table of the scope into the artifact; returns the manifest metadata.
@@ -158,10 +196,14 @@ def backup(conn: psycopg.Connection, url: str, tables: list[cat.Table], writer: 
     with conn.transaction():
         conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         snapshot = conn.execute("SELECT pg_export_snapshot()").fetchone()[0]  # type: ignore[index]
-        sizes = [int(conn.execute("SELECT pg_table_size(to_regclass(%s))", (t.ident.as_string(conn),)).fetchone()[0] or 0)  # type: ignore[index]
-                 for t in tables]
+        # With its partitions: a partitioned parent has no storage of its own.
+        sizes = [int(conn.execute(_SIZE, (t.ident.as_string(conn),)).fetchone()[0] or 0) for t in tables]  # type: ignore[index]
         progress.start(f"backup {', '.join(t.qualified for t in tables)[:60]}", total=sum(sizes) or None)
-        hasher = _SnapshotHasher(url, snapshot)
+        # A second connection costs more than it saves on small tables (and a history's backups
+        # are mostly of empty ones): below _PARALLEL_HASH_BYTES the rows are hashed on this
+        # connection, in this same snapshot, before their COPY.
+        hasher: _SnapshotHasher | _InlineHasher = (
+            _SnapshotHasher(url, snapshot) if sum(sizes) >= _PARALLEL_HASH_BYTES else _InlineHasher(conn))
         try:
             _backup_tables(conn, url, tables, snapshot, hasher, writer, progress, meta, limit)
         finally:
@@ -173,16 +215,18 @@ def backup(conn: psycopg.Connection, url: str, tables: list[cat.Table], writer: 
     return meta
 
 
-def _backup_tables(conn: psycopg.Connection, url: str, tables: list[cat.Table], snapshot: str, hasher: _SnapshotHasher,
+def _backup_tables(conn: psycopg.Connection, url: str, tables: list[cat.Table], snapshot: str,
+                   hasher: _SnapshotHasher | _InlineHasher,
                    writer: ArtifactWriter, progress: Progress, meta: dict[str, Any], limit: int | None) -> None:
     for index, table in enumerate(tables):
         fingerprint = hasher.submit(table, limit)  # hashed in the server while COPY streams
         stem = _file_stem(index, table)
-        # pg_dump runs before the COPY, not beside it: on two cores running both was measured slower.
+        # DDL (pg_dump where it still runs) before the COPY, not beside it: on two cores both at once was measured slower.
         family = [table, *cat.partitions(conn, table)]
         partitioned = cat.is_partitioned(conn, table)
-        writer.write_bytes(f"{stem}.pre.sql.zst", _pg_dump_ddl(url, family, "pre-data", snapshot).encode())
-        writer.write_bytes(f"{stem}.post.sql.zst", _pg_dump_ddl(url, family, "post-data", snapshot).encode())
+        pre, post = _family_ddl(conn, url, family, snapshot)
+        writer.write_bytes(f"{stem}.pre.sql.zst", pre.encode())
+        writer.write_bytes(f"{stem}.post.sql.zst", post.encode())
         columns = cat.copy_columns(conn, table)
         counter = _RowCounter()
         writer.write_stream(f"{stem}.copy.zst", _copy_out(conn, table, columns, counter, progress, partitioned=partitioned,
