@@ -77,12 +77,36 @@ def _shell(gate: Gate, ctx: GateContext) -> tuple[bool, str]:
     return done.returncode == 0, f"exit {done.returncode}" + (f": {tail[0][:200]}" if tail[0] else "")
 
 
+_PROJECT_ROOTS: set[str] = set()  # project roots this process put on sys.path for gates
+
+
+def _within(path: str, root: str) -> bool:
+    return os.path.commonpath([os.path.abspath(path), root]) == root
+
+
+def _project_module(name: str, root: str) -> Any:
+    """The gate module as this project's files define it. One process may run several projects
+    (the Python API, a test suite): a module of the same name that another project's gate loaded
+    is not reused, since its code and the settings it captured are that project's. Only modules
+    loaded from a project root are ever evicted, never a library of the same name."""
+    if root in sys.path:
+        sys.path.remove(root)
+    sys.path.insert(0, root)
+    _PROJECT_ROOTS.add(root)
+    top = name.partition(".")[0]
+    origin = getattr(sys.modules.get(top), "__file__", None)
+    if origin and not _within(origin, root) and any(_within(origin, other) for other in _PROJECT_ROOTS):
+        for loaded in [m for m in sys.modules if m == top or m.startswith(top + ".")]:
+            del sys.modules[loaded]
+    importlib.invalidate_caches()  # a gate file written since the last import is seen
+    return importlib.import_module(name)
+
+
 def _gate_function(gate: Gate, config: Config) -> Any:
     """The python gate's function, imported from the project root."""
     module_name, _, function_name = gate.spec["callable"].partition(":")
-    if str(config.root) not in sys.path:
-        sys.path.insert(0, str(config.root))
-    return getattr(call_user_code(importlib.import_module, module_name), function_name)
+    module = call_user_code(_project_module, module_name, os.path.abspath(config.root))
+    return getattr(module, function_name)
 
 
 def _python(gate: Gate, ctx: GateContext) -> tuple[bool, str]:
