@@ -19,6 +19,7 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 import psycopg
+import zstandard
 from psycopg import pq, sql
 
 from polyshift.adapters.postgres import catalog as cat
@@ -298,6 +299,7 @@ def read_ahead(chunks_of: Callable[[str], Iterator[bytes]], names: list[str], de
         return False
 
     def produce() -> None:
+        name = ""
         try:
             for name in names:
                 for block in chunks_of(name):
@@ -305,6 +307,8 @@ def read_ahead(chunks_of: Callable[[str], Iterator[bytes]], names: list[str], de
                         return
                 if not put(_END):
                     return
+        except (OSError, zstandard.ZstdError) as exc:
+            put(BackupCorruptError(f"backup file {name} could not be read back: {exc}"))
         except BaseException as exc:  # handed to the consumer, which raises it
             put(exc)
 
