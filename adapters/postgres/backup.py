@@ -11,6 +11,7 @@ import os
 import re
 import subprocess
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import closing
 from typing import TYPE_CHECKING, Any
 
 import pglast
@@ -286,8 +287,9 @@ class _Restore:
             # Every table here was created or truncated in this transaction, which is when FREEZE is
             # allowed: rows land frozen, sparing the table a later rewrite of hint bits by vacuum.
             # PostgreSQL refuses FREEZE on a partitioned parent, whose rows go to its partitions.
-            for _name, blocks in cd.read_ahead(lambda name: self.artifacts.iter_chunks(self.manifest, name), names):
-                cd.copy_in(self.conn, table, t["columns"], fmt, blocks, self.progress, freeze=not t.get("partitioned"))
+            with closing(cd.read_ahead(lambda name: self.artifacts.iter_chunks(self.manifest, name), names)) as files:
+                for _name, blocks in files:
+                    cd.copy_in(self.conn, table, t["columns"], fmt, blocks, self.progress, freeze=not t.get("partitioned"))
 
     def recreate_dependents(self, views: list[dict[str, Any]], policies: list[dict[str, Any]],
                             defaults: list[dict[str, Any]]) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import queue
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from enum import StrEnum
@@ -282,7 +282,7 @@ def data_files(manifest: Manifest, meta: dict[str, Any]) -> list[str]:
 _END = object()
 
 
-def read_ahead(chunks_of: Callable[[str], Iterator[bytes]], names: list[str], depth: int = 8) -> Iterator[tuple[str, Iterator[bytes]]]:
+def read_ahead(chunks_of: Callable[[str], Iterator[bytes]], names: list[str], depth: int = 8) -> Generator[tuple[str, Iterator[bytes]]]:
     """Each file's decompressed blocks, read and decompressed by a thread while the caller sends the
     previous blocks to the server (zstd releases the GIL). At most ``depth`` blocks wait: memory
     stays flat. A failure reading a file is raised in the caller, at that point of its stream."""
