@@ -173,3 +173,20 @@ def test_a_table_without_an_integer_key_is_not_split(ws: Workspace) -> None:
     with psycopg.connect(ws.url) as conn:
         assert copydata.key_ranges(conn, Table("public", "t"), 2) is None
 
+
+
+def test_a_part_that_fails_fails_the_backup_and_nothing_is_kept(ws: Workspace, parallel: None,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    ws.migration("0001_orders", ORDERS, "DROP TABLE orders; DROP TYPE status;")
+    assert ws.run("up").exit_code == 0
+    real = copydata.KeyRanges.condition
+
+    def broken(self: copydata.KeyRanges, part: int) -> Any:  # the server refuses part 1's range
+        return real(self, part) if part != 1 else psycopg.sql.SQL("t.no_such_column > 0")
+
+    monkeypatch.setattr(copydata.KeyRanges, "condition", broken)
+    created = ws.run("backup", "create", "main", "--scope", "orders")
+    assert created.exit_code != 0
+    assert "no_such_column" in created.stderr
+    assert "another part failed" not in created.stderr
+    assert ws.backups() == []

@@ -218,6 +218,10 @@ class _SharedProgress:
             self.inner.finish()
 
 
+class _Stopped(BackupError):
+    """A part abandoned because another part of the same table failed."""
+
+
 def part_name(stem: str, part: int) -> str:
     return f"{stem}.part{part:03d}.copy.zst"
 
@@ -228,22 +232,40 @@ def parallel_copy_out(url: str, snapshot: str, table: cat.Table, columns: list[s
     the parts add up to exactly the table the fingerprint describes), each into its own artifact file.
     Returns the rows copied and the parts as the manifest lists them."""
     shared = _SharedProgress(progress)
+    failed = threading.Event()  # one part failing stops the others: the backup is discarded whole anyway
+
+    def unless_failed(blocks: Iterator[bytes]) -> Iterator[bytes]:
+        for block in blocks:
+            if failed.is_set():
+                raise _Stopped(f"backup of {table.qualified} stopped: another part failed")
+            yield block
 
     def one(part: int) -> dict[str, Any]:
-        with psycopg.connect(url, autocommit=True, application_name=f"polyshift backup part {part}") as conn:
-            conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-            conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)))
-            counter = RowCounter()
-            stored = writer.write_stream(part_name(stem, part), copy_out(
-                conn, table, columns, counter, shared, fmt=fmt, where=ranges.condition(part)))
-            conn.execute("COMMIT")
-            return {"file": stored.name, "sha256": stored.sha256, "rows": counter.rows,
-                    "range": [ranges.bounds[part - 1] if part > 0 else None,
-                              ranges.bounds[part] if part < len(ranges.bounds) else None]}
+        try:
+            with psycopg.connect(url, autocommit=True, application_name=f"polyshift backup part {part}") as conn:
+                conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)))
+                counter = RowCounter()
+                stored = writer.write_stream(part_name(stem, part), unless_failed(copy_out(
+                    conn, table, columns, counter, shared, fmt=fmt, where=ranges.condition(part))))
+                conn.execute("COMMIT")
+        except BaseException:
+            failed.set()
+            raise
+        return {"file": stored.name, "sha256": stored.sha256, "rows": counter.rows,
+                "range": [ranges.bounds[part - 1] if part > 0 else None,
+                          ranges.bounds[part] if part < len(ranges.bounds) else None]}
 
     with ThreadPoolExecutor(max_workers=ranges.parts, thread_name_prefix="polyshift-copy") as pool:
         futures = [pool.submit(one, part) for part in range(ranges.parts)]
-        parts = [f.result() for f in futures]  # the first failure is raised; the writer is then discarded whole
+        # The first failure is raised (not the others' "stopped" that follow it); the caller then
+        # discards the writer whole.
+        errors = [f.exception() for f in futures]
+        first = next((e for e in errors if e is not None and not isinstance(e, _Stopped)),
+                     next((e for e in errors if e is not None), None))
+        if first is not None:
+            raise first
+        parts = [f.result() for f in futures]
     return sum(p["rows"] for p in parts), parts
 
 
