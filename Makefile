@@ -77,6 +77,7 @@ demo: install
 
 bench: install
 	$(BIN)/python bench/pg_backup_restore.py --write bench/RESULTS.md
+	$(BIN)/python bench/pg_parallel.py --write bench/PARALLEL_RESULTS.md
 	$(BIN)/python bench/pg_backup_restore.py --vectors --write bench/PGVECTOR_RESULTS.md
 	$(BIN)/python bench/redis_backup_restore.py --write bench/REDIS_RESULTS.md
 	$(BIN)/python bench/graph_backup_restore.py --write bench/GRAPH_RESULTS.md

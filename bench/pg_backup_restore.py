@@ -31,6 +31,20 @@ from polyshift.adapters.postgres.tools import pg_tool  # noqa: E402
 from polyshift.framework.sandbox.servers import EmbeddedPostgres  # noqa: E402
 
 
+def load_mixed(conn: psycopg.Connection, rows: int) -> None:
+    """The benchmark's table: 6 columns incl. jsonb, a bigserial key and a second index."""
+    conn.execute("""
+        CREATE TABLE big (
+            id bigserial PRIMARY KEY, uid uuid NOT NULL, name text NOT NULL, amount numeric(12,2),
+            created_at timestamptz NOT NULL, payload jsonb)""")
+    conn.execute(f"""
+        INSERT INTO big (uid, name, amount, created_at, payload)
+        SELECT md5(i::text)::uuid, 'customer ' || i, (i % 100000) / 7.0, now() - i * interval '1 minute',
+               jsonb_build_object('n', i, 'tags', jsonb_build_array('a', 'b'), 'note', repeat('x', i % 40))
+        FROM generate_series(1, {rows}) i""")
+    conn.execute("CREATE INDEX big_created_idx ON big (created_at)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rows", type=int, default=None, help="default 1,000,000 (250,000 with --vectors)")
@@ -52,16 +66,7 @@ def main() -> None:
                     INSERT INTO big SELECT i, (SELECT array_agg(random()::real) FROM generate_series(1, 384) j WHERE i > 0)::vector
                     FROM generate_series(1, {args.rows}) i""")
             else:
-                conn.execute("""
-                    CREATE TABLE big (
-                        id bigserial PRIMARY KEY, uid uuid NOT NULL, name text NOT NULL, amount numeric(12,2),
-                        created_at timestamptz NOT NULL, payload jsonb)""")
-                conn.execute(f"""
-                    INSERT INTO big (uid, name, amount, created_at, payload)
-                    SELECT md5(i::text)::uuid, 'customer ' || i, (i % 100000) / 7.0, now() - i * interval '1 minute',
-                           jsonb_build_object('n', i, 'tags', jsonb_build_array('a', 'b'), 'note', repeat('x', i % 40))
-                    FROM generate_series(1, {args.rows}) i""")
-                conn.execute("CREATE INDEX big_created_idx ON big (created_at)")
+                load_mixed(conn, args.rows)
             conn.execute("VACUUM ANALYZE big")
             size = conn.execute("SELECT pg_size_pretty(pg_total_relation_size('big'))").fetchone()[0]  # type: ignore[index]
             print(f"loaded {args.rows:,} rows ({size}) in {time.perf_counter() - t0:.1f}s", file=sys.stderr)

@@ -273,3 +273,24 @@ def test_up_with_an_unreachable_endpoint_is_refused(ws: Workspace, s3_bucket: st
     assert result.exit_code == 2, result.output
     assert "unreachable" in result.stderr
     assert ws.value("SELECT count(*) FROM orders") == 2000
+
+
+def test_a_big_tables_parts_are_uploaded_side_by_side_and_restored(
+        tmp_path: Path, database: str, shared_state: str, s3_bucket: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from polyshift.adapters.postgres import copydata
+
+    monkeypatch.setenv(copydata.PARALLEL_MIN_BYTES_ENV, "0")
+    monkeypatch.setenv(copydata.PARALLEL_WORKERS_ENV, "2")
+    ws = _team_workspace(tmp_path / "runner", database, shared_state, s3_bucket)
+    ws.migration("0001_orders", ORDERS, "DROP TABLE orders;")
+    assert ws.run("up").exit_code == 0
+    before = ws.fingerprint("orders")
+    created = ws.run("backup", "create", "main", "--scope", "orders", "--json")
+    assert created.exit_code == 0, created.output
+    shown = json.loads(ws.run("backup", "show", json.loads(created.stdout)["id"], "--json").stdout)
+    assert sum(".part" in f["name"] for f in shown["files"]) == 2
+    ws.sql("DELETE FROM orders WHERE id > 10")
+    restored = ws.run("backup", "restore", json.loads(created.stdout)["id"], "--yes", "--json")
+    assert restored.exit_code == 0, restored.output
+    after = ws.fingerprint("orders")
+    assert (after.data_hash, after.counts) == (before.data_hash, before.counts)

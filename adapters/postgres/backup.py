@@ -10,16 +10,17 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import closing
 from typing import TYPE_CHECKING, Any
 
 import pglast
 import psycopg
-from psycopg import pq, sql
+from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from polyshift.adapters.postgres import catalog as cat
+from polyshift.adapters.postgres import copydata as cd
 from polyshift.adapters.postgres import ddl as pg_ddl
 from polyshift.adapters.postgres.tools import pg_tool
 from polyshift.framework.core.errors import BackupCorruptError, BackupError, StoreError
@@ -78,69 +79,6 @@ def _ddl_statements(ddl: str) -> list[str]:
             continue
         out.append(stmt)
     return out
-
-
-class _RowCounter:
-    rows = 0
-
-
-_BLOCK = 1 << 20
-
-
-def _copy_out(conn: psycopg.Connection, table: cat.Table, columns: list[str], counter: _RowCounter,
-              progress: Progress, *, partitioned: bool = False, limit: int | None = None) -> Iterator[bytes]:
-    """COPY TO STDOUT in ~1 MiB blocks, read straight from libpq.
-
-    The server sends one message per row. Handing each row to the compressor cost more than
-    the COPY itself, and psycopg's per-row generator another 25% (measured on 1M rows), so
-    rows are read with PQgetCopyData and batched before compression.
-    """
-    cols = sql.SQL(", ").join(map(sql.Identifier, columns))
-    if partitioned or limit is not None:  # COPY reads a partitioned parent, or a sample, only through a query
-        query = sql.SQL("COPY (SELECT {} FROM {} AS t) TO STDOUT").format(cols, cat.sampled(table, limit))
-    else:
-        query = sql.SQL("COPY {} ({}) TO STDOUT").format(table.ident, cols)
-    pgconn = conn.pgconn
-    pgconn.send_query(query.as_bytes(conn))
-    while pgconn.flush():
-        pass
-    started = pgconn.get_result()
-    if started is None or started.status != pq.ExecStatus.COPY_OUT:
-        _drain(pgconn)
-        raise _result_error(started, pgconn, table)
-    buffer = bytearray()
-    while True:
-        nbytes, data = pgconn.get_copy_data(0)
-        if nbytes < 0:
-            break
-        buffer += data
-        if len(buffer) >= _BLOCK:
-            yield _flush(buffer, counter, progress)
-    if buffer:
-        yield _flush(buffer, counter, progress)
-    finished = pgconn.get_result()
-    _drain(pgconn)
-    if finished is None or finished.status != pq.ExecStatus.COMMAND_OK:
-        raise _result_error(finished, pgconn, table)
-
-
-def _drain(pgconn: pq.abc.PGconn) -> None:
-    while pgconn.get_result() is not None:
-        pass
-
-
-def _result_error(result: pq.abc.PGresult | None, pgconn: pq.abc.PGconn, table: cat.Table) -> BackupError:
-    message = (result.error_message if result is not None else pgconn.error_message).decode(errors="replace").strip()
-    return BackupError(f"COPY of {table.qualified} failed: {redact(message)}")
-
-
-def _flush(buffer: bytearray, counter: _RowCounter, progress: Progress) -> bytes:
-    data = bytes(buffer)
-    buffer.clear()
-    # Text COPY escapes newlines inside values, so each raw newline ends exactly one row.
-    counter.rows += data.count(b"\n")
-    progress.advance(len(data))
-    return data
 
 
 class _SnapshotHasher:
@@ -228,10 +166,8 @@ def _backup_tables(conn: psycopg.Connection, url: str, tables: list[cat.Table], 
         writer.write_bytes(f"{stem}.pre.sql.zst", pre.encode())
         writer.write_bytes(f"{stem}.post.sql.zst", post.encode())
         columns = cat.copy_columns(conn, table)
-        counter = _RowCounter()
-        writer.write_stream(f"{stem}.copy.zst", _copy_out(conn, table, columns, counter, progress, partitioned=partitioned,
-                                                          limit=limit))
-        rows = counter.rows
+        data = _backup_rows(conn, url, snapshot, table, columns, writer, stem, progress, partitioned, limit)
+        rows = data.pop("rows")
         count, data_hash = fingerprint.result()
         if count != rows:
             raise BackupError(f"backup of {table.qualified}: COPY produced {rows} rows but the table has {count}")
@@ -242,7 +178,22 @@ def _backup_tables(conn: psycopg.Connection, url: str, tables: list[cat.Table], 
             "rows": rows, "data_hash": data_hash, "schema_hash": cat.table_schema_hash(conn, table),
             "partitions": [t.qualified for t in family[1:]], "partitioned": partitioned,
             "sequences": cat.owned_sequences(conn, table), "inbound_fks": inbound, "requires": needs,
-        })
+        } | data)
+
+
+def _backup_rows(conn: psycopg.Connection, url: str, snapshot: str, table: cat.Table, columns: list[str],
+                 writer: ArtifactWriter, stem: str, progress: Progress, partitioned: bool, limit: int | None) -> dict[str, Any]:
+    """The table's rows into the artifact: one COPY stream, or parts over key ranges copied in parallel
+    for a big table. Returns the rows copied and what the manifest says about how they are stored."""
+    fmt = cd.copy_format(conn, table, columns)
+    ranges = None if partitioned or limit is not None else cd.plan_parts(conn, table)
+    if ranges is not None:
+        rows, parts = cd.parallel_copy_out(url, snapshot, table, columns, fmt, ranges, writer, stem, progress)
+        return {"rows": rows, "copy_format": fmt.value, "parts": parts}
+    counter = cd.RowCounter()
+    writer.write_stream(f"{stem}.copy.zst", cd.copy_out(conn, table, columns, counter, progress, fmt=fmt,
+                                                        partitioned=partitioned, limit=limit))
+    return {"rows": counter.rows, "copy_format": fmt.value}
 
 
 def _execute_all(conn: psycopg.Connection, statements: list[str], what: str) -> None:
@@ -364,17 +315,25 @@ class _Restore:
         self.recreate_dependents(views, policies, defaults)
 
     def copy_in(self) -> None:
+        # All parts of a big table load here, one COPY after another inside the restore's one
+        # transaction, while a thread reads and decompresses the next blocks. Loading parts on
+        # several connections would need each to commit its rows somewhere first: a staging table
+        # swapped in at the end, which means re-creating the table under another name with all it
+        # carries (identity and serial sequences, constraint and index names, triggers, policies,
+        # grants, the FKs and views that point at it) and renaming it all back. On two cores the
+        # server's COPY already has one core and decompression the other, so that machinery buys
+        # little; the parallelism is in the backup's COPY out, the index builds (parallel maintenance
+        # workers) and the fingerprint (a parallel aggregate), and atomicity stays as it was.
         for t in self.tables_meta:
             table = cat.Table(t["schema"], t["name"])
-            columns = sql.SQL(", ").join(map(sql.Identifier, t["columns"]))
+            fmt = cd.format_of(t)
+            names = cd.data_files(self.manifest, t)
             # Every table here was created or truncated in this transaction, which is when FREEZE is
             # allowed: rows land frozen, sparing the table a later rewrite of hint bits by vacuum.
             # PostgreSQL refuses FREEZE on a partitioned parent, whose rows go to its partitions.
-            options = sql.SQL("") if t.get("partitioned") else sql.SQL(" (FREEZE)")
-            with self.conn.cursor().copy(sql.SQL("COPY {} ({}) FROM STDIN{}").format(table.ident, columns, options)) as copy:
-                for block in self.artifacts.iter_chunks(self.manifest, f"{t['stem']}.copy.zst"):
-                    copy.write(block)
-                    self.progress.advance(len(block))
+            with closing(cd.read_ahead(lambda name: self.artifacts.iter_chunks(self.manifest, name), names)) as files:
+                for _name, blocks in files:
+                    cd.copy_in(self.conn, table, t["columns"], fmt, blocks, self.progress, freeze=not t.get("partitioned"))
 
     def recreate_dependents(self, views: list[dict[str, Any]], policies: list[dict[str, Any]],
                             defaults: list[dict[str, Any]]) -> None:
@@ -407,10 +366,11 @@ def restore(conn: psycopg.Connection, manifest: Manifest, artifacts: ArtifactSto
     tables_meta = manifest.meta.get("tables")
     if not isinstance(tables_meta, list):
         raise BackupCorruptError(f"backup {manifest.id}: manifest has no table list")
-    total = sum(manifest.file(f"{t['stem']}.copy.zst").bytes for t in tables_meta)
+    total = sum(manifest.file(name).bytes for t in tables_meta for name in cd.data_files(manifest, t))
     progress.start(f"restore {manifest.id}", total=total or None)
     with conn.transaction():
         conn.execute("SELECT set_config('lock_timeout', %s, true)", (f"{int(lock_timeout * 1000)}ms",))
+        cd.raise_maintenance_memory(conn)
         _Restore(conn, manifest, artifacts, progress).run()
     progress.finish()
     return verify_restored(conn, manifest)

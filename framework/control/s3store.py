@@ -166,7 +166,7 @@ class S3ArtifactWriter:
         self.base = base
         self.files: list[ArtifactFile] = []
         self.keys: list[str] = []
-        self._upload: _ObjectUpload | None = None
+        self._uploads: set[_ObjectUpload] = set()  # a big table's parts are written by several threads at once
 
     def write_stream(self, name: str, chunks: Iterator[bytes], meta: dict[str, Any] | None = None) -> ArtifactFile:
         """Compress ``chunks`` into the object ``name``; memory stays at one part whatever the size."""
@@ -174,7 +174,8 @@ class S3ArtifactWriter:
             raise BackupError(f"invalid artifact file name {name!r}")
         key = self.store.key(self.base["id"], name)
         self.store.refuse_existing(key)
-        self._upload = upload = _ObjectUpload(self.store, key, self.store.part_size)
+        upload = _ObjectUpload(self.store, key, self.store.part_size)
+        self._uploads.add(upload)
         try:
             size, digest = compress_into(upload, chunks)
             upload.finish()
@@ -182,7 +183,7 @@ class S3ArtifactWriter:
             upload.abort()
             raise
         finally:
-            self._upload = None
+            self._uploads.discard(upload)
         self.keys.append(key)
         entry = ArtifactFile(name, size, digest, dict(meta or {}))
         self.files.append(entry)
@@ -192,8 +193,8 @@ class S3ArtifactWriter:
         return self.write_stream(name, iter([data]), meta)
 
     def abort(self) -> None:
-        if self._upload is not None:
-            self._upload.abort()
+        for upload in list(self._uploads):
+            upload.abort()
 
 
 _NEVER = datetime.min.replace(tzinfo=UTC)
