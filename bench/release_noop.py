@@ -31,7 +31,7 @@ import redis
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.common import measure, write_results  # noqa: E402
+from bench.common import measure, user_env, write_results  # noqa: E402
 from polyshift.framework.sandbox.servers import EmbeddedPostgres, EmbeddedRedis, falkordb_args  # noqa: E402
 
 PHASES = [  # (label, journal entry that ends the phase)
@@ -152,7 +152,7 @@ def main() -> None:
         config = polyshift_project(root / "p", pg.url(), vectors_url, cache_server.url, graph_server.port)
         alembic_project(root / "a", pg.url())
         cache, graph = redis.Redis.from_url(cache_server.url), redis.Redis(port=graph_server.port)
-        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        env = user_env(PYTHONPATH=str(REPO))
         bin_dir = Path(sys.executable).parent
         ours, theirs, breakdown = [], [], []
         for _ in range(args.repeat):
