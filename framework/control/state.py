@@ -92,17 +92,6 @@ def make_engine(url: str) -> sa.Engine:
             # audit chain (or changing a flag) queue instead of failing on lock upgrade.
             engine = sa.create_engine(url, connect_args={"timeout": 60, "isolation_level": None})
 
-            @sa.event.listens_for(engine, "connect")
-            def _durable_wal(dbapi_conn: Any, _record: Any) -> None:
-                # A run writes its journal and audit entry by entry, a commit each (5,000 for a
-                # 315-migration history). In the default rollback-journal mode each commit creates,
-                # syncs and deletes a journal file: 8 ms on the benchmark machine, against 0.2 ms
-                # for an append to the write-ahead log. synchronous=FULL keeps every commit as
-                # durable as before: the log is synced before COMMIT returns.
-                if url != "sqlite:///:memory:" and url != "sqlite://":
-                    dbapi_conn.execute("PRAGMA journal_mode=WAL")
-                dbapi_conn.execute("PRAGMA synchronous=FULL")
-
             @sa.event.listens_for(engine, "begin")
             def _begin(conn: sa.Connection) -> None:
                 conn.exec_driver_sql("BEGIN IMMEDIATE")
