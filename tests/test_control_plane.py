@@ -169,13 +169,13 @@ def empty_state(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 def test_a_schema_written_before_versioning_is_upgraded_in_place_keeping_its_history(empty_state: str) -> None:
     import sqlalchemy as sa
 
-    from polyshift.framework.control import schema
+    from polyshift.framework.control import keys, schema
     from polyshift.framework.control.state import ControlPlane
 
     _written_before_versioning(empty_state)
     plane = ControlPlane(empty_state)
     with plane.engine.connect() as conn:
-        assert conn.execute(sa.select(schema.schema_version.c.version)).scalar() == schema.SCHEMA_VERSION
+        assert conn.execute(sa.select(schema.schema_version.c.version)).scalar() == keys.SCHEMA_VERSION
         assert {c["name"] for c in sa.inspect(conn).get_columns("polyshift_backups")} >= {"manifest_sha256"}
     appended = plane.audit("test.after_upgrade", "main")
     assert appended.seq == 2 and appended.runner is not None
@@ -186,19 +186,19 @@ def test_an_older_polyshift_refuses_a_newer_control_plane_with_exit_2_and_writes
     assert ws.run("status").exit_code == 0
     import sqlalchemy as sa
 
-    from polyshift.framework.control import schema
+    from polyshift.framework.control import keys, schema
     from polyshift.framework.core.config import load_config
 
     url = load_config(ws.config).state_url
     engine = sa.create_engine(url)
     with engine.begin() as conn:
-        conn.execute(schema.schema_version.update().values(version=schema.SCHEMA_VERSION + 1, written_by="9.9.0"))
+        conn.execute(schema.schema_version.update().values(version=keys.SCHEMA_VERSION + 1, written_by="9.9.0"))
         runs_before = conn.execute(sa.select(sa.func.count()).select_from(schema.runs)).scalar()
     ws.migration("0001_t", "CREATE TABLE t (id int);", "DROP TABLE t;")
     for command in (["status"], ["up"], ["audit", "--verify"]):
         result = ws.run(*command)
         assert result.exit_code == 2, result.output
-        assert f"schema is version {schema.SCHEMA_VERSION + 1} (written by polyshift 9.9.0)" in result.stderr
+        assert f"schema is version {keys.SCHEMA_VERSION + 1} (written by polyshift 9.9.0)" in result.stderr
         assert "upgrade polyshift" in result.stderr
     with engine.connect() as conn:
         assert conn.execute(sa.select(sa.func.count()).select_from(schema.runs)).scalar() == runs_before
@@ -212,3 +212,59 @@ def test_many_runners_meeting_an_old_schema_at_once_upgrade_it_once(tmp_path: Pa
     from polyshift.framework.control.state import ControlPlane
 
     assert ControlPlane(pg_state).verify_audit() == 1 + WORKERS
+
+
+# -- the read path (the driver itself, without SQLAlchemy) ---------------------------------------
+def test_a_read_after_the_server_ended_the_read_connection_opens_a_new_one(pg_state: str, pg_server: Server) -> None:
+    import psycopg
+
+    from polyshift.framework.control.reads import READS_APPLICATION
+    from polyshift.framework.control.state import ControlPlane
+    from polyshift.framework.core.lifecycle import RunCommand
+
+    plane = ControlPlane(pg_state)
+    run_id = plane.start_run(RunCommand.UP)
+    assert [r["id"] for r in plane.unfinished_runs()] == [run_id]
+    with psycopg.connect(pg_server.admin_url, autocommit=True) as admin:  # a restart or an idle timeout
+        ended = admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s",
+                              (READS_APPLICATION,)).fetchall()
+    assert ended and all(row[0] for row in ended)
+    assert [r["id"] for r in plane.unfinished_runs()] == [run_id]
+    plane.close()
+
+
+def test_reads_of_a_sqlite_control_plane_give_timestamps_as_datetimes(tmp_path: Path) -> None:
+    from datetime import datetime
+
+    from polyshift.framework.control.state import ControlPlane
+    from polyshift.framework.core.lifecycle import Phase, RunCommand, Step
+
+    plane = ControlPlane(f"sqlite:///{tmp_path / 'state.db'}")
+    run_id = plane.start_run(RunCommand.UP, {"stores": ["main"]})
+    plane.journal(run_id, Step.LOCK, Phase.DONE, store="main")
+    run = plane.unfinished_runs()[0]
+    entry = plane.journal_entries(run_id)[0]
+    assert isinstance(run["started_at"], datetime) and run["finished_at"] is None
+    assert isinstance(entry["at"], datetime) and entry["detail"] == {}
+    assert run["detail"] == {"stores": ["main"]}
+    plane.close()
+
+
+def test_a_sqlite_control_plane_is_created_private_by_its_first_open(tmp_path: Path) -> None:
+    from polyshift.framework.control.state import ControlPlane
+
+    path = tmp_path / "nested" / "state.db"
+    path.parent.mkdir()
+    ControlPlane(f"sqlite:///{path}").close()
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert ControlPlane(f"sqlite:///{path}").verify_audit() == 0  # the second open reads what the first created
+
+
+@pytest.mark.parametrize("url", ["sqlite:///:memory:", "mysql://app@db/state"])
+def test_a_state_url_polyshift_cannot_keep_a_journal_in_is_refused_naming_it(tmp_path: Path, url: str) -> None:
+    config = tmp_path / "polyshift.toml"
+    config.write_text(f'[project]\nstate_url = "{url}"\n[stores.main]\nkind = "redis"\nurl = "redis://127.0.0.1:1/0"\n')
+    result = subprocess.run([sys.executable, "-m", "polyshift.framework.cli.main", "--config", str(config), "status"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert f"state database {url} is not supported" in result.stderr

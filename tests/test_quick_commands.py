@@ -12,7 +12,7 @@ import textwrap
 from pathlib import Path
 
 from polyshift.feature_flags.admin import Change
-from tests.conftest import FlagProject, RedisWorkspace
+from tests.conftest import FlagProject, RedisWorkspace, Workspace
 
 # The drivers and libraries whose import is most of a slow start; none is needed to print help.
 DRIVERS = ("sqlalchemy", "psycopg", "redis", "neo4j", "falkordb", "pglast", "starlette", "uvicorn", "zstandard")
@@ -68,3 +68,23 @@ def test_status_of_a_redis_project_imports_no_postgresql_or_graph_driver(rws: Re
     driver = ("psycopg",) if state_backend == "sqlite" else ()
     assert heavy(modules, (*driver, "neo4j", "falkordb", "pglast", "starlette", "uvicorn",
                            "polyshift.adapters.postgres", "polyshift.adapters.graph")) == []
+
+
+def test_status_of_a_postgresql_project_reads_the_control_plane_without_sqlalchemy_or_the_sql_parser(
+        ws: Workspace) -> None:
+    ws.migration("0001_users", "CREATE TABLE users (id bigint PRIMARY KEY);", "DROP TABLE users;")
+    assert ws.run("status").exit_code == 0  # the control plane's first use creates its tables
+    code, modules = loaded_after(["--config", str(ws.config), "status", "--json"], ws.root)
+    assert code == 0
+    assert "polyshift.adapters.postgres.adapter" in modules  # it did read the store's ledger
+    assert heavy(modules, ("sqlalchemy", "pglast", "polyshift.adapters.postgres.backup",
+                           "polyshift.adapters.postgres.analysis")) == []
+
+
+def test_plan_parses_the_pending_migration_and_still_reads_the_control_plane_without_sqlalchemy(ws: Workspace) -> None:
+    ws.migration("0001_users", "CREATE TABLE users (id bigint PRIMARY KEY);", "DROP TABLE users;")
+    assert ws.run("status").exit_code == 0
+    code, modules = loaded_after(["--config", str(ws.config), "plan", "--json"], ws.root)
+    assert code == 0
+    assert "pglast" in modules
+    assert heavy(modules, ("sqlalchemy", "polyshift.adapters.postgres.backup")) == []

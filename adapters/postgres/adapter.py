@@ -17,14 +17,11 @@ import psycopg
 from psycopg import sql
 
 from polyshift.adapters.boundary import python_checks, step_failed, translate, translated
-from polyshift.adapters.postgres import backup as pg_backup
 from polyshift.adapters.postgres import catalog as cat
 from polyshift.adapters.postgres import inventory as pg_inventory
 from polyshift.adapters.postgres import locking
-from polyshift.adapters.postgres.analysis import Statement, analyze_sql
 from polyshift.adapters.postgres.errors import PSYCOPG_ERRORS
-from polyshift.adapters.postgres.hazards import CODES, THRESHOLD, Kind, TableSize
-from polyshift.adapters.postgres.scope import ScopeExpander
+from polyshift.adapters.postgres.sizes import THRESHOLD, TableSize
 from polyshift.adapters.postgres.timing import StatementClock
 from polyshift.framework.core.errors import BackupError, LockHeldError, MigrationLoadError, StepFailed
 from polyshift.framework.core.kinds import POSTGRES, StoreKind
@@ -44,7 +41,10 @@ from polyshift.framework.core.protocol import (
 )
 from polyshift.framework.core.secrets import redact
 
+# The SQL analysis (pglast) and the backup code load when a migration is analyzed or a backup
+# taken: status and history read the ledger only (issue 19).
 if TYPE_CHECKING:
+    from polyshift.adapters.postgres.analysis import Statement
     from polyshift.framework.control.artifacts import ArtifactStore, ArtifactWriter, Manifest
     from polyshift.framework.core.config import StoreConfig
     from polyshift.framework.core.progress import Progress
@@ -223,6 +223,8 @@ class PostgresAdapter:
 
     # -- analysis ---------------------------------------------------------------------
     def _statements(self, step: Step) -> list[Statement]:
+        from polyshift.adapters.postgres.analysis import analyze_sql
+
         assert step.script is not None
         return analyze_sql(step.script, origin=f"{self.name}/{step.path.name}")
 
@@ -234,6 +236,8 @@ class PostgresAdapter:
 
     def _check_allowed(self, migration: Migration) -> None:
         """``allow=`` names lock findings this adapter reports; anything else is a mistake to stop at."""
+        from polyshift.adapters.postgres.hazards import CODES, Kind
+
         where = f"{self.name}/{migration.forward.path.name}"
         for code in migration.allowed:
             if code not in CODES:
@@ -252,6 +256,9 @@ class PostgresAdapter:
             scope = migration.declared_scope or ()
             outside = ("Python step with TRANSACTION = False",) if self._python_outside_tx(migration) else ()
             return Analysis(migration.declared_risk or Risk.C, scope, "declared" if scope else "none", non_transactional=outside)
+        from polyshift.adapters.postgres.analysis import analyze_sql
+        from polyshift.adapters.postgres.scope import ScopeExpander
+
         assert step.script is not None
         self._check_allowed(migration)
         with _translated(self.name, "reading the catalog for the lock hazards"):
@@ -517,12 +524,16 @@ class PostgresAdapter:
         return self._backup(scope, writer, progress, limit)
 
     def _backup(self, scope: tuple[str, ...], writer: ArtifactWriter, progress: Progress, limit: int | None) -> dict[str, Any]:
+        from polyshift.adapters.postgres import backup as pg_backup
+
         try:
             return pg_backup.backup(self.conn, self.config.url, self._tables(scope), writer, progress, limit=limit)
         except psycopg.Error as exc:
             raise translate(PSYCOPG_ERRORS, exc, f"store {self.name}: backup failed", BackupError) from None
 
     def restore(self, manifest: Manifest, artifacts: ArtifactStore, progress: Progress) -> RestoreReport:
+        from polyshift.adapters.postgres import backup as pg_backup
+
         try:
             return pg_backup.restore(self.conn, manifest, artifacts, progress, lock_timeout=self.config.lock_timeout)
         except psycopg.Error as exc:

@@ -13,8 +13,8 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from polyshift.adapters.postgres.hazards import LARGE_ROWS, TableSize
 from polyshift.adapters.postgres.names import RelName, quote_ident
+from polyshift.adapters.postgres.sizes import LARGE_ROWS, TableSize
 
 LEDGER_SCHEMA = "_polyshift"  # leading underscore: never a role name, so never on "$user" search paths
 

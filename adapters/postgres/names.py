@@ -10,17 +10,24 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-
-from pglast import keywords
+from functools import cache
 
 _PLAIN = re.compile(r"^[a-z_][a-z0-9_$]*$")
-# Unreserved keywords may stand unquoted, as PostgreSQL's own quote_ident() decides.
-_NEEDS_QUOTES = keywords.RESERVED_KEYWORDS | keywords.COL_NAME_KEYWORDS | keywords.TYPE_FUNC_NAME_KEYWORDS
+
+
+@cache
+def _needs_quotes() -> frozenset[str]:
+    # Unreserved keywords may stand unquoted, as PostgreSQL's own quote_ident() decides. pglast
+    # (the SQL parser, ~20 ms to import) is loaded when a name is first spelled, not by every
+    # command that opens a PostgreSQL store (issue 19).
+    from pglast import keywords
+
+    return frozenset(keywords.RESERVED_KEYWORDS | keywords.COL_NAME_KEYWORDS | keywords.TYPE_FUNC_NAME_KEYWORDS)
 
 
 def quote_ident(name: str) -> str:
     """The SQL spelling of one identifier: bare when PostgreSQL would fold it back to itself."""
-    if _PLAIN.match(name) and name not in _NEEDS_QUOTES:
+    if _PLAIN.match(name) and name not in _needs_quotes():
         return name
     return '"' + name.replace('"', '""') + '"'
 

@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from polyshift.adapters.postgres.analysis import Statement
 from polyshift.framework.core.protocol import StatementTiming
+
+if TYPE_CHECKING:
+    from polyshift.adapters.postgres.analysis import Statement
 
 
 @dataclass(frozen=True)

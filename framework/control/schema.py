@@ -17,29 +17,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import UTC, datetime
-from enum import IntEnum
 
 import sqlalchemy as sa
 
 from polyshift.framework import __version__
+from polyshift.framework.control.keys import AUDIT, BACKUPS, JOURNAL, LOCK_CLASS, RUNS, SCHEMA, SCHEMA_VERSION, AdvisoryLock
 from polyshift.framework.core.errors import ControlPlaneVersionError
 
 metadata = sa.MetaData()
 
-# The two-int advisory lock keys of the control plane ("psCP"); the store adapters use "poly".
-LOCK_CLASS = 0x70734350
-
-
-class AdvisoryLock(IntEnum):
-    SCHEMA = 1
-    AUDIT = 2
-
-
-# Session-level advisory locks a run holds on PostgreSQL while its process lives (see runs.py).
-RUN_LOCK_CLASS = 0x70735255  # "psRU"
-
 runs = sa.Table(
-    "polyshift_runs", metadata,
+    RUNS, metadata,
     sa.Column("id", sa.String(36), primary_key=True),
     sa.Column("command", sa.String(64), nullable=False),
     sa.Column("actor", sa.String(200), nullable=False),
@@ -53,9 +41,9 @@ runs = sa.Table(
 )
 
 journal = sa.Table(
-    "polyshift_journal", metadata,
+    JOURNAL, metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("run_id", sa.String(36), sa.ForeignKey("polyshift_runs.id"), nullable=False, index=True),
+    sa.Column("run_id", sa.String(36), sa.ForeignKey(f"{RUNS}.id"), nullable=False, index=True),
     sa.Column("at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("store", sa.String(100)),
     sa.Column("version", sa.String(64)),
@@ -66,7 +54,7 @@ journal = sa.Table(
 )
 
 audit = sa.Table(
-    "polyshift_audit", metadata,
+    AUDIT, metadata,
     sa.Column("seq", sa.Integer, primary_key=True, autoincrement=False),
     sa.Column("at", sa.String(40), nullable=False),
     sa.Column("actor", sa.String(200), nullable=False),
@@ -79,7 +67,7 @@ audit = sa.Table(
 )
 
 backups = sa.Table(
-    "polyshift_backups", metadata,
+    BACKUPS, metadata,
     sa.Column("id", sa.String(100), primary_key=True),
     sa.Column("store", sa.String(100), nullable=False, index=True),
     sa.Column("version", sa.String(64)),
@@ -108,15 +96,12 @@ flags_version = sa.Table(
 )
 
 schema_version = sa.Table(
-    "polyshift_schema", metadata,
+    SCHEMA, metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
     sa.Column("version", sa.Integer, nullable=False),
     sa.Column("written_by", sa.String(40), nullable=False),   # the polyshift that created or last upgraded it
     sa.Column("upgraded_at", sa.String(40), nullable=False),
 )
-
-SCHEMA_VERSION = 2
-
 
 def _add_columns(conn: sa.Connection, table: sa.Table, names: tuple[str, ...]) -> None:
     present = {c["name"] for c in sa.inspect(conn).get_columns(table.name)}

@@ -19,19 +19,22 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
-
-import sqlalchemy as sa
-from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
+from typing import TYPE_CHECKING, Any
 
 from polyshift.framework.control import failpoints
 from polyshift.framework.control.identity import this_runner
+from polyshift.framework.control.keys import AUDIT, BACKUPS, JOURNAL, RUN_LOCK_CLASS, RUNS, SCHEMA_VERSION, AdvisoryLock
 from polyshift.framework.control.localfiles import private_file
-from polyshift.framework.control.schema import RUN_LOCK_CLASS, AdvisoryLock, audit, backups, ensure_schema, journal, lock, runs
+from polyshift.framework.control.reads import Dialect, DirectReads, StateUrl, pg_connect_args
 from polyshift.framework.core.errors import AuditChainBroken, ConfigError, ControlPlaneVersionError, StoreError
 from polyshift.framework.core.lifecycle import UNFINISHED, Phase, RunCommand, RunStatus, Step
 from polyshift.framework.core.processes import pid_alive
 from polyshift.framework.core.secrets import redact, redact_obj, url_without_password
+
+# SQLAlchemy (and the table definitions in ``schema``) load on the first write: reads go through
+# ``reads`` on the driver itself, so status and plan do not pay for SQLAlchemy's import (issue 19).
+if TYPE_CHECKING:
+    import sqlalchemy as sa
 
 GENESIS = "0" * 64
 _HASHED = ("seq", "at", "actor", "action", "subject", "detail", "prev_hash")
@@ -82,6 +85,11 @@ def driver_url(url: str) -> str:
 
 def make_engine(url: str) -> sa.Engine:
     """An engine for the control-plane database (sqlite file or PostgreSQL), its schema created or upgraded."""
+    import sqlalchemy as sa
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from polyshift.framework.control.schema import ensure_schema
+
     url = driver_url(url)
     try:
         if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
@@ -108,32 +116,52 @@ def make_engine(url: str) -> sa.Engine:
 
 
 def _pg_connect_args(url: str) -> dict[str, Any]:
-    if not url.startswith("postgresql"):
-        return {}
-    # TCP keepalives: a runner whose machine vanished lets go of its run lock within a minute.
-    return {"application_name": "polyshift control plane", "keepalives": 1, "keepalives_idle": 20,
-            "keepalives_interval": 5, "keepalives_count": 4, "connect_timeout": 10}
+    return pg_connect_args() if url.startswith("postgresql") else {}
 
 
 class ControlPlane:
     def __init__(self, url: str) -> None:
         self.url = url
-        self.engine = make_engine(url)
-        self.shared = self.engine.dialect.name == "postgresql"
+        where = StateUrl.parse(url)
+        self.shared = where.dialect is Dialect.POSTGRESQL
+        self._engine: sa.Engine | None = None
+        reads = DirectReads.open(where)
+        if reads is None or (found := reads.schema_version()) is None or found[0] != SCHEMA_VERSION:
+            # Missing, older or newer: the writing path creates or upgrades it under its lock, or
+            # refuses a newer one (closing what it opened), before anything reads it.
+            try:
+                self._engine = make_engine(url)
+            except BaseException:
+                if reads is not None:
+                    reads.close()
+                raise
+            reads = reads or DirectReads(where)
+        self._reads = reads
         # PostgreSQL: a connection per run this process drives, holding that run's advisory lock
         # for as long as the process lives; the server drops it when the process dies, on any host.
         self._run_locks: dict[str, sa.Connection] = {}
         self._lock_engine: sa.Engine | None = None
+
+    @property
+    def engine(self) -> sa.Engine:
+        """SQLAlchemy's engine, for writes; created (with SQLAlchemy's import) on first use."""
+        if self._engine is None:
+            self._engine = make_engine(self.url)
+        return self._engine
 
     def close(self) -> None:
         for run_id in list(self._run_locks):
             self._let_go(run_id)
         if self._lock_engine is not None:
             self._lock_engine.dispose()
-        self.engine.dispose()
+        if self._engine is not None:
+            self._engine.dispose()
+        self._reads.close()
 
     # -- runs and journal -------------------------------------------------------------
     def start_run(self, command: RunCommand, detail: dict[str, Any] | None = None) -> str:
+        from polyshift.framework.control.schema import runs
+
         run_id = str(uuid.uuid4())
         me = this_runner()
         if self.shared:
@@ -146,6 +174,8 @@ class ControlPlane:
         return run_id
 
     def finish_run(self, run_id: str, status: RunStatus, detail: dict[str, Any] | None = None) -> None:
+        from polyshift.framework.control.schema import runs
+
         with self.engine.begin() as conn:
             conn.execute(runs.update().where(runs.c.id == run_id).values(
                 finished_at=_now(), status=status, detail=json.dumps(redact_obj(detail or {})),
@@ -154,16 +184,21 @@ class ControlPlane:
 
     def unfinished_runs(self, commands: tuple[str, ...] | None = None) -> list[dict[str, Any]]:
         """Runs still 'running' (alive, or died without finishing) or left for 'polyshift recover'."""
-        query = sa.select(runs).where(runs.c.status.in_(UNFINISHED)).order_by(runs.c.started_at)
+        params = {f"s{i}": str(status) for i, status in enumerate(UNFINISHED)}
+        where = f"status IN ({', '.join(f'%({name})s' for name in params)})"
         if commands is not None:
-            query = query.where(runs.c.command.in_(commands))
-        with self.engine.connect() as conn:
-            return [dict(r._mapping) | {"detail": json.loads(r.detail)} for r in conn.execute(query)]
+            params |= {f"c{i}": str(command) for i, command in enumerate(commands)}
+            where += f" AND command IN ({', '.join(f'%(c{i})s' for i in range(len(commands)))})" if commands else " AND 1 = 0"
+        found = self._reads.rows(f"SELECT * FROM {RUNS} WHERE {where} ORDER BY started_at", params,
+                                 datetimes=("started_at", "finished_at"))
+        return [r | {"detail": json.loads(r["detail"])} for r in found]
 
     def claim_run(self, run: dict[str, Any]) -> bool:
         """This process now drives ``run`` (recover). A compare-and-set on the owner we read: when
         two recovers race, exactly one claims it. On PostgreSQL the claimer first takes the run's
         lock, which a process that still drives it (on any host) holds."""
+        from polyshift.framework.control.schema import runs
+
         if self.shared and not self._hold(run["id"], wait=False):
             return False
         me = this_runner()
@@ -186,13 +221,14 @@ class ControlPlane:
             return True
         if not self.shared:
             return False
-        with self.engine.connect() as conn:
-            return bool(conn.execute(sa.text(
-                "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 2 "
-                "AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
-                "AND classid::bigint = :c AND objid::bigint = :o)"), {"c": RUN_LOCK_CLASS, "o": _run_key(run["id"])}).scalar())
+        return bool(self._reads.rows(
+            "SELECT 1 AS held FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 2 "
+            "AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
+            "AND classid::bigint = %(c)s AND objid::bigint = %(o)s", {"c": RUN_LOCK_CLASS, "o": _run_key(run["id"])}))
 
     def _hold(self, run_id: str, *, wait: bool) -> bool:
+        import sqlalchemy as sa
+
         if run_id in self._run_locks:
             return True
         if self._lock_engine is None:
@@ -210,6 +246,8 @@ class ControlPlane:
     def _let_go(self, run_id: str) -> None:
         conn = self._run_locks.pop(run_id, None)
         if conn is not None:
+            from sqlalchemy.exc import SQLAlchemyError
+
             try:
                 conn.close()  # NullPool: the server connection ends, and the session lock with it
             except SQLAlchemyError:
@@ -217,6 +255,8 @@ class ControlPlane:
 
     def journal(self, run_id: str, step: Step, phase: Phase, *, store: str | None = None,
                 version: str | None = None, detail: dict[str, Any] | None = None) -> None:
+        from polyshift.framework.control.schema import journal
+
         with self.engine.begin() as conn:
             conn.execute(journal.insert().values(
                 run_id=run_id, at=_now(), store=store, version=version, step=step, phase=phase,
@@ -225,13 +265,11 @@ class ControlPlane:
         failpoints.journal_written()
 
     def journal_entries(self, run_id: str | None = None, *, version: str | None = None) -> list[dict[str, Any]]:
-        query = sa.select(journal).order_by(journal.c.id)
-        if run_id is not None:
-            query = query.where(journal.c.run_id == run_id)
-        if version is not None:
-            query = query.where(journal.c.version == version)
-        with self.engine.connect() as conn:
-            return [dict(r._mapping) | {"detail": json.loads(r.detail)} for r in conn.execute(query)]
+        where = " AND ".join(f"{column} = %({column})s" for column, value in (("run_id", run_id), ("version", version))
+                             if value is not None)
+        found = self._reads.rows(f"SELECT * FROM {JOURNAL}{' WHERE ' + where if where else ''} ORDER BY id",
+                                 {"run_id": run_id, "version": version}, datetimes=("at",))
+        return [r | {"detail": json.loads(r["detail"])} for r in found]
 
     # -- audit chain ------------------------------------------------------------------
     def audit(self, action: str, subject: str, detail: dict[str, Any] | None = None, *, who: str | None = None) -> AuditEntry:
@@ -239,6 +277,11 @@ class ControlPlane:
         the database (an advisory lock held to the end of the transaction on PostgreSQL, the write
         lock on SQLite), so runners on many machines extend one chain; the retry is only for
         writers that do not take that lock (a polyshift from before it did)."""
+        import sqlalchemy as sa
+        from sqlalchemy.exc import IntegrityError, OperationalError
+
+        from polyshift.framework.control.schema import audit, lock
+
         payload = json.dumps(redact_obj(detail or {}), sort_keys=True, default=str)
         for _attempt in range(50):
             try:
@@ -265,36 +308,34 @@ class ControlPlane:
         raise StoreError("state database: audit log is contended; gave up after 50 attempts")
 
     def audit_entries(self, *, subject: str | None = None) -> Iterator[AuditEntry]:
-        query = sa.select(audit).order_by(audit.c.seq)
-        if subject is not None:
-            query = query.where(audit.c.subject == subject)
-        with self.engine.connect() as conn:
-            for r in conn.execute(query):
-                try:
-                    detail = json.loads(r.detail)
-                except ValueError:
-                    detail = {"unparsable": r.detail}
-                yield AuditEntry(r.seq, r.at, r.actor, r.action, r.subject, detail, r.prev_hash, r.hash, r.runner)
+        where = " WHERE subject = %(subject)s" if subject is not None else ""
+        for r in self._reads.rows(f"SELECT * FROM {AUDIT}{where} ORDER BY seq", {"subject": subject}):
+            try:
+                detail = json.loads(r["detail"])
+            except ValueError:
+                detail = {"unparsable": r["detail"]}
+            yield AuditEntry(r["seq"], r["at"], r["actor"], r["action"], r["subject"], detail, r["prev_hash"], r["hash"],
+                             r["runner"])
 
     def verify_audit(self) -> int:
         """Walk the chain; returns the number of entries or raises AuditChainBroken at the first bad one."""
         prev, expected_seq, count = GENESIS, 1, 0
-        with self.engine.connect() as conn:
-            for r in conn.execute(sa.select(audit).order_by(audit.c.seq)):
-                entry = dict(r._mapping)
-                if entry["seq"] != expected_seq:
-                    raise AuditChainBroken(f"audit entry {expected_seq} is missing (next present is {entry['seq']})", seq=expected_seq)
-                if entry["prev_hash"] != prev:
-                    seq = entry["seq"]
-                    raise AuditChainBroken(f"audit entry {seq} does not chain to entry {seq - 1}", seq=seq)
-                if _entry_hash(entry) != entry["hash"]:
-                    seq = entry["seq"]
-                    raise AuditChainBroken(f"audit entry {seq} was altered (its hash does not match its content)", seq=seq)
-                prev, expected_seq, count = entry["hash"], expected_seq + 1, count + 1
+        for entry in self._reads.rows(f"SELECT * FROM {AUDIT} ORDER BY seq", {}):
+            if entry["seq"] != expected_seq:
+                raise AuditChainBroken(f"audit entry {expected_seq} is missing (next present is {entry['seq']})", seq=expected_seq)
+            if entry["prev_hash"] != prev:
+                seq = entry["seq"]
+                raise AuditChainBroken(f"audit entry {seq} does not chain to entry {seq - 1}", seq=seq)
+            if _entry_hash(entry) != entry["hash"]:
+                seq = entry["seq"]
+                raise AuditChainBroken(f"audit entry {seq} was altered (its hash does not match its content)", seq=seq)
+            prev, expected_seq, count = entry["hash"], expected_seq + 1, count + 1
         return count
 
     # -- rollback points --------------------------------------------------------------
     def add_backup(self, manifest: Any, run_id: str | None) -> None:
+        from polyshift.framework.control.schema import backups
+
         with self.engine.begin() as conn:
             conn.execute(backups.insert().values(
                 id=manifest.id, store=manifest.store, version=manifest.version, scope=json.dumps(list(manifest.scope)),
@@ -304,15 +345,13 @@ class ControlPlane:
 
     def manifest_digest(self, artifact_id: str) -> str | None:
         """The sha256 a backup's manifest had when it was sealed (None: not on record here)."""
-        with self.engine.connect() as conn:
-            return conn.execute(sa.select(backups.c.manifest_sha256).where(backups.c.id == artifact_id)).scalar()
+        found = self._reads.rows(f"SELECT manifest_sha256 FROM {BACKUPS} WHERE id = %(id)s", {"id": artifact_id})
+        return found[0]["manifest_sha256"] if found else None
 
     def rollback_points(self, store: str | None = None) -> list[dict[str, Any]]:
-        query = sa.select(backups).order_by(backups.c.created_at)
-        if store:
-            query = query.where(backups.c.store == store)
-        with self.engine.connect() as conn:
-            return [dict(r._mapping) | {"scope": json.loads(r.scope)} for r in conn.execute(query)]
+        where = " WHERE store = %(store)s" if store else ""
+        found = self._reads.rows(f"SELECT * FROM {BACKUPS}{where} ORDER BY created_at", {"store": store})
+        return [r | {"scope": json.loads(r["scope"])} for r in found]
 
 
 def _run_key(run_id: str) -> int:
