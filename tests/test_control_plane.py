@@ -215,21 +215,40 @@ def test_many_runners_meeting_an_old_schema_at_once_upgrade_it_once(tmp_path: Pa
 
 
 # -- the read path (the driver itself, without SQLAlchemy) ---------------------------------------
-def test_a_read_after_the_server_ended_the_read_connection_opens_a_new_one(pg_state: str, pg_server: Server) -> None:
+def _end_control_plane_connections(pg_server: Server) -> None:
+    """What a server restart or an idle timeout does to the connections a process keeps."""
     import psycopg
 
-    from polyshift.framework.control.reads import READS_APPLICATION
+    from polyshift.framework.control.database import APPLICATION
+
+    with psycopg.connect(pg_server.admin_url, autocommit=True) as admin:
+        ended = admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s",
+                              (APPLICATION,)).fetchall()
+    assert ended and all(row[0] for row in ended)
+
+
+def test_a_read_after_the_server_ended_the_connection_opens_a_new_one(pg_state: str, pg_server: Server) -> None:
     from polyshift.framework.control.state import ControlPlane
     from polyshift.framework.core.lifecycle import RunCommand
 
     plane = ControlPlane(pg_state)
     run_id = plane.start_run(RunCommand.UP)
     assert [r["id"] for r in plane.unfinished_runs()] == [run_id]
-    with psycopg.connect(pg_server.admin_url, autocommit=True) as admin:  # a restart or an idle timeout
-        ended = admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s",
-                              (READS_APPLICATION,)).fetchall()
-    assert ended and all(row[0] for row in ended)
+    _end_control_plane_connections(pg_server)
     assert [r["id"] for r in plane.unfinished_runs()] == [run_id]
+    plane.close()
+
+
+def test_a_write_after_the_server_ended_the_connection_opens_a_new_one_and_lands_once(pg_state: str,
+                                                                                       pg_server: Server) -> None:
+    from polyshift.framework.control.state import ControlPlane
+    from polyshift.framework.core.lifecycle import Phase, RunCommand, Step
+
+    plane = ControlPlane(pg_state)
+    run_id = plane.start_run(RunCommand.UP)
+    _end_control_plane_connections(pg_server)
+    plane.journal(run_id, Step.LOCK, Phase.DONE, store="main")
+    assert [(e["step"], e["phase"]) for e in plane.journal_entries(run_id)] == [("lock", "done")]
     plane.close()
 
 

@@ -21,7 +21,18 @@ from datetime import UTC, datetime
 import sqlalchemy as sa
 
 from polyshift.framework import __version__
-from polyshift.framework.control.keys import AUDIT, BACKUPS, JOURNAL, LOCK_CLASS, RUNS, SCHEMA, SCHEMA_VERSION, AdvisoryLock
+from polyshift.framework.control.keys import (
+    AUDIT,
+    BACKUPS,
+    FLAGS,
+    FLAGS_VERSION,
+    JOURNAL,
+    LOCK_CLASS,
+    RUNS,
+    SCHEMA,
+    SCHEMA_VERSION,
+    AdvisoryLock,
+)
 from polyshift.framework.core.errors import ControlPlaneVersionError
 
 metadata = sa.MetaData()
@@ -84,13 +95,13 @@ backups = sa.Table(
 # Flags kept in the control plane (``[flags] store = "state"``): one row per flag and one global
 # change counter (see polyshift.feature_flags.sql_store).
 flags = sa.Table(
-    "polyshift_flags", metadata,
+    FLAGS, metadata,
     sa.Column("name", sa.String(100), primary_key=True),
     sa.Column("version", sa.Integer, nullable=False),
     sa.Column("data", sa.Text, nullable=False),
 )
 flags_version = sa.Table(
-    "polyshift_flags_version", metadata,
+    FLAGS_VERSION, metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
     sa.Column("version", sa.BigInteger, nullable=False),
 )

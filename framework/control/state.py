@@ -22,10 +22,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from polyshift.framework.control import failpoints
+from polyshift.framework.control.database import Dialect, DuplicateKey, StateDatabase, StateUrl, pg_connect_args, run_lock_connection
 from polyshift.framework.control.identity import this_runner
 from polyshift.framework.control.keys import AUDIT, BACKUPS, JOURNAL, RUN_LOCK_CLASS, RUNS, SCHEMA_VERSION, AdvisoryLock
 from polyshift.framework.control.localfiles import private_file
-from polyshift.framework.control.reads import Dialect, DirectReads, StateUrl, pg_connect_args
 from polyshift.framework.core.errors import AuditChainBroken, ConfigError, ControlPlaneVersionError, StoreError
 from polyshift.framework.core.lifecycle import UNFINISHED, Phase, RunCommand, RunStatus, Step
 from polyshift.framework.core.processes import pid_alive
@@ -34,6 +34,7 @@ from polyshift.framework.core.secrets import redact, redact_obj, url_without_pas
 # SQLAlchemy (and the table definitions in ``schema``) load on the first write: reads go through
 # ``reads`` on the driver itself, so status and plan do not pay for SQLAlchemy's import (issue 19).
 if TYPE_CHECKING:
+    import psycopg
     import sqlalchemy as sa
 
 GENESIS = "0" * 64
@@ -119,32 +120,37 @@ def _pg_connect_args(url: str) -> dict[str, Any]:
     return pg_connect_args() if url.startswith("postgresql") else {}
 
 
+def open_database(url: str) -> StateDatabase:
+    """The control plane's database on its driver, its schema current: when it is missing, older
+    or newer, SQLAlchemy's schema path first creates or upgrades it under its lock, or refuses a
+    newer one, before anything else reads or writes it."""
+    where = StateUrl.parse(url)
+    db = StateDatabase.open(where)
+    if db is None or (found := db.schema_version()) is None or found[0] != SCHEMA_VERSION:
+        try:
+            make_engine(url).dispose()
+        except BaseException:
+            if db is not None:
+                db.close()
+            raise
+        db = db or StateDatabase(where)
+    return db
+
+
 class ControlPlane:
     def __init__(self, url: str) -> None:
         self.url = url
-        where = StateUrl.parse(url)
-        self.shared = where.dialect is Dialect.POSTGRESQL
-        self._engine: sa.Engine | None = None
-        reads = DirectReads.open(where)
-        if reads is None or (found := reads.schema_version()) is None or found[0] != SCHEMA_VERSION:
-            # Missing, older or newer: the writing path creates or upgrades it under its lock, or
-            # refuses a newer one (closing what it opened), before anything reads it.
-            try:
-                self._engine = make_engine(url)
-            except BaseException:
-                if reads is not None:
-                    reads.close()
-                raise
-            reads = reads or DirectReads(where)
-        self._reads = reads
+        self.db = open_database(url)
+        self.shared = self.db.url.dialect is Dialect.POSTGRESQL
         # PostgreSQL: a connection per run this process drives, holding that run's advisory lock
         # for as long as the process lives; the server drops it when the process dies, on any host.
-        self._run_locks: dict[str, sa.Connection] = {}
-        self._lock_engine: sa.Engine | None = None
+        self._run_locks: dict[str, psycopg.Connection[Any]] = {}
+        self._engine: sa.Engine | None = None
 
     @property
     def engine(self) -> sa.Engine:
-        """SQLAlchemy's engine, for writes; created (with SQLAlchemy's import) on first use."""
+        """A SQLAlchemy engine on the same database, for the flag server's accounts; created (with
+        SQLAlchemy's import) on first use."""
         if self._engine is None:
             self._engine = make_engine(self.url)
         return self._engine
@@ -152,62 +158,56 @@ class ControlPlane:
     def close(self) -> None:
         for run_id in list(self._run_locks):
             self._let_go(run_id)
-        if self._lock_engine is not None:
-            self._lock_engine.dispose()
         if self._engine is not None:
             self._engine.dispose()
-        self._reads.close()
+        self.db.close()
 
     # -- runs and journal -------------------------------------------------------------
     def start_run(self, command: RunCommand, detail: dict[str, Any] | None = None) -> str:
-        from polyshift.framework.control.schema import runs
-
         run_id = str(uuid.uuid4())
         me = this_runner()
         if self.shared:
             self._hold(run_id, wait=True)
-        with self.engine.begin() as conn:
-            conn.execute(runs.insert().values(
-                id=run_id, command=str(command), actor=actor(), pid=me.pid, host=me.host, runner=me.label(),
-                started_at=_now(), status=RunStatus.RUNNING, detail=json.dumps(redact_obj(detail or {})),
-            ))
+        with self.db.transaction() as tx:
+            tx.execute(f"INSERT INTO {RUNS} (id, command, actor, pid, host, runner, started_at, status, detail) "
+                       "VALUES (%(id)s, %(command)s, %(actor)s, %(pid)s, %(host)s, %(runner)s, %(at)s, %(status)s, %(detail)s)",
+                       {"id": run_id, "command": command, "actor": actor(), "pid": me.pid, "host": me.host,
+                        "runner": me.label(), "at": _now(), "status": RunStatus.RUNNING,
+                        "detail": json.dumps(redact_obj(detail or {}))})
         return run_id
 
     def finish_run(self, run_id: str, status: RunStatus, detail: dict[str, Any] | None = None) -> None:
-        from polyshift.framework.control.schema import runs
-
-        with self.engine.begin() as conn:
-            conn.execute(runs.update().where(runs.c.id == run_id).values(
-                finished_at=_now(), status=status, detail=json.dumps(redact_obj(detail or {})),
-            ))
+        with self.db.transaction() as tx:
+            tx.execute(f"UPDATE {RUNS} SET finished_at = %(at)s, status = %(status)s, detail = %(detail)s WHERE id = %(id)s",
+                       {"at": _now(), "status": status, "detail": json.dumps(redact_obj(detail or {})), "id": run_id})
         self._let_go(run_id)
 
     def unfinished_runs(self, commands: tuple[str, ...] | None = None) -> list[dict[str, Any]]:
         """Runs still 'running' (alive, or died without finishing) or left for 'polyshift recover'."""
-        params = {f"s{i}": str(status) for i, status in enumerate(UNFINISHED)}
+        params: dict[str, Any] = {f"s{i}": str(status) for i, status in enumerate(UNFINISHED)}
         where = f"status IN ({', '.join(f'%({name})s' for name in params)})"
         if commands is not None:
             params |= {f"c{i}": str(command) for i, command in enumerate(commands)}
             where += f" AND command IN ({', '.join(f'%(c{i})s' for i in range(len(commands)))})" if commands else " AND 1 = 0"
-        found = self._reads.rows(f"SELECT * FROM {RUNS} WHERE {where} ORDER BY started_at", params,
-                                 datetimes=("started_at", "finished_at"))
+        found = self.db.rows(f"SELECT * FROM {RUNS} WHERE {where} ORDER BY started_at", params,
+                             datetimes=("started_at", "finished_at"))
         return [r | {"detail": json.loads(r["detail"])} for r in found]
 
     def claim_run(self, run: dict[str, Any]) -> bool:
         """This process now drives ``run`` (recover). A compare-and-set on the owner we read: when
         two recovers race, exactly one claims it. On PostgreSQL the claimer first takes the run's
         lock, which a process that still drives it (on any host) holds."""
-        from polyshift.framework.control.schema import runs
-
         if self.shared and not self._hold(run["id"], wait=False):
             return False
         me = this_runner()
-        with self.engine.begin() as conn:
-            done = conn.execute(runs.update().where(
-                (runs.c.id == run["id"]) & (runs.c.pid == run["pid"]) & (runs.c.host == run["host"])
-                & runs.c.status.in_(UNFINISHED),
-            ).values(pid=me.pid, host=me.host, runner=me.label(), status=RunStatus.RUNNING))
-            claimed = done.rowcount == 1
+        params: dict[str, Any] = {f"s{i}": str(status) for i, status in enumerate(UNFINISHED)}
+        unfinished = ", ".join(f"%({name})s" for name in params)
+        with self.db.transaction() as tx:
+            claimed = tx.execute(
+                f"UPDATE {RUNS} SET pid = %(pid)s, host = %(host)s, runner = %(runner)s, status = %(running)s "
+                f"WHERE id = %(id)s AND pid = %(old_pid)s AND host = %(old_host)s AND status IN ({unfinished})",
+                params | {"pid": me.pid, "host": me.host, "runner": me.label(), "running": RunStatus.RUNNING,
+                          "id": run["id"], "old_pid": run["pid"], "old_host": run["host"]}) == 1
         if not claimed:
             self._let_go(run["id"])
         return claimed
@@ -221,23 +221,24 @@ class ControlPlane:
             return True
         if not self.shared:
             return False
-        return bool(self._reads.rows(
+        return bool(self.db.rows(
             "SELECT 1 AS held FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 2 "
             "AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
             "AND classid::bigint = %(c)s AND objid::bigint = %(o)s", {"c": RUN_LOCK_CLASS, "o": _run_key(run["id"])}))
 
     def _hold(self, run_id: str, *, wait: bool) -> bool:
-        import sqlalchemy as sa
-
         if run_id in self._run_locks:
             return True
-        if self._lock_engine is None:
-            self._lock_engine = sa.create_engine(self.engine.url, poolclass=sa.pool.NullPool,
-                                                 connect_args=_pg_connect_args(self.engine.url.drivername))
-        conn = self._lock_engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+        import psycopg
+
+        conn = run_lock_connection(self.db.url)
         function = "pg_advisory_lock" if wait else "pg_try_advisory_lock"
-        got = conn.execute(sa.text(f"SELECT {function}(:c, :o)"), {"c": RUN_LOCK_CLASS, "o": _run_key(run_id)}).scalar()
-        if wait or got:
+        try:
+            row = conn.execute(f"SELECT {function}(%s, %s)", (RUN_LOCK_CLASS, _run_key(run_id))).fetchone()
+        except psycopg.Error as exc:
+            conn.close()
+            raise StoreError(f"state database: cannot take the lock of run {run_id[:8]}: {redact(str(exc).splitlines()[0])}") from None
+        if wait or (row is not None and row[0]):
             self._run_locks[run_id] = conn
             return True
         conn.close()
@@ -246,29 +247,22 @@ class ControlPlane:
     def _let_go(self, run_id: str) -> None:
         conn = self._run_locks.pop(run_id, None)
         if conn is not None:
-            from sqlalchemy.exc import SQLAlchemyError
-
-            try:
-                conn.close()  # NullPool: the server connection ends, and the session lock with it
-            except SQLAlchemyError:
-                pass
+            conn.close()  # the server connection ends, and the session lock with it
 
     def journal(self, run_id: str, step: Step, phase: Phase, *, store: str | None = None,
                 version: str | None = None, detail: dict[str, Any] | None = None) -> None:
-        from polyshift.framework.control.schema import journal
-
-        with self.engine.begin() as conn:
-            conn.execute(journal.insert().values(
-                run_id=run_id, at=_now(), store=store, version=version, step=step, phase=phase,
-                detail=json.dumps(redact_obj(detail or {}), default=str), runner=this_runner().label(),
-            ))
+        with self.db.transaction() as tx:
+            tx.execute(f"INSERT INTO {JOURNAL} (run_id, at, store, version, step, phase, detail, runner) "
+                       "VALUES (%(run_id)s, %(at)s, %(store)s, %(version)s, %(step)s, %(phase)s, %(detail)s, %(runner)s)",
+                       {"run_id": run_id, "at": _now(), "store": store, "version": version, "step": step, "phase": phase,
+                        "detail": json.dumps(redact_obj(detail or {}), default=str), "runner": this_runner().label()})
         failpoints.journal_written()
 
     def journal_entries(self, run_id: str | None = None, *, version: str | None = None) -> list[dict[str, Any]]:
         where = " AND ".join(f"{column} = %({column})s" for column, value in (("run_id", run_id), ("version", version))
                              if value is not None)
-        found = self._reads.rows(f"SELECT * FROM {JOURNAL}{' WHERE ' + where if where else ''} ORDER BY id",
-                                 {"run_id": run_id, "version": version}, datetimes=("at",))
+        found = self.db.rows(f"SELECT * FROM {JOURNAL}{' WHERE ' + where if where else ''} ORDER BY id",
+                             {"run_id": run_id, "version": version}, datetimes=("at",))
         return [r | {"detail": json.loads(r["detail"])} for r in found]
 
     # -- audit chain ------------------------------------------------------------------
@@ -277,39 +271,35 @@ class ControlPlane:
         the database (an advisory lock held to the end of the transaction on PostgreSQL, the write
         lock on SQLite), so runners on many machines extend one chain; the retry is only for
         writers that do not take that lock (a polyshift from before it did)."""
-        import sqlalchemy as sa
-        from sqlalchemy.exc import IntegrityError, OperationalError
-
-        from polyshift.framework.control.schema import audit, lock
-
         payload = json.dumps(redact_obj(detail or {}), sort_keys=True, default=str)
         for _attempt in range(50):
             try:
-                with self.engine.begin() as conn:
-                    lock(conn, AdvisoryLock.AUDIT)
-                    last = conn.execute(sa.select(audit.c.seq, audit.c.hash).order_by(audit.c.seq.desc()).limit(1)).first()
+                with self.db.transaction() as tx:
+                    tx.lock(AdvisoryLock.AUDIT)
+                    last = tx.rows(f"SELECT seq, hash FROM {AUDIT} ORDER BY seq DESC LIMIT 1")
                     entry: dict[str, Any] = {
-                        "seq": (last.seq + 1) if last else 1,
+                        "seq": (last[0]["seq"] + 1) if last else 1,
                         "at": _now().isoformat(timespec="microseconds"),
                         "actor": redact(who or actor()),
                         "action": action,
                         "subject": redact(subject),
                         "detail": payload,
-                        "prev_hash": last.hash if last else GENESIS,
+                        "prev_hash": last[0]["hash"] if last else GENESIS,
                         "runner": this_runner().label(),
                     }
                     entry["hash"] = _entry_hash(entry)
-                    conn.execute(audit.insert().values(**entry))
+                    tx.execute(f"INSERT INTO {AUDIT} ({', '.join(entry)}) VALUES ({', '.join(f'%({k})s' for k in entry)})",
+                               entry)
                     return AuditEntry(**(entry | {"detail": json.loads(payload)}))
-            except IntegrityError:
+            except DuplicateKey:
                 continue  # another writer took this seq: re-read the tip and chain onto it
-            except OperationalError as exc:
-                raise StoreError(f"state database: cannot append to the audit log: {redact(str(exc).splitlines()[0])}") from None
+            except StoreError as exc:
+                raise StoreError(f"state database: cannot append to the audit log: {exc}") from None
         raise StoreError("state database: audit log is contended; gave up after 50 attempts")
 
     def audit_entries(self, *, subject: str | None = None) -> Iterator[AuditEntry]:
         where = " WHERE subject = %(subject)s" if subject is not None else ""
-        for r in self._reads.rows(f"SELECT * FROM {AUDIT}{where} ORDER BY seq", {"subject": subject}):
+        for r in self.db.rows(f"SELECT * FROM {AUDIT}{where} ORDER BY seq", {"subject": subject}):
             try:
                 detail = json.loads(r["detail"])
             except ValueError:
@@ -320,7 +310,7 @@ class ControlPlane:
     def verify_audit(self) -> int:
         """Walk the chain; returns the number of entries or raises AuditChainBroken at the first bad one."""
         prev, expected_seq, count = GENESIS, 1, 0
-        for entry in self._reads.rows(f"SELECT * FROM {AUDIT} ORDER BY seq", {}):
+        for entry in self.db.rows(f"SELECT * FROM {AUDIT} ORDER BY seq"):
             if entry["seq"] != expected_seq:
                 raise AuditChainBroken(f"audit entry {expected_seq} is missing (next present is {entry['seq']})", seq=expected_seq)
             if entry["prev_hash"] != prev:
@@ -334,23 +324,23 @@ class ControlPlane:
 
     # -- rollback points --------------------------------------------------------------
     def add_backup(self, manifest: Any, run_id: str | None) -> None:
-        from polyshift.framework.control.schema import backups
-
-        with self.engine.begin() as conn:
-            conn.execute(backups.insert().values(
-                id=manifest.id, store=manifest.store, version=manifest.version, scope=json.dumps(list(manifest.scope)),
-                created_at=manifest.created_at, run_id=run_id, reason=manifest.reason, bytes=manifest.size,
-                verified_at=_now().isoformat(timespec="seconds"), manifest_sha256=manifest.digest or None,
-            ))
+        with self.db.transaction() as tx:
+            tx.execute(f"INSERT INTO {BACKUPS} (id, store, version, scope, created_at, run_id, reason, bytes, verified_at, "
+                       "manifest_sha256) VALUES (%(id)s, %(store)s, %(version)s, %(scope)s, %(created_at)s, %(run_id)s, "
+                       "%(reason)s, %(bytes)s, %(verified_at)s, %(digest)s)",
+                       {"id": manifest.id, "store": manifest.store, "version": manifest.version,
+                        "scope": json.dumps(list(manifest.scope)), "created_at": manifest.created_at, "run_id": run_id,
+                        "reason": manifest.reason, "bytes": manifest.size,
+                        "verified_at": _now().isoformat(timespec="seconds"), "digest": manifest.digest or None})
 
     def manifest_digest(self, artifact_id: str) -> str | None:
         """The sha256 a backup's manifest had when it was sealed (None: not on record here)."""
-        found = self._reads.rows(f"SELECT manifest_sha256 FROM {BACKUPS} WHERE id = %(id)s", {"id": artifact_id})
+        found = self.db.rows(f"SELECT manifest_sha256 FROM {BACKUPS} WHERE id = %(id)s", {"id": artifact_id})
         return found[0]["manifest_sha256"] if found else None
 
     def rollback_points(self, store: str | None = None) -> list[dict[str, Any]]:
         where = " WHERE store = %(store)s" if store else ""
-        found = self._reads.rows(f"SELECT * FROM {BACKUPS}{where} ORDER BY created_at", {"store": store})
+        found = self.db.rows(f"SELECT * FROM {BACKUPS}{where} ORDER BY created_at", {"store": store})
         return [r | {"scope": json.loads(r["scope"])} for r in found]
 
 
