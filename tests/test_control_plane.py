@@ -287,3 +287,38 @@ def test_a_state_url_polyshift_cannot_keep_a_journal_in_is_refused_naming_it(tmp
                             cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2, result.stderr
     assert f"state database {url} is not supported" in result.stderr
+
+
+def test_a_new_sqlite_control_plane_keeps_its_journal_in_write_ahead_log_mode(tmp_path: Path) -> None:
+    import sqlite3
+
+    from polyshift.framework.control.state import ControlPlane
+
+    ControlPlane(f"sqlite:///{tmp_path / 'state.db'}").close()
+    with sqlite3.connect(tmp_path / "state.db") as db:
+        assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+
+
+def test_a_sqlite_control_plane_created_before_keeps_its_rollback_journal(tmp_path: Path) -> None:
+    import sqlite3
+
+    _written_before_versioning(f"sqlite:///{tmp_path / 'state.db'}")
+    from polyshift.framework.control.state import ControlPlane
+
+    plane = ControlPlane(f"sqlite:///{tmp_path / 'state.db'}")
+    assert plane.verify_audit() == 1
+    with sqlite3.connect(tmp_path / "state.db") as db:
+        assert db.execute("PRAGMA journal_mode").fetchone() == ("delete",)
+
+
+def test_many_runners_using_a_fresh_sqlite_control_plane_at_once_all_succeed(tmp_path: Path) -> None:
+    # Whoever finds the file empty sets its journal mode; the others must neither fail on that
+    # pragma's lock nor on each other's table creation.
+    for round_ in range(3):
+        url = f"sqlite:///{tmp_path / f'state-{round_}.db'}"
+        results = _together(tmp_path, "first-use", url)
+        assert [r["error"] for r in results if "error" in r] == []
+        assert len({r["run"] for r in results}) == WORKERS
+        from polyshift.framework.control.state import ControlPlane
+
+        assert ControlPlane(url).verify_audit() == WORKERS

@@ -11,11 +11,14 @@ from __future__ import annotations
 import getpass
 import hashlib
 import json
+import logging
 import os
 import socket
+import sqlite3
 import uuid
 import zlib
 from collections.abc import Iterator
+from contextlib import closing
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -36,6 +39,8 @@ from polyshift.framework.core.secrets import redact, redact_obj, url_without_pas
 if TYPE_CHECKING:
     import psycopg
     import sqlalchemy as sa
+
+log = logging.getLogger("polyshift.control")
 
 GENESIS = "0" * 64
 _HASHED = ("seq", "at", "actor", "action", "subject", "detail", "prev_hash")
@@ -95,7 +100,9 @@ def make_engine(url: str) -> sa.Engine:
     try:
         if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
             # Created 0600 before SQLite opens it; SQLite gives its journal files the same mode.
-            private_file(Path(url[len("sqlite:///"):]))
+            path = Path(url[len("sqlite:///"):])
+            private_file(path)
+            _write_ahead_log(path)
         if url.startswith("sqlite"):
             # BEGIN IMMEDIATE takes the write lock up front, so two processes appending to the
             # audit chain (or changing a flag) queue instead of failing on lock upgrade.
@@ -114,6 +121,23 @@ def make_engine(url: str) -> sa.Engine:
         raise ConfigError(f"state database {url_without_password(url)} is unusable: {redact(str(exc).splitlines()[0])}") from None
     except OSError as exc:
         raise ConfigError(f"state database {url_without_password(url)} is unusable: {exc.strerror or exc}") from None
+
+
+def _write_ahead_log(path: Path) -> None:
+    """A new SQLite control plane keeps its journal in write-ahead-log mode: a commit syncs one
+    file instead of two, and readers never wait for a writer (issue 19: a long history writes
+    thousands of journal rows). The mode is kept in the file, so it is set once, by whoever finds
+    the file empty; the other processes never issue the pragma, which takes its lock without the
+    busy timeout and failed their opens when every connection set it. A process that loses that
+    race leaves the file as it is: rollback-journal mode is as safe, only slower. Databases that
+    already hold tables keep their mode."""
+    if path.stat().st_size != 0:
+        return
+    try:
+        with closing(sqlite3.connect(path, timeout=0, isolation_level=None)) as conn:
+            conn.execute("PRAGMA journal_mode=WAL")
+    except sqlite3.Error as exc:
+        log.debug("%s stays in rollback-journal mode: %s", path, exc)
 
 
 def _pg_connect_args(url: str) -> dict[str, Any]:
