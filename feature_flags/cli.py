@@ -14,7 +14,7 @@ from polyshift.framework.cli.output import emit_json, say, table
 from polyshift.framework.core.config import load_config
 from polyshift.framework.core.errors import StoreError, UsageError
 
-# The admin writes the audit log through the control plane (SQLAlchemy): imported by the commands
+# The admin writes the audit log through the control plane: imported by the commands
 # that change or audit flags, so 'flags list' and 'polyshift --help' do not pay for it (issue 19).
 if TYPE_CHECKING:
     from polyshift.feature_flags.admin import FlagAdmin
@@ -41,7 +41,7 @@ def _describe(flag_json: dict) -> str:  # type: ignore[type-arg]
 @flags_app.command("list")
 def flags_list() -> None:
     """Every flag with its state.  Example: polyshift flags list --json"""
-    # Reading needs only the flag store: no control plane, hence no SQLAlchemy for a Redis store.
+    # Reading needs only the flag store: no control plane, hence no SQL driver for a Redis store.
     _, flags = open_store(flag_settings(load_config(output.opts["config"]))).load()
     rows = [f.to_json() for f in sorted(flags.values(), key=lambda f: f.name)]
     if output.json_mode():

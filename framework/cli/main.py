@@ -24,7 +24,7 @@ from polyshift.framework.core.config import DURATION_BOUNDS, parse_duration
 from polyshift.framework.core.loader import next_version, split_names
 from polyshift.framework.core.migration import check_version
 
-# The engine, the control plane (SQLAlchemy) and through them the store drivers are imported
+# The engine, the control plane and through them the store drivers are imported
 # inside the commands that use them, so --help, flags list and the like start quickly (issue 19).
 if TYPE_CHECKING:
     from polyshift.framework.engine.project import Project

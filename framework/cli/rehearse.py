@@ -8,7 +8,6 @@ from __future__ import annotations
 import shutil
 import socket
 import tempfile
-import xml.etree.ElementTree as ET
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -127,6 +126,8 @@ def render(report: RehearsalReport) -> None:
 def junit_xml(report: RehearsalReport) -> bytes:
     """JUnit XML as CI systems read it (the Jenkins xUnit plugin's junit-10.xsd): a test suite per
     release, a test case per store and check, ``failure`` or ``skipped`` with the detail."""
+    import xml.etree.ElementTree as ET  # only for --junit: every command's start imports this module
+
     now = datetime.now(UTC).isoformat(timespec="seconds")
     failed = len(report.failed)
     root = ET.Element("testsuites", name="polyshift rehearse", tests=str(len(report.checks)), failures=str(failed),

@@ -1,6 +1,6 @@
 """The control plane's names that both of its paths share: the schema's version, the advisory
-lock keys and the table names. Kept apart from ``schema`` (SQLAlchemy's table definitions) so the
-read path (``reads``) knows them without importing SQLAlchemy."""
+lock keys and the table names. Kept apart from ``schema`` (SQLAlchemy's table definitions) so that
+``database``, which reads and writes on the driver itself, knows them without importing SQLAlchemy."""
 
 from __future__ import annotations
 
