@@ -1,9 +1,10 @@
-"""The control plane: run journal, hash-chained audit log and rollback-point index (SQLAlchemy Core).
+"""The control plane: run journal, hash-chained audit log and rollback-point index.
 
 Default ``sqlite:///.polyshift/state.db``; a PostgreSQL URL shares it across a pipeline: many
 runners on many machines, each naming itself (``identity``) in what it writes. The tables and
-their version are ``schema``'s. Each store also keeps its own ledger, so losing this database
-never loses a store's version.
+their version are ``schema``'s (SQLAlchemy Core, used only to create and upgrade them); rows are
+read and written on the database's own driver (``database``). Each store also keeps its own
+ledger, so losing this database never loses a store's version.
 """
 
 from __future__ import annotations
