@@ -197,8 +197,14 @@ class StateDatabase:
             except BaseException:
                 self._rollback()
                 raise
-            with self._translated():
-                self._command("COMMIT")
+            try:
+                with self._translated():
+                    self._command("COMMIT")
+            except StoreError:
+                # SQLite keeps the transaction open when COMMIT fails (busy past the timeout): end
+                # it, or this connection's next BEGIN would fail too.
+                self._rollback()
+                raise
 
     def _begin(self) -> None:
         # SQLite: the write lock up front (waiting up to the busy timeout). PostgreSQL: a
