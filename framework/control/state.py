@@ -35,8 +35,9 @@ from polyshift.framework.core.lifecycle import UNFINISHED, Phase, RunCommand, Ru
 from polyshift.framework.core.processes import pid_alive
 from polyshift.framework.core.secrets import redact, redact_obj, url_without_password
 
-# SQLAlchemy (and the table definitions in ``schema``) load on the first write: reads go through
-# ``reads`` on the driver itself, so status and plan do not pay for SQLAlchemy's import (issue 19).
+# SQLAlchemy (and the table definitions in ``schema``) load only to create or upgrade the schema
+# (and for the flag server's accounts): rows go through ``database`` on the driver itself, so no
+# command that finds the schema current pays for SQLAlchemy's import (issue 19).
 if TYPE_CHECKING:
     import psycopg
     import sqlalchemy as sa
