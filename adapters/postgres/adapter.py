@@ -544,13 +544,16 @@ class PostgresAdapter:
             with self.conn.transaction():
                 self.conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
                 items: dict[str, dict[str, Any]] = {}
+                # The whole schema is described once, in this snapshot; the scope's tables' shapes
+                # are read from it rather than described again, one query each.
+                described = cat.schema_descriptions(self.conn)
                 tables, missing = cat.resolve(self.conn, list(scope), missing_ok=True)
                 for table in tables:
                     rows, data = cat.table_data_hash(self.conn, table)
-                    items[table.qualified] = {"schema": cat.table_schema_hash(self.conn, table), "data": data, "rows": rows}
+                    items[table.qualified] = {"schema": cat.table_schema_hash(self.conn, table, described), "data": data, "rows": rows}
                 for name in missing:
                     items[name] = {"missing": True}
-                schema = cat.schema_hash(self.conn)
+                schema = cat.schema_hash(self.conn, described)
         except psycopg.Error as exc:
             raise translate(PSYCOPG_ERRORS, exc, f"store {self.name}: fingerprint failed") from None
         data_hash = hashlib.sha256(json.dumps(items, sort_keys=True).encode()).hexdigest()
