@@ -185,14 +185,19 @@ class PostgresAdapter:
         with _translated(self.name, "reading the ledger"):
             return self._ledger()
 
-    def _ledger(self) -> list[LedgerEntry]:
+    def ledger_rows(self, version: str) -> list[LedgerEntry]:
+        with _translated(self.name, "reading the ledger"):
+            return self._ledger(version)
+
+    def _ledger(self, version: str | None = None) -> list[LedgerEntry]:
         exists = self.conn.execute("SELECT to_regclass(%s)", (f"{cat.LEDGER_SCHEMA}.schema_history",)).fetchone()
         if exists is None or exists[0] is None:
             return []
         rows = self.conn.execute(
             f"SELECT installed_rank, version, slug, checksum, direction, applied_by, applied_at, duration_ms, success, "
-            f"non_transactional, run_id FROM {cat.LEDGER_SCHEMA}.schema_history WHERE store = %s ORDER BY installed_rank",
-            (self.name,),
+            f"non_transactional, run_id FROM {cat.LEDGER_SCHEMA}.schema_history WHERE store = %s "
+            f"AND (%s::text IS NULL OR version = %s) ORDER BY installed_rank",
+            (self.name, version, version),
         ).fetchall()
         return [LedgerEntry(*row) for row in rows]
 
