@@ -107,6 +107,27 @@ def schema_hash(conn: psycopg.Connection, described: dict[str, object] | None = 
     return _digest([relations, [list(t) for t in user_types(conn)]])
 
 
+def snapshot_key(conn: psycopg.Connection) -> str:
+    """What a REPEATABLE READ transaction sees, as a value (call it inside one): its snapshot and the
+    search path the catalog functions name objects by. Two transactions with the same key see the
+    same rows of every table and catalog: each transaction below the snapshot's xmax and not in
+    progress had ended before both began, and every other one is invisible to both."""
+    row = conn.execute("SELECT pg_current_snapshot()::text || ' ' || current_setting('search_path')").fetchone()
+    return str(row[0]) if row else ""
+
+
+@dataclass(frozen=True)
+class Hashed:
+    """Per-table row counts, data hashes and shapes read in the snapshot ``key`` names."""
+
+    key: str
+    tables: dict[Table, tuple[int, str, str | None]]
+
+    def reusable(self, conn: psycopg.Connection) -> dict[Table, tuple[int, str, str | None]]:
+        """The hashes, when this transaction sees exactly what they were read from; else none."""
+        return self.tables if snapshot_key(conn) == self.key else {}
+
+
 def partitions(conn: psycopg.Connection, table: Table) -> list[Table]:
     """Every partition below a partitioned table (empty for a plain table), parents before children."""
     rows = conn.execute(
