@@ -108,11 +108,11 @@ def schema_hash(conn: psycopg.Connection, described: dict[str, object] | None = 
 
 
 def snapshot_key(conn: psycopg.Connection) -> str:
-    """What a REPEATABLE READ transaction sees, as a value (call it inside one): its snapshot and the
-    search path the catalog functions name objects by. Two transactions with the same key see the
-    same rows of every table and catalog: each transaction below the snapshot's xmax and not in
-    progress had ended before both began, and every other one is invisible to both."""
-    row = conn.execute("SELECT pg_current_snapshot()::text || ' ' || current_setting('search_path')").fetchone()
+    """What a REPEATABLE READ transaction sees, as a value (call it inside one): its database, its
+    snapshot and the search path the catalog functions name objects by. Two transactions with the
+    same key see the same rows of every table and catalog: each transaction below the snapshot's
+    xmax and not in progress had ended before both began, and every other one is invisible to both."""
+    row = conn.execute("SELECT concat_ws(' ', current_database(), pg_current_snapshot(), current_setting('search_path'))").fetchone()
     return str(row[0]) if row else ""
 
 
