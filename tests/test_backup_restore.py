@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import json
 import stat
+from pathlib import Path
+from typing import Any
+
+import pytest
 
 from tests.conftest import Workspace
 
@@ -204,3 +208,68 @@ def test_partitioned_table_round_trips(ws: Workspace) -> None:
     assert ws.run("backup", "restore", backup["id"], "--yes").exit_code == 0
     assert ws.fingerprint("events") == before
     assert ws.value("SELECT count(*) FROM pg_inherits WHERE inhparent = 'events'::regclass") == 2
+
+
+def _fingerprint_then_backup(ws: Workspace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                             between: str | None) -> tuple[Any, dict[str, Any], list[str]]:
+    """A release's order on one connection: fingerprint the scope, then back it up (``between``:
+    SQL another session commits in between). Returns the fingerprint, the backup's table entry
+    and which hashes the backup computed itself."""
+    from polyshift.adapters.postgres import catalog as cat
+    from polyshift.adapters.postgres.adapter import PostgresAdapter
+    from polyshift.framework.control.localstore import LocalArtifactStore
+    from polyshift.framework.core.config import load_config
+    from polyshift.framework.core.progress import NullProgress
+
+    computed: list[str] = []
+    data_hash, shape_hash = cat.table_data_hash, cat.table_schema_hash
+
+    def data(*args: Any, **kwargs: Any) -> tuple[int, str]:
+        computed.append("data")
+        return data_hash(*args, **kwargs)
+
+    def shape(*args: Any, **kwargs: Any) -> str | None:
+        computed.append("schema")
+        return shape_hash(*args, **kwargs)
+
+    adapter = PostgresAdapter(load_config(ws.config).store("main"))
+    adapter.connect()
+    try:
+        fp = adapter.fingerprint(("legacy_notes",))
+        if between is not None:
+            ws.sql(between)
+        monkeypatch.setattr(cat, "table_data_hash", data)
+        monkeypatch.setattr(cat, "table_schema_hash", shape)
+        store = LocalArtifactStore(tmp_path / "backups")
+        writer = store.new_writer(store="main", kind="postgres", version=None, scope=("public.legacy_notes",), reason="test")
+        meta = adapter.backup(("public.legacy_notes",), writer, NullProgress())
+        monkeypatch.undo()
+        store.seal(writer, meta)
+    finally:
+        adapter.close()
+    return fp, meta["tables"][0], computed
+
+
+def test_a_backup_in_the_fingerprints_own_snapshot_takes_its_hashes(ws: Workspace, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nothing committed between a release's fingerprint and its backup: the backup sees what the
+    fingerprint hashed, so it does not hash the rows or describe the table again (issue 19)."""
+    _setup(ws)
+    fp, table, computed = _fingerprint_then_backup(ws, tmp_path, monkeypatch, None)
+    assert computed == []
+    item = fp.items["public.legacy_notes"]
+    assert (table["rows"], table["data_hash"], table["schema_hash"]) == (item["rows"], item["data"], item["schema"]) \
+        and table["rows"] == 2001
+
+
+def test_a_backup_after_a_commit_hashes_what_it_copied(ws: Workspace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Anything committed after the fingerprint (here a row and a column) changes the snapshot: the
+    backup hashes and describes what it copies itself, never the fingerprint's older figures."""
+    _setup(ws)
+    fp, table, computed = _fingerprint_then_backup(
+        ws, tmp_path, monkeypatch, "INSERT INTO legacy_notes (note) VALUES ('late'); ALTER TABLE legacy_notes ADD COLUMN extra int")
+    assert sorted(computed) == ["data", "schema"]
+    item = fp.items["public.legacy_notes"]
+    assert table["rows"] == item["rows"] + 1 == 2002
+    assert table["data_hash"] != item["data"] and table["schema_hash"] != item["schema"]
+    assert table["schema_hash"] == ws.fingerprint("legacy_notes").items["public.legacy_notes"]["schema"]

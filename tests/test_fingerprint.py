@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from tests.conftest import Workspace
 
 
@@ -97,3 +99,38 @@ def test_the_row_hash_is_the_same_value_on_postgresql_18_as_on_older_servers(dat
     assert len(rows) == 1001
     assert all(a == b for a, b in rows)
     assert len({a for a, _ in rows}) == 1001  # the values do differ row by row: the test compares something
+
+
+def test_a_fingerprint_describes_the_catalog_once_and_hashes_each_table_as_alone(ws: Workspace, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One whole-schema read serves the scope's tables too (issue 19: a history fingerprints before
+    every migration); each table's shape hashes exactly as when described on its own."""
+    import psycopg
+
+    from polyshift.adapters.postgres import catalog as cat
+
+    ws.migration("0001_shapes", """
+        CREATE SCHEMA s;
+        CREATE TABLE t (id int PRIMARY KEY, a text DEFAULT 'x');
+        CREATE TABLE s."Odd" (id int REFERENCES t, b int CHECK (b > 0));
+        CREATE TABLE p (id int, at date) PARTITION BY RANGE (at);
+        CREATE TABLE p_2025 PARTITION OF p FOR VALUES FROM ('2025-01-01') TO ('2026-01-01');
+        CREATE TABLE p_2026 PARTITION OF p FOR VALUES FROM ('2026-01-01') TO ('2027-01-01');
+        INSERT INTO t VALUES (1), (2);
+    """, 'DROP TABLE p; DROP TABLE s."Odd"; DROP TABLE t; DROP SCHEMA s;')
+    assert ws.run("up").exit_code == 0
+    reads: list[object] = []
+    real = cat.schema_descriptions
+
+    def counted(conn: psycopg.Connection, only: list[cat.Table] | None = None) -> dict[str, object]:
+        reads.append(only)
+        return real(conn, only)
+
+    monkeypatch.setattr(cat, "schema_descriptions", counted)
+    fp = ws.fingerprint("t", 's."Odd"', "p", "p_2026", "gone")
+    assert reads == [None]
+    monkeypatch.undo()
+    with psycopg.connect(ws.url) as conn:
+        for table in (cat.Table("public", "t"), cat.Table("s", "Odd"), cat.Table("public", "p"), cat.Table("public", "p_2026")):
+            assert fp.items[table.qualified]["schema"] == cat.table_schema_hash(conn, table), table
+        assert fp.schema_hash == cat.schema_hash(conn)
+    assert fp.items["gone"] == {"missing": True}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from tests.conftest import Workspace
 
 ORDERS = """
@@ -113,3 +115,39 @@ def test_rerun_after_fixing_a_failed_migration_applies_it_once(ws: Workspace) ->
     assert ws.ledger() == [("0001", "up"), ("0002", "up")]
     assert ws.run("up").exit_code == 0
     assert ws.ledger() == [("0001", "up"), ("0002", "up")]
+
+
+def test_after_each_forward_the_ledger_is_read_for_that_version_only(ws: Workspace, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The whole ledger is read once, to plan; the check after each forward reads the rows of its
+    own version (issue 19: a long history read the growing ledger after every migration)."""
+    from polyshift.adapters.postgres.adapter import PostgresAdapter
+
+    for n in range(1, 4):
+        ws.migration(f"000{n}_t{n}", f"CREATE TABLE t{n} (id int);", f"DROP TABLE t{n};")
+    whole: list[int] = []
+    real = PostgresAdapter.ledger
+
+    def counted(self: PostgresAdapter) -> list[object]:
+        whole.append(1)
+        return list(real(self))
+
+    monkeypatch.setattr(PostgresAdapter, "ledger", counted)
+    result = ws.run("up")
+    assert result.exit_code == 0, result.output
+    assert len(whole) == 1
+    assert ws.ledger() == [("0001", "up"), ("0002", "up"), ("0003", "up")]
+
+
+def test_a_forward_whose_ledger_row_never_landed_is_undone(ws: Workspace) -> None:
+    """The check after forward still catches a ledger that does not record the migration (here a
+    trigger swallows the row the step's own transaction writes)."""
+    _base(ws)
+    ws.migration("0002_forget", """
+        CREATE FUNCTION forget() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NULL; END $$;
+        CREATE TRIGGER forget BEFORE INSERT ON _polyshift.schema_history FOR EACH ROW
+          WHEN (NEW.version = '0002') EXECUTE FUNCTION forget();
+    """, "DROP TRIGGER IF EXISTS forget ON _polyshift.schema_history; DROP FUNCTION IF EXISTS forget();")
+    result = ws.run("up")
+    assert result.exit_code != 0, result.output
+    assert "the ledger does not record 0002_forget as applied" in result.output
+    assert ws.ledger() == [("0001", "up")]

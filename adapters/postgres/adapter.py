@@ -95,6 +95,9 @@ class PostgresAdapter:
         self._observer: AttemptObserver | None = None
         self._watch = locking.BlockerWatch(lambda: self._open(f"watch {self.name}"))
         self._schedule = locking.schedule_for(config.options.get("lock_retry"), config.lock_timeout)
+        # The last fingerprint's per-table hashes, keyed by the snapshot it read them in: a backup
+        # that finds the very same snapshot sees the very same rows and catalog rows (issue 19).
+        self._fingerprinted: cat.Hashed | None = None
 
     # -- connection -------------------------------------------------------------------
     def _open(self, purpose: str) -> psycopg.Connection:
@@ -185,14 +188,19 @@ class PostgresAdapter:
         with _translated(self.name, "reading the ledger"):
             return self._ledger()
 
-    def _ledger(self) -> list[LedgerEntry]:
+    def ledger_rows(self, version: str) -> list[LedgerEntry]:
+        with _translated(self.name, "reading the ledger"):
+            return self._ledger(version)
+
+    def _ledger(self, version: str | None = None) -> list[LedgerEntry]:
         exists = self.conn.execute("SELECT to_regclass(%s)", (f"{cat.LEDGER_SCHEMA}.schema_history",)).fetchone()
         if exists is None or exists[0] is None:
             return []
         rows = self.conn.execute(
             f"SELECT installed_rank, version, slug, checksum, direction, applied_by, applied_at, duration_ms, success, "
-            f"non_transactional, run_id FROM {cat.LEDGER_SCHEMA}.schema_history WHERE store = %s ORDER BY installed_rank",
-            (self.name,),
+            f"non_transactional, run_id FROM {cat.LEDGER_SCHEMA}.schema_history WHERE store = %s "
+            f"AND (%s::text IS NULL OR version = %s) ORDER BY installed_rank",
+            (self.name, version, version),
         ).fetchall()
         return [LedgerEntry(*row) for row in rows]
 
@@ -527,7 +535,8 @@ class PostgresAdapter:
         from polyshift.adapters.postgres import backup as pg_backup
 
         try:
-            return pg_backup.backup(self.conn, self.config.url, self._tables(scope), writer, progress, limit=limit)
+            return pg_backup.backup(self.conn, self.config.url, self._tables(scope), writer, progress, limit=limit,
+                                    hashed=self._fingerprinted)
         except psycopg.Error as exc:
             raise translate(PSYCOPG_ERRORS, exc, f"store {self.name}: backup failed", BackupError) from None
 
@@ -540,19 +549,28 @@ class PostgresAdapter:
             raise translate(PSYCOPG_ERRORS, exc, f"store {self.name}: restore of {manifest.id} failed, nothing was changed") from None
 
     def fingerprint(self, scope: tuple[str, ...]) -> Fingerprint:
+        self._fingerprinted = None
         try:
             with self.conn.transaction():
                 self.conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                snapshot = cat.snapshot_key(self.conn)
                 items: dict[str, dict[str, Any]] = {}
+                hashed: dict[cat.Table, tuple[int, str, str | None]] = {}
+                # The whole schema is described once, in this snapshot; the scope's tables' shapes
+                # are read from it rather than described again, one query each.
+                described = cat.schema_descriptions(self.conn)
                 tables, missing = cat.resolve(self.conn, list(scope), missing_ok=True)
                 for table in tables:
                     rows, data = cat.table_data_hash(self.conn, table)
-                    items[table.qualified] = {"schema": cat.table_schema_hash(self.conn, table), "data": data, "rows": rows}
+                    shape = cat.table_schema_hash(self.conn, table, described)
+                    items[table.qualified] = {"schema": shape, "data": data, "rows": rows}
+                    hashed[table] = (rows, data, shape)
                 for name in missing:
                     items[name] = {"missing": True}
-                schema = cat.schema_hash(self.conn)
+                schema = cat.schema_hash(self.conn, described)
         except psycopg.Error as exc:
             raise translate(PSYCOPG_ERRORS, exc, f"store {self.name}: fingerprint failed") from None
+        self._fingerprinted = cat.Hashed(snapshot, hashed)
         data_hash = hashlib.sha256(json.dumps(items, sort_keys=True).encode()).hexdigest()
         return Fingerprint(schema, data_hash, {k: int(v.get("rows", 0)) for k, v in items.items()}, items)
 

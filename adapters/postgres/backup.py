@@ -123,9 +123,12 @@ _SIZE = ("SELECT pg_table_size(r) + coalesce((SELECT sum(pg_table_size(p.relid))
 
 
 def backup(conn: psycopg.Connection, url: str, tables: list[cat.Table], writer: ArtifactWriter,
-           progress: Progress, *, limit: int | None = None) -> dict[str, Any]:
+           progress: Progress, *, limit: int | None = None, hashed: cat.Hashed | None = None) -> dict[str, Any]:
     """Stream every table of the scope into the artifact; returns the manifest metadata.
     ``limit``: at most that many rows per table (a rehearsal's sample, never a rollback point).
+    ``hashed``: the last fingerprint's table hashes; used only when this backup's snapshot is the
+    one they were read in (nothing committed between: the release's fingerprint just before its
+    backup), so the rows are not hashed and the shapes not described a second time.
 
     Besides rows and DDL, the manifest keeps what a restore needs around the tables: the schemas,
     types and functions their DDL uses, and the views, policies and defaults elsewhere that a
@@ -134,16 +137,18 @@ def backup(conn: psycopg.Connection, url: str, tables: list[cat.Table], writer: 
     with conn.transaction():
         conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         snapshot = conn.execute("SELECT pg_export_snapshot()").fetchone()[0]  # type: ignore[index]
+        known = hashed.reusable(conn) if hashed is not None and limit is None else {}
         # With its partitions: a partitioned parent has no storage of its own.
         sizes = [int(conn.execute(_SIZE, (t.ident.as_string(conn),)).fetchone()[0] or 0) for t in tables]  # type: ignore[index]
         progress.start(f"backup {', '.join(t.qualified for t in tables)[:60]}", total=sum(sizes) or None)
         # A second connection costs more than it saves on small tables (and a history's backups
         # are mostly of empty ones): below _PARALLEL_HASH_BYTES the rows are hashed on this
         # connection, in this same snapshot, before their COPY.
+        hashing = sum(size for t, size in zip(tables, sizes, strict=True) if t not in known)
         hasher: _SnapshotHasher | _InlineHasher = (
-            _SnapshotHasher(url, snapshot) if sum(sizes) >= _PARALLEL_HASH_BYTES else _InlineHasher(conn))
+            _SnapshotHasher(url, snapshot) if hashing >= _PARALLEL_HASH_BYTES else _InlineHasher(conn))
         try:
-            _backup_tables(conn, url, tables, snapshot, hasher, writer, progress, meta, limit)
+            _backup_tables(conn, url, tables, snapshot, hasher, writer, progress, meta, limit, known)
         finally:
             hasher.close()
         with cat.qualified_names(conn):
@@ -155,9 +160,16 @@ def backup(conn: psycopg.Connection, url: str, tables: list[cat.Table], writer: 
 
 def _backup_tables(conn: psycopg.Connection, url: str, tables: list[cat.Table], snapshot: str,
                    hasher: _SnapshotHasher | _InlineHasher,
-                   writer: ArtifactWriter, progress: Progress, meta: dict[str, Any], limit: int | None) -> None:
+                   writer: ArtifactWriter, progress: Progress, meta: dict[str, Any], limit: int | None,
+                   known: dict[cat.Table, tuple[int, str, str | None]]) -> None:
     for index, table in enumerate(tables):
-        fingerprint = hasher.submit(table, limit)  # hashed in the server while COPY streams
+        fingerprint: Future[tuple[int, str]]
+        if table in known:
+            known_rows, known_hash, _shape = known[table]
+            fingerprint = Future()
+            fingerprint.set_result((known_rows, known_hash))
+        else:
+            fingerprint = hasher.submit(table, limit)  # hashed in the server while COPY streams
         stem = _file_stem(index, table)
         # DDL (pg_dump where it still runs) before the COPY, not beside it: on two cores both at once was measured slower.
         family = [table, *cat.partitions(conn, table)]
@@ -175,7 +187,8 @@ def _backup_tables(conn: psycopg.Connection, url: str, tables: list[cat.Table], 
             inbound, needs = cat.inbound_foreign_keys(conn, table), cat.requirements(conn, table)
         meta["tables"].append({
             "schema": table.schema, "name": table.name, "qualified": table.qualified, "stem": stem, "columns": columns,
-            "rows": rows, "data_hash": data_hash, "schema_hash": cat.table_schema_hash(conn, table),
+            "rows": rows, "data_hash": data_hash,
+            "schema_hash": known[table][2] if table in known else cat.table_schema_hash(conn, table),
             "partitions": [t.qualified for t in family[1:]], "partitioned": partitioned,
             "sequences": cat.owned_sequences(conn, table), "inbound_fks": inbound, "requires": needs,
         } | data)

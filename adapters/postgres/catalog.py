@@ -99,9 +99,33 @@ def user_types(conn: psycopg.Connection) -> list[tuple[str, str, list[str] | Non
     return [(str(name), str(kind), labels) for name, kind, labels in conn.execute(_TYPES_SQL, {"ledger": LEDGER_SCHEMA}).fetchall()]
 
 
-def schema_hash(conn: psycopg.Connection) -> str:
-    relations = schema_descriptions(conn)
+def schema_hash(conn: psycopg.Connection, described: dict[str, object] | None = None) -> str:
+    """Shape of every user relation and type. ``described``: ``schema_descriptions(conn)`` read
+    by the caller in this same snapshot (the fingerprint reads it once for the whole schema and
+    its scope's tables)."""
+    relations = schema_descriptions(conn) if described is None else described
     return _digest([relations, [list(t) for t in user_types(conn)]])
+
+
+def snapshot_key(conn: psycopg.Connection) -> str:
+    """What a REPEATABLE READ transaction sees, as a value (call it inside one): its database, its
+    snapshot and the search path the catalog functions name objects by. Two transactions with the
+    same key see the same rows of every table and catalog: each transaction below the snapshot's
+    xmax and not in progress had ended before both began, and every other one is invisible to both."""
+    row = conn.execute("SELECT concat_ws(' ', current_database(), pg_current_snapshot(), current_setting('search_path'))").fetchone()
+    return str(row[0]) if row else ""
+
+
+@dataclass(frozen=True)
+class Hashed:
+    """Per-table row counts, data hashes and shapes read in the snapshot ``key`` names."""
+
+    key: str
+    tables: dict[Table, tuple[int, str, str | None]]
+
+    def reusable(self, conn: psycopg.Connection) -> dict[Table, tuple[int, str, str | None]]:
+        """The hashes, when this transaction sees exactly what they were read from; else none."""
+        return self.tables if snapshot_key(conn) == self.key else {}
 
 
 def partitions(conn: psycopg.Connection, table: Table) -> list[Table]:
@@ -131,16 +155,22 @@ def is_partitioned(conn: psycopg.Connection, table: Table) -> bool:
     return bool(row and row[0])
 
 
-def table_schema_hash(conn: psycopg.Connection, table: Table) -> str | None:
-    """Shape of a table; for a partitioned table, of the whole tree (its partitions are part of it)."""
-    found = schema_descriptions(conn, [table])
-    if not found:
+def table_schema_hash(conn: psycopg.Connection, table: Table, described: dict[str, object] | None = None) -> str | None:
+    """Shape of a table; for a partitioned table, of the whole tree (its partitions are part of it).
+
+    ``described``: every relation's description, ``schema_descriptions(conn)``, read by the caller
+    in this same snapshot. A description read for some tables only is the same row as in the
+    whole-schema read (the filter only narrows it), so the hash is the same either way and the
+    catalog is not described a second time."""
+    found = schema_descriptions(conn, [table]) if described is None else described
+    if table.qualified not in found:
         return None
     family = partitions(conn, table)
     if not family:
-        return _digest(next(iter(found.values())))
-    described = schema_descriptions(conn, [table, *family])
-    return _digest([described[t.qualified] for t in [table, *family] if t.qualified in described])
+        return _digest(found[table.qualified])
+    if described is None:
+        found = schema_descriptions(conn, [table, *family])
+    return _digest([found[t.qualified] for t in [table, *family] if t.qualified in found])
 
 
 def sampled(table: Table, limit: int | None) -> sql.Composable:

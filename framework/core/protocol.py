@@ -264,6 +264,15 @@ class ReportsFigures(Protocol):
 
 
 @runtime_checkable
+class ReadsLedgerVersion(Protocol):
+    """Optional: one version's ledger rows without reading the whole ledger, which grows with the
+    history and is checked after every migration a release applies."""
+
+    def ledger_rows(self, version: str) -> list[LedgerEntry]:
+        """The ledger rows of ``version``, in application order (as ``ledger()`` lists them)."""
+
+
+@runtime_checkable
 class ChecksInvariants(Protocol):
     """Optional: store-wide facts a release must not break (an INVALID index in PostgreSQL)."""
 

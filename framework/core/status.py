@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from polyshift.framework.core.lifecycle import Direction
 from polyshift.framework.core.migration import Migration, version_key
-from polyshift.framework.core.protocol import LedgerEntry
+from polyshift.framework.core.protocol import Adapter, LedgerEntry, ReadsLedgerVersion
 
 
 @dataclass
@@ -42,6 +42,13 @@ def applied_entries(ledger: list[LedgerEntry]) -> dict[str, LedgerEntry]:
         else:
             applied.pop(entry.version, None)
     return applied
+
+
+def is_applied(adapter: Adapter, version: str) -> bool:
+    """Whether the ledger's net effect has ``version`` applied. Whether a version is applied
+    depends on its own rows only, so an adapter that reads those alone answers the same."""
+    rows = adapter.ledger_rows(version) if isinstance(adapter, ReadsLedgerVersion) else adapter.ledger()
+    return version in applied_entries(rows)
 
 
 def store_status(store: str, kind: str, migrations: list[Migration], ledger: list[LedgerEntry]) -> StoreStatus:

@@ -21,7 +21,7 @@ from polyshift.framework.control.state import actor
 from polyshift.framework.core.errors import MigrationFailedRestored, MigrationFailedUnverified, PolyshiftError, StepFailed
 from polyshift.framework.core.lifecycle import Action, Direction, Phase, Progress, ReleaseEvent, Step
 from polyshift.framework.core.protocol import Adapter, ChecksInvariants, ReportsFigures
-from polyshift.framework.core.status import applied_entries
+from polyshift.framework.core.status import is_applied
 from polyshift.framework.engine.events import Events
 from polyshift.framework.engine.gates import GateContext, evaluate_all
 from polyshift.framework.engine.releases import Release
@@ -182,7 +182,7 @@ class ReleaseRun:
         for step in self.steps:
             adapter = self.adapters[step.store]
             try:
-                if step.migration.version not in applied_entries(adapter.ledger()):
+                if not is_applied(adapter, step.migration.version):
                     problems.append(f"{step.store}: the ledger does not record {step.migration.id} as applied")
                 problems.extend(f"{step.store}: {p}" for p in self.store_invariants(adapter) if p not in step.known_problems)
             except PolyshiftError as exc:

@@ -51,7 +51,7 @@ from polyshift.framework.core.protocol import (
     TakesInventory,
     TimesStatements,
 )
-from polyshift.framework.core.status import applied_entries, store_status
+from polyshift.framework.core.status import applied_entries, is_applied, store_status
 from polyshift.framework.engine import gates
 from polyshift.framework.engine.project import Project
 from polyshift.framework.engine.releases import Release, group, load_settings
@@ -388,7 +388,7 @@ class ReleaseRehearsal:
         for part in self.parts:
             problems = []
             try:
-                if part.migration.version not in applied_entries(part.adapter.ledger()):
+                if not is_applied(part.adapter, part.migration.version):
                     problems.append(f"the ledger does not record {part.migration.id} as applied")
                 now = part.adapter.invariants() if isinstance(part.adapter, ChecksInvariants) else []
                 problems += [p for p in now if p not in part.known_problems]
