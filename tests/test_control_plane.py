@@ -322,3 +322,4 @@ def test_many_runners_using_a_fresh_sqlite_control_plane_at_once_all_succeed(tmp
         from polyshift.framework.control.state import ControlPlane
 
         assert ControlPlane(url).verify_audit() == WORKERS
+

@@ -118,8 +118,9 @@ class StateDatabase:
 
     @classmethod
     def open(cls, url: StateUrl) -> StateDatabase | None:
-        """None when the SQLite file does not exist yet (the schema path creates it, private)."""
-        if url.dialect is Dialect.SQLITE and not Path(url.target).exists():
+        """None when the SQLite file does not exist yet or is empty: the schema path creates it and
+        sets its journal mode with no connection of this process open on it."""
+        if url.dialect is Dialect.SQLITE and (not Path(url.target).exists() or Path(url.target).stat().st_size == 0):
             return None
         return cls(url)
 

@@ -37,13 +37,26 @@ def _tighten(fd: int, path: Path) -> None:
 
 
 def private_file(path: Path) -> None:
-    """Create ``path`` empty and 0600 if it is missing; make it 0600 if it exists."""
+    """Create ``path`` empty and 0600 if it is missing; make it 0600 if it exists.
+
+    A file that exists is never opened, only looked at and chmod-ed by its path: SQLite's locks are
+    POSIX locks, and a process loses all of them on a file when it closes any descriptor of it. An
+    open-and-close of the control-plane database beside a live connection of this process dropped
+    that connection's shared lock; in WAL mode another process then took the database for its own
+    on closing, checkpointed and deleted the log under the first one, which lost rows and
+    corrupted the file (seen with ``polyshift serve`` and the CLI on one SQLite control plane)."""
     private_dir(path.parent)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
     try:
-        _tighten(fd, path)
-    finally:
-        os.close(fd)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        mode = stat.S_IMODE(path.stat().st_mode)
+        if mode & 0o077:
+            try:
+                os.chmod(path, 0o600)
+            except OSError as exc:  # another user's file that we may write through its group: say so, go on
+                log.warning("%s is readable by others and cannot be made private: %s", path, exc.strerror)
+        return
+    os.close(fd)  # new: no connection of this process can hold a lock on it yet
 
 
 def append_private(path: Path) -> IO[str]:

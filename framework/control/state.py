@@ -151,6 +151,8 @@ def open_database(url: str) -> StateDatabase:
     or newer, SQLAlchemy's schema path first creates or upgrades it under its lock, or refuses a
     newer one, before anything else reads or writes it."""
     where = StateUrl.parse(url)
+    if where.dialect is Dialect.SQLITE:
+        private_file(Path(where.target))  # made 0600 again if something loosened it; created 0600 if missing
     db = StateDatabase.open(where)
     if db is None or (found := db.schema_version()) is None or found[0] != SCHEMA_VERSION:
         try:
