@@ -18,7 +18,7 @@ import socket
 import sqlite3
 import uuid
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import closing
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -91,21 +91,18 @@ def driver_url(url: str) -> str:
     return url
 
 
-def make_engine(url: str) -> sa.Engine:
-    """An engine for the control-plane database (sqlite file or PostgreSQL), its schema created or upgraded."""
+def make_engine(where: StateUrl) -> sa.Engine:
+    """An engine for the control-plane database (sqlite file or PostgreSQL), its schema created or
+    upgraded. A SQLite file is already there, 0600 (``open_database`` made it)."""
     import sqlalchemy as sa
     from sqlalchemy.exc import SQLAlchemyError
 
     from polyshift.framework.control.schema import ensure_schema
 
-    url = driver_url(url)
+    url = driver_url(where.url)
     try:
-        if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
-            # Created 0600 before SQLite opens it; SQLite gives its journal files the same mode.
-            path = Path(url[len("sqlite:///"):])
-            private_file(path)
-            _write_ahead_log(path)
-        if url.startswith("sqlite"):
+        if where.dialect is Dialect.SQLITE:
+            _write_ahead_log(Path(where.target))
             # BEGIN IMMEDIATE takes the write lock up front, so two processes appending to the
             # audit chain (or changing a flag) queue instead of failing on lock upgrade.
             engine = sa.create_engine(url, connect_args={"timeout": 60, "isolation_level": None})
@@ -114,7 +111,7 @@ def make_engine(url: str) -> sa.Engine:
             def _begin(conn: sa.Connection) -> None:
                 conn.exec_driver_sql("BEGIN IMMEDIATE")
         else:
-            engine = sa.create_engine(url, pool_pre_ping=True, connect_args=_pg_connect_args(url))
+            engine = sa.create_engine(url, pool_pre_ping=True, connect_args=pg_connect_args())
         ensure_schema(engine)
         return engine
     except ControlPlaneVersionError:
@@ -142,21 +139,20 @@ def _write_ahead_log(path: Path) -> None:
         log.debug("%s stays in rollback-journal mode: %s", path, exc)
 
 
-def _pg_connect_args(url: str) -> dict[str, Any]:
-    return pg_connect_args() if url.startswith("postgresql") else {}
-
-
 def open_database(url: str) -> StateDatabase:
     """The control plane's database on its driver, its schema current: when it is missing, older
     or newer, SQLAlchemy's schema path first creates or upgrades it under its lock, or refuses a
     newer one, before anything else reads or writes it."""
     where = StateUrl.parse(url)
     if where.dialect is Dialect.SQLITE:
-        private_file(Path(where.target))  # made 0600 again if something loosened it; created 0600 if missing
+        try:
+            private_file(Path(where.target))  # made 0600 again if something loosened it; created 0600 if missing
+        except OSError as exc:
+            raise ConfigError(f"state database {url_without_password(url)} is unusable: {exc.strerror or exc}") from None
     db = StateDatabase.open(where)
     if db is None or (found := db.schema_version()) is None or found[0] != SCHEMA_VERSION:
         try:
-            make_engine(url).dispose()
+            make_engine(where).dispose()
         except BaseException:
             if db is not None:
                 db.close()
@@ -180,7 +176,7 @@ class ControlPlane:
         """A SQLAlchemy engine on the same database, for the flag server's accounts; created (with
         SQLAlchemy's import) on first use."""
         if self._engine is None:
-            self._engine = make_engine(self.url)
+            self._engine = make_engine(self.db.url)
         return self._engine
 
     def close(self) -> None:
@@ -212,11 +208,10 @@ class ControlPlane:
 
     def unfinished_runs(self, commands: tuple[str, ...] | None = None) -> list[dict[str, Any]]:
         """Runs still 'running' (alive, or died without finishing) or left for 'polyshift recover'."""
-        params: dict[str, Any] = {f"s{i}": str(status) for i, status in enumerate(UNFINISHED)}
-        where = f"status IN ({', '.join(f'%({name})s' for name in params)})"
+        where, params = _in("status", UNFINISHED)
         if commands is not None:
-            params |= {f"c{i}": str(command) for i, command in enumerate(commands)}
-            where += f" AND command IN ({', '.join(f'%(c{i})s' for i in range(len(commands)))})" if commands else " AND 1 = 0"
+            among, more = _in("command", commands)
+            where, params = f"{where} AND {among}", params | more
         found = self.db.rows(f"SELECT * FROM {RUNS} WHERE {where} ORDER BY started_at", params,
                              datetimes=("started_at", "finished_at"))
         return [r | {"detail": json.loads(r["detail"])} for r in found]
@@ -228,12 +223,11 @@ class ControlPlane:
         if self.shared and not self._hold(run["id"], wait=False):
             return False
         me = this_runner()
-        params: dict[str, Any] = {f"s{i}": str(status) for i, status in enumerate(UNFINISHED)}
-        unfinished = ", ".join(f"%({name})s" for name in params)
+        unfinished, params = _in("status", UNFINISHED)
         with self.db.transaction() as tx:
             claimed = tx.execute(
                 f"UPDATE {RUNS} SET pid = %(pid)s, host = %(host)s, runner = %(runner)s, status = %(running)s "
-                f"WHERE id = %(id)s AND pid = %(old_pid)s AND host = %(old_host)s AND status IN ({unfinished})",
+                f"WHERE id = %(id)s AND pid = %(old_pid)s AND host = %(old_host)s AND {unfinished}",
                 params | {"pid": me.pid, "host": me.host, "runner": me.label(), "running": RunStatus.RUNNING,
                           "id": run["id"], "old_pid": run["pid"], "old_host": run["host"]}) == 1
         if not claimed:
@@ -370,6 +364,14 @@ class ControlPlane:
         where = " WHERE store = %(store)s" if store else ""
         found = self.db.rows(f"SELECT * FROM {BACKUPS}{where} ORDER BY created_at", {"store": store})
         return [r | {"scope": json.loads(r["scope"])} for r in found]
+
+
+def _in(column: str, values: Iterable[str]) -> tuple[str, dict[str, Any]]:
+    """``column IN (...)`` with one named parameter per value (never true for no values)."""
+    params = {f"{column}{i}": str(value) for i, value in enumerate(values)}
+    if not params:
+        return "1 = 0", {}
+    return f"{column} IN ({', '.join(f'%({name})s' for name in params)})", params
 
 
 def _run_key(run_id: str) -> int:
